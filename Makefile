@@ -1,0 +1,46 @@
+# cehrgpt-pipelines: `make help` lists the targets.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+EXTRAS := spark,torch,db,analysis,kfp,k8s,gcs,s3,demo,dev
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help venv demo test lint bench compile images clean
+
+help: ## list the targets
+	@grep -hE '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+venv: $(VENV)/.installed ## create .venv with every extra (development install)
+
+demo: venv ## run the main job on the embedded Eunomia demo data into local_outputs/demo
+	$(PY) -m cehrgpt.demo --output_folder local_outputs/demo
+
+test: venv ## run every test
+	$(PY) -m pytest -q
+
+lint: venv ## ruff, a type check, hadolint on the Dockerfiles
+	$(VENV)/bin/ruff check src tests bench components pipelines
+	$(VENV)/bin/ruff format --check src tests bench components pipelines
+	$(VENV)/bin/mypy
+	@if ls images/*.Dockerfile >/dev/null 2>&1; then $(VENV)/bin/hadolint images/*.Dockerfile; fi
+
+bench: venv ## run every benchmark in bench/ (figures go to bench/out and the README)
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+compile: venv ## compile every pipeline to pipelines/compiled/*.yaml
+	$(PY) -m cehrgpt.cli pipeline compile
+
+images: ## build the runtime images (needs a Docker engine)
+	@set -e; for f in images/*.Dockerfile; do n=$$(basename $$f .Dockerfile); docker build -f $$f -t cehrgpt-$$n:latest .; done
+
+clean: ## remove run outputs (keeps .venv)
+	rm -rf local_outputs spark-warehouse bench/out .pytest_cache

@@ -1,0 +1,339 @@
+"""The CEHR-GPT token grammar: the one definition of what a patient sequence is.
+
+The ETL writes sequences with these spellings, the tokenizer records each
+vocabulary token's :class:`TokenKind`, the constrained decoder masks tokens with
+:func:`transition_tables`, and the OMOP restore reads sequences back with
+:func:`assign_kinds` and :func:`step`. Change the format here and nowhere else.
+
+A sequence::
+
+    year:2001 age:12 8532 8527 [VS] 9203 380378 [VE] D154 [VS] 9201 4356 i-D1 4021 0 [VE] LT ... [END]
+
+Grammar (``*`` = zero or more, ``+`` = one or more)::
+
+    patient    := year age gender race visit (gap visit)* (gap death)? [END]?
+    visit      := [VS] visit_type concept+ [VE]                                  (not inpatient)
+                | [VS] inpatient_type concept (i-gap? concept)* discharge [VE]  (inpatient)
+    death      := [VS] [DEATH] [VE]
+
+Between two visits there is always exactly one gap token (``D0`` for the same
+day). Dates: a cursor starts on Jan 1 of the prompt year; a gap moves it before
+the next visit starts, an inpatient gap moves it inside an inpatient visit, and
+an inpatient visit ends on the cursor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+# --- spellings ---------------------------------------------------------------------------------------------
+
+PAD = "[PAD]"
+OOV = "[OOV]"
+START = "[START]"
+END = "[END]"
+VISIT_START = "[VS]"
+VISIT_END = "[VE]"
+DEATH = "[DEATH]"
+SPECIAL_TOKENS = (PAD, OOV, START, END, VISIT_START, VISIT_END, DEATH)
+
+UNKNOWN_GENDER = "Gender/0"
+UNKNOWN_RACE = "Race/0"
+UNKNOWN_VISIT = "Visit/0"
+UNKNOWN_DISCHARGE = "Discharge/0"
+_UNKNOWN_SPELLINGS = {UNKNOWN_GENDER, UNKNOWN_RACE, UNKNOWN_VISIT, UNKNOWN_DISCHARGE, "0"}
+
+LONG_TERM = "LT"
+LONG_TERM_THRESHOLD_DAYS = 1080  # gaps of this many days or more are written LT
+LONG_TERM_DAYS = 3 * 365  # and read back as this many days
+PROMPT_LENGTH = 4
+
+INPATIENT_VISIT_CONCEPT_IDS = frozenset({9201, 262, 8971, 8920})
+DEATH_VISIT_CONCEPT_ID = 0  # the death pseudo-visit carries no visit concept
+
+_YEAR = re.compile(r"^year:(\d{1,4})$")
+_AGE = re.compile(r"^age:(-?\d{1,3})$")
+_DAY_GAP = re.compile(r"^D(\d+)$")
+_WEEK_GAP = re.compile(r"^W([0-3])$")
+_MONTH_GAP = re.compile(r"^M(1[01]|[1-9])$")
+_INPATIENT_GAP = re.compile(r"^i-D(\d+)$")
+_CONCEPT = re.compile(r"^\d+$")
+
+
+def year_token(year: int) -> str:
+    return f"year:{int(year)}"
+
+
+def age_token(age: int) -> str:
+    return f"age:{int(age)}"
+
+
+def gap_token(days: int) -> str:
+    """The token for ``days`` between the cursor and the next visit (negative gaps clip to ``D0``)."""
+    days = max(int(days), 0)
+    return LONG_TERM if days >= LONG_TERM_THRESHOLD_DAYS else f"D{days}"
+
+
+def inpatient_gap_token(days: int) -> str:
+    return f"i-D{max(int(days), 1)}"
+
+
+def concept_token(concept_id: int | None, unknown: str) -> str:
+    """A concept id as a token; a null or 0 concept becomes the role's ``unknown`` spelling."""
+    return unknown if concept_id is None or int(concept_id) == 0 else str(int(concept_id))
+
+
+def gap_days(token: str) -> int | None:
+    """Days a between-visit gap token moves the cursor, or None when ``token`` is not one."""
+    if token == LONG_TERM:
+        return LONG_TERM_DAYS
+    if m := _DAY_GAP.match(token):
+        return int(m.group(1))
+    if m := _WEEK_GAP.match(token):
+        return 7 * int(m.group(1))
+    if m := _MONTH_GAP.match(token):
+        return 30 * int(m.group(1))
+    return None
+
+
+def inpatient_gap_days(token: str) -> int | None:
+    m = _INPATIENT_GAP.match(token)
+    return int(m.group(1)) if m else None
+
+
+def prompt_year(token: str) -> int | None:
+    m = _YEAR.match(token)
+    return int(m.group(1)) if m else None
+
+
+def prompt_age(token: str) -> int | None:
+    m = _AGE.match(token)
+    return int(m.group(1)) if m else None
+
+
+def concept_id_of(token: str) -> int | None:
+    """The OMOP concept id a concept-like token names (0 for the unknown spellings), else None."""
+    if token in _UNKNOWN_SPELLINGS:
+        return 0
+    return int(token) if _CONCEPT.match(token) else None
+
+
+def is_concept_like(token: str) -> bool:
+    return concept_id_of(token) is not None
+
+
+# --- kinds and states --------------------------------------------------------------------------------------
+
+
+class TokenKind(IntEnum):
+    """What a token is. Concept-like tokens take their kind from their position in a sequence."""
+
+    PAD = 0
+    OOV = 1
+    START = 2
+    END = 3
+    VISIT_START = 4
+    VISIT_END = 5
+    DEATH = 6
+    YEAR = 7
+    AGE = 8
+    GENDER = 9
+    RACE = 10
+    VISIT_TYPE = 11  # a visit concept that is not inpatient
+    INPATIENT_VISIT_TYPE = 12
+    GAP = 13
+    INPATIENT_GAP = 14
+    DISCHARGE = 15
+    CONCEPT = 16  # a clinical event: condition, drug, procedure, measurement, observation, device
+
+
+_SPECIAL_KINDS = {
+    PAD: TokenKind.PAD,
+    OOV: TokenKind.OOV,
+    START: TokenKind.START,
+    END: TokenKind.END,
+    VISIT_START: TokenKind.VISIT_START,
+    VISIT_END: TokenKind.VISIT_END,
+    DEATH: TokenKind.DEATH,
+}
+
+
+def syntactic_kind(token: str) -> TokenKind | None:
+    """The kind a token has wherever it stands; None for concept-like tokens, whose kind is positional."""
+    if token in _SPECIAL_KINDS:
+        return _SPECIAL_KINDS[token]
+    if _YEAR.match(token):
+        return TokenKind.YEAR
+    if _AGE.match(token):
+        return TokenKind.AGE
+    if gap_days(token) is not None:
+        return TokenKind.GAP
+    if _INPATIENT_GAP.match(token):
+        return TokenKind.INPATIENT_GAP
+    if is_concept_like(token):
+        return None
+    return TokenKind.OOV
+
+
+def visit_type_kind(token: str) -> TokenKind:
+    return (
+        TokenKind.INPATIENT_VISIT_TYPE
+        if concept_id_of(token) in INPATIENT_VISIT_CONCEPT_IDS
+        else TokenKind.VISIT_TYPE
+    )
+
+
+def assign_kinds(tokens: Sequence[str]) -> list[TokenKind]:
+    """Give every token of one sequence its kind, reading concept-like tokens by position.
+
+    Works on malformed sequences too (the restore job reads generated ones): it
+    never fails, and :func:`step` then says where the grammar is broken.
+    """
+    kinds: list[TokenKind] = []
+    in_inpatient = False
+    n = len(tokens)
+    for i, token in enumerate(tokens):
+        kind = syntactic_kind(token)
+        if kind is None:
+            if i == 2:
+                kind = TokenKind.GENDER
+            elif i == 3:
+                kind = TokenKind.RACE
+            elif i > 0 and tokens[i - 1] == VISIT_START:
+                kind = visit_type_kind(token)
+                in_inpatient = kind == TokenKind.INPATIENT_VISIT_TYPE
+            elif in_inpatient and i + 1 < n and tokens[i + 1] == VISIT_END:
+                kind = TokenKind.DISCHARGE
+            else:
+                kind = TokenKind.CONCEPT
+        elif kind in (TokenKind.VISIT_END, TokenKind.VISIT_START):
+            in_inpatient = False
+        kinds.append(kind)
+    return kinds
+
+
+class GrammarState(IntEnum):
+    """Where a sequence stands; the state after the 4-token prompt is BEFORE_VISIT."""
+
+    PROMPT_YEAR = 0
+    PROMPT_AGE = 1
+    PROMPT_GENDER = 2
+    PROMPT_RACE = 3
+    BEFORE_VISIT = 4  # after the prompt or a gap: only [VS]
+    VISIT_OPENED = 5  # after [VS]: a visit type or [DEATH]
+    OUTPATIENT_EMPTY = 6  # after a non-inpatient visit type: a concept
+    OUTPATIENT = 7  # at least one concept: a concept or [VE]
+    INPATIENT_EMPTY = 8  # after an inpatient visit type: a concept
+    INPATIENT = 9  # a concept, an inpatient gap or the discharge
+    INPATIENT_AFTER_GAP = 10  # a concept
+    INPATIENT_DISCHARGED = 11  # [VE]
+    BETWEEN_VISITS = 12  # a gap or [END]
+    DEATH_OPENED = 13  # [VE]
+    DEAD = 14  # [END]; nothing may follow a death
+    ENDED = 15  # [PAD] only
+
+
+S, K = GrammarState, TokenKind
+_TRANSITIONS: dict[tuple[GrammarState, TokenKind], GrammarState] = {
+    (S.PROMPT_YEAR, K.YEAR): S.PROMPT_AGE,
+    (S.PROMPT_AGE, K.AGE): S.PROMPT_GENDER,
+    (S.PROMPT_GENDER, K.GENDER): S.PROMPT_RACE,
+    (S.PROMPT_RACE, K.RACE): S.BEFORE_VISIT,
+    (S.BEFORE_VISIT, K.VISIT_START): S.VISIT_OPENED,
+    (S.VISIT_OPENED, K.VISIT_TYPE): S.OUTPATIENT_EMPTY,
+    (S.VISIT_OPENED, K.INPATIENT_VISIT_TYPE): S.INPATIENT_EMPTY,
+    (S.VISIT_OPENED, K.DEATH): S.DEATH_OPENED,
+    (S.OUTPATIENT_EMPTY, K.CONCEPT): S.OUTPATIENT,
+    (S.OUTPATIENT, K.CONCEPT): S.OUTPATIENT,
+    (S.OUTPATIENT, K.VISIT_END): S.BETWEEN_VISITS,
+    (S.INPATIENT_EMPTY, K.CONCEPT): S.INPATIENT,
+    (S.INPATIENT, K.CONCEPT): S.INPATIENT,
+    (S.INPATIENT, K.INPATIENT_GAP): S.INPATIENT_AFTER_GAP,
+    (S.INPATIENT, K.DISCHARGE): S.INPATIENT_DISCHARGED,
+    (S.INPATIENT_AFTER_GAP, K.CONCEPT): S.INPATIENT,
+    (S.INPATIENT_DISCHARGED, K.VISIT_END): S.BETWEEN_VISITS,
+    (S.BETWEEN_VISITS, K.GAP): S.BEFORE_VISIT,
+    (S.BETWEEN_VISITS, K.END): S.ENDED,
+    (S.DEATH_OPENED, K.VISIT_END): S.DEAD,
+    (S.DEAD, K.END): S.ENDED,
+    (S.ENDED, K.PAD): S.ENDED,
+}
+del S, K
+
+# States in which a sequence may stop and still be a whole patient.
+CLOSED_STATES = frozenset({GrammarState.BETWEEN_VISITS, GrammarState.DEAD, GrammarState.ENDED})
+
+
+def step(state: GrammarState, kind: TokenKind) -> GrammarState | None:
+    """The state after a token of ``kind``, or None when the grammar forbids it there."""
+    return _TRANSITIONS.get((state, kind))
+
+
+def _close_costs() -> dict[GrammarState, int]:
+    """Fewest tokens from each state to a closed state, never passing through [DEATH].
+
+    The constrained decoder uses these to close a visit before the context
+    window runs out; a death must never be invented just because room is short.
+    """
+    cost = {s: 0 for s in CLOSED_STATES}
+    changed = True
+    while changed:
+        changed = False
+        for (state, kind), nxt in _TRANSITIONS.items():
+            if kind == TokenKind.DEATH or nxt not in cost:
+                continue
+            if cost[nxt] + 1 < cost.get(state, 1 << 30):
+                cost[state] = cost[nxt] + 1
+                changed = True
+    return cost
+
+
+_CLOSE_COST = _close_costs()
+UNREACHABLE = 1 << 20
+
+
+def close_cost(state: GrammarState) -> int:
+    return _CLOSE_COST.get(state, UNREACHABLE)
+
+
+@dataclass(frozen=True)
+class TransitionTables:
+    """The grammar as arrays, for vectorised masking on a device.
+
+    ``next_state[s, k]`` is the state after a token of kind ``k`` in state ``s``,
+    or -1 where forbidden; ``close_cost[s]`` is the fewest tokens from ``s`` to a
+    state where the sequence may stop.
+    """
+
+    next_state: np.ndarray  # int64 [num_states, num_kinds]
+    close_cost: np.ndarray  # int64 [num_states]
+
+
+def transition_tables() -> TransitionTables:
+    next_state = np.full((len(GrammarState), len(TokenKind)), -1, dtype=np.int64)
+    for (state, kind), nxt in _TRANSITIONS.items():
+        next_state[state, kind] = nxt
+    costs = np.array([close_cost(s) for s in GrammarState], dtype=np.int64)
+    return TransitionTables(next_state=next_state, close_cost=costs)
+
+
+def first_violation(tokens: Sequence[str]) -> tuple[int, str] | None:
+    """The position and reason of the first grammar violation, or None for a whole, valid patient."""
+    state = GrammarState.PROMPT_YEAR
+    for i, kind in enumerate(assign_kinds(tokens)):
+        nxt = step(state, kind)
+        if nxt is None:
+            return i, f"{kind.name.lower()} not allowed in state {state.name.lower()}"
+        state = nxt
+    if state not in CLOSED_STATES:
+        return len(tokens), f"sequence ends in state {state.name.lower()}"
+    return None
+
+
+def is_valid(tokens: Sequence[str]) -> bool:
+    return first_violation(tokens) is None
