@@ -1,0 +1,234 @@
+"""The CEHR-GPT tokenizer: a word-level vocabulary over sequence tokens, with per-token metadata.
+
+The tokenizer is a plain Hugging Face ``tokenizers`` WordLevel model (whitespace
+split, unknown token ``[OOV]``) wrapped in a fast tokenizer, so
+``transformers.AutoTokenizer.from_pretrained(folder)`` loads it with no custom
+code. Beside it, ``token_metadata.json`` records for every token its
+:class:`~cehrgpt.grammar.TokenKind` and OMOP concept id: the constrained decoder
+masks by kind and the OMOP restore maps concepts back. The same metadata also
+rides in the tokenizer's init kwargs, so a plain ``save_pretrained`` keeps it.
+
+Privacy by construction: a clinical concept seen in fewer than
+``min_concept_patients`` distinct training patients is left out of the
+vocabulary, so the model can never emit it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from cehrgpt import grammar
+from cehrgpt.grammar import TokenKind
+
+METADATA_FILE = "token_metadata.json"
+METADATA_FORMAT = "cehrgpt-token-metadata/1"
+_METADATA_KWARG = "token_metadata"
+
+# Spellings the generator may need to open or close a visit even when training data never used them.
+_ALWAYS_KEPT = {
+    grammar.UNKNOWN_GENDER: TokenKind.GENDER,
+    grammar.UNKNOWN_RACE: TokenKind.RACE,
+    grammar.UNKNOWN_VISIT: TokenKind.VISIT_TYPE,
+    grammar.UNKNOWN_DISCHARGE: TokenKind.DISCHARGE,
+}
+
+
+class TokenizerError(ValueError):
+    """A tokenizer folder or its metadata is missing or malformed."""
+
+
+def build_tokenizer(
+    sequences: Iterable[Sequence[str]], min_concept_patients: int = 1
+) -> tuple[PreTrainedTokenizerBase, dict]:
+    """Build the word-level tokenizer from training sequences (one token list per patient).
+
+    Args:
+        sequences: The training patients' token lists (the ``concept_ids`` column).
+        min_concept_patients: A clinical concept (kind CONCEPT) seen in fewer distinct
+            patients than this is left out; every other token is always kept.
+
+    Returns:
+        The tokenizer (specials first, ids 0..6 in ``grammar.SPECIAL_TOKENS`` order, then
+        tokens by descending frequency, ties by spelling) and counts describing the build.
+
+    Raises:
+        ValueError: ``min_concept_patients`` is below 1.
+    """
+    if min_concept_patients < 1:
+        raise ValueError(f"min_concept_patients must be >= 1, got {min_concept_patients}")
+    occurrences: Counter[str] = Counter()
+    patients: Counter[str] = Counter()
+    kind_votes: dict[str, Counter[TokenKind]] = {}
+    num_patients = 0
+    for tokens in sequences:
+        num_patients += 1
+        tokens = list(tokens)
+        occurrences.update(tokens)
+        patients.update(set(tokens))
+        for token, kind in zip(tokens, grammar.assign_kinds(tokens), strict=True):
+            if grammar.syntactic_kind(token) is None:
+                kind_votes.setdefault(token, Counter())[kind] += 1
+
+    kinds: dict[str, TokenKind] = {}
+    unrecognised = rare = concepts_seen = 0
+    for token in occurrences:
+        kind = grammar.syntactic_kind(token)
+        if kind is None:
+            kind = _most_frequent_kind(kind_votes[token])
+        if kind == TokenKind.OOV:
+            unrecognised += int(token != grammar.OOV)
+            continue
+        if kind == TokenKind.CONCEPT:
+            concepts_seen += 1
+            if patients[token] < min_concept_patients:
+                rare += 1
+                continue
+        kinds[token] = kind
+    for token, kind in _ALWAYS_KEPT.items():
+        kinds.setdefault(token, kind)
+    for token in grammar.SPECIAL_TOKENS:
+        kinds[token] = grammar.syntactic_kind(token)  # type: ignore[assignment]
+
+    ordinary = sorted((t for t in kinds if t not in grammar.SPECIAL_TOKENS), key=lambda t: (-occurrences[t], t))
+    vocab = {token: i for i, token in enumerate([*grammar.SPECIAL_TOKENS, *ordinary])}
+    metadata = {
+        "format": METADATA_FORMAT,
+        "min_concept_patients": min_concept_patients,
+        "tokens": {
+            token: {"kind": kinds[token].name, "concept_id": grammar.concept_id_of(token)} for token in vocab
+        },
+    }
+    stats = {
+        "num_patients": num_patients,
+        "num_tokens": sum(occurrences.values()),
+        "vocab_size": len(vocab),
+        "min_concept_patients": min_concept_patients,
+        "concepts_seen": concepts_seen,
+        "concepts_kept": concepts_seen - rare,
+        "concepts_left_out_rare": rare,
+        "unrecognised_tokens_left_out": unrecognised,
+        "tokens_by_kind": dict(sorted(Counter(k.name for k in kinds.values()).items())),
+    }
+    return _wrap(vocab, metadata), stats
+
+
+def _most_frequent_kind(votes: Counter[TokenKind]) -> TokenKind:
+    """The kind a positional token takes most often; ties go to the lower kind value (stable)."""
+    return min(votes, key=lambda kind: (-votes[kind], kind.value))
+
+
+def _wrap(vocab: dict[str, int], metadata: dict) -> PreTrainedTokenizerBase:
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=grammar.OOV))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token=grammar.OOV,
+        pad_token=grammar.PAD,
+        eos_token=grammar.END,
+        bos_token=grammar.START,
+        **{_METADATA_KWARG: metadata},
+    )
+
+
+def token_metadata(tokenizer: PreTrainedTokenizerBase) -> dict:
+    """The metadata a tokenizer carries (built here, or loaded with :func:`load_tokenizer`)."""
+    metadata = tokenizer.init_kwargs.get(_METADATA_KWARG)
+    if not isinstance(metadata, dict) or metadata.get("format") != METADATA_FORMAT:
+        raise TokenizerError(
+            f"tokenizer {tokenizer.name_or_path!r} carries no CEHR-GPT token metadata "
+            f"(expected {METADATA_FILE} in its folder)"
+        )
+    return metadata
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | os.PathLike) -> None:
+    """Write the Hugging Face tokenizer files and ``token_metadata.json`` into ``folder``."""
+    folder = Path(folder)
+    metadata = token_metadata(tokenizer)
+    tokenizer.save_pretrained(folder)
+    tmp = folder / f".{METADATA_FILE}.tmp"
+    tmp.write_text(json.dumps(metadata, indent=1))
+    tmp.replace(folder / METADATA_FILE)
+
+
+def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """Load a tokenizer folder with ``AutoTokenizer``; ``token_metadata.json`` wins over the config copy.
+
+    Raises:
+        TokenizerError: the folder holds no tokenizer or no token metadata.
+    """
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file():
+        raise TokenizerError(f"no tokenizer in {str(folder)!r}: expected tokenizer.json there")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    metadata_path = folder / METADATA_FILE
+    if metadata_path.is_file():
+        try:
+            tokenizer.init_kwargs[_METADATA_KWARG] = json.loads(metadata_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise TokenizerError(f"{str(metadata_path)!r} is not valid JSON: {exc}") from exc
+    token_metadata(tokenizer)
+    return tokenizer
+
+
+def _as_tokenizer(folder_or_tokenizer: str | os.PathLike | PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    if isinstance(folder_or_tokenizer, PreTrainedTokenizerBase):
+        return folder_or_tokenizer
+    return load_tokenizer(folder_or_tokenizer)
+
+
+def _tokens_by_id(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
+    vocab = tokenizer.get_vocab()
+    by_id: list[str | None] = [None] * len(tokenizer)
+    for token, i in vocab.items():
+        by_id[i] = token
+    return by_id
+
+
+def token_kinds(folder_or_tokenizer: str | os.PathLike | PreTrainedTokenizerBase) -> np.ndarray:
+    """The :class:`TokenKind` value of every token id (int64, length = vocabulary size; unknown → OOV)."""
+    tokenizer = _as_tokenizer(folder_or_tokenizer)
+    entries = token_metadata(tokenizer)["tokens"]
+    kinds = np.full(len(tokenizer), TokenKind.OOV, dtype=np.int64)
+    for i, token in enumerate(_tokens_by_id(tokenizer)):
+        if token in entries:
+            kinds[i] = TokenKind[entries[token]["kind"]]
+    return kinds
+
+
+def token_concept_ids(folder_or_tokenizer: str | os.PathLike | PreTrainedTokenizerBase) -> np.ndarray:
+    """The OMOP concept id of every token id (int64; -1 where the token names no concept)."""
+    tokenizer = _as_tokenizer(folder_or_tokenizer)
+    entries = token_metadata(tokenizer)["tokens"]
+    concept_ids = np.full(len(tokenizer), -1, dtype=np.int64)
+    for i, token in enumerate(_tokens_by_id(tokenizer)):
+        concept_id = entries.get(token, {}).get("concept_id") if token is not None else None
+        if concept_id is not None:
+            concept_ids[i] = concept_id
+    return concept_ids
+
+
+def encode_sequence(tokenizer: PreTrainedTokenizerBase, tokens: Sequence[str]) -> list[int]:
+    """Token ids of a token list, one id per token; tokens outside the vocabulary become ``[OOV]``."""
+    return list(tokenizer.convert_tokens_to_ids(list(tokens)))
+
+
+def decode_ids(tokenizer: PreTrainedTokenizerBase, ids: Iterable[int]) -> list[str]:
+    """Tokens of a list of ids, one token per id; ids outside the vocabulary become ``[OOV]``."""
+    ids = [int(i) for i in ids]
+    size = len(tokenizer)
+    tokens = tokenizer.convert_ids_to_tokens([i if 0 <= i < size else 0 for i in ids])
+    return [
+        token if 0 <= i < size and token is not None else grammar.OOV
+        for i, token in zip(ids, tokens, strict=True)
+    ]
