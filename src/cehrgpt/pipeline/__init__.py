@@ -1,0 +1,1 @@
+"""Kubeflow plumbing: the SparkApplication launcher, kfp.local runs, compile, submit and compare."""

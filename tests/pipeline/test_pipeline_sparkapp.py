@@ -1,0 +1,184 @@
+"""SparkApplication manifests (validated against the operator's CRD schema) and the create/wait/delete launcher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from pipeline_http_stubs import SparkOperatorStub, serve
+
+from cehrgpt.pipeline.sparkapp import (
+    RESTORE_MAIN_FILE,
+    SparkApplicationError,
+    SparkApplicationTimeout,
+    SparkOperatorSettings,
+    application_name,
+    build_spark_application,
+    restore_omop,
+    run_spark_application,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+def _strict(schema):
+    """The CRD schema with unknown fields rejected, so a misspelt key fails instead of being pruned."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(x) for x in schema]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def sparkapp_schema() -> dict:
+    schema = _strict(json.loads((DATA / "sparkapplication_v1beta2_schema.json").read_text()))
+    schema["properties"]["metadata"] = {"type": "object"}
+    return schema
+
+
+def _manifest(**overrides):
+    args = {
+        "name": "cehrgpt-restore-run-1",
+        "namespace": "kubeflow-user",
+        "image": "ghcr.io/cehrgpt/cehrgpt-spark:0.1.0",
+        "main_application_file": RESTORE_MAIN_FILE,
+        "arguments": ["--patient_sequence_folder", "s3a://b/seq", "--omop_folder", "s3a://b/omop"],
+        "executor_instances": 3,
+        "ttl_seconds": 600,
+    }
+    args.update(overrides)
+    return build_spark_application(**args)
+
+
+def test_manifest_is_valid_against_the_crd_schema(sparkapp_schema):
+    manifest = _manifest(env={"AWS_REGION": "eu-west-1"}, spark_conf={"spark.executor.memoryOverhead": "1g"})
+    jsonschema.validate(manifest, sparkapp_schema)
+    spec = manifest["spec"]
+    assert manifest["apiVersion"] == "sparkoperator.k8s.io/v1beta2"
+    assert manifest["kind"] == "SparkApplication"
+    assert (spec["type"], spec["mode"], spec["timeToLiveSeconds"]) == ("Python", "cluster", 600)
+    assert spec["mainApplicationFile"].startswith("local:///") and spec["mainApplicationFile"].endswith(
+        "cehrgpt/omop/restore.py"
+    )
+    assert spec["arguments"] == ["--patient_sequence_folder", "s3a://b/seq", "--omop_folder", "s3a://b/omop"]
+    assert spec["driver"]["serviceAccount"] == "cehrgpt-spark-driver"
+    assert (spec["executor"]["instances"], spec["executor"]["cores"], spec["executor"]["memory"]) == (
+        3,
+        2,
+        "8g",
+    )
+    assert spec["driver"]["env"] == [{"name": "AWS_REGION", "value": "eu-west-1"}]
+
+
+def test_the_strict_schema_catches_a_misspelt_field(sparkapp_schema):
+    manifest = _manifest()
+    manifest["spec"]["timeToLiveSecond"] = 5
+    with pytest.raises(jsonschema.ValidationError, match="timeToLiveSecond"):
+        jsonschema.validate(manifest, sparkapp_schema)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"name": "Restore_Run"}, "'Restore_Run' is not a DNS-1123 label"),
+        ({"executor_instances": 0}, "executor_instances must be a positive integer, got 0"),
+        ({"driver_memory": "lots"}, "driver_memory must be a Spark memory size such as '4g', got 'lots'"),
+    ],
+)
+def test_bad_manifest_values_are_named(overrides, message):
+    with pytest.raises(SparkApplicationError) as e:
+        _manifest(**overrides)
+    assert message in str(e.value)
+
+
+def test_application_name_is_a_dns_label():
+    assert application_name("Run_2026/11 27.x") == "cehrgpt-restore-run-2026-11-27-x"
+    assert len(application_name("x" * 200)) == 63
+
+
+def _client(url):
+    from kubernetes import client
+
+    configuration = client.Configuration()
+    configuration.host = url
+    return client.ApiClient(configuration)
+
+
+def test_completed_application_returns_its_status_and_is_deleted():
+    stub = SparkOperatorStub(["", "SUBMITTED", "RUNNING", "COMPLETED"])
+    with serve(stub) as (url, calls):
+        status = run_spark_application(
+            _manifest(), _client(url), timeout_s=60, poll_s=0, sleep=lambda s: None
+        )
+    assert status == {"applicationState": {"state": "COMPLETED"}}
+    assert stub.created["spec"]["type"] == "Python"
+    assert stub.deleted == ["cehrgpt-restore-run-1"]
+    assert [c[0] for c in calls] == ["POST", "GET", "GET", "GET", "GET", "DELETE"]
+    assert calls[0][1] == "/apis/sparkoperator.k8s.io/v1beta2/namespaces/kubeflow-user/sparkapplications"
+
+
+@pytest.mark.parametrize("state", ["FAILED", "SUBMISSION_FAILED"])
+def test_failed_application_raises_the_driver_message_and_is_deleted(state):
+    stub = SparkOperatorStub(
+        ["RUNNING", state], error_message="driver pod failed with exit code 1: no such file"
+    )
+    with serve(stub) as (url, _), pytest.raises(SparkApplicationError) as e:
+        run_spark_application(_manifest(), _client(url), timeout_s=60, poll_s=0, sleep=lambda s: None)
+    assert str(e.value) == (
+        f"SparkApplication kubeflow-user/cehrgpt-restore-run-1 {state}: driver pod failed with exit code 1: no such file"
+    )
+    assert stub.deleted == ["cehrgpt-restore-run-1"]
+
+
+def test_timeout_raises_and_deletes():
+    stub = SparkOperatorStub(["RUNNING"])
+    with serve(stub) as (url, _), pytest.raises(SparkApplicationTimeout) as e:
+        run_spark_application(_manifest(), _client(url), timeout_s=0, poll_s=0, sleep=lambda s: None)
+    assert str(e.value) == (
+        "SparkApplication kubeflow-user/cehrgpt-restore-run-1 not COMPLETED after 0 s (last state RUNNING)"
+    )
+    assert stub.deleted == ["cehrgpt-restore-run-1"]
+
+
+def test_refused_creation_is_one_clear_error():
+    stub = SparkOperatorStub(["COMPLETED"], create_status=403)
+    with serve(stub) as (url, _), pytest.raises(SparkApplicationError) as e:
+        run_spark_application(_manifest(), _client(url), timeout_s=5, poll_s=0, sleep=lambda s: None)
+    assert (
+        str(e.value)
+        == "could not create SparkApplication kubeflow-user/cehrgpt-restore-run-1: HTTP 403 Forbidden"
+    )
+    assert stub.deleted == []
+
+
+def test_restore_in_operator_mode_passes_the_uris_to_the_job(sparkapp_schema):
+    stub = SparkOperatorStub(["COMPLETED"])
+    settings = SparkOperatorSettings(namespace="team-a", executor_instances=4, poll_s=0)
+    with serve(stub) as (url, _):
+        result = restore_omop(
+            "operator",
+            "gs://b/seq",
+            "gs://b/omop",
+            "gs://b/vocab",
+            settings,
+            run_hint="abc",
+            api_client=_client(url),
+        )
+    assert result["application"] == "cehrgpt-restore-abc"
+    jsonschema.validate(stub.created, sparkapp_schema)
+    assert stub.created["spec"]["arguments"] == [
+        "--patient_sequence_folder", "gs://b/seq", "--omop_folder", "gs://b/omop", "--source_omop_folder", "gs://b/vocab",
+    ]  # fmt: skip
+    assert stub.created["spec"]["executor"]["instances"] == 4
+    assert stub.created["metadata"]["namespace"] == "team-a"
+
+
+def test_restore_rejects_an_unknown_mode():
+    with pytest.raises(SparkApplicationError, match="spark_mode must be one of operator, local, got 'yarn'"):
+        restore_omop("yarn", "a", "b", "c")
