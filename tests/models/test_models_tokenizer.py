@@ -172,7 +172,7 @@ def test_saved_folder_loads_with_autotokenizer_and_keeps_metadata(tmp_path):
 
 
 def test_loading_a_folder_without_a_tokenizer_names_the_folder(tmp_path):
-    with pytest.raises(TokenizerError, match="no tokenizer in .*expected tokenizer.json"):
+    with pytest.raises(TokenizerError, match=r"no tokenizer in .*expected tokenizer\.json"):
         load_tokenizer(tmp_path / "missing")
 
 

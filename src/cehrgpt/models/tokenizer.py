@@ -97,7 +97,9 @@ def build_tokenizer(
     for token in grammar.SPECIAL_TOKENS:
         kinds[token] = grammar.syntactic_kind(token)  # type: ignore[assignment]
 
-    ordinary = sorted((t for t in kinds if t not in grammar.SPECIAL_TOKENS), key=lambda t: (-occurrences[t], t))
+    ordinary = sorted(
+        (t for t in kinds if t not in grammar.SPECIAL_TOKENS), key=lambda t: (-occurrences[t], t)
+    )
     vocab = {token: i for i, token in enumerate([*grammar.SPECIAL_TOKENS, *ordinary])}
     metadata = {
         "format": METADATA_FORMAT,
@@ -181,7 +183,9 @@ def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _as_tokenizer(folder_or_tokenizer: str | os.PathLike | PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+def _as_tokenizer(
+    folder_or_tokenizer: str | os.PathLike | PreTrainedTokenizerBase,
+) -> PreTrainedTokenizerBase:
     if isinstance(folder_or_tokenizer, PreTrainedTokenizerBase):
         return folder_or_tokenizer
     return load_tokenizer(folder_or_tokenizer)
