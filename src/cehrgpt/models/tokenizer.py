@@ -80,9 +80,8 @@ def build_tokenizer(
     kinds: dict[str, TokenKind] = {}
     unrecognised = rare = concepts_seen = 0
     for token in occurrences:
-        kind = grammar.syntactic_kind(token)
-        if kind is None:
-            kind = _most_frequent_kind(kind_votes[token])
+        fixed = grammar.syntactic_kind(token)
+        kind = _most_frequent_kind(kind_votes[token]) if fixed is None else fixed
         if kind == TokenKind.OOV:
             unrecognised += int(token != grammar.OOV)
             continue
@@ -224,7 +223,8 @@ def token_concept_ids(folder_or_tokenizer: str | os.PathLike | PreTrainedTokeniz
 
 def encode_sequence(tokenizer: PreTrainedTokenizerBase, tokens: Sequence[str]) -> list[int]:
     """Token ids of a token list, one id per token; tokens outside the vocabulary become ``[OOV]``."""
-    return list(tokenizer.convert_tokens_to_ids(list(tokens)))
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    return [ids] if isinstance(ids, int) else list(ids)
 
 
 def decode_ids(tokenizer: PreTrainedTokenizerBase, ids: Iterable[int]) -> list[str]:
