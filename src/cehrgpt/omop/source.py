@@ -1,0 +1,420 @@
+"""The one OMOP reader: a folder of parquet/CSV, a DuckDB file or a SQLAlchemy URL → Spark DataFrames.
+
+Every stage that reads OMOP goes through :func:`open_omop_source`, so the
+accepted layouts, the CDM 5.3 → 5.4 renames and the type checks live here
+once. A table comes back with lower-case column names, each cast to its CDM
+5.4 type (integer → long, float → double, date → date, datetime → timestamp,
+varchar → string). Values that fail their cast raise :class:`OmopSourceError`
+naming the table, the column and an example, rather than turning into nulls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from cehrgpt.omop.cdm import cdm_fields
+
+log = logging.getLogger(__name__)
+
+
+class OmopSourceError(ValueError):
+    """An OMOP source that cannot be read as asked: one line naming the table and column."""
+
+
+# CDM 5.3 spellings of 5.4 columns; the reader exposes the 5.4 name.
+CDM53_NAMES = {
+    "discharged_to_concept_id": "discharge_to_concept_id",
+    "discharged_to_source_value": "discharge_to_source_value",
+    "admitted_from_concept_id": "admitting_source_concept_id",
+    "admitted_from_source_value": "admitting_source_value",
+}
+
+# Tables outside the CDM that the pipeline understands, with their column types.
+EXTRA_TABLE_TYPES = {
+    "patient_splits": {"person_id": "integer", "split": "varchar(10)"},
+}
+
+DUCKDB_SUFFIXES = (".duckdb", ".db", ".ddb")
+
+
+def spark_type(cdm_datatype: str) -> T.DataType:
+    """The Spark type a CDM datatype is read as."""
+    datatype = cdm_datatype.lower()
+    if datatype in ("integer", "bigint"):
+        return T.LongType()
+    if datatype == "float":
+        return T.DoubleType()
+    if datatype == "date":
+        return T.DateType()
+    if datatype == "datetime":
+        return T.TimestampType()
+    return T.StringType()
+
+
+def column_types(table: str) -> dict[str, T.DataType]:
+    """Lower-case column name → Spark type for a CDM table or one of :data:`EXTRA_TABLE_TYPES`."""
+    if table in EXTRA_TABLE_TYPES:
+        return {name: spark_type(t) for name, t in EXTRA_TABLE_TYPES[table].items()}
+    try:
+        return {f.name: spark_type(f.datatype) for f in cdm_fields(table)}
+    except ValueError:
+        return {}
+
+
+_TYPE_WORDS = {
+    T.LongType(): "integers",
+    T.DoubleType(): "numbers",
+    T.DateType(): "dates",
+    T.TimestampType(): "datetimes",
+}
+
+
+class OmopSource(ABC):
+    """An OMOP CDM database, read only. Table and column names are case-insensitive."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def table_names(self) -> list[str]:
+        """The lower-case names of the tables this source holds."""
+
+    @abstractmethod
+    def _raw_table(self, spark: SparkSession, name: str, columns: Sequence[str] | None) -> DataFrame:
+        """The table as stored, all columns or only ``columns`` (actual spellings), untyped."""
+
+    @abstractmethod
+    def _raw_columns(self, spark: SparkSession, name: str) -> list[str]:
+        """The table's column names as stored."""
+
+    def has_table(self, name: str) -> bool:
+        return name.lower() in self.table_names()
+
+    def read_table(
+        self,
+        spark: SparkSession,
+        name: str,
+        columns: Sequence[str],
+        optional_columns: Sequence[str] = (),
+    ) -> DataFrame:
+        """Read ``columns`` (required) and ``optional_columns`` of table ``name``, typed as in CDM 5.4.
+
+        Args:
+            spark: the session to read with.
+            name: the table, any case.
+            columns: columns that must exist (any case; a CDM 5.3 spelling is accepted).
+            optional_columns: columns returned as typed nulls when the table lacks them.
+
+        Returns:
+            A DataFrame with exactly ``columns + optional_columns``, lower-case, cast to CDM types.
+
+        Raises:
+            OmopSourceError: missing table or column, unreadable file, a value failing its type.
+        """
+        table = name.lower()
+        if not self.has_table(table):
+            raise OmopSourceError(f"{table}: table not found in {self.spec}")
+        actual = {c.lower(): c for c in self._raw_columns(spark, table)}
+        wanted = [c.lower() for c in columns] + [c.lower() for c in optional_columns]
+        picked: dict[str, str | None] = {}
+        for column in wanted:
+            source = actual.get(column)
+            if source is None and column in CDM53_NAMES:
+                source = actual.get(CDM53_NAMES[column])
+            if source is None and column not in (c.lower() for c in optional_columns):
+                found = ", ".join(sorted(actual)) or "none"
+                raise OmopSourceError(f"{table}.{column}: column not found (columns present: {found})")
+            picked[column] = source
+        raw = self._raw_table(spark, table, [s for s in picked.values() if s is not None])
+        return _typed(raw, table, picked)
+
+
+def _cast_expression(column: Column, source_type: T.DataType, target: T.DataType) -> Column:
+    """A cast that yields null instead of failing, so bad values can be counted and reported."""
+    if isinstance(target, T.StringType):
+        return column.cast(T.StringType())
+    if isinstance(source_type, T.StringType):
+        text = F.nullif(F.trim(column), F.lit(""))
+        if isinstance(target, T.LongType):
+            as_double = text.try_cast(T.DoubleType())
+            integral = F.when(as_double == F.floor(as_double), as_double.cast(T.LongType()))
+            return F.coalesce(text.try_cast(T.LongType()), integral)
+        return text.try_cast(target)
+    return column.try_cast(target)
+
+
+def _compatible(source_type: T.DataType, target: T.DataType) -> bool:
+    if isinstance(target, T.StringType) or isinstance(source_type, T.StringType | T.NullType):
+        return True
+    if isinstance(target, T.LongType | T.DoubleType):
+        return isinstance(source_type, T.NumericType | T.BooleanType)
+    if isinstance(target, T.DateType | T.TimestampType):
+        return isinstance(source_type, T.DateType | T.TimestampType | T.TimestampNTZType)
+    return False
+
+
+def _typed(raw: DataFrame, table: str, picked: dict[str, str | None]) -> DataFrame:
+    """Select, rename to lower case and cast; fail with one line on the first column with bad values."""
+    types = column_types(table)
+    source_types = {f.name: f.dataType for f in raw.schema.fields}
+    selected: list[Column] = []
+    checks: list[tuple[str, Column, Column]] = []
+    for column, source in picked.items():
+        target = types.get(column, T.StringType())
+        if source is None:
+            selected.append(F.lit(None).cast(target).alias(column))
+            continue
+        source_type = source_types[source]
+        if not _compatible(source_type, target):
+            raise OmopSourceError(
+                f"{table}.{column}: stored as {source_type.simpleString()}, "
+                f"expected {_TYPE_WORDS.get(target, target.simpleString())}"
+            )
+        original = F.col(f"`{source}`")
+        cast = _cast_expression(original, source_type, target)
+        selected.append(cast.alias(column))
+        if source_type != target and not isinstance(target, T.StringType):
+            present = original.isNotNull()
+            if isinstance(source_type, T.StringType):
+                present = F.nullif(F.trim(original), F.lit("")).isNotNull()
+            checks.append((column, present & cast.isNull(), original.cast(T.StringType())))
+    if checks:
+        _check_casts(raw, table, checks, source_types, types)
+    return raw.select(*selected)
+
+
+def _check_casts(
+    raw: DataFrame,
+    table: str,
+    checks: list[tuple[str, Column, Column]],
+    source_types: dict[str, T.DataType],
+    types: dict[str, T.DataType],
+) -> None:
+    aggregates = []
+    for i, (_column, failed, text) in enumerate(checks):
+        aggregates.append(F.sum(failed.cast("long")).alias(f"n{i}"))
+        aggregates.append(F.first(F.when(failed, text), ignorenulls=True).alias(f"e{i}"))
+    row = raw.agg(*aggregates).collect()[0]
+    for i, (column, _failed, _text) in enumerate(checks):
+        bad = row[f"n{i}"] or 0
+        if bad:
+            word = _TYPE_WORDS.get(types.get(column, T.StringType()), "valid")
+            raise OmopSourceError(f"{table}.{column}: {bad} values are not {word}, e.g. {row[f'e{i}']!r}")
+
+
+# --- a folder of parquet / CSV ------------------------------------------------------------------------------
+
+
+class FolderSource(OmopSource):
+    """One file or sub-folder per table, parquet or CSV, names in any case (``PERSON.csv``, ``person/``)."""
+
+    def __init__(self, spec: str) -> None:
+        super().__init__(spec)
+        self.root = Path(spec)
+        self._tables: dict[str, tuple[Path, str]] = {}
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith((".", "_")):
+                continue
+            fmt = _format_of(entry)
+            if fmt is None:
+                continue
+            name = entry.name.split(".")[0].lower()
+            self._tables.setdefault(name, (entry, fmt))
+        self._cache: dict[str, DataFrame] = {}
+
+    def table_names(self) -> list[str]:
+        return sorted(self._tables)
+
+    def _load(self, spark: SparkSession, name: str) -> DataFrame:
+        if name not in self._cache:
+            path, fmt = self._tables[name]
+            try:
+                if fmt == "parquet":
+                    df = spark.read.parquet(str(path))
+                else:
+                    df = spark.read.option("header", True).option("inferSchema", False).csv(str(path))
+                df.schema  # noqa: B018 - forces the footer/header read so a bad file fails here
+            except Exception as error:  # Spark raises several unrelated types for a bad file
+                first_line = (
+                    str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                )
+                raise OmopSourceError(f"{name}: cannot read {path} as {fmt}: {first_line[:200]}") from None
+            self._cache[name] = df
+        return self._cache[name]
+
+    def _raw_columns(self, spark: SparkSession, name: str) -> list[str]:
+        return self._load(spark, name).columns
+
+    def _raw_table(self, spark: SparkSession, name: str, columns: Sequence[str] | None) -> DataFrame:
+        df = self._load(spark, name)
+        return df if columns is None else df.select(*[F.col(f"`{c}`") for c in columns])
+
+
+def _format_of(entry: Path) -> str | None:
+    """'parquet' or 'csv' for a table file or folder, None for anything else."""
+    suffixes = [s.lower() for s in entry.suffixes]
+    if entry.is_file():
+        if ".parquet" in suffixes or ".pq" in suffixes:
+            return "parquet"
+        if ".csv" in suffixes:
+            return "csv"
+        return None
+    if entry.is_dir():
+        files = [p for p in entry.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))]
+        if any(p.suffix.lower() in (".parquet", ".pq") for p in files):
+            return "parquet"
+        if any(".csv" in [s.lower() for s in p.suffixes] for p in files):
+            return "csv"
+    return None
+
+
+# --- DuckDB / SQLAlchemy: read into Arrow, then Spark ---------------------------------------------------------
+
+
+def _arrow_to_spark(spark: SparkSession, table: pa.Table) -> DataFrame:
+    """An Arrow table as a Spark DataFrame; columns Spark cannot hold (all-null) become strings."""
+    fields = []
+    for field in table.schema:
+        if pa.types.is_null(field.type):
+            fields.append(pa.field(field.name, pa.string()))
+        elif pa.types.is_decimal(field.type):
+            fields.append(pa.field(field.name, pa.float64()))
+        else:
+            fields.append(field)
+    return spark.createDataFrame(table.cast(pa.schema(fields)))
+
+
+class DuckDbSource(OmopSource):
+    """A DuckDB database file, opened read only; tables found in any schema (``main`` first)."""
+
+    def __init__(self, spec: str) -> None:
+        super().__init__(spec)
+        import duckdb
+
+        if not Path(spec).is_file():
+            raise OmopSourceError(f"omop source: DuckDB file {spec} does not exist")
+        try:
+            self._con = duckdb.connect(spec, read_only=True)
+            rows = self._con.execute(
+                "select table_schema, table_name from information_schema.tables "
+                "order by table_schema <> 'main', table_schema, table_name"
+            ).fetchall()
+        except Exception as error:
+            raise OmopSourceError(f"omop source: cannot open {spec} as DuckDB: {error}") from None
+        self._tables: dict[str, tuple[str, str]] = {}
+        for schema, table in rows:
+            self._tables.setdefault(table.lower(), (schema, table))
+
+    def table_names(self) -> list[str]:
+        return sorted(self._tables)
+
+    def _qualified(self, name: str) -> str:
+        schema, table = self._tables[name]
+        return f'"{schema}"."{table}"'
+
+    def _raw_columns(self, spark: SparkSession, name: str) -> list[str]:
+        schema, table = self._tables[name]
+        rows = self._con.execute(
+            "select column_name from information_schema.columns "
+            "where table_schema = ? and table_name = ? order by ordinal_position",
+            [schema, table],
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def _raw_table(self, spark: SparkSession, name: str, columns: Sequence[str] | None) -> DataFrame:
+        select = "*" if columns is None else ", ".join(f'"{c}"' for c in columns) or "1 as _"
+        arrow = self._con.sql(f"select {select} from {self._qualified(name)}").to_arrow_table()
+        if columns is not None and not columns:
+            arrow = arrow.drop_columns(["_"])
+        return _arrow_to_spark(spark, arrow)
+
+
+class SqlAlchemySource(OmopSource):
+    """Any database SQLAlchemy can reach, read only (Spark JDBC jars are not assumed)."""
+
+    def __init__(self, spec: str) -> None:
+        super().__init__(spec)
+        import sqlalchemy as sa
+
+        try:
+            self._engine = sa.create_engine(spec)
+            self._inspector = sa.inspect(self._engine)
+            names = self._inspector.get_table_names()
+        except Exception as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise OmopSourceError(f"omop source: cannot connect to {_redacted(spec)}: {message}") from None
+        self._tables = {}
+        for table in sorted(names):
+            self._tables.setdefault(table.lower(), table)
+
+    def table_names(self) -> list[str]:
+        return sorted(self._tables)
+
+    def _raw_columns(self, spark: SparkSession, name: str) -> list[str]:
+        return [c["name"] for c in self._inspector.get_columns(self._tables[name])]
+
+    def _raw_table(self, spark: SparkSession, name: str, columns: Sequence[str] | None) -> DataFrame:
+        import sqlalchemy as sa
+
+        names = list(columns) if columns is not None else self._raw_columns(spark, name)
+        statement = sa.select(*[sa.column(c) for c in names]).select_from(sa.table(self._tables[name]))
+        with self._engine.connect() as connection:
+            rows = connection.execute(statement).fetchall()
+        arrays = {c: _arrow_column([row[i] for row in rows]) for i, c in enumerate(names)}
+        return _arrow_to_spark(spark, pa.table(arrays) if arrays else pa.table({}))
+
+
+def _arrow_column(values: list[Any]) -> pa.Array:
+    """Values of one database column as Arrow, falling back to text for mixed types."""
+    try:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        array = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    return array
+
+
+def _redacted(url: str) -> str:
+    """A URL without its password, safe to print."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://…"
+
+
+def open_omop_source(spec: str | os.PathLike[str]) -> OmopSource:
+    """Open an OMOP database for reading.
+
+    Args:
+        spec: a folder (one file or sub-folder per table, parquet or CSV), a DuckDB
+            file (``*.duckdb``, ``*.db``, ``*.ddb``) or a SQLAlchemy URL (contains ``://``).
+
+    Raises:
+        OmopSourceError: the spec names nothing readable.
+    """
+    text = str(spec)
+    if "://" in text:
+        return SqlAlchemySource(text)
+    path = Path(text)
+    if path.is_dir():
+        return FolderSource(text)
+    if path.suffix.lower() in DUCKDB_SUFFIXES:
+        return DuckDbSource(text)
+    if not path.exists():
+        raise OmopSourceError(f"omop source: {text} does not exist (expected a folder, DuckDB file or URL)")
+    raise OmopSourceError(f"omop source: {text} is not a folder, a DuckDB file (.duckdb/.db) or a URL")
+
+
+def missing_tables(source: OmopSource, tables: Iterable[str]) -> list[str]:
+    return [t for t in tables if not source.has_table(t)]
