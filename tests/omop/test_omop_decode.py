@@ -1,0 +1,294 @@
+"""The pure decoding core: each rule on tiny hand-made sequences, with exact expected records."""
+
+from __future__ import annotations
+
+import random
+from datetime import date
+
+import pytest
+
+from cehrgpt.grammar import assign_kinds
+from cehrgpt.omop.decode import (
+    DecodedPatient,
+    DeathRecord,
+    EventRecord,
+    PersonRecord,
+    Reason,
+    Rejection,
+    VisitRecord,
+    date_of,
+    day_of,
+    decode_patient,
+    token_kinds,
+)
+
+PROMPT = "year:2001 age:12 8532 8527"
+
+
+def decode(text: str, **kwargs) -> DecodedPatient:
+    tokens = text.split()
+    out = decode_patient(7, tokens, **kwargs)
+    assert out.placed + out.structural + len(out.rejections) == len(tokens)
+    assert token_kinds(tokens) == assign_kinds(tokens)
+    return out
+
+
+def day(text: str) -> int:
+    return day_of(date.fromisoformat(text))
+
+
+def reasons(out: DecodedPatient) -> list[tuple[int, str, str]]:
+    return [(r.position, r.token, r.reason.value) for r in out.rejections]
+
+
+def test_day_conversion_round_trips():
+    assert day("1970-01-01") == 0
+    assert date_of(day("2001-06-04")) == date(2001, 6, 4)
+
+
+def test_prompt_gives_person_born_on_jan_1_of_year_minus_age():
+    out = decode(f"{PROMPT} [VS] 9202 123 [VE] [END]")
+    assert out.person == PersonRecord(gender_concept_id=8532, race_concept_id=8527, year_of_birth=1989)
+    assert out.visits == [VisitRecord(4, 9202, day("2001-01-01"), day("2001-01-01"), None, None)]
+    assert out.events == [EventRecord(6, 123, day("2001-01-01"), 4)]
+    assert (out.placed, out.structural, out.rejections) == (6, 3, [])
+
+
+@pytest.mark.parametrize("gender,race", [("Gender/0", "Race/0"), ("0", "0")])
+def test_unknown_gender_and_race_become_zero(gender, race):
+    out = decode(f"year:2001 age:12 {gender} {race} [VS] 9202 123 [VE]")
+    assert out.person == PersonRecord(gender_concept_id=0, race_concept_id=0, year_of_birth=1989)
+
+
+@pytest.mark.parametrize(
+    "gap,expected",
+    [
+        ("D0", "2001-01-01"),
+        ("D154", "2001-06-04"),
+        ("W2", "2001-01-15"),
+        ("M3", "2001-04-01"),
+        ("LT", "2004-01-01"),
+    ],
+)
+def test_gap_moves_the_cursor_before_the_next_visit(gap, expected):
+    out = decode(f"{PROMPT} [VS] 9202 1 [VE] {gap} [VS] 9203 2 [VE]")
+    assert [(v.start_day, v.end_day) for v in out.visits] == [
+        (day("2001-01-01"), day("2001-01-01")),
+        (day(expected), day(expected)),
+    ]
+    assert out.events[1] == EventRecord(11, 2, day(expected), 9)
+    assert out.visits[1].preceding_position == 4
+
+
+def test_gaps_accumulate():
+    out = decode(f"{PROMPT} [VS] 9202 1 [VE] D10 [VS] 9202 2 [VE] W1 [VS] 9202 3 [VE]")
+    assert [v.start_day for v in out.visits] == [day("2001-01-01"), day("2001-01-11"), day("2001-01-18")]
+
+
+def test_inpatient_day_gaps_move_events_and_the_visit_ends_on_the_cursor():
+    out = decode(f"{PROMPT} [VS] 9201 10 i-D2 11 12 8536 [VE] D10 [VS] 9202 13 [VE] [END]")
+    assert out.visits == [
+        VisitRecord(4, 9201, day("2001-01-01"), day("2001-01-03"), 8536, None),
+        VisitRecord(13, 9202, day("2001-01-13"), day("2001-01-13"), None, 4),
+    ]
+    assert out.events == [
+        EventRecord(6, 10, day("2001-01-01"), 4),
+        EventRecord(8, 11, day("2001-01-03"), 4),
+        EventRecord(9, 12, day("2001-01-03"), 4),
+        EventRecord(15, 13, day("2001-01-13"), 13),
+    ]
+    # prompt 4 + 2 visit types + 1 discharge + 4 events; [VS] [VE] x2, i-D2, D10, [END]
+    assert (out.placed, out.structural) == (11, 7)
+
+
+@pytest.mark.parametrize("discharge", ["Discharge/0", "0"])
+def test_unknown_discharge_becomes_zero(discharge):
+    out = decode(f"{PROMPT} [VS] 262 10 {discharge} [VE]")
+    assert out.visits[0].discharged_to_concept_id == 0
+    assert out.visits[0].visit_concept_id == 262
+
+
+def test_unknown_visit_type_becomes_zero():
+    out = decode(f"{PROMPT} [VS] Visit/0 10 [VE]")
+    assert out.visits[0].visit_concept_id == 0
+
+
+def test_death_on_the_cursor_date():
+    out = decode(f"{PROMPT} [VS] 9202 1 [VE] D5 [VS] [DEATH] [VE] [END] [PAD] [PAD]")
+    assert out.death == DeathRecord(position=10, day=day("2001-01-06"))
+    assert out.rejections == []
+    assert (out.placed, out.structural) == (7, 8)
+
+
+def test_leading_start_token_is_structural():
+    out = decode(f"[START] {PROMPT} [VS] 9202 1 [VE]")
+    assert out.person is not None and out.visits[0].position == 5
+    assert out.structural == 3
+
+
+@pytest.mark.parametrize("person_id", [None])
+def test_missing_person_id_rejects_every_token(person_id):
+    out = decode_patient(person_id, f"{PROMPT} [VS] 9202 1 [VE]".split())
+    assert out.person is None
+    assert {r.reason for r in out.rejections} == {Reason.MISSING_PERSON_ID}
+    assert len(out.rejections) == 8
+
+
+def test_duplicate_person_rejects_every_token():
+    out = decode(f"{PROMPT} [VS] 9202 1 [VE]", duplicate=True)
+    assert out.person is None and out.visits == []
+    assert reasons(out)[0] == (0, "year:2001", "duplicate_person")
+    assert len(out.rejections) == 8
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "age:12 year:2001 8532 8527",  # swapped
+        "year:2001 age:-1 8532 8527",  # born after the first event
+        "year:2001 age:151 8532 8527",  # older than anyone
+        "year:0 age:0 8532 8527",  # no such year
+        "year:2001 age:12 [VS] 8527",  # gender missing
+        "year:2001 age:12 8532",  # too short
+        "",
+    ],
+)
+def test_bad_prompt_rejects_the_patient_with_reason(prompt):
+    text = f"{prompt} [VS] 9202 1 [VE]"
+    out = decode(text)
+    assert out.person is None and out.visits == [] and out.events == []
+    assert [r.reason for r in out.rejections] == [Reason.BAD_PROMPT] * len(text.split())
+
+
+@pytest.mark.parametrize(
+    "visit",
+    [
+        "[VS] [VE]",  # nothing inside
+        "[VS] 9202 [VE]",  # no concept
+        "[VS] D5 1 [VE]",  # no visit type
+        "[VS] 9201 1 i-D1 [VE]",  # inpatient without discharge
+        "[VS] 9201 8536 [VE]",  # inpatient with only a discharge
+        "[VS] [DEATH] 1 [VE]",  # death with content
+    ],
+)
+def test_malformed_visit_is_rejected_whole_and_the_rest_kept(visit):
+    out = decode(f"{PROMPT} [VS] 9202 1 [VE] D1 {visit} D1 [VS] 9202 2 [VE]")
+    n = len(visit.split())
+    assert [r.reason for r in out.rejections] == [Reason.MALFORMED_VISIT] * n
+    assert [r.position for r in out.rejections] == list(range(9, 9 + n))
+    assert [v.start_day for v in out.visits] == [day("2001-01-01"), day("2001-01-03")]
+    assert out.death is None
+
+
+def test_visit_interrupted_by_end_is_malformed():
+    out = decode(f"{PROMPT} [VS] 9202 1 [END]")
+    assert reasons(out) == [(4, "[VS]", "malformed_visit"), (5, "9202", "malformed_visit"), (6, "1", "malformed_visit")]
+    assert out.structural == 1
+
+
+def test_visit_interrupted_by_another_visit_is_malformed_and_the_next_lacks_a_gap():
+    out = decode(f"{PROMPT} [VS] 9202 1 [VS] 9202 2 [VE] D1 [VS] 9202 3 [VE]")
+    assert [r.reason.value for r in out.rejections] == ["malformed_visit"] * 3 + ["missing_gap"] * 4
+    assert [e.concept_id for e in out.events] == [3]
+
+
+def test_truncated_visit_at_the_end():
+    out = decode(f"{PROMPT} [VS] 9202 1 [VE] D3 [VS] 9201 2 i-D1")
+    assert reasons(out) == [
+        (9, "[VS]", "truncated_visit"),
+        (10, "9201", "truncated_visit"),
+        (11, "2", "truncated_visit"),
+        (12, "i-D1", "truncated_visit"),
+    ]
+    assert len(out.visits) == 1
+
+
+def test_missing_gap_rejects_the_second_visit():
+    out = decode(f"{PROMPT} [VS] 9202 1 [VE] [VS] 9202 2 [VE]")
+    assert [r.reason for r in out.rejections] == [Reason.MISSING_GAP] * 4
+    assert [e.concept_id for e in out.events] == [1]
+
+
+@pytest.mark.parametrize(
+    "text,position",
+    [
+        (f"{PROMPT} D5 [VS] 9202 1 [VE]", 4),  # before the first visit
+        (f"{PROMPT} [VS] 9202 1 [VE] D5 D6 [VS] 9202 2 [VE]", 9),  # two in a row
+    ],
+)
+def test_misplaced_gap_is_rejected_and_does_not_move_the_cursor(text, position):
+    out = decode(text)
+    assert [(r.position, r.reason) for r in out.rejections] == [(position, Reason.MISPLACED_GAP)]
+    assert out.visits[-1].start_day == day("2001-01-06" if len(out.visits) == 2 else "2001-01-01")
+
+
+@pytest.mark.parametrize("stray", ["123", "[VE]", "[DEATH]", "i-D1", "[OOV]", "age:3"])
+def test_token_outside_visit(stray):
+    out = decode(f"{PROMPT} [VS] 9202 1 [VE] {stray} D2 [VS] 9202 2 [VE]")
+    assert reasons(out) == [(8, stray, "token_outside_visit")]
+    assert [v.start_day for v in out.visits] == [day("2001-01-01"), day("2001-01-03")]
+
+
+@pytest.mark.parametrize(
+    "visit,bad,events",
+    [
+        ("[VS] 9202 1 i-D1 2 [VE]", [(7, "i-D1")], [1, 2]),  # inpatient gap in an outpatient visit
+        ("[VS] 9202 1 [OOV] 2 [VE]", [(7, "[OOV]")], [1, 2]),
+        ("[VS] 9202 1 D4 2 [VE]", [(7, "D4")], [1, 2]),
+        ("[VS] 9201 i-D1 1 8536 [VE]", [(6, "i-D1")], [1]),  # gap before any event
+        ("[VS] 9201 1 i-D1 i-D2 2 8536 [VE]", [(8, "i-D2")], [1, 2]),  # two gaps in a row
+    ],
+)
+def test_unexpected_token_in_visit_rejects_only_that_token(visit, bad, events):
+    out = decode(f"{PROMPT} {visit}")
+    assert reasons(out) == [(p, t, "unexpected_token_in_visit") for p, t in bad]
+    assert [e.concept_id for e in out.events] == events
+    assert len(out.visits) == 1
+
+
+def test_date_out_of_range_gap_is_rejected():
+    out = decode("year:9999 age:10 8532 8527 [VS] 9202 1 [VE] LT [VS] 9202 2 [VE]")
+    assert reasons(out)[0] == (8, "LT", "date_out_of_range")
+    assert [v.start_day for v in out.visits] == [day("9999-01-01")] * 2
+
+
+def test_date_out_of_range_inpatient_gap_is_rejected():
+    out = decode("year:9999 age:10 8532 8527 [VS] 9201 1 i-D400 2 0 [VE]")
+    assert reasons(out) == [(7, "i-D400", "date_out_of_range")]
+    assert out.visits[0].end_day == day("9999-01-01")
+
+
+def test_tokens_after_death_are_rejected():
+    out = decode(f"{PROMPT} [VS] 9202 1 [VE] D1 [VS] [DEATH] [VE] D1 [VS] 9202 2 [VE] [END]")
+    assert out.death == DeathRecord(10, day("2001-01-02"))
+    assert [r.reason for r in out.rejections] == [Reason.AFTER_DEATH] * 5
+    assert [e.concept_id for e in out.events] == [1]
+
+
+def test_death_as_the_only_visit():
+    out = decode(f"{PROMPT} [VS] [DEATH] [VE] [END]")
+    assert out.death == DeathRecord(5, day("2001-01-01")) and out.visits == []
+
+
+def test_tokens_after_end_are_rejected_but_padding_is_not():
+    out = decode(f"{PROMPT} [VS] 9202 1 [VE] [END] [PAD] D1 [VS] [PAD]")
+    assert reasons(out) == [(10, "D1", "after_end"), (11, "[VS]", "after_end")]
+    assert out.structural == 5
+
+
+def test_token_kinds_equals_the_grammar_on_token_soup():
+    rng = random.Random(0)
+    vocabulary = [
+        *"[VS] [VE] [END] [PAD] [DEATH] [OOV] [START] D0 D7 LT W1 M2 i-D1 i-D3".split(),
+        *"9201 9202 262 8536 0 Visit/0 Discharge/0 123 456 year:2000 age:3".split(),
+    ]
+    for _ in range(300):
+        tokens = [rng.choice(vocabulary) for _ in range(rng.randint(0, 30))]
+        assert token_kinds(tokens) == assign_kinds(tokens)
+        out = decode_patient(1, tokens)
+        assert out.placed + out.structural + len(out.rejections) == len(tokens)
+
+
+def test_rejection_records_the_token():
+    out = decode(f"{PROMPT} [VS] 9202 1 [VE] 77")
+    assert out.rejections == [Rejection(8, "77", Reason.TOKEN_OUTSIDE_VISIT)]
