@@ -9,8 +9,8 @@ import pytest
 
 from cehrgpt.grammar import assign_kinds
 from cehrgpt.omop.decode import (
-    DecodedPatient,
     DeathRecord,
+    DecodedPatient,
     EventRecord,
     PersonRecord,
     Reason,
@@ -182,7 +182,11 @@ def test_malformed_visit_is_rejected_whole_and_the_rest_kept(visit):
 
 def test_visit_interrupted_by_end_is_malformed():
     out = decode(f"{PROMPT} [VS] 9202 1 [END]")
-    assert reasons(out) == [(4, "[VS]", "malformed_visit"), (5, "9202", "malformed_visit"), (6, "1", "malformed_visit")]
+    assert reasons(out) == [
+        (4, "[VS]", "malformed_visit"),
+        (5, "9202", "malformed_visit"),
+        (6, "1", "malformed_visit"),
+    ]
     assert out.structural == 1
 
 

@@ -45,9 +45,9 @@ from enum import StrEnum
 from cehrgpt.grammar import (
     PROMPT_LENGTH,
     START,
-    GrammarState,
     VISIT_END,
     VISIT_START,
+    GrammarState,
     TokenKind,
     concept_id_of,
     gap_days,
