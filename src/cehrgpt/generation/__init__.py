@@ -1,0 +1,1 @@
+"""Seed-compatible generator: strategies, grammar-constrained decoding, continuous batching, sharding."""

@@ -1,0 +1,231 @@
+"""Continuous-batching decode loop with a key/value cache.
+
+``model.generate`` keeps a batch together until its longest row ends; patients
+differ wildly in length, so most of the batch idles. Here a row that finishes
+hands its slot to the next prompt at once:
+
+* every row's tokens occupy a *suffix* of the cache columns (left padding is
+  masked out), and each row has its own position ids;
+* a new prompt is run through the model on its own (all prompts have the same
+  length, so new prompts are prefilled together) and its keys/values are
+  spliced into the right end of the freed row;
+* columns no live row uses any more are cut off the left (compaction), and once
+  no prompt is left, finished rows leave the batch.
+
+Sampling goes through a ``LogitsProcessorList`` (transformers' own warpers plus
+the grammar constraint) and one seeded ``torch.Generator``, so the same seed
+gives the same tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache, LogitsProcessorList, PreTrainedModel
+
+from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor
+from cehrgpt.generation.sampling import sample_next_tokens
+
+COMPACT_EVERY = 32  # cut unused cache columns once this many have piled up
+
+
+class GenerationError(RuntimeError):
+    """Generation cannot produce what was asked (e.g. no sequence ever meets the acceptance rule)."""
+
+
+@dataclass
+class DecodeResult:
+    """What one decoding run produced, in the order rows finished."""
+
+    sequences: list[list[int]] = field(default_factory=list)
+    hit_context_window: list[bool] = field(default_factory=list)
+    sampled_tokens: int = 0  # every sampled token, rejected rows included
+    rejected: int = 0
+
+
+def _cache_argument(model: PreTrainedModel) -> str:
+    """Transformers renamed ``past_key_values`` to ``cache``; pass whichever this version takes."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class ContinuousBatchDecoder:
+    """Decodes prompts into whole sequences, keeping the batch full.
+
+    Args:
+        model: a causal LM whose forward takes ``attention_mask``, ``position_ids`` and a ``DynamicCache``.
+        processors: applied to the scores of every step (see :func:`~cehrgpt.generation.sampling.build_logits_processors`).
+        context_window: total length of a sequence, prompt included.
+        end_token_id: the token that ends a patient.
+        batch_size: rows decoded together.
+        generator: the seeded generator every token is drawn with.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        processors: LogitsProcessorList,
+        context_window: int,
+        end_token_id: int,
+        batch_size: int,
+        generator: torch.Generator,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        n_positions = getattr(model.config, "n_positions", None) or getattr(
+            model.config, "max_position_embeddings", None
+        )
+        if n_positions is not None and context_window > n_positions:
+            raise ValueError(f"context_window {context_window} exceeds the model's {n_positions} positions")
+        self.model = model
+        self.processors = processors
+        self.constraint = next(
+            (p for p in processors if isinstance(p, GrammarConstrainedLogitsProcessor)), None
+        )
+        self.context_window = context_window
+        self.end_token_id = end_token_id
+        self.batch_size = batch_size
+        self.generator = generator
+        self.device = next(model.parameters()).device
+        self._cache_kw = _cache_argument(model)
+        self._pad_id = int(model.config.vocab_size)  # out of range: ignored by the repetition penalty
+
+    def _forward(self, input_ids, cache, attention_mask=None, position_ids=None) -> torch.Tensor:
+        kwargs = {self._cache_kw: cache}
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        return out.logits[:, -1, :].float()
+
+    def _prefill(self, prompts: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(prompts, cache)
+        return cache, logits
+
+    @torch.inference_mode()
+    def run(
+        self,
+        num_sequences: int,
+        draw_prompts: Callable[[int], torch.Tensor],
+        accept: Callable[[list[int], bool], bool] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        max_rejections: int | None = None,
+    ) -> DecodeResult:
+        """Decode until exactly ``num_sequences`` sequences are accepted.
+
+        Args:
+            num_sequences: accepted sequences to return.
+            draw_prompts: ``k -> LongTensor[k, prompt_length]``, called in a deterministic order.
+            accept: ``(token_ids, hit_context_window) -> bool``; a rejected row is replaced by a new prompt.
+            on_step: ``(new_tokens, newly_accepted)`` after every step (progress bars).
+            max_rejections: give up after this many rejections (default ``10 * num_sequences + 100``).
+
+        Raises:
+            GenerationError: when more than ``max_rejections`` rows are rejected.
+        """
+        result = DecodeResult()
+        if num_sequences <= 0:
+            return result
+        limit = 10 * num_sequences + 100 if max_rejections is None else max_rejections
+        rows = min(self.batch_size, num_sequences)
+        prompts = draw_prompts(rows).to(self.device)
+        prompt_len = prompts.shape[1]
+        cache, logits = self._prefill(prompts)
+        mask = torch.ones(rows, prompt_len, dtype=torch.long, device=self.device)
+        history = prompts.clone()
+        lengths = torch.full((rows,), prompt_len, dtype=torch.long, device=self.device)
+        in_flight = rows
+        if self.constraint is not None:
+            self.constraint.state = None  # re-read from the first prompts
+
+        while True:
+            scores = self.processors(history, logits)
+            tokens = sample_next_tokens(scores, self.generator)
+            history = torch.cat([history, tokens[:, None]], dim=1)
+            lengths = lengths + 1
+            result.sampled_tokens += tokens.shape[0]
+            done = (tokens == self.end_token_id) | (lengths >= self.context_window)
+            done_rows = torch.nonzero(done).flatten().tolist()
+            accepted_now = 0
+            for r in done_rows:
+                seq = history[r, history.shape[1] - int(lengths[r]) :].tolist()
+                hit = seq[-1] != self.end_token_id
+                if accept is None or accept(seq, hit):
+                    result.sequences.append(seq)
+                    result.hit_context_window.append(hit)
+                    accepted_now += 1
+                else:
+                    result.rejected += 1
+                    if result.rejected > limit:
+                        raise GenerationError(
+                            f"{result.rejected} sequences rejected for {len(result.sequences)} accepted; "
+                            "the acceptance rule (min_num_of_concepts / drop_long_sequences) is out of reach"
+                        )
+            in_flight -= len(done_rows)
+            if on_step is not None:
+                on_step(tokens.shape[0], accepted_now)
+            if len(result.sequences) >= num_sequences:
+                return result
+
+            # one step for every row, then replace or drop the finished ones
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = self._forward(
+                tokens[:, None], cache, attention_mask=mask, position_ids=(lengths - 1)[:, None]
+            )
+            if not done_rows:
+                cache, mask, history = self._compact(cache, mask, history, lengths)
+                continue
+            wanted = num_sequences - len(result.sequences) - in_flight
+            refill = done_rows[:wanted]
+            drop = done_rows[len(refill) :]
+            if refill:
+                new_prompts = draw_prompts(len(refill)).to(self.device)
+                new_cache, new_logits = self._prefill(new_prompts)
+                idx = torch.tensor(refill, device=self.device)
+                width = mask.shape[1]
+                for layer, new_layer in zip(cache.layers, new_cache.layers, strict=True):
+                    layer.keys[idx] = 0
+                    layer.values[idx] = 0
+                    layer.keys[idx, :, width - prompt_len :] = new_layer.keys
+                    layer.values[idx, :, width - prompt_len :] = new_layer.values
+                mask[idx] = 0
+                mask[idx, width - prompt_len :] = 1
+                history[idx] = self._pad_id
+                history[idx, history.shape[1] - prompt_len :] = new_prompts
+                logits[idx] = new_logits
+                lengths[idx] = prompt_len
+                if self.constraint is not None:
+                    self.constraint.restart_rows(idx, new_prompts)
+                in_flight += len(refill)
+            if drop:
+                keep = torch.nonzero(
+                    ~torch.isin(
+                        torch.arange(len(lengths), device=self.device), torch.tensor(drop, device=self.device)
+                    )
+                ).flatten()
+                cache.batch_select_indices(keep)
+                mask, history, lengths, logits = mask[keep], history[keep], lengths[keep], logits[keep]
+                if self.constraint is not None:
+                    self.constraint.select_rows(keep)
+            cache, mask, history = self._compact(cache, mask, history, lengths)
+
+    def _compact(self, cache: DynamicCache, mask: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor):
+        """Cut the cache columns that no live row uses (each row's tokens are a suffix)."""
+        needed = int(lengths.max())
+        unused = mask.shape[1] - needed
+        if unused >= COMPACT_EVERY:
+            for layer in cache.layers:
+                layer.keys = layer.keys[:, :, unused:].contiguous()
+                layer.values = layer.values[:, :, unused:].contiguous()
+            mask = mask[:, unused:]
+        extra = history.shape[1] - needed
+        if extra >= COMPACT_EVERY:
+            history = history[:, extra:]
+        return cache, mask, history

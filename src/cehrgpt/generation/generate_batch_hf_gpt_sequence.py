@@ -1,0 +1,132 @@
+"""``python -m cehrgpt.generation.generate_batch_hf_gpt_sequence``: the seed's generation command.
+
+Takes every flag of the original command with the same meaning, plus sharding
+(``--shard_index/--num_shards``, one pod per GPU), ``--seed``, ``--device``,
+``--dtype``, ``--prompt_source`` and ``--no_constrained_decoding``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cehrgpt.generation.engine import GenerationError
+from cehrgpt.generation.naming import STRATEGIES
+from cehrgpt.generation.prompts import PROMPT_SOURCES
+from cehrgpt.generation.runner import DEVICES, DTYPES, GenerationInputError, GenerationSettings, generate
+from cehrgpt.generation.sampling import SamplingConfig
+
+__all__ = ["build_parser", "generate", "main", "settings_from_args"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m cehrgpt.generation.generate_batch_hf_gpt_sequence",
+        description="Generate synthetic patient sequences with a CEHR-GPT model (one shard of a run).",
+    )
+    p.add_argument("--model_folder", required=True, help="trained model folder")
+    p.add_argument("--tokenizer_folder", help="tokenizer folder (default: the model folder)")
+    p.add_argument(
+        "--output_folder",
+        required=True,
+        help="output root; files go to <root>/<strategy>/generated_sequences",
+    )
+    p.add_argument(
+        "--num_of_patients", type=int, required=True, help="patients in the whole run, over all shards"
+    )
+    p.add_argument("--batch_size", type=int, default=16, help="rows decoded together")
+    p.add_argument("--buffer_size", type=int, default=128, help="patients per output parquet file")
+    p.add_argument(
+        "--context_window", type=int, help="total sequence length, prompt included (default: the model's)"
+    )
+    p.add_argument("--sampling_strategy", default="TopPStrategy", help=f"one of {', '.join(STRATEGIES)}")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus mass, in (0, 1]")
+    p.add_argument("--top_k", type=int, default=100, help="tokens kept by top-k")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--repetition_penalty", type=float, default=1.0)
+    p.add_argument("--epsilon_cutoff", type=float, default=0.0)
+    p.add_argument("--num_beams", type=int, default=1, help="accepted for compatibility; only 1 is supported")
+    p.add_argument(
+        "--num_beam_groups", type=int, default=1, help="accepted for compatibility; only 1 is supported"
+    )
+    p.add_argument(
+        "--demographic_data_path", required=True, help="training patient_sequence parquet file or folder"
+    )
+    p.add_argument(
+        "--prompt_source",
+        default="data",
+        choices=PROMPT_SOURCES,
+        help="whole real prompts or the mixed distribution",
+    )
+    p.add_argument(
+        "--min_num_of_concepts", type=int, default=1, help="clinical concepts a patient needs; fewer: retried"
+    )
+    p.add_argument(
+        "--drop_long_sequences", action="store_true", help="retry patients that reach the context window"
+    )
+    p.add_argument(
+        "--no_constrained_decoding", action="store_true", help="sample without the grammar constraint"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed; also the high bits of every person_id")
+    p.add_argument("--shard_index", type=int, default=0)
+    p.add_argument("--num_shards", type=int, default=1)
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--dtype", default="auto", choices=DTYPES)
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
+    """The run's settings from parsed flags.
+
+    Raises:
+        GenerationInputError: a sampling flag is out of range or beams are asked for.
+    """
+    if args.num_beams != 1 or args.num_beam_groups != 1:
+        raise GenerationInputError(f"beam search is not supported: --num_beams {args.num_beams}, expected 1")
+    try:
+        sampling = SamplingConfig(
+            sampling_strategy=args.sampling_strategy,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            temperature=args.temperature,
+            repetition_penalty=args.repetition_penalty,
+            epsilon_cutoff=args.epsilon_cutoff,
+        )
+    except ValueError as exc:
+        raise GenerationInputError(str(exc)) from exc
+    return GenerationSettings(
+        model_folder=args.model_folder,
+        tokenizer_folder=args.tokenizer_folder,
+        output_folder=args.output_folder,
+        num_of_patients=args.num_of_patients,
+        demographic_data_path=args.demographic_data_path,
+        batch_size=args.batch_size,
+        buffer_size=args.buffer_size,
+        context_window=args.context_window,
+        sampling=sampling,
+        min_num_of_concepts=args.min_num_of_concepts,
+        drop_long_sequences=args.drop_long_sequences,
+        constrained_decoding=not args.no_constrained_decoding,
+        prompt_source=args.prompt_source,
+        seed=args.seed,
+        shard_index=args.shard_index,
+        num_shards=args.num_shards,
+        device=args.device,
+        dtype=args.dtype,
+        show_progress=not args.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        generate(settings_from_args(args))
+    except (GenerationInputError, GenerationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

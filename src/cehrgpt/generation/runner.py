@@ -1,0 +1,361 @@
+"""One shard of a generation run: prompts in, ``generated_sequences/*.parquet`` and a summary out.
+
+Layout under ``<output_folder>/<strategy name>/``::
+
+    generated_sequences/seed<S>-shard<i>-of<n>-part<f>.parquet   one file per --buffer_size patients
+    runs/seed<S>.json                                             the settings that define run S
+    runs/seed<S>-shard<i>-of<n>.json                              this shard's summary
+    generation_summary.json                                       every shard summary in the folder
+
+Each file is generated from its own seed (derived from --seed, shard and file
+index) and written to a hidden temp name, then renamed, so a restarted shard
+skips the files it already wrote and the rest come out byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from cehrgpt import grammar
+from cehrgpt.generation import sharding
+from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor, minimum_context_window
+from cehrgpt.generation.engine import ContinuousBatchDecoder, GenerationError
+from cehrgpt.generation.prompts import PROMPT_SOURCES, PromptError, build_prompt_pool, read_prompt_tokens
+from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SUMMARY_FILE = "generation_summary.json"
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("person_id", pa.int64()),
+        ("concept_ids", pa.list_(pa.string())),
+        ("num_of_concepts", pa.int32()),
+        ("is_valid", pa.bool_()),
+    ]
+)
+
+
+class GenerationInputError(ValueError):
+    """A setting or input the user gave cannot be used (reported as one line, exit code 2)."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything one shard needs; the command-line flags, one field each."""
+
+    model_folder: str
+    output_folder: str
+    num_of_patients: int
+    demographic_data_path: str
+    tokenizer_folder: str | None = None
+    batch_size: int = 16
+    buffer_size: int = 128
+    context_window: int | None = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    min_num_of_concepts: int = 1
+    drop_long_sequences: bool = False
+    constrained_decoding: bool = True
+    prompt_source: str = "data"
+    seed: int = 0
+    shard_index: int = 0
+    num_shards: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
+    show_progress: bool = True
+
+    def run_defining(self) -> dict:
+        """The settings that fix what a run produces (a rerun with the same seed must match them)."""
+        settings = asdict(self)
+        for transient in ("output_folder", "shard_index", "device", "show_progress"):
+            settings.pop(transient)
+        return settings
+
+
+def _check(settings: GenerationSettings) -> None:
+    s = settings
+    for name in ("num_of_patients", "batch_size", "buffer_size", "num_shards"):
+        if getattr(s, name) < 1:
+            raise GenerationInputError(f"--{name} must be at least 1, got {getattr(s, name)}")
+    if s.min_num_of_concepts < 0:
+        raise GenerationInputError(f"--min_num_of_concepts must be >= 0, got {s.min_num_of_concepts}")
+    if not 0 <= s.shard_index < s.num_shards:
+        raise GenerationInputError(f"--shard_index must be in [0, {s.num_shards}), got {s.shard_index}")
+    if not 0 <= s.seed <= sharding.MAX_SEED:
+        raise GenerationInputError(
+            f"--seed must be in [0, {sharding.MAX_SEED}] (person_id layout), got {s.seed}"
+        )
+    if s.num_of_patients > sharding.MAX_PATIENTS_PER_RUN:
+        raise GenerationInputError(
+            f"--num_of_patients {s.num_of_patients} exceeds {sharding.MAX_PATIENTS_PER_RUN}"
+        )
+    if s.device not in DEVICES:
+        raise GenerationInputError(f"unknown --device {s.device!r}; expected one of {', '.join(DEVICES)}")
+    if s.dtype not in DTYPES:
+        raise GenerationInputError(f"unknown --dtype {s.dtype!r}; expected one of {', '.join(DTYPES)}")
+    if s.prompt_source not in PROMPT_SOURCES:
+        raise GenerationInputError(
+            f"unknown --prompt_source {s.prompt_source!r}; expected one of {', '.join(PROMPT_SOURCES)}"
+        )
+    model = Path(s.model_folder)
+    if not (model / "config.json").is_file():
+        raise GenerationInputError(f"model folder {str(model)!r} not found or holds no config.json")
+    if s.device == "cuda" and not torch.cuda.is_available():
+        raise GenerationInputError("--device cuda asked for, but no CUDA device is available")
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _file_seed(seed: int, shard_index: int, num_shards: int, file_index: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([seed, shard_index, num_shards, file_index])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_parquet_atomically(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _register_run(runs: Path, settings: GenerationSettings) -> None:
+    """Record the run's settings, or refuse when the same seed was already used differently here."""
+    record = runs / f"seed{settings.seed}.json"
+    wanted = settings.run_defining()
+    if record.is_file():
+        existing = json.loads(record.read_text())
+        if existing != json.loads(json.dumps(wanted)):
+            changed = sorted(k for k in wanted if json.dumps(wanted[k]) != json.dumps(existing.get(k)))
+            raise GenerationInputError(
+                f"{str(record)!r} holds run seed {settings.seed} with other settings ({', '.join(changed)}); "
+                "use another --seed or --output_folder"
+            )
+        return
+    _atomic_write_text(record, json.dumps(wanted, indent=1, sort_keys=True))
+
+
+def _merge_summaries(strategy_folder: Path) -> dict:
+    shards = [json.loads(p.read_text()) for p in sorted((strategy_folder / "runs").glob("seed*-shard*.json"))]
+    patients = sum(s["patients_in_files"] for s in shards)
+    valid = sum(s["valid_patients_in_files"] for s in shards)
+    merged = {
+        "strategy": strategy_folder.name,
+        "patients": patients,
+        "valid_fraction": valid / patients if patients else None,
+        "shards": shards,
+    }
+    _atomic_write_text(strategy_folder / SUMMARY_FILE, json.dumps(merged, indent=1))
+    return merged
+
+
+def generate(settings: GenerationSettings) -> dict:
+    """Generate this shard's patients and write them, skipping files a previous attempt finished.
+
+    Args:
+        settings: the run's settings (see :class:`GenerationSettings`).
+
+    Returns:
+        This shard's summary (also written to ``runs/`` and merged into ``generation_summary.json``).
+
+    Raises:
+        GenerationInputError: a bad setting, model folder, tokenizer or demographic file.
+        GenerationError: the acceptance rule could not be met.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from cehrgpt.models.tokenizer import TokenizerError, load_tokenizer, token_kinds
+
+    _check(settings)
+    s = settings
+    started = time.perf_counter()
+    try:
+        tokenizer = load_tokenizer(s.tokenizer_folder or s.model_folder)
+    except (TokenizerError, OSError) as exc:
+        raise GenerationInputError(str(exc)) from exc
+    vocab = tokenizer.get_vocab()
+    tokens_by_id = [""] * len(vocab)
+    for token, i in vocab.items():
+        tokens_by_id[i] = token
+    kinds = token_kinds(tokenizer)
+    device = _resolve_device(s.device)
+    dtype = _resolve_dtype(s.dtype, device)
+    model = AutoModelForCausalLM.from_pretrained(s.model_folder, dtype=dtype).to(device).eval()
+    n_positions = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+    context_window = s.context_window or n_positions
+    needed = minimum_context_window(kinds)
+    if context_window < needed:
+        raise GenerationInputError(
+            f"--context_window {context_window} is too small for a {grammar.PROMPT_LENGTH}-token prompt "
+            f"plus one visit; expected at least {needed}"
+        )
+    if context_window > n_positions:
+        raise GenerationInputError(
+            f"--context_window {context_window} exceeds the model's {n_positions} positions"
+        )
+    try:
+        prompt_tokens, too_short = read_prompt_tokens(s.demographic_data_path)
+        pool = build_prompt_pool(prompt_tokens, vocab, s.prompt_source, too_short)
+    except PromptError as exc:
+        raise GenerationInputError(str(exc)) from exc
+
+    strategy_folder = Path(s.output_folder) / s.sampling.folder_name
+    out_dir = strategy_folder / "generated_sequences"
+    runs = strategy_folder / "runs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    _register_run(runs, s)
+
+    end_id = vocab[grammar.END]
+    patients = sharding.shard_range(s.num_of_patients, s.shard_index, s.num_shards)
+    files = sharding.file_ranges(patients, s.buffer_size)
+    concept_kind = int(grammar.TokenKind.CONCEPT)
+
+    def accept(ids: list[int], hit_window: bool) -> bool:
+        if s.drop_long_sequences and hit_window:
+            return False
+        return int((kinds[ids[grammar.PROMPT_LENGTH :]] == concept_kind).sum()) >= s.min_num_of_concepts
+
+    totals = {"sampled_tokens": 0, "rejected": 0, "patients": 0, "valid": 0, "hit_context_window": 0}
+    skipped_files = 0
+    progress = tqdm(
+        total=len(patients), unit="patient", disable=not s.show_progress, desc=f"shard {s.shard_index}"
+    )
+    decode_seconds = 0.0
+    for file_index, file_patients in enumerate(files):
+        path = (
+            out_dir
+            / f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}-part{file_index:05d}.parquet"
+        )
+        if path.is_file():
+            skipped_files += 1
+            progress.update(len(file_patients))
+            continue
+        seed_seq = _file_seed(s.seed, s.shard_index, s.num_shards, file_index)
+        rng = np.random.default_rng(seed_seq)
+        generator = torch.Generator(device=device).manual_seed(
+            int(seed_seq.generate_state(1, np.uint64)[0] >> 1)
+        )
+        constraint = (
+            GrammarConstrainedLogitsProcessor(kinds, context_window) if s.constrained_decoding else None
+        )
+        decoder = ContinuousBatchDecoder(
+            model,
+            build_logits_processors(s.sampling, constraint),
+            context_window,
+            end_id,
+            s.batch_size,
+            generator,
+        )
+        file_tokens = 0
+
+        def on_step(new_tokens: int, accepted: int) -> None:
+            nonlocal file_tokens
+            file_tokens += new_tokens
+            progress.update(accepted)
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            progress.set_postfix(
+                tokens_per_s=f"{(totals['sampled_tokens'] + file_tokens) / elapsed:.0f}", refresh=False
+            )
+
+        t0 = time.perf_counter()
+        result = decoder.run(
+            len(file_patients), lambda k: torch.from_numpy(pool.draw(rng, k)), accept=accept, on_step=on_step
+        )
+        decode_seconds += time.perf_counter() - t0
+        sequences = [[tokens_by_id[i] for i in seq] for seq in result.sequences]
+        valid = [grammar.is_valid(seq) for seq in sequences]
+        table = pa.table(
+            {
+                "person_id": [sharding.person_id(s.seed, g) for g in file_patients],
+                "concept_ids": sequences,
+                "num_of_concepts": [len(seq) for seq in sequences],
+                "is_valid": valid,
+            },
+            schema=OUTPUT_SCHEMA,
+        )
+        _write_parquet_atomically(table, path)
+        totals["sampled_tokens"] += result.sampled_tokens
+        totals["rejected"] += result.rejected
+        totals["patients"] += len(sequences)
+        totals["valid"] += sum(valid)
+        totals["hit_context_window"] += sum(result.hit_context_window)
+    progress.close()
+
+    patients_in_files, valid_in_files = _count_files(out_dir, s)
+    wall = time.perf_counter() - started
+    summary = {
+        "shard_index": s.shard_index,
+        "num_shards": s.num_shards,
+        "seed": s.seed,
+        "strategy": s.sampling.folder_name,
+        "person_id_range": [
+            sharding.person_id(s.seed, patients.start),
+            sharding.person_id(s.seed, patients.stop - 1),
+        ]
+        if len(patients)
+        else None,
+        "files": len(files),
+        "files_skipped_as_done": skipped_files,
+        "patients": totals["patients"],
+        "patients_in_files": patients_in_files,
+        "valid_patients_in_files": valid_in_files,
+        "valid_fraction": totals["valid"] / totals["patients"] if totals["patients"] else None,
+        "rejected_and_retried": totals["rejected"],
+        "closed_by_context_window": totals["hit_context_window"],
+        "sampled_tokens": totals["sampled_tokens"],
+        "wall_seconds": round(wall, 3),
+        "decode_seconds": round(decode_seconds, 3),
+        "tokens_per_second": round(totals["sampled_tokens"] / decode_seconds, 1) if decode_seconds else None,
+        "patients_per_second": round(totals["patients"] / decode_seconds, 2) if decode_seconds else None,
+        "prompts_usable": len(pool.ids),
+        "prompts_skipped": pool.skipped,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+        "settings": json.loads(json.dumps(s.run_defining())),
+        "context_window_used": context_window,
+    }
+    shard_file = runs / f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}.json"
+    _atomic_write_text(shard_file, json.dumps(summary, indent=1))
+    _merge_summaries(strategy_folder)
+    return summary
+
+
+def _count_files(out_dir: Path, s: GenerationSettings) -> tuple[int, int]:
+    """Patients and valid patients in this shard's finished files (written now or by an earlier attempt)."""
+    patients = valid = 0
+    for path in sorted(
+        out_dir.glob(f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}-part*.parquet")
+    ):
+        column = pq.read_table(path, columns=["is_valid"]).column("is_valid")
+        patients += len(column)
+        valid += int(sum(column.to_pylist()))
+    return patients, valid
+
+
+__all__ = ["GenerationError", "GenerationInputError", "GenerationSettings", "generate"]
