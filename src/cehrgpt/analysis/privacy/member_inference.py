@@ -1,0 +1,224 @@
+"""Membership inference: can an attacker holding the synthetic data tell who was in the training set?
+
+Each iteration samples the same number of training patients (members) and
+held-out patients (non-members), and a synthetic sample of that size. A record
+is predicted a member when its distance to the nearest synthetic patient is
+below a threshold, at two thresholds:
+
+- ``fixed``: the original's fixed distance (default 5, squared Euclidean);
+- ``median``: the median of all the sampled records' distances, where about half
+  the records are predicted members and chance F1 is 0.5.
+
+Chance for a threshold is the F1 of a coin that predicts the same share ``q`` of
+members on these balanced samples: ``q / (0.5 + q)``. ``mia_f1_above_chance`` is the
+larger of the two thresholds' F1 minus its chance F1 — what the release gate reads.
+
+Metrics: ``mia_{accuracy,precision,recall,f1,f1_chance,advantage}_{fixed,median}_threshold``
+(advantage = true-positive rate − false-positive rate), ``mia_f1_above_chance``,
+``mia_num_of_samples``, ``mia_n_iterations``. Table ``membership_inference.parquet``: one
+row per iteration and threshold with ``Iteration``, ``Threshold Type``, ``Threshold``,
+``Accuracy``, ``Precision``, ``Recall``, ``F1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cehrgpt.analysis.features import (
+    DEFAULT_CHUNK_SIZE,
+    FeatureSpace,
+    PatientSet,
+    nearest_neighbours,
+    sample_indices,
+)
+from cehrgpt.analysis.io import write_outputs
+from cehrgpt.analysis.privacy.common import (
+    DEFAULT_SEED,
+    add_sampling_flags,
+    check_positive,
+    load_inputs,
+    mean_of,
+    run_main,
+    samples_used,
+)
+
+TABLE = "membership_inference"
+FIXED_THRESHOLD = 5.0
+THRESHOLD_TYPES = ("fixed", "median")
+
+
+def classification_scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """Accuracy, precision, recall, F1, predicted-positive share and advantage (TPR − FPR); 0 when undefined."""
+    labels, predictions = labels.astype(bool), predictions.astype(bool)
+    tp = int(np.count_nonzero(labels & predictions))
+    fp = int(np.count_nonzero(~labels & predictions))
+    fn = int(np.count_nonzero(labels & ~predictions))
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "accuracy": float(np.mean(labels == predictions)),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "positive_rate": float(predictions.mean()),
+        "advantage": recall - (fp / negatives if negatives else 0.0) if positives else 0.0,
+    }
+
+
+def chance_f1(positive_rate: float) -> float:
+    """F1 of random guessing that predicts ``positive_rate`` of a balanced set as members."""
+    return positive_rate / (0.5 + positive_rate) if positive_rate > 0 else 0.0
+
+
+def membership_inference_analysis(
+    training: PatientSet,
+    evaluation: PatientSet,
+    synthetic: PatientSet,
+    space: FeatureSpace,
+    n_iterations: int = 1,
+    num_of_samples: int = 5000,
+    seed: int = DEFAULT_SEED,
+    fixed_threshold: float = FIXED_THRESHOLD,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Membership inference per iteration at the fixed and the median threshold; returns table and metrics."""
+    check_positive(n_iterations, "n_iterations")
+    n = samples_used(
+        num_of_samples,
+        {"training": len(training), "evaluation": len(evaluation), "synthetic": len(synthetic)},
+        "member_inference",
+    )
+    rng = np.random.default_rng(seed)
+    rows = []
+    for iteration in tqdm(range(1, n_iterations + 1), desc="membership inference", unit="iteration"):
+        members = space.encode(training.take(sample_indices(rng, len(training), n)))
+        non_members = space.encode(evaluation.take(sample_indices(rng, len(evaluation), n)))
+        s = space.encode(synthetic.take(sample_indices(rng, len(synthetic), n)))
+        distances = np.concatenate(
+            [
+                nearest_neighbours(members, s, chunk_size=chunk_size).a_to_b_distance,
+                nearest_neighbours(non_members, s, chunk_size=chunk_size).a_to_b_distance,
+            ]
+        )
+        labels = np.concatenate([np.ones(n, dtype=bool), np.zeros(n, dtype=bool)])
+        for threshold_type, threshold in (
+            ("fixed", fixed_threshold),
+            ("median", float(np.median(distances))),
+        ):
+            scores = classification_scores(labels, distances < threshold)
+            rows.append(
+                {
+                    "Iteration": iteration,
+                    "Threshold Type": threshold_type,
+                    "Threshold": threshold,
+                    "Accuracy": scores["accuracy"],
+                    "Precision": scores["precision"],
+                    "Recall": scores["recall"],
+                    "F1": scores["f1"],
+                    "F1 Chance": chance_f1(scores["positive_rate"]),
+                    "Advantage": scores["advantage"],
+                }
+            )
+    table = pd.DataFrame(rows)
+    metrics: dict[str, float] = {}
+    for threshold_type in THRESHOLD_TYPES:
+        part = table[table["Threshold Type"] == threshold_type]
+        for column, name in (
+            ("Accuracy", "accuracy"),
+            ("Precision", "precision"),
+            ("Recall", "recall"),
+            ("F1", "f1"),
+            ("F1 Chance", "f1_chance"),
+            ("Advantage", "advantage"),
+        ):
+            metrics[f"mia_{name}_{threshold_type}_threshold"] = mean_of(part[column].tolist())
+    metrics["mia_f1_above_chance"] = max(
+        metrics[f"mia_f1_{t}_threshold"] - metrics[f"mia_f1_chance_{t}_threshold"] for t in THRESHOLD_TYPES
+    )
+    metrics["mia_fixed_threshold"] = fixed_threshold
+    metrics["mia_num_of_samples"] = n
+    metrics["mia_n_iterations"] = n_iterations
+    return table, metrics
+
+
+def run_member_inference(
+    training_data_folder: str,
+    evaluation_data_folder: str,
+    synthetic_data_folder: str,
+    output_folder: str,
+    tokenizer_path: str | None = None,
+    n_iterations: int = 1,
+    num_of_samples: int = 5000,
+    seed: int = DEFAULT_SEED,
+    fixed_threshold: float = FIXED_THRESHOLD,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> dict[str, float]:
+    """Read the three folders, run membership inference, write the table and ``metrics.json``."""
+    inputs = load_inputs(training_data_folder, synthetic_data_folder, evaluation_data_folder, tokenizer_path)
+    assert inputs.evaluation is not None
+    table, metrics = membership_inference_analysis(
+        inputs.training,
+        inputs.evaluation,
+        inputs.synthetic,
+        inputs.space,
+        n_iterations=n_iterations,
+        num_of_samples=num_of_samples,
+        seed=seed,
+        fixed_threshold=fixed_threshold,
+        chunk_size=chunk_size,
+    )
+    metrics = {**metrics, **{f"mia_{k}": v for k, v in inputs.counts().items()}}
+    summary = {
+        "analysis": "member_inference",
+        "seed": seed,
+        "training_data_folder": str(training_data_folder),
+        "evaluation_data_folder": str(evaluation_data_folder),
+        "synthetic_data_folder": str(synthetic_data_folder),
+        "synthetic_exclusion_reasons": inputs.synthetic.exclusion_reasons,
+    }
+    write_outputs(output_folder, {TABLE: table}, metrics, summary)
+    return metrics
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cehrgpt.analysis.privacy.member_inference", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--training_data_folder", required=True)
+    parser.add_argument("--evaluation_data_folder", required=True)
+    parser.add_argument("--synthetic_data_folder", required=True)
+    parser.add_argument("--output_folder", required=True, help="where the table and metrics.json go")
+    parser.add_argument("--tokenizer_path", help="tokenizer folder; its concepts are the features")
+    parser.add_argument(
+        "--fixed_threshold", type=float, default=FIXED_THRESHOLD, help="the original's distance threshold"
+    )
+    add_sampling_flags(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return run_main(
+        lambda: run_member_inference(
+            args.training_data_folder,
+            args.evaluation_data_folder,
+            args.synthetic_data_folder,
+            args.output_folder,
+            args.tokenizer_path,
+            n_iterations=args.n_iterations,
+            num_of_samples=args.num_of_samples,
+            seed=args.seed,
+            fixed_threshold=args.fixed_threshold,
+            chunk_size=args.matching_batch_size,
+        ),
+        "Membership inference",
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
