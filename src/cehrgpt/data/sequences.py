@@ -1,0 +1,228 @@
+"""One patient's visits and events → one CEHR-GPT patient sequence (pure Python, no Spark).
+
+Every token is spelled by :mod:`cehrgpt.grammar`; this module only decides the
+order. Dates are whole days since 1970-01-01 ("epoch days") throughout.
+
+Rules (also in docs/architecture.md):
+
+* Prompt: year and age at the first visit start, gender, race (unknown → ``Gender/0``/``Race/0``).
+* Visits sorted by start day, real visits before artificial ones on the same
+  day, then by visit id. An artificial visit groups a person's orphan events of
+  one day (events whose visit is null or does not exist); its type is
+  ``Visit/0`` because the source does not say what kind of visit it was, and
+  ``9202`` (outpatient) would invent a fact.
+* Non-inpatient visit: ``[VS] type concepts [VE]``, concepts by (day, concept id).
+* Inpatient visit: a day cursor starts at the visit start; events by (day,
+  concept id), days clipped to the start; the first event sits on the start day
+  with the other events of its day (the grammar allows no day token before it),
+  each later day is preceded by ``i-D<days since the cursor>``, so later days keep
+  their true dates; the discharge concept
+  (``Discharge/0`` when unknown) closes it. The cursor ends on the last event day.
+* One gap token between visits (negative gaps clip to ``D0`` and are counted),
+  and ``gap [VS] [DEATH] [VE]`` after the last visit when the person died.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from functools import lru_cache
+
+from cehrgpt import grammar
+
+EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+OUTSIDE_VISIT = "0"
+PROMPT_POSITION = -1
+
+
+@lru_cache(maxsize=65536)
+def day_to_date(day: int) -> date:
+    return date.fromordinal(EPOCH_ORDINAL + day)
+
+
+def date_to_day(value: date) -> int:
+    return value.toordinal() - EPOCH_ORDINAL
+
+
+def age_in_years(birth: date, day: int) -> int:
+    """Whole years between ``birth`` and epoch day ``day`` (the usual birthday rule)."""
+    on = day_to_date(day)
+    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+
+
+def week_of(day: int) -> int:
+    return day // 7
+
+
+def birth_date(
+    year_of_birth: int | None,
+    month_of_birth: int | None = None,
+    day_of_birth: int | None = None,
+    birth_day: int | None = None,
+) -> date | None:
+    """The birth date: ``birth_datetime`` (as epoch day) if known, else year + month/day (default 1)."""
+    if birth_day is not None:
+        return day_to_date(birth_day)
+    if year_of_birth is None:
+        return None
+    try:
+        return date(int(year_of_birth), int(month_of_birth or 1), int(day_of_birth or 1))
+    except ValueError:
+        return date(int(year_of_birth), 1, 1)
+
+
+@dataclass
+class Visit:
+    """One visit and its kept events; ``visit_id`` None marks an artificial visit."""
+
+    start_day: int
+    visit_concept_id: int | None
+    visit_id: int | None = None
+    discharge_concept_id: int | None = None
+    events: list[tuple[int, int]] = field(default_factory=list)  # (event day, concept id)
+
+    @property
+    def is_inpatient(self) -> bool:
+        return (
+            self.visit_concept_id is not None and self.visit_concept_id in grammar.INPATIENT_VISIT_CONCEPT_IDS
+        )
+
+    def sort_key(self) -> tuple[int, int, int]:
+        return (self.start_day, self.visit_id is None, self.visit_id or 0)
+
+
+def visits_from_events(events: Iterable[dict]) -> list[Visit]:
+    """Group one person's events into visits, sorted as the sequence lists them.
+
+    Each event is a mapping with ``visit_id`` (None for an orphan event),
+    ``visit_concept_id``, ``visit_start_day``, ``discharge_concept_id``,
+    ``event_day`` and ``concept_id``. Orphan events form one artificial visit per day.
+    """
+    visits: dict[tuple[bool, int], Visit] = {}
+    for event in events:
+        visit_id = event["visit_id"]
+        key = (False, visit_id) if visit_id is not None else (True, event["event_day"])
+        visit = visits.get(key)
+        if visit is None:
+            if visit_id is None:
+                visit = Visit(start_day=event["event_day"], visit_concept_id=None)
+            else:
+                visit = Visit(
+                    start_day=event["visit_start_day"],
+                    visit_concept_id=event["visit_concept_id"],
+                    visit_id=visit_id,
+                    discharge_concept_id=event["discharge_concept_id"],
+                )
+            visits[key] = visit
+        visit.events.append((event["event_day"], event["concept_id"]))
+    return sorted(visits.values(), key=Visit.sort_key)
+
+
+@dataclass
+class PatientSequence:
+    """The columns of one ``patient_sequence`` row, plus what the report counts."""
+
+    concept_ids: list[str] = field(default_factory=list)
+    ages: list[int] = field(default_factory=list)
+    dates: list[int] = field(default_factory=list)
+    visit_concept_ids: list[str] = field(default_factory=list)
+    visit_concept_orders: list[int] = field(default_factory=list)
+    num_of_visits: int = 0
+    negative_gaps: int = 0
+    death_before_last_visit: bool = False
+
+    def add(self, token: str, age: int, week: int, visit_token: str, order: int) -> None:
+        self.concept_ids.append(token)
+        self.ages.append(age)
+        self.dates.append(week)
+        self.visit_concept_ids.append(visit_token)
+        self.visit_concept_orders.append(order)
+
+
+def patient_sequence(
+    birth: date,
+    gender_concept_id: int | None,
+    race_concept_id: int | None,
+    visits: list[Visit],
+    death_day: int | None = None,
+) -> PatientSequence:
+    """The token sequence of one person.
+
+    Args:
+        birth: the birth date (see :func:`birth_date`).
+        gender_concept_id: ``person.gender_concept_id``; 0/None is unknown.
+        race_concept_id: ``person.race_concept_id``; 0/None is unknown.
+        visits: at least one visit with at least one event each, sorted (see :func:`visits_from_events`).
+        death_day: the death date as an epoch day, or None.
+
+    Returns:
+        The sequence; it always satisfies :func:`cehrgpt.grammar.is_valid` (without ``[END]``).
+    """
+    if not visits:
+        raise ValueError("a patient sequence needs at least one visit")
+    seq = PatientSequence()
+    first = visits[0].start_day
+    for token in (
+        grammar.year_token(day_to_date(first).year),
+        grammar.age_token(age_in_years(birth, first)),
+        grammar.concept_token(gender_concept_id, grammar.UNKNOWN_GENDER),
+        grammar.concept_token(race_concept_id, grammar.UNKNOWN_RACE),
+    ):
+        seq.add(token, PROMPT_POSITION, PROMPT_POSITION, OUTSIDE_VISIT, 0)
+
+    cursor = first
+    for order, visit in enumerate(visits, start=1):
+        start = visit.start_day
+        if order > 1:
+            if start < cursor:
+                seq.negative_gaps += 1
+            seq.add(
+                grammar.gap_token(start - cursor),
+                age_in_years(birth, start),
+                week_of(start),
+                OUTSIDE_VISIT,
+                0,
+            )
+        cursor = _add_visit(seq, birth, visit, order)
+    seq.num_of_visits = len(visits)
+
+    if death_day is not None:
+        if death_day < cursor:
+            seq.death_before_last_visit = True
+        day = max(death_day, cursor)
+        age, week = age_in_years(birth, day), week_of(day)
+        seq.add(grammar.gap_token(day - cursor), age, week, OUTSIDE_VISIT, 0)
+        death_visit = str(grammar.DEATH_VISIT_CONCEPT_ID)
+        for token in (grammar.VISIT_START, grammar.DEATH, grammar.VISIT_END):
+            seq.add(token, age, week, death_visit, len(visits) + 1)
+    return seq
+
+
+def _add_visit(seq: PatientSequence, birth: date, visit: Visit, order: int) -> int:
+    """Append one visit's tokens; returns the cursor day after it."""
+    start = visit.start_day
+    visit_token = grammar.concept_token(visit.visit_concept_id, grammar.UNKNOWN_VISIT)
+    start_age, start_week = age_in_years(birth, start), week_of(start)
+    seq.add(grammar.VISIT_START, start_age, start_week, visit_token, order)
+    seq.add(visit_token, start_age, start_week, visit_token, order)
+    events = sorted(visit.events)
+    cursor = start
+    if not visit.is_inpatient:
+        for _day, concept_id in events:
+            seq.add(grammar.concept_token(concept_id, "0"), start_age, start_week, visit_token, order)
+    else:
+        age, week = start_age, start_week
+        previous_day = None
+        for event_day, concept_id in events:
+            day = max(event_day, start)
+            if previous_day is not None and day != previous_day:
+                age, week = age_in_years(birth, day), week_of(day)
+                seq.add(grammar.inpatient_gap_token(day - cursor), age, week, visit_token, order)
+                cursor = day
+            previous_day = day
+            seq.add(grammar.concept_token(concept_id, "0"), age, week, visit_token, order)
+        discharge = grammar.concept_token(visit.discharge_concept_id, grammar.UNKNOWN_DISCHARGE)
+        seq.add(discharge, age, week, visit_token, order)
+    seq.add(grammar.VISIT_END, start_age, start_week, visit_token, order)
+    return cursor
