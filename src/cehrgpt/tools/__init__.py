@@ -1,0 +1,1 @@
+"""Seed-compatible command-line tools (``python -m cehrgpt.tools.<name>``)."""

@@ -1,0 +1,95 @@
+"""``python -m cehrgpt.tools.upload_omop``: upload the restored OMOP tables to a database, all or nothing.
+
+Seed-compatible (``--credential_path``, ``--input_folder``), plus ``--target``
+for a SQLAlchemy URL such as ``duckdb:///omop.duckdb``. The logic lives in
+:func:`cehrgpt.upload.upload_omop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from cehrgpt.upload import UploadError, upload_omop
+from cehrgpt.upload.upload import DEFAULT_CHUNK_SIZE, MODES, SUMMARY_FILE
+
+
+def _table_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of rows") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cehrgpt.tools.upload_omop",
+        description="Upload restored OMOP CDM 5.4 tables (one parquet folder per table) to a database: "
+        "staged, verified, then swapped in one transaction.",
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--credential_path",
+        type=Path,
+        help="ini file with [DEFAULT] base_url (JDBC), driver, user, password; or sqlalchemy_url; "
+        "password_env names a variable holding the password ($CEHRGPT_DB_PASSWORD is also read)",
+    )
+    where.add_argument("--target", help="a SQLAlchemy URL instead, e.g. duckdb:///omop.duckdb")
+    parser.add_argument("--input_folder", type=Path, required=True, help="the restored_omop folder")
+    parser.add_argument(
+        "--schema", help="target schema (MariaDB: database); must exist; default: the connection's"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="replace",
+        help="replace the tables (default), append to them, or fail if any exists",
+    )
+    parser.add_argument(
+        "--tables", type=_table_list, help="comma-separated CDM tables to upload (default: all found)"
+    )
+    parser.add_argument(
+        "--chunk_size", type=_positive, default=DEFAULT_CHUNK_SIZE, help="rows per bulk-insert chunk"
+    )
+    parser.add_argument(
+        "--summary_path",
+        type=Path,
+        help=f"where the JSON summary goes (default: INPUT_FOLDER/{SUMMARY_FILE})",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        summary = upload_omop(
+            args.input_folder,
+            args.target if args.target else args.credential_path,
+            schema=args.schema,
+            mode=args.mode,
+            tables=args.tables,
+            chunk_size=args.chunk_size,
+            summary_path=args.summary_path,
+        )
+    except UploadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"uploaded {summary['total_rows']} rows in {len(summary['tables'])} tables to {summary['target']} "
+        f"({summary['rows_per_second']} rows/s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

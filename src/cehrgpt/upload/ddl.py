@@ -1,0 +1,225 @@
+"""CDM 5.4 tables as each database should hold them, and the statements that swap staging tables in.
+
+Types come from the CDM specification (:mod:`cehrgpt.omop.cdm`), never from
+the parquet files:
+
+============ ============ =================== =============== ============ ==========
+CDM type     SQL Server   PostgreSQL          MySQL/MariaDB   DuckDB       SQLite
+============ ============ =================== =============== ============ ==========
+integer *id  BIGINT       BIGINT              BIGINT          BIGINT       BIGINT
+integer      INTEGER      INTEGER             INTEGER         INTEGER      INTEGER
+float        FLOAT(53)    DOUBLE PRECISION    DOUBLE          DOUBLE       DOUBLE
+date         DATE         DATE                DATE            DATE         DATE
+datetime     DATETIME2    TIMESTAMP           DATETIME(6)     TIMESTAMP    DATETIME
+varchar(n)   VARCHAR(n)   VARCHAR(n)          VARCHAR(n)      VARCHAR(n)   VARCHAR(n)
+varchar(MAX) VARCHAR(max) TEXT                LONGTEXT        TEXT         TEXT
+============ ============ =================== =============== ============ ==========
+
+Integer fields whose name contains ``_id`` (keys, concept ids, ``fact_id_1``)
+are BIGINT: synthetic ids are int64 and may pass 2^31; counts, years and
+quantities stay INTEGER. Required fields are NOT NULL; the CDM's primary keys
+are declared; foreign keys are not, since the vocabulary tables the synthetic
+rows point to usually live elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mssql, mysql, postgresql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.schema import CreateTable
+from sqlalchemy.types import TypeEngine
+
+from cehrgpt.omop.cdm import CdmField, cdm_fields, primary_key
+
+STAGING_SUFFIX = "__cehrgpt_staging"
+RETIRED_SUFFIX = "__cehrgpt_old"  # MariaDB only: the replaced tables between the atomic RENAME and their DROP
+
+
+def is_bigint(field: CdmField) -> bool:
+    return field.datatype == "integer" and "_id" in field.name
+
+
+def column_type(field: CdmField, dialect_name: str) -> TypeEngine:
+    """The SQL type of one CDM field on one dialect (see the module table)."""
+    datatype = field.datatype
+    if datatype == "integer":
+        return sa.BigInteger() if is_bigint(field) else sa.Integer()
+    if datatype == "float":
+        return sa.Float(53) if dialect_name == "mssql" else sa.Double()
+    if datatype == "date":
+        return sa.Date()
+    if datatype == "datetime":
+        if dialect_name == "mssql":
+            return mssql.DATETIME2()
+        if dialect_name in ("mysql", "mariadb"):
+            return mysql.DATETIME(fsp=6)
+        if dialect_name == "postgresql":
+            return postgresql.TIMESTAMP(timezone=False)
+        return sa.DateTime()
+    if datatype.startswith("varchar("):
+        length = field.varchar_length
+        if length is not None:
+            return sa.String(length)
+        if dialect_name == "mssql":
+            return mssql.VARCHAR(None)  # VARCHAR(max)
+        if dialect_name in ("mysql", "mariadb"):
+            return mysql.LONGTEXT()
+        return sa.Text()
+    raise ValueError(f"{field.table}.{field.name}: CDM datatype {datatype!r} has no SQL mapping")
+
+
+def staging_name(table: str) -> str:
+    return f"{table}{STAGING_SUFFIX}"
+
+
+def retired_name(table: str) -> str:
+    return f"{table}{RETIRED_SUFFIX}"
+
+
+def pk_constraint_name(table_name: str) -> str:
+    return f"{table_name}_pkey"
+
+
+def cdm_table(
+    table: str,
+    metadata: sa.MetaData,
+    *,
+    dialect_name: str,
+    name: str | None = None,
+    schema: str | None = None,
+) -> sa.Table:
+    """The SQLAlchemy table for CDM ``table``, created under ``name`` (default: the CDM name).
+
+    The primary key constraint is named ``<name>_pkey`` so that the swap can
+    rename it with the table where constraint names are schema-wide
+    (PostgreSQL, SQL Server).
+    """
+    name = name or table
+    key = primary_key(table)
+    columns = [
+        sa.Column(
+            field.name,
+            column_type(field, dialect_name),
+            nullable=not (field.required or field.name == key),
+            autoincrement=False,
+        )
+        for field in cdm_fields(table)
+    ]
+    constraints = [sa.PrimaryKeyConstraint(key, name=pk_constraint_name(name))] if key else []
+    kwargs = (
+        {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"} if dialect_name in ("mysql", "mariadb") else {}
+    )
+    return sa.Table(name, metadata, *columns, *constraints, schema=schema, **kwargs)
+
+
+def create_table_sql(
+    table: str, dialect: Dialect, *, name: str | None = None, schema: str | None = None
+) -> str:
+    """The CREATE TABLE statement for CDM ``table`` on ``dialect`` (what a DBA would review)."""
+    sa_table = cdm_table(table, sa.MetaData(), dialect_name=dialect.name, name=name, schema=schema)
+    return str(CreateTable(sa_table).compile(dialect=dialect)).strip()
+
+
+@dataclass(frozen=True)
+class SwapItem:
+    """One table in the final transaction: its CDM name, whether the target exists, whether it has a key."""
+
+    table: str
+    target_exists: bool
+    has_primary_key: bool
+
+
+def qualified(dialect: Dialect, schema: str | None, name: str) -> str:
+    quote = dialect.identifier_preparer.quote
+    return f"{quote(schema)}.{quote(name)}" if schema else quote(name)
+
+
+def replace_statements(dialect: Dialect, schema: str | None, items: list[SwapItem]) -> list[str]:
+    """The statements that put every staging table in place of its target, in one transaction.
+
+    PostgreSQL, SQL Server, DuckDB and SQLite run DDL inside transactions, so
+    drops and renames commit together or not at all. MariaDB commits each DDL
+    statement, so its swap is a single atomic ``RENAME TABLE`` of every table
+    (old targets to ``*__cehrgpt_old``, staging to target); the retired tables
+    are dropped afterwards by :func:`drop_retired_statements`.
+    """
+    if dialect.name in ("mysql", "mariadb"):
+        renames = []
+        for item in items:
+            if item.target_exists:
+                renames.append(
+                    f"{qualified(dialect, schema, item.table)} TO {qualified(dialect, schema, retired_name(item.table))}"
+                )
+            renames.append(
+                f"{qualified(dialect, schema, staging_name(item.table))} TO {qualified(dialect, schema, item.table)}"
+            )
+        return [f"RENAME TABLE {', '.join(renames)}"]
+    statements = []
+    for item in items:
+        if item.target_exists:
+            statements.append(f"DROP TABLE {qualified(dialect, schema, item.table)}")
+        statements.extend(_rename_statements(dialect, schema, item))
+    return statements
+
+
+def append_statements(dialect: Dialect, schema: str | None, items: list[SwapItem]) -> list[str]:
+    """The statements that append every staging table to its target, in one transaction.
+
+    Existing targets get ``INSERT INTO ... SELECT`` (a key conflict aborts the
+    whole transaction); missing ones get the staging table renamed in. On
+    MariaDB every target must exist beforehand (the caller creates the missing
+    ones empty), since a rename there would commit the transaction.
+    """
+    statements = []
+    for item in items:
+        if item.target_exists:
+            columns = ", ".join(
+                dialect.identifier_preparer.quote(c) for c in [f.name for f in cdm_fields(item.table)]
+            )
+            statements.append(
+                f"INSERT INTO {qualified(dialect, schema, item.table)} ({columns}) "
+                f"SELECT {columns} FROM {qualified(dialect, schema, staging_name(item.table))}"
+            )
+        elif dialect.name in ("mysql", "mariadb"):
+            raise ValueError(f"on MariaDB the target {item.table} must exist before the append transaction")
+        else:
+            statements.extend(_rename_statements(dialect, schema, item))
+    return statements
+
+
+def drop_retired_statements(dialect: Dialect, schema: str | None, items: list[SwapItem]) -> list[str]:
+    """MariaDB: drop the tables the atomic RENAME retired (nothing elsewhere)."""
+    if dialect.name not in ("mysql", "mariadb"):
+        return []
+    return [
+        f"DROP TABLE {qualified(dialect, schema, retired_name(i.table))}" for i in items if i.target_exists
+    ]
+
+
+def _rename_statements(dialect: Dialect, schema: str | None, item: SwapItem) -> list[str]:
+    staging = staging_name(item.table)
+    if dialect.name == "mssql":
+        statements = [
+            f"EXEC sp_rename {_nstring(qualified(dialect, schema, staging))}, {_nstring(item.table)}"
+        ]
+        if item.has_primary_key:
+            statements.append(
+                f"EXEC sp_rename {_nstring(qualified(dialect, schema, pk_constraint_name(staging)))}, "
+                f"{_nstring(pk_constraint_name(item.table))}, N'OBJECT'"
+            )
+        return statements
+    quote = dialect.identifier_preparer.quote
+    statements = [f"ALTER TABLE {qualified(dialect, schema, staging)} RENAME TO {quote(item.table)}"]
+    if dialect.name == "postgresql" and item.has_primary_key:
+        statements.append(
+            f"ALTER TABLE {qualified(dialect, schema, item.table)} RENAME CONSTRAINT "
+            f"{quote(pk_constraint_name(staging))} TO {quote(pk_constraint_name(item.table))}"
+        )
+    return statements
+
+
+def _nstring(text: str) -> str:
+    return "N'" + text.replace("'", "''") + "'"

@@ -1,0 +1,411 @@
+"""Upload restored OMOP tables into a database, all or nothing.
+
+1. Check the input folder against the CDM 5.4 specification (parquet footers only).
+2. Drop staging tables a killed earlier run left behind (``<table>__cehrgpt_staging``, ``__cehrgpt_old``).
+3. Create one staging table per CDM table with the CDM's types and keys, bulk-load it,
+   and verify its row count against the parquet.
+4. Swap every staging table in (``replace``) or append it (``append``) in one transaction.
+
+What "all or nothing" means per database:
+
+* PostgreSQL, SQL Server, DuckDB, SQLite: DDL is transactional, so the drops and
+  renames (or the INSERT ... SELECTs) of every table commit together or not at all.
+  A failure or a killed process before that commit leaves the target tables exactly
+  as they were; the leftover staging tables are dropped by the next run.
+* MySQL/MariaDB: DDL commits on its own, so ``replace`` swaps with one atomic
+  ``RENAME TABLE`` of all tables and drops the retired tables afterwards (a process
+  killed in between leaves them as ``<table>__cehrgpt_old``, dropped by the next run).
+  ``append`` creates missing target tables empty first, appends in one InnoDB
+  transaction, and drops the tables it created if that fails.
+
+Run one upload per schema at a time: the staging tables have fixed names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import NoSuchModuleError
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from cehrgpt.omop.cdm import cdm_tables, primary_key
+from cehrgpt.upload.credentials import display_url, read_credential_file, redact, scrub_urls, target_url
+from cehrgpt.upload.ddl import (
+    RETIRED_SUFFIX,
+    STAGING_SUFFIX,
+    SwapItem,
+    append_statements,
+    cdm_table,
+    drop_retired_statements,
+    qualified,
+    replace_statements,
+    staging_name,
+)
+from cehrgpt.upload.errors import UploadError
+from cehrgpt.upload.inputs import TableInput, find_tables
+from cehrgpt.upload.loaders import load_staging
+
+log = logging.getLogger(__name__)
+
+MODES = ("replace", "append", "fail")
+DEFAULT_CHUNK_SIZE = 50_000
+SUMMARY_FILE = "upload_summary.json"
+# Fault-injection hook for the tests: seconds to sleep after each chunk, so a test can kill the upload midway.
+PAUSE_ENV_VAR = "CEHRGPT_UPLOAD_TEST_PAUSE_S"
+
+GUARANTEES = {
+    "postgresql": "transactional DDL: all tables swapped in one transaction",
+    "mssql": "transactional DDL (DROP TABLE + sp_rename): all tables swapped in one transaction",
+    "duckdb": "transactional DDL: all tables swapped in one transaction",
+    "sqlite": "transactional DDL: all tables swapped in one transaction",
+    "mysql": "one atomic RENAME TABLE of all tables; replaced tables dropped afterwards",
+}
+
+
+def upload_omop(
+    input_folder: str | os.PathLike[str],
+    target: str | os.PathLike[str] | URL,
+    *,
+    schema: str | None = None,
+    mode: str = "replace",
+    tables: list[str] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    summary_path: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Upload every restored CDM table in ``input_folder`` to a database, all or nothing.
+
+    Args:
+        input_folder: The restore job's ``restored_omop`` folder (one parquet folder per table;
+            ``rejected/`` and ``restore_report.json`` are ignored).
+        target: A SQLAlchemy URL (a ``str`` or ``URL``), or the ``Path`` of a seed-style credential
+            ini file (see :mod:`cehrgpt.upload.credentials`).
+        schema: The target schema (MariaDB: database); None uses the connection's default.
+            It must exist.
+        mode: ``replace`` the target tables, ``append`` to them (a key conflict changes nothing),
+            or ``fail`` if any of them exists.
+        tables: Upload only these CDM tables; None uploads every table folder.
+        chunk_size: Rows per bulk-insert chunk.
+        summary_path: Where the JSON summary goes; default ``<input_folder>/upload_summary.json``.
+
+    Returns:
+        The summary: target (password hidden), mode, per-table rows loaded and rows in the target
+        afterwards, totals and rows per second.
+
+    Raises:
+        UploadError: Bad input, credentials or target, or a database refusal; the target is left as it was.
+    """
+    if mode not in MODES:
+        raise UploadError(f"mode '{mode}' is not one of {', '.join(MODES)}")
+    if chunk_size < 1:
+        raise UploadError(f"chunk size {chunk_size} must be a positive number of rows")
+    url = _resolve_target(target)
+    secrets = [url.password if isinstance(url.password, str) else None]
+    inputs = find_tables(input_folder, tables)
+    started = time.perf_counter()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    engine = create_target_engine(url)
+    try:
+        tables_summary = _Upload(engine, inputs, schema, mode, chunk_size, secrets).run()
+    finally:
+        engine.dispose()
+    seconds = time.perf_counter() - started
+    total_rows = sum(ti.rows for ti in inputs)
+    summary = {
+        "target": display_url(url),
+        "dialect": engine.dialect.name,
+        "schema": schema,
+        "mode": mode,
+        "all_or_nothing": GUARANTEES.get(_family(engine.dialect.name), "transactional DDL assumed"),
+        "tables": tables_summary,
+        "total_rows": total_rows,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(total_rows / seconds, 1) if seconds > 0 else None,
+        "started_at": started_at,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_summary(summary, Path(summary_path) if summary_path else Path(input_folder) / SUMMARY_FILE)
+    return summary
+
+
+def write_summary(summary: dict[str, Any], path: Path) -> None:
+    """Write the summary atomically (temp file + rename)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+        temporary.replace(path)
+    except OSError as exc:
+        raise UploadError(
+            f"the upload succeeded but its summary {path} could not be written ({exc.strerror})"
+        ) from None
+
+
+def create_target_engine(url: URL) -> Engine:
+    """A SQLAlchemy engine set up for bulk loading and transactional DDL on ``url``'s database."""
+    kwargs: dict[str, Any] = {}
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if backend == "mssql" and driver == "pyodbc":
+        kwargs["fast_executemany"] = True
+    if backend == "postgresql" and driver == "psycopg" and "application_name" not in url.query:
+        kwargs["connect_args"] = {"application_name": "cehrgpt-upload"}
+    try:
+        engine = sa.create_engine(url, **kwargs)
+    except NoSuchModuleError:
+        raise UploadError(
+            f"no SQLAlchemy dialect for '{url.drivername}'; expected e.g. mssql+pyodbc, postgresql+psycopg, "
+            "mysql+pymysql, duckdb or sqlite"
+        ) from None
+    except ImportError as exc:
+        raise UploadError(f"the {url.drivername} driver cannot be loaded ({exc})") from None
+    if backend == "sqlite":
+        _real_sqlite_transactions(engine)
+    if backend in ("mysql", "mariadb"):
+        _strict_mysql_sessions(engine)
+    return engine
+
+
+# --- the run -----------------------------------------------------------------------------------------------
+
+
+class _Upload:
+    """One upload run: the state a failure must undo (staging tables made so far)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        inputs: list[TableInput],
+        schema: str | None,
+        mode: str,
+        chunk_size: int,
+        secrets: list[str | None],
+    ) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+        self.inputs = inputs
+        self.schema = schema
+        self.mode = mode
+        self.chunk_size = chunk_size
+        self.secrets = secrets
+        self.staged: list[str] = []
+        self.created_targets: list[str] = []
+        self.leftovers: list[str] = []
+        self.pause_s = float(os.environ.get(PAUSE_ENV_VAR, "0") or 0)
+
+    def run(self) -> dict[str, dict[str, Any]]:
+        with self._database_errors(f"connecting to {display_url(self.engine.url)}", unchanged=True):
+            existing = self._existing_tables()
+        wanted = [ti.table for ti in self.inputs]
+        present = [t for t in wanted if t in existing]
+        if self.mode == "fail" and present:
+            raise UploadError(
+                f"--mode fail: table {qualified(self.dialect, self.schema, present[0])} already exists "
+                f"({len(present)} of the {len(wanted)} tables do); nothing was changed"
+            )
+        self._drop_stale(existing)
+        timings: dict[str, float] = {}
+        try:
+            total = sum(ti.rows for ti in self.inputs)
+            with (
+                logging_redirect_tqdm(),
+                tqdm(total=total, unit="rows", unit_scale=True, desc="upload", smoothing=0) as bar,
+            ):
+                for ti in self.inputs:
+                    started = time.perf_counter()
+                    self._stage(ti, bar)
+                    timings[ti.table] = time.perf_counter() - started
+            items = [SwapItem(t, t in existing, primary_key(t) is not None) for t in wanted]
+            self._swap(items)
+        except BaseException:
+            self._undo()
+            raise
+        self._after_swap(items)
+        with self._database_errors("counting the rows of the target tables", unchanged=False):
+            after = self._counts(wanted)
+        return {
+            ti.table: {
+                "rows_loaded": ti.rows,
+                "rows_in_target": after[ti.table],
+                "files": len(ti.files),
+                "seconds": round(timings[ti.table], 3),
+            }
+            for ti in self.inputs
+        }
+
+    def _existing_tables(self) -> set[str]:
+        inspector = sa.inspect(self.engine)
+        if self.schema is not None and self.schema not in _schema_names(inspector):
+            raise UploadError(
+                f"schema '{self.schema}' does not exist in {display_url(self.engine.url)}; create it first"
+            )
+        return set(inspector.get_table_names(schema=self.schema))
+
+    def _drop_stale(self, existing: set[str]) -> None:
+        prefixes = set(cdm_tables())
+        stale = sorted(
+            name
+            for name in existing
+            for suffix in (STAGING_SUFFIX, RETIRED_SUFFIX)
+            if name.endswith(suffix) and name[: -len(suffix)] in prefixes
+        )
+        for name in stale:
+            log.info("dropping %s, left behind by an earlier upload that did not finish", name)
+            with (
+                self._database_errors(f"dropping the stale table {name}", unchanged=True),
+                self.engine.begin() as conn,
+            ):
+                conn.exec_driver_sql(f"DROP TABLE {qualified(self.dialect, self.schema, name)}")
+
+    def _stage(self, ti: TableInput, bar: tqdm) -> None:
+        name = staging_name(ti.table)
+        staging = cdm_table(
+            ti.table, sa.MetaData(), dialect_name=self.dialect.name, name=name, schema=self.schema
+        )
+        log.info("loading %s (%d rows, %d files) into %s", ti.table, ti.rows, len(ti.files), name)
+        with self._database_errors(f"creating {name}", unchanged=True), self.engine.begin() as conn:
+            staging.create(conn)
+        self.staged.append(ti.table)
+
+        def on_rows(rows: int) -> None:
+            bar.update(rows)
+            if self.pause_s:
+                time.sleep(self.pause_s)
+
+        with self._database_errors(f"loading {ti.table}", unchanged=True), self.engine.begin() as conn:
+            load_staging(conn, ti.table, staging, ti.files, chunk_size=self.chunk_size, on_rows=on_rows)
+        with self._database_errors(f"counting the rows of {name}", unchanged=True):
+            loaded = self._counts([name])[name]
+        if loaded != ti.rows:
+            raise UploadError(
+                f"{ti.table}: {loaded} rows arrived in {name} but the parquet holds {ti.rows}; "
+                "the target was left unchanged"
+            )
+
+    def _swap(self, items: list[SwapItem]) -> None:
+        mariadb = _family(self.dialect.name) == "mysql"
+        if self.mode == "append" and mariadb:
+            for item in (i for i in items if not i.target_exists):
+                target = cdm_table(
+                    item.table, sa.MetaData(), dialect_name=self.dialect.name, schema=self.schema
+                )
+                with (
+                    self._database_errors(f"creating {item.table}", unchanged=True),
+                    self.engine.begin() as conn,
+                ):
+                    target.create(conn)
+                self.created_targets.append(item.table)
+            items = [SwapItem(i.table, True, i.has_primary_key) for i in items]
+        plan = (append_statements if self.mode == "append" else replace_statements)(
+            self.dialect, self.schema, items
+        )
+        step = "appending to the target tables" if self.mode == "append" else "swapping the staging tables in"
+        log.info("%s: one transaction, %d statements", step, len(plan))
+        with self._database_errors(step, unchanged=True), self.engine.begin() as conn:
+            for statement in plan:
+                conn.exec_driver_sql(statement)
+        # Committed: from here on nothing may be undone. Appended-from staging tables remain to be dropped.
+        self.created_targets = []
+        self.staged = []
+        self.leftovers = (
+            [staging_name(i.table) for i in items if i.target_exists] if self.mode == "append" else []
+        )
+
+    def _after_swap(self, items: list[SwapItem]) -> None:
+        """Drop what the committed swap left over; a failure here no longer changes the target's data."""
+        statements = [f"DROP TABLE {qualified(self.dialect, self.schema, name)}" for name in self.leftovers]
+        if self.mode == "replace":
+            statements += drop_retired_statements(self.dialect, self.schema, items)
+        for statement in statements:
+            with contextlib.suppress(Exception), self.engine.begin() as conn:
+                conn.exec_driver_sql(statement)
+
+    def _undo(self) -> None:
+        """Best effort after a failure: drop our staging tables (and MariaDB targets we created empty)."""
+        names = [staging_name(t) for t in self.staged] + self.created_targets
+        for name in names:
+            with contextlib.suppress(Exception), self.engine.begin() as conn:
+                conn.exec_driver_sql(f"DROP TABLE {qualified(self.dialect, self.schema, name)}")
+
+    def _counts(self, names: list[str]) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {
+                name: int(
+                    conn.exec_driver_sql(
+                        f"SELECT COUNT(*) FROM {qualified(self.dialect, self.schema, name)}"
+                    ).scalar_one()
+                )
+                for name in names
+            }
+
+    @contextlib.contextmanager
+    def _database_errors(self, step: str, *, unchanged: bool) -> Iterator[None]:
+        """Turn a driver error into one redacted line naming the step (and whether the target changed)."""
+        driver_error: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError,)
+        dbapi = getattr(self.dialect, "loaded_dbapi", None)
+        if dbapi is not None and isinstance(getattr(dbapi, "Error", None), type):
+            driver_error = (*driver_error, dbapi.Error)
+        try:
+            yield
+        except UploadError:
+            raise
+        except driver_error as exc:
+            original = getattr(exc, "orig", None) or exc
+            lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+            reason = lines[0] if lines else type(original).__name__
+            if len(lines) > 1 and lines[0].lower().startswith("connection"):
+                reason = " ".join(lines[:2])
+            outcome = "; the target was left unchanged" if unchanged else ""
+            message = redact(scrub_urls(f"{step} failed: {reason}{outcome}"), self.secrets)
+            raise UploadError(message) from None
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _resolve_target(target: str | os.PathLike[str] | URL) -> URL:
+    if isinstance(target, URL):
+        return target
+    if isinstance(target, str):
+        return target_url(target)
+    return read_credential_file(target)
+
+
+def _family(dialect_name: str) -> str:
+    return "mysql" if dialect_name in ("mysql", "mariadb") else dialect_name
+
+
+def _schema_names(inspector: sa.Inspector) -> set[str]:
+    names = set(inspector.get_schema_names())
+    return names | {n.rsplit(".", 1)[-1] for n in names}  # DuckDB lists schemas as "<catalog>.<schema>"
+
+
+def _real_sqlite_transactions(engine: Engine) -> None:
+    """pysqlite leaves DDL outside transactions; take BEGIN/COMMIT into our hands so the swap is atomic."""
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
+def _strict_mysql_sessions(engine: Engine) -> None:
+    """Make MySQL/MariaDB refuse, not truncate, a value that does not fit its column."""
+
+    @event.listens_for(engine, "connect")
+    def _strict(dbapi_connection: Any, _record: Any) -> None:
+        with contextlib.closing(dbapi_connection.cursor()) as cursor:
+            cursor.execute("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'")
