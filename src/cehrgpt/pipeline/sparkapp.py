@@ -16,14 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cehrgpt.pipeline.images import SPARK_IMAGE
+
 GROUP = "sparkoperator.k8s.io"
 VERSION = "v1beta2"
 PLURAL = "sparkapplications"
 
 #: Where the Spark image (images/spark.Dockerfile) installs the restore job.
 RESTORE_MAIN_FILE = "local:///opt/cehrgpt/venv/lib/python3.11/site-packages/cehrgpt/omop/restore.py"
-#: The Spark image and the version of Spark it carries (images/spark.Dockerfile).
-SPARK_IMAGE = "ghcr.io/cehrgpt/cehrgpt-spark:0.1.0"
+#: The version of Spark the Spark image carries (images/spark.Dockerfile).
 SPARK_VERSION = "4.0.1"
 
 FAILED_STATES = frozenset({"FAILED", "SUBMISSION_FAILED"})

@@ -1,0 +1,1 @@
+"""Thin Kubeflow components: each calls one ``cehrgpt`` entry point and logs its metrics."""

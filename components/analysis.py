@@ -1,0 +1,255 @@
+"""Privacy analyses, fidelity report and the release gate."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from cehrgpt.pipeline.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def attribute_inference(
+    prepared: Input[Dataset],
+    sequences: Input[Dataset],
+    model: Input[Model],
+    attribute_config: str,
+    n_iterations: int,
+    num_of_samples: int,
+    seed: int,
+    results: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Attribute inference: can a synthetic neighbour reveal a real patient's sensitive concepts?
+
+    Args:
+        prepared: Output of prepare (training sequences).
+        sequences: The gathered generated sequences.
+        model: The model folder (its tokenizer).
+        attribute_config: YAML with common_attributes and sensitive_attributes (a path in the image).
+        n_iterations: Repetitions.
+        num_of_samples: Patients sampled per repetition.
+        seed: Sampling seed.
+        results: The analysis' tables and metrics.json.
+        metrics: Precision, recall and F1, synthetic-train vs train-train.
+    """
+    from cehrgpt.analysis.privacy.attribute_inference import main
+    from cehrgpt.pipeline.steps import (
+        GENERATED_SEQUENCES,
+        TRAIN_SEQUENCES,
+        flags,
+        log_metrics_json,
+        run_stage,
+    )
+
+    argv = flags(
+        training_data_folder=f"{prepared.path}/{TRAIN_SEQUENCES}",
+        output_folder=results.path,
+        synthetic_data_folder=f"{sequences.path}/{GENERATED_SEQUENCES}",
+        tokenizer_path=model.path,
+        attribute_config=attribute_config,
+        n_iterations=n_iterations,
+        num_of_samples=num_of_samples,
+        seed=seed,
+    )
+    run_stage("attribute_inference", main, argv)
+    log_metrics_json(f"{results.path}/metrics.json", metrics)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def member_inference(
+    prepared: Input[Dataset],
+    sequences: Input[Dataset],
+    model: Input[Model],
+    n_iterations: int,
+    num_of_samples: int,
+    seed: int,
+    results: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Membership inference: are training patients closer to the synthetic set than held-out ones?
+
+    Args:
+        prepared: Output of prepare (training and held-out sequences).
+        sequences: The gathered generated sequences.
+        model: The model folder (its tokenizer).
+        n_iterations: Repetitions.
+        num_of_samples: Patients sampled per repetition.
+        seed: Sampling seed.
+        results: The analysis' tables and metrics.json.
+        metrics: Accuracy, precision, recall and F1 of the attack.
+    """
+    from cehrgpt.analysis.privacy.member_inference import main
+    from cehrgpt.pipeline.steps import (
+        GENERATED_SEQUENCES,
+        HELD_OUT_SEQUENCES,
+        TRAIN_SEQUENCES,
+        flags,
+        log_metrics_json,
+        run_stage,
+    )
+
+    argv = flags(
+        training_data_folder=f"{prepared.path}/{TRAIN_SEQUENCES}",
+        evaluation_data_folder=f"{prepared.path}/{HELD_OUT_SEQUENCES}",
+        output_folder=results.path,
+        synthetic_data_folder=f"{sequences.path}/{GENERATED_SEQUENCES}",
+        tokenizer_path=model.path,
+        n_iterations=n_iterations,
+        num_of_samples=num_of_samples,
+        seed=seed,
+    )
+    run_stage("member_inference", main, argv)
+    log_metrics_json(f"{results.path}/metrics.json", metrics)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def nearest_neighbor_inference(
+    prepared: Input[Dataset],
+    sequences: Input[Dataset],
+    model: Input[Model],
+    n_iterations: int,
+    num_of_samples: int,
+    seed: int,
+    results: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Nearest-neighbour adversarial accuracy (train and held-out) and the privacy loss between them.
+
+    Args:
+        prepared: Output of prepare (training and held-out sequences).
+        sequences: The gathered generated sequences.
+        model: The model folder (its tokenizer).
+        n_iterations: Repetitions.
+        num_of_samples: Patients sampled per repetition.
+        seed: Sampling seed.
+        results: The analysis' tables and metrics.json.
+        metrics: AA_train, AA_test, NNAA privacy loss, tie rate.
+    """
+    from cehrgpt.analysis.privacy.nearest_neighbor_inference import main
+    from cehrgpt.pipeline.steps import (
+        GENERATED_SEQUENCES,
+        HELD_OUT_SEQUENCES,
+        TRAIN_SEQUENCES,
+        flags,
+        log_metrics_json,
+        run_stage,
+    )
+
+    argv = flags(
+        training_data_folder=f"{prepared.path}/{TRAIN_SEQUENCES}",
+        evaluation_data_folder=f"{prepared.path}/{HELD_OUT_SEQUENCES}",
+        metrics_folder=results.path,
+        synthetic_data_folder=f"{sequences.path}/{GENERATED_SEQUENCES}",
+        concept_tokenizer_path=model.path,
+        n_iterations=n_iterations,
+        num_of_samples=num_of_samples,
+        seed=seed,
+    )
+    run_stage("nearest_neighbor_inference", main, argv)
+    log_metrics_json(f"{results.path}/metrics.json", metrics)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def reid_inference(
+    prepared: Input[Dataset],
+    sequences: Input[Dataset],
+    seed: int,
+    results: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Re-identification risk of the synthetic records against the training sample and the population.
+
+    Args:
+        prepared: Output of prepare (training and held-out sequences).
+        sequences: The gathered generated sequences.
+        seed: Seed of any sampling.
+        results: The analysis' tables and metrics.json.
+        metrics: Re-identification risks.
+    """
+    from cehrgpt.analysis.privacy.reid_inference import main
+    from cehrgpt.pipeline.steps import (
+        GENERATED_SEQUENCES,
+        HELD_OUT_SEQUENCES,
+        TRAIN_SEQUENCES,
+        flags,
+        log_metrics_json,
+        run_stage,
+    )
+
+    argv = flags(
+        training_data_folder=f"{prepared.path}/{TRAIN_SEQUENCES}",
+        evaluation_data_folder=f"{prepared.path}/{HELD_OUT_SEQUENCES}",
+        output_folder=results.path,
+        synthetic_data_folder=f"{sequences.path}/{GENERATED_SEQUENCES}",
+        seed=seed,
+    )
+    run_stage("reid_inference", main, argv)
+    log_metrics_json(f"{results.path}/metrics.json", metrics)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def fidelity_report(
+    prepared: Input[Dataset],
+    sequences: Input[Dataset],
+    seed: int,
+    results: Output[Dataset],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+):
+    """How closely the synthetic patients follow the real ones: prevalence, co-occurrence, lengths, demographics.
+
+    Args:
+        prepared: Output of prepare (training sequences and vocabulary).
+        sequences: The gathered generated sequences.
+        seed: Seed of any sampling.
+        results: metrics.json and report.html.
+        metrics: The fidelity metrics.
+        report: The HTML report with its plots, shown in the Kubeflow UI.
+    """
+    import shutil
+
+    from cehrgpt.analysis.fidelity import main
+
+    from cehrgpt.pipeline.steps import (
+        GENERATED_SEQUENCES,
+        TRAIN_SEQUENCES,
+        VOCABULARY,
+        flags,
+        log_metrics_json,
+        run_stage,
+    )
+
+    argv = flags(
+        real_data_folder=f"{prepared.path}/{TRAIN_SEQUENCES}",
+        synthetic_data_folder=f"{sequences.path}/{GENERATED_SEQUENCES}",
+        output_folder=results.path,
+        vocab_folder=f"{prepared.path}/{VOCABULARY}",
+        seed=seed,
+    )
+    run_stage("fidelity", main, argv)
+    log_metrics_json(f"{results.path}/metrics.json", metrics)
+    shutil.copyfile(f"{results.path}/report.html", report.path)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def privacy_gate(
+    attribute_inference: Input[Dataset],
+    member_inference: Input[Dataset],
+    nearest_neighbor_inference: Input[Dataset],
+    reid_inference: Input[Dataset],
+    fidelity: Input[Dataset],
+):
+    """Fail the run when a privacy threshold is breached, so nothing risky is published.
+
+    Args:
+        attribute_inference: Its results (metrics.json).
+        member_inference: Its results.
+        nearest_neighbor_inference: Its results.
+        reid_inference: Its results.
+        fidelity: Its results.
+    """
+    from cehrgpt.analysis.gate import main
+
+    from cehrgpt.pipeline.steps import run_stage
+
+    folders = [attribute_inference, member_inference, nearest_neighbor_inference, reid_inference, fidelity]
+    run_stage("gate", main, ["--metrics", *(folder.path for folder in folders)])

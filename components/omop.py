@@ -1,0 +1,90 @@
+"""Restore OMOP tables (local Spark or a Spark-operator application) and upload them."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from cehrgpt.pipeline.images import CPU_IMAGE, SPARK_IMAGE
+
+
+@dsl.component(base_image=SPARK_IMAGE, install_kfp_package=False)
+def restore_omop_tables(
+    sequences: Input[Dataset],
+    prepared: Input[Dataset],
+    spark_mode: str,
+    namespace: str,
+    spark_image: str,
+    driver_cores: int,
+    driver_memory: str,
+    executor_instances: int,
+    executor_cores: int,
+    executor_memory: str,
+    ttl_seconds: int,
+    timeout_seconds: int,
+    run_id: str,
+    restored: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Restore CDM 5.4 tables from the generated sequences (the seed's Step 2).
+
+    Args:
+        sequences: The gathered generated sequences.
+        prepared: Output of prepare (its omop_vocab folder is the vocabulary).
+        spark_mode: ``operator`` (a SparkApplication on the cluster) or ``local`` (Spark in this pod).
+        namespace: Namespace of the SparkApplication.
+        spark_image: Image of the SparkApplication's driver and executors.
+        driver_cores: Driver cores.
+        driver_memory: Driver memory (Spark notation, e.g. 4g).
+        executor_instances: Executors.
+        executor_cores: Cores per executor.
+        executor_memory: Memory per executor.
+        ttl_seconds: The operator deletes the finished application after this long.
+        timeout_seconds: Fail the task when the application has not completed after this long.
+        run_id: Makes the application's name unique.
+        restored: One parquet folder per CDM table, rejected/ and restore_report.json.
+        metrics: Rows per table and rejections per reason.
+    """
+    from cehrgpt.pipeline.sparkapp import SparkOperatorSettings
+    from cehrgpt.pipeline.steps import log_metrics_json, run_restore_step
+
+    operator = SparkOperatorSettings(
+        namespace=namespace,
+        image=spark_image,
+        driver_cores=driver_cores,
+        driver_memory=driver_memory,
+        executor_instances=executor_instances,
+        executor_cores=executor_cores,
+        executor_memory=executor_memory,
+        ttl_seconds=ttl_seconds,
+        timeout_s=timeout_seconds,
+    )
+    report_path = run_restore_step(
+        spark_mode,
+        (sequences.path, sequences.uri),
+        (prepared.path, prepared.uri),
+        (restored.path, restored.uri),
+        operator,
+        run_id,
+    )
+    if report_path is not None:
+        log_metrics_json(report_path, metrics)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def upload_omop_tables(restored: Input[Dataset], target: str, schema: str, mode: str):
+    """Load the restored tables into a database, all or nothing (the seed's Step 3).
+
+    The database password (or whole URL) comes from a Kubernetes Secret as
+    environment variables, never from a pipeline parameter.
+
+    Args:
+        restored: The restored CDM tables.
+        target: SQLAlchemy URL without the password, or empty to take it from the Secret.
+        schema: Target schema (empty: the database's default).
+        mode: replace, append or fail.
+    """
+    from cehrgpt.tools.upload_omop import main
+
+    from cehrgpt.pipeline.steps import flags, run_stage
+
+    argv = flags(target=target or None, input_folder=restored.path, schema=schema or None, mode=mode)
+    run_stage("upload", main, argv)

@@ -1,0 +1,158 @@
+"""Pipeline ``end_to_end``: OMOP CDM → trained model → synthetic OMOP, privacy-gated.
+
+Steps 1-2 are the ``training`` pipeline's, steps 2-6 the ``synthetic_data``
+pipeline's, fed by the freshly trained model instead of imported artifacts.
+Generation flags keep the seed's names; the training ones are prefixed ``train_``.
+"""
+
+from kfp import dsl
+
+from cehrgpt.pipeline.images import SPARK_IMAGE
+from pipelines.synthetic_data import ATTRIBUTE_CONFIG_IN_IMAGE, DEFAULT_GPU_TOLERATIONS, add_synthesis_steps
+from pipelines.training import add_training_steps
+
+PIPELINE_NAME = "cehrgpt-end-to-end"
+
+
+@dsl.pipeline(name=PIPELINE_NAME)
+def end_to_end(
+    omop_source: str,
+    test_fraction: float = 0.2,
+    preset: str = "small",
+    max_steps: int = 0,
+    epochs: int = 0,
+    train_batch_size: int = 0,
+    learning_rate: float = 0.0,
+    train_context_window: int = 0,
+    num_of_patients: int = 128,
+    num_shards: int = 1,
+    batch_size: int = 16,
+    buffer_size: int = 128,
+    context_window: int = 4096,
+    sampling_strategy: str = "TopPStrategy",
+    top_p: float = 1.0,
+    top_k: int = 300,
+    temperature: float = 1.0,
+    repetition_penalty: float = 1.0,
+    epsilon_cutoff: float = 0.0,
+    seed: int = 42,
+    device: str = "cuda",
+    dtype: str = "bfloat16",
+    gpu_node_selector: dict = {},  # noqa: B006 (a pipeline default, never mutated)
+    gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
+    spark_mode: str = "operator",
+    spark_namespace: str = "kubeflow-user",
+    spark_image: str = SPARK_IMAGE,
+    spark_driver_cores: int = 1,
+    spark_driver_memory: str = "4g",
+    spark_executor_instances: int = 2,
+    spark_executor_cores: int = 2,
+    spark_executor_memory: str = "8g",
+    spark_ttl_seconds: int = 3600,
+    spark_timeout_seconds: int = 21600,
+    attribute_config: str = ATTRIBUTE_CONFIG_IN_IMAGE,
+    n_iterations: int = 10,
+    num_of_samples: int = 10000,
+    upload: bool = False,
+    upload_target: str = "",
+    upload_schema: str = "",
+    upload_mode: str = "replace",
+    database_secret: str = "cehrgpt-database",
+):
+    """Train CEHR-GPT on an OMOP CDM database, generate synthetic patients, restore OMOP, gate on privacy, publish.
+
+    Args:
+        omop_source: Folder of parquet/CSV tables, a DuckDB file or a SQLAlchemy URL (read only).
+        test_fraction: Share of persons held out (the privacy analyses' non-members).
+        preset: Model size: tiny, small or base.
+        max_steps: Training steps (0: the preset's).
+        epochs: Training epochs (0: the preset's).
+        train_batch_size: Training batch size (0: the preset's).
+        learning_rate: Peak learning rate (0: the preset's).
+        train_context_window: Tokens per training window (0: the preset's).
+        num_of_patients: Synthetic patients to generate, exactly, over all shards.
+        num_shards: Generation pods, one GPU each (at most 8 run at once).
+        batch_size: Sequences decoded together per generation pod.
+        buffer_size: Patients per output parquet file.
+        context_window: Maximum generated sequence length, prompt included.
+        sampling_strategy: TopPStrategy, TopKStrategy or TopMixStrategy.
+        top_p: Nucleus sampling mass.
+        top_k: Top-k cut.
+        temperature: Sampling temperature.
+        repetition_penalty: Penalty on repeated tokens.
+        epsilon_cutoff: Epsilon sampling cut-off (0: off).
+        seed: Seed of the split, training, generation and every analysis.
+        device: cuda or cpu (generation).
+        dtype: Model dtype for generation (bfloat16, float16, float32).
+        gpu_node_selector: Node labels for the GPU pods.
+        gpu_tolerations: Tolerations for the GPU pods (default: the nvidia.com/gpu taint).
+        spark_mode: operator (a SparkApplication) or local (Spark inside the restore pod).
+        spark_namespace: Namespace of the SparkApplication (the run's namespace).
+        spark_image: Image of the SparkApplication.
+        spark_driver_cores: Driver cores.
+        spark_driver_memory: Driver memory.
+        spark_executor_instances: Executors.
+        spark_executor_cores: Cores per executor.
+        spark_executor_memory: Memory per executor.
+        spark_ttl_seconds: The operator deletes the finished application after this long.
+        spark_timeout_seconds: Fail the restore when it has not completed after this long.
+        attribute_config: Attribute-inference YAML (a path inside the CPU image).
+        n_iterations: Repetitions of each sampled privacy analysis.
+        num_of_samples: Patients per repetition.
+        upload: Upload the restored tables when the gate passes.
+        upload_target: SQLAlchemy URL without password; empty to use the Secret's url.
+        upload_schema: Target schema.
+        upload_mode: replace, append or fail.
+        database_secret: Kubernetes Secret with the database url and password.
+    """
+    prepare, train = add_training_steps(
+        omop_source=omop_source,
+        test_fraction=test_fraction,
+        preset=preset,
+        max_steps=max_steps,
+        epochs=epochs,
+        batch_size=train_batch_size,
+        learning_rate=learning_rate,
+        context_window=train_context_window,
+        seed=seed,
+        gpu_node_selector=gpu_node_selector,
+        gpu_tolerations=gpu_tolerations,
+    )
+    add_synthesis_steps(
+        train.outputs["model"],
+        prepare.outputs["prepared"],
+        num_of_patients=num_of_patients,
+        num_shards=num_shards,
+        batch_size=batch_size,
+        buffer_size=buffer_size,
+        context_window=context_window,
+        sampling_strategy=sampling_strategy,
+        top_p=top_p,
+        top_k=top_k,
+        temperature=temperature,
+        repetition_penalty=repetition_penalty,
+        epsilon_cutoff=epsilon_cutoff,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        gpu_node_selector=gpu_node_selector,
+        gpu_tolerations=gpu_tolerations,
+        spark_mode=spark_mode,
+        spark_namespace=spark_namespace,
+        spark_image=spark_image,
+        spark_driver_cores=spark_driver_cores,
+        spark_driver_memory=spark_driver_memory,
+        spark_executor_instances=spark_executor_instances,
+        spark_executor_cores=spark_executor_cores,
+        spark_executor_memory=spark_executor_memory,
+        spark_ttl_seconds=spark_ttl_seconds,
+        spark_timeout_seconds=spark_timeout_seconds,
+        attribute_config=attribute_config,
+        n_iterations=n_iterations,
+        num_of_samples=num_of_samples,
+        upload=upload,
+        upload_target=upload_target,
+        upload_schema=upload_schema,
+        upload_mode=upload_mode,
+        database_secret=database_secret,
+    )

@@ -1,0 +1,306 @@
+"""Pipeline ``synthetic_data``: a trained model → synthetic patients → OMOP, privacy and fidelity → gate → upload.
+
+Steps:
+    1. import the model and the prepared data (sequences + vocabulary) by URI;
+    2. plan shards, then one generation pod per shard, each on one GPU (``dsl.ParallelFor``);
+    3. gather the shards into one Dataset;
+    4. in parallel: restore OMOP (SparkApplication or local Spark), the four privacy analyses, fidelity;
+    5. the privacy gate over every analysis;
+    6. only when the gate passed and ``upload`` is on: upload the restored tables, credentials from a Secret.
+
+The gate comes before the upload on purpose: a breached threshold must stop
+the data from being published, not report it afterwards.
+"""
+
+from components.analysis import (
+    attribute_inference,
+    fidelity_report,
+    member_inference,
+    nearest_neighbor_inference,
+    privacy_gate,
+    reid_inference,
+)
+from components.generation import gather_generated_shards, generate_sequences, plan_generation_shards
+from components.omop import restore_omop_tables, upload_omop_tables
+from kfp import dsl, kubernetes
+from kfp.dsl import Dataset, Model
+
+from cehrgpt.pipeline.images import SPARK_IMAGE
+from pipelines.training import DEFAULT_GPU_TOLERATIONS, GPU_RESOURCE
+
+PIPELINE_NAME = "cehrgpt-synthetic-data"
+#: Generation pods running at once: the GPUs one run may hold. Kubeflow needs a literal here.
+MAX_PARALLEL_GENERATION_PODS = 8
+#: Secret keys → environment of the upload task (see manifests/base/database-secret.yaml).
+DATABASE_SECRET_KEYS = {"url": "CEHRGPT_UPLOAD_TARGET", "password": "CEHRGPT_UPLOAD_PASSWORD"}
+ATTRIBUTE_CONFIG_IN_IMAGE = "/opt/cehrgpt/analysis/privacy/attribute_inference_config.yml"
+
+
+def _resources(task, cpu: str, memory: str, cpu_limit: str | None = None, memory_limit: str | None = None):
+    return (
+        task.set_cpu_request(cpu)
+        .set_cpu_limit(cpu_limit or cpu)
+        .set_memory_request(memory)
+        .set_memory_limit(memory_limit or memory)
+    )
+
+
+def add_synthesis_steps(
+    model,
+    prepared,
+    *,
+    num_of_patients,
+    num_shards,
+    batch_size,
+    buffer_size,
+    context_window,
+    sampling_strategy,
+    top_p,
+    top_k,
+    temperature,
+    repetition_penalty,
+    epsilon_cutoff,
+    seed,
+    device,
+    dtype,
+    gpu_node_selector,
+    gpu_tolerations,
+    spark_mode,
+    spark_namespace,
+    spark_image,
+    spark_driver_cores,
+    spark_driver_memory,
+    spark_executor_instances,
+    spark_executor_cores,
+    spark_executor_memory,
+    spark_ttl_seconds,
+    spark_timeout_seconds,
+    attribute_config,
+    n_iterations,
+    num_of_samples,
+    upload,
+    upload_target,
+    upload_schema,
+    upload_mode,
+    database_secret,
+) -> None:
+    """Add steps 2-6 to the pipeline being defined, from a model and prepared-data artifact."""
+    # 2. plan shards and generate, one GPU per shard
+    plan = plan_generation_shards(num_of_patients=num_of_patients, num_shards=num_shards)
+    plan.set_display_name("2. plan generation shards").set_caching_options(True)
+    _resources(plan, "100m", "256Mi", "1", "1Gi")
+    with dsl.ParallelFor(
+        plan.output, parallelism=MAX_PARALLEL_GENERATION_PODS, name="2. generation shards"
+    ) as shard:
+        generate = generate_sequences(
+            model=model,
+            prepared=prepared,
+            shard_index=shard.shard_index,
+            num_shards=shard.num_shards,
+            num_of_patients=num_of_patients,
+            batch_size=batch_size,
+            buffer_size=buffer_size,
+            context_window=context_window,
+            sampling_strategy=sampling_strategy,
+            top_p=top_p,
+            top_k=top_k,
+            temperature=temperature,
+            repetition_penalty=repetition_penalty,
+            epsilon_cutoff=epsilon_cutoff,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+        )
+        generate.set_display_name("2. generate a shard (1 GPU)").set_caching_options(True)
+        generate.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+        generate.set_retry(num_retries=2, backoff_duration="60s")  # preempted GPU pods resume their shard
+        _resources(generate, "4", "32Gi", "8", "48Gi")
+        kubernetes.add_node_selector_json(generate, gpu_node_selector)
+        kubernetes.add_toleration_json(generate, gpu_tolerations)
+
+    # 3. gather the shards
+    gather = gather_generated_shards(shards=dsl.Collected(generate.outputs["generated"]))
+    gather.set_display_name("3. gather generation shards").set_caching_options(True)
+    _resources(gather, "1", "2Gi", "2", "4Gi")
+    sequences = gather.outputs["sequences"]
+
+    # 4. restore, privacy analyses and fidelity, in parallel
+    restore = restore_omop_tables(
+        sequences=sequences,
+        prepared=prepared,
+        spark_mode=spark_mode,
+        namespace=spark_namespace,
+        spark_image=spark_image,
+        driver_cores=spark_driver_cores,
+        driver_memory=spark_driver_memory,
+        executor_instances=spark_executor_instances,
+        executor_cores=spark_executor_cores,
+        executor_memory=spark_executor_memory,
+        ttl_seconds=spark_ttl_seconds,
+        timeout_seconds=spark_timeout_seconds,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
+    restore.set_display_name("4. restore OMOP (Spark)").set_caching_options(True)
+    _resources(restore, "2", "8Gi", "4", "16Gi")
+
+    samples = {"n_iterations": n_iterations, "num_of_samples": num_of_samples, "seed": seed}
+    aia = attribute_inference(
+        prepared=prepared, sequences=sequences, model=model, attribute_config=attribute_config, **samples
+    )
+    aia.set_display_name("4. privacy: attribute inference")
+    mia = member_inference(prepared=prepared, sequences=sequences, model=model, **samples)
+    mia.set_display_name("4. privacy: membership inference")
+    nnaa = nearest_neighbor_inference(prepared=prepared, sequences=sequences, model=model, **samples)
+    nnaa.set_display_name("4. privacy: nearest-neighbour adversarial accuracy")
+    reid = reid_inference(prepared=prepared, sequences=sequences, seed=seed)
+    reid.set_display_name("4. privacy: re-identification risk")
+    fidelity = fidelity_report(prepared=prepared, sequences=sequences, seed=seed)
+    fidelity.set_display_name("4. fidelity report")
+    for analysis in (aia, mia, nnaa, reid, fidelity):
+        analysis.set_caching_options(True)
+        _resources(analysis, "2", "8Gi", "4", "16Gi")
+
+    # 5. the gate
+    gate = privacy_gate(
+        attribute_inference=aia.outputs["results"],
+        member_inference=mia.outputs["results"],
+        nearest_neighbor_inference=nnaa.outputs["results"],
+        reid_inference=reid.outputs["results"],
+        fidelity=fidelity.outputs["results"],
+    )
+    gate.set_display_name("5. privacy gate").set_caching_options(False)
+    _resources(gate, "100m", "256Mi", "1", "1Gi")
+
+    # 6. publish only what passed the gate
+    with dsl.If(upload == True, name="6. upload when enabled"):  # noqa: E712 (a pipeline condition, not a Python test)
+        load = upload_omop_tables(
+            restored=restore.outputs["restored"], target=upload_target, schema=upload_schema, mode=upload_mode
+        )
+        load.set_display_name("6. upload OMOP tables").set_caching_options(False).after(gate)
+        _resources(load, "1", "4Gi", "2", "8Gi")
+        kubernetes.use_secret_as_env(
+            load, secret_name=database_secret, secret_key_to_env=DATABASE_SECRET_KEYS
+        )
+
+
+@dsl.pipeline(name=PIPELINE_NAME)
+def synthetic_data(
+    model_uri: str,
+    prepared_data_uri: str,
+    num_of_patients: int = 128,
+    num_shards: int = 1,
+    batch_size: int = 16,
+    buffer_size: int = 128,
+    context_window: int = 4096,
+    sampling_strategy: str = "TopPStrategy",
+    top_p: float = 1.0,
+    top_k: int = 300,
+    temperature: float = 1.0,
+    repetition_penalty: float = 1.0,
+    epsilon_cutoff: float = 0.0,
+    seed: int = 42,
+    device: str = "cuda",
+    dtype: str = "bfloat16",
+    gpu_node_selector: dict = {},  # noqa: B006 (a pipeline default, never mutated)
+    gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
+    spark_mode: str = "operator",
+    spark_namespace: str = "kubeflow-user",
+    spark_image: str = SPARK_IMAGE,
+    spark_driver_cores: int = 1,
+    spark_driver_memory: str = "4g",
+    spark_executor_instances: int = 2,
+    spark_executor_cores: int = 2,
+    spark_executor_memory: str = "8g",
+    spark_ttl_seconds: int = 3600,
+    spark_timeout_seconds: int = 21600,
+    attribute_config: str = ATTRIBUTE_CONFIG_IN_IMAGE,
+    n_iterations: int = 10,
+    num_of_samples: int = 10000,
+    upload: bool = False,
+    upload_target: str = "",
+    upload_schema: str = "",
+    upload_mode: str = "replace",
+    database_secret: str = "cehrgpt-database",
+):
+    """Generate synthetic patients with a trained CEHR-GPT model, restore OMOP, check privacy, publish.
+
+    Args:
+        model_uri: Folder of the trained model (Hugging Face format, tokenizer included).
+        prepared_data_uri: Folder written by prepare: patient_sequence/{train,test}, omop_vocab.
+        num_of_patients: Synthetic patients to generate, exactly, over all shards.
+        num_shards: Generation pods, one GPU each (at most 8 run at once).
+        batch_size: Sequences decoded together per pod.
+        buffer_size: Patients per output parquet file.
+        context_window: Maximum sequence length, prompt included.
+        sampling_strategy: TopPStrategy, TopKStrategy or TopMixStrategy.
+        top_p: Nucleus sampling mass.
+        top_k: Top-k cut.
+        temperature: Sampling temperature.
+        repetition_penalty: Penalty on repeated tokens.
+        epsilon_cutoff: Epsilon sampling cut-off (0: off).
+        seed: Seed of generation and every analysis.
+        device: cuda or cpu.
+        dtype: Model dtype for generation (bfloat16, float16, float32).
+        gpu_node_selector: Node labels for generation pods, e.g. {"cloud.google.com/gke-accelerator": "nvidia-l4"}.
+        gpu_tolerations: Tolerations for generation pods (default: the nvidia.com/gpu taint).
+        spark_mode: operator (a SparkApplication) or local (Spark inside the restore pod).
+        spark_namespace: Namespace of the SparkApplication (the run's namespace).
+        spark_image: Image of the SparkApplication.
+        spark_driver_cores: Driver cores.
+        spark_driver_memory: Driver memory.
+        spark_executor_instances: Executors.
+        spark_executor_cores: Cores per executor.
+        spark_executor_memory: Memory per executor.
+        spark_ttl_seconds: The operator deletes the finished application after this long.
+        spark_timeout_seconds: Fail the restore when it has not completed after this long.
+        attribute_config: Attribute-inference YAML (a path inside the CPU image).
+        n_iterations: Repetitions of each sampled privacy analysis.
+        num_of_samples: Patients per repetition.
+        upload: Upload the restored tables when the gate passes.
+        upload_target: SQLAlchemy URL without password; empty to use the Secret's url.
+        upload_schema: Target schema.
+        upload_mode: replace, append or fail.
+        database_secret: Kubernetes Secret with the database url and password.
+    """
+    model = dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False)
+    model.set_display_name("1. import model")
+    prepared = dsl.importer(artifact_uri=prepared_data_uri, artifact_class=Dataset, reimport=False)
+    prepared.set_display_name("1. import prepared data")
+    add_synthesis_steps(
+        model.output,
+        prepared.output,
+        num_of_patients=num_of_patients,
+        num_shards=num_shards,
+        batch_size=batch_size,
+        buffer_size=buffer_size,
+        context_window=context_window,
+        sampling_strategy=sampling_strategy,
+        top_p=top_p,
+        top_k=top_k,
+        temperature=temperature,
+        repetition_penalty=repetition_penalty,
+        epsilon_cutoff=epsilon_cutoff,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        gpu_node_selector=gpu_node_selector,
+        gpu_tolerations=gpu_tolerations,
+        spark_mode=spark_mode,
+        spark_namespace=spark_namespace,
+        spark_image=spark_image,
+        spark_driver_cores=spark_driver_cores,
+        spark_driver_memory=spark_driver_memory,
+        spark_executor_instances=spark_executor_instances,
+        spark_executor_cores=spark_executor_cores,
+        spark_executor_memory=spark_executor_memory,
+        spark_ttl_seconds=spark_ttl_seconds,
+        spark_timeout_seconds=spark_timeout_seconds,
+        attribute_config=attribute_config,
+        n_iterations=n_iterations,
+        num_of_samples=num_of_samples,
+        upload=upload,
+        upload_target=upload_target,
+        upload_schema=upload_schema,
+        upload_mode=upload_mode,
+        database_secret=database_secret,
+    )
