@@ -50,7 +50,8 @@ def column_type(field: CdmField, dialect_name: str) -> TypeEngine:
     if datatype == "float":
         return sa.Float(53) if dialect_name == "mssql" else sa.Double()
     if datatype == "date":
-        return sa.Date()
+        # SQLAlchemy's generic Date renders DATETIME on SQL Server until it has seen a 2008+ server.
+        return mssql.DATE() if dialect_name == "mssql" else sa.Date()
     if datatype == "datetime":
         if dialect_name == "mssql":
             return mssql.DATETIME2()

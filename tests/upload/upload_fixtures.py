@@ -1,0 +1,87 @@
+"""Hand-made restored OMOP tables for the upload tests, and what the database should hold afterwards."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+PERSON = pa.table(
+    {
+        "person_id": pa.array([1, 2, 3_000_000_000], pa.int64()),
+        "gender_concept_id": pa.array([8507, 8532, 8532], pa.int64()),
+        "year_of_birth": pa.array([1980, 1991, 2002], pa.int32()),
+        "birth_datetime": pa.array(
+            [dt.datetime(1980, 1, 2, 3, 4, 5, 678901), None, dt.datetime(2002, 12, 31, 23, 59, 59, 999999)],
+            pa.timestamp("us", tz="UTC"),
+        ),
+        "race_concept_id": pa.array([8527, 0, 8516], pa.int64()),
+        "ethnicity_concept_id": pa.array([0, 0, 0], pa.int64()),
+        "person_source_value": pa.array(["p1", "", None], pa.string()),
+    }
+)
+DEATH = pa.table(
+    {
+        "person_id": pa.array([2], pa.int64()),
+        "death_date": pa.array([dt.date(2020, 2, 29)], pa.date32()),
+        "death_datetime": pa.array([dt.datetime(2020, 2, 29, 13, 14, 15, 161718)], pa.timestamp("us")),
+        "death_type_concept_id": pa.array([32817], pa.int64()),
+    }
+)
+OBSERVATION_PERIOD = pa.table(
+    {
+        "observation_period_id": pa.array([10, 11, 12], pa.int64()),
+        "person_id": pa.array([1, 2, 3_000_000_000], pa.int64()),
+        "observation_period_start_date": pa.array(
+            [dt.date(2000, 1, 1), dt.date(2010, 6, 1), dt.date(2019, 1, 1)], pa.date32()
+        ),
+        "observation_period_end_date": pa.array(
+            [dt.date(2001, 1, 1), dt.date(2020, 2, 29), dt.date(2019, 1, 2)], pa.date32()
+        ),
+        "period_type_concept_id": pa.array([44814725] * 3, pa.int64()),
+    }
+)
+MEASUREMENT = pa.table(
+    {
+        "measurement_id": pa.array([100, 101], pa.int64()),
+        "person_id": pa.array([1, 1], pa.int64()),
+        "measurement_concept_id": pa.array([3004249, 3012888], pa.int64()),
+        "measurement_date": pa.array([dt.date(2000, 3, 4)] * 2, pa.date32()),
+        "measurement_type_concept_id": pa.array([32817, 32817], pa.int64()),
+        "value_as_number": pa.array([120.5, 1 / 3], pa.float64()),
+    }
+)
+
+# The rows each test expects back (column subsets, ordered by key).
+EXPECTED_PERSON = [
+    (1, 8507, 1980, dt.datetime(1980, 1, 2, 3, 4, 5, 678901), 8527, "p1"),
+    (2, 8532, 1991, None, 0, ""),
+    (3_000_000_000, 8532, 2002, dt.datetime(2002, 12, 31, 23, 59, 59, 999999), 8516, None),
+]
+EXPECTED_DEATH = [(2, dt.date(2020, 2, 29), dt.datetime(2020, 2, 29, 13, 14, 15, 161718), 32817)]
+EXPECTED_MEASUREMENT = [(100, 120.5), (101, 1 / 3)]
+
+
+def write_table(folder: Path, name: str, table: pa.Table, parts: int = 1) -> None:
+    """One CDM table as ``parts`` parquet files, the way Spark lays it out."""
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    size = -(-table.num_rows // parts) if table.num_rows else 0
+    for part in range(parts):
+        pq.write_table(table.slice(part * size, size), folder / name / f"part-{part:05d}.parquet")
+
+
+def snapshot(engine: sa.Engine, schema: str | None) -> dict[str, list[tuple]]:
+    """Every table in ``schema`` with all its rows, sorted: what "unchanged" is checked against."""
+    inspector = sa.inspect(engine)
+    tables = sorted(inspector.get_table_names(schema=schema))
+    with engine.connect() as conn:
+        result = {}
+        for name in tables:
+            table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
+            result[name] = sorted(
+                (tuple(row) for row in conn.execute(sa.select(table))), key=lambda r: tuple(map(repr, r))
+            )
+    return result
