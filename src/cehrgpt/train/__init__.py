@@ -1,0 +1,6 @@
+"""``python -m cehrgpt.train``: tokenizer and GPT-2 training on patient sequences."""
+
+from cehrgpt.train.cli import main
+from cehrgpt.train.trainer import TrainError, TrainSettings, train
+
+__all__ = ["TrainError", "TrainSettings", "main", "train"]

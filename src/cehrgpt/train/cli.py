@@ -1,0 +1,74 @@
+"""Command line of ``python -m cehrgpt.train``: parse arguments, call :func:`cehrgpt.train.trainer.train`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cehrgpt.models.gpt import PRESETS
+from cehrgpt.models.tokenizer import TokenizerError
+from cehrgpt.train.data import DataFolderError
+from cehrgpt.train.trainer import TrainError, train
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cehrgpt.train",
+        description="Build the CEHR-GPT tokenizer and train a GPT-2 model on patient sequences; the output "
+        "folder loads with AutoModelForCausalLM/AutoTokenizer.from_pretrained.",
+        argument_default=argparse.SUPPRESS,  # unset flags fall back to the preset
+    )
+    parser.add_argument("--data_folder", required=True, help="patient_sequence folder with train/ and test/")
+    parser.add_argument("--output_folder", required=True, help="model folder to write (empty or absent)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size (default tiny)")
+    parser.add_argument("--max_steps", type=int, help="optimizer steps; overrides --epochs")
+    parser.add_argument("--epochs", type=int, help="passes over the training patients")
+    parser.add_argument("--batch_size", type=int, help="windows per step per device")
+    parser.add_argument("--learning_rate", type=float, help="peak AdamW learning rate (cosine decay)")
+    parser.add_argument("--context_window", type=int, help="longest window in tokens, prompt included")
+    parser.add_argument("--n_layer", type=int, help="override the preset's transformer layers")
+    parser.add_argument("--n_embd", type=int, help="override the preset's hidden width")
+    parser.add_argument("--n_head", type=int, help="override the preset's attention heads")
+    parser.add_argument("--dropout", type=float, help="dropout probability (default 0.1)")
+    parser.add_argument(
+        "--seed", type=int, help="seeds model init, data order and window choice (default 42)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in the folder"
+    )
+    parser.add_argument(
+        "--min_concept_patients",
+        type=int,
+        help="leave out concepts seen in fewer training patients (default 1)",
+    )
+    parser.add_argument(
+        "--eval_steps", type=int, help="validate every N steps, 0 = only at the end (default 500)"
+    )
+    parser.add_argument("--logging_steps", type=int, help="log loss and tokens/s every N steps (default 50)")
+    parser.add_argument(
+        "--save_steps", type=int, help="checkpoint every N steps, 0 = only at the end (default 500)"
+    )
+    parser.add_argument("--num_workers", type=int, help="data loader worker processes (default 0)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(_parser().parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
+    try:
+        metrics = train(args.pop("data_folder"), args.pop("output_folder"), **args)
+    except (TrainError, DataFolderError, TokenizerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"validation perplexity {metrics['validation_perplexity']:.2f} "
+        f"(unigram baseline {metrics['unigram_baseline_perplexity']:.2f}), "
+        f"{metrics['steps']} steps, {metrics['tokens_per_second']} tokens/s, {metrics['wall_time_seconds']}s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

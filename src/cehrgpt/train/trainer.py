@@ -1,0 +1,479 @@
+"""Train a CEHR-GPT model (GPT-2) on patient sequences and save it as Hugging Face artifacts.
+
+Why a small ``accelerate`` loop rather than the HF ``Trainer``: the loop is a
+page long, runs unchanged on one CPU, one GPU or under ``torchrun`` /
+``accelerate launch`` on several GPUs (``Accelerator`` reads the launcher's
+environment), gives bf16 autocast with one argument, and keeps the two things
+this format needs in plain sight: seeded prompt-preserving windows and a
+length-grouped sampler whose order depends only on (seed, epoch), so that
+``--resume`` continues the exact batch sequence and loss curve from a
+checkpoint (model, optimizer, scheduler and RNG state via ``save_state``).
+
+Output folder, written so that a killed run never looks complete::
+
+    MODEL/checkpoints/tokenizer/          tokenizer built at the start (reused by --resume)
+    MODEL/checkpoints/step-<N>/           accelerate state + trainer_state.json
+    MODEL/config.json model.safetensors generation_config.json tokenizer.json tokenizer_config.json
+    MODEL/token_metadata.json
+    MODEL/training_metrics.json           written last: its presence means the run finished
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from cehrgpt import grammar
+from cehrgpt.models.gpt import PRESETS, generation_config, gpt2_config
+from cehrgpt.models.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, token_metadata
+from cehrgpt.train.data import (
+    IGNORE_INDEX,
+    LengthGroupedSampler,
+    WindowDataset,
+    collate_windows,
+    encode_all,
+    read_split,
+    unigram_log_probs,
+    whole_history,
+)
+
+logger = logging.getLogger("cehrgpt.train")
+
+METRICS_FILE = "training_metrics.json"
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+KEEP_CHECKPOINTS = 2
+WARMUP_FRACTION = 0.05
+MAX_WARMUP_STEPS = 500
+WEIGHT_DECAY = 0.01
+MAX_GRAD_NORM = 1.0
+
+
+class TrainError(ValueError):
+    """A training setting or the output folder is not usable."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Every knob of a run (build it with :func:`resolve_settings`, which fills in the preset)."""
+
+    preset: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    context_window: int
+    batch_size: int
+    learning_rate: float
+    epochs: int
+    max_steps: int | None = None
+    dropout: float = 0.1
+    seed: int = 42
+    resume: bool = False
+    min_concept_patients: int = 1
+    eval_steps: int = 500
+    logging_steps: int = 50
+    save_steps: int = 500
+    num_workers: int = 0
+
+
+def resolve_settings(preset: str = "tiny", **overrides) -> TrainSettings:
+    """The preset's settings with ``overrides`` applied (``None`` values ignored), checked.
+
+    Raises:
+        TrainError: an unknown preset or setting, or a value out of range.
+    """
+    if preset not in PRESETS:
+        raise TrainError(f"unknown preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    known = {f.name for f in fields(TrainSettings)} - {"preset"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TrainError(
+            f"unknown setting(s) {', '.join(unknown)}: expected some of {', '.join(sorted(known))}"
+        )
+    given = {name: value for name, value in overrides.items() if value is not None}
+    s = TrainSettings(preset=preset, **{**PRESETS[preset].as_dict(), **given})
+    at_least_one = (
+        "epochs",
+        "batch_size",
+        "context_window",
+        "n_layer",
+        "n_embd",
+        "n_head",
+        "min_concept_patients",
+    )
+    for name in at_least_one:
+        if getattr(s, name) < 1:
+            raise TrainError(f"{name} must be >= 1, got {getattr(s, name)}")
+    for name in ("eval_steps", "logging_steps", "save_steps", "num_workers"):
+        if getattr(s, name) < 0:
+            raise TrainError(f"{name} must be >= 0, got {getattr(s, name)}")
+    if s.max_steps is not None and s.max_steps < 1:
+        raise TrainError(f"max_steps must be >= 1, got {s.max_steps}")
+    if s.learning_rate <= 0:
+        raise TrainError(f"learning_rate must be > 0, got {s.learning_rate}")
+    if not 0 <= s.dropout < 1:
+        raise TrainError(f"dropout must be in [0, 1), got {s.dropout}")
+    if s.context_window <= grammar.PROMPT_LENGTH:
+        raise TrainError(
+            f"context_window must exceed the {grammar.PROMPT_LENGTH}-token prompt, got {s.context_window}"
+        )
+    if s.n_embd % s.n_head:
+        raise TrainError(f"n_embd ({s.n_embd}) must be a multiple of n_head ({s.n_head})")
+    return s
+
+
+def train(
+    data_folder: str | os.PathLike, output_folder: str | os.PathLike, *, preset: str = "tiny", **overrides
+) -> dict:
+    """Build the tokenizer, train GPT-2 on ``data_folder/train``, evaluate on ``data_folder/test``, save.
+
+    Args:
+        data_folder: The ETL's ``patient_sequence`` folder (``train/`` and ``test/`` parquet,
+            column ``concept_ids``).
+        output_folder: Where the model, tokenizer and ``training_metrics.json`` go; must be
+            empty or absent unless ``resume=True``.
+        preset: ``tiny``, ``small`` or ``base`` (see :data:`cehrgpt.models.gpt.PRESETS`).
+        **overrides: Any :class:`TrainSettings` field (``max_steps``, ``epochs``, ``batch_size``,
+            ``learning_rate``, ``context_window``, ``seed``, ``resume``, ...).
+
+    Returns:
+        The metrics written to ``training_metrics.json``.
+
+    Raises:
+        TrainError: a bad setting or an output folder that holds something else.
+        DataFolderError: the data folder is missing, empty or in the wrong format.
+    """
+    settings = resolve_settings(preset, **overrides)
+    return _Run(Path(data_folder), Path(output_folder), settings).execute()
+
+
+class _Run:
+    """One training run: its settings, data, model and bookkeeping."""
+
+    def __init__(self, data_folder: Path, output_folder: Path, settings: TrainSettings):
+        self.data_folder = data_folder
+        self.out = output_folder
+        self.settings = settings
+        self.checkpoints = output_folder / CHECKPOINTS
+
+    # --- setup ---------------------------------------------------------------------------------------------
+
+    def _check_output_folder(self) -> Path | None:
+        """Refuse a folder holding other things; return the checkpoint to resume from, if any."""
+        if self.out.exists() and not self.out.is_dir():
+            raise TrainError(f"output folder {str(self.out)!r} is a file: expected a folder")
+        if not self.settings.resume:
+            if self.out.is_dir() and any(self.out.iterdir()):
+                raise TrainError(
+                    f"output folder {str(self.out)!r} is not empty: choose an empty folder or pass --resume"
+                )
+            return None
+        steps = sorted(
+            (int(p.name.split("-")[1]), p)
+            for p in self.checkpoints.glob("step-*")
+            if (p / STATE_FILE).is_file()
+        )
+        return steps[-1][1] if steps else None
+
+    def execute(self) -> dict:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        started = time.perf_counter()
+        s = self.settings
+        checkpoint = self._check_output_folder()
+        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        accelerator = Accelerator(mixed_precision=mixed, step_scheduler_with_optimizer=False)
+        self.accelerator = accelerator
+        main = accelerator.is_main_process
+        if main:
+            (self.out / METRICS_FILE).unlink(missing_ok=True)
+
+        train_tokens = read_split(self.data_folder, "train")
+        test_tokens = read_split(self.data_folder, "test")
+        tokenizer, tokenizer_stats = self._tokenizer(train_tokens, resuming=checkpoint is not None)
+        vocab = tokenizer.get_vocab()
+        pad_id, end_id, vs_id = vocab[grammar.PAD], vocab[grammar.END], vocab[grammar.VISIT_START]
+        train_ids = encode_all(train_tokens, vocab, vocab[grammar.OOV])
+        test_ids = encode_all(test_tokens, vocab, vocab[grammar.OOV])
+        window = s.context_window
+        assert window is not None and s.batch_size is not None
+
+        dataset = WindowDataset(train_ids, window, end_id, vs_id, s.seed)
+        loader = DataLoader(
+            dataset,
+            batch_size=s.batch_size,
+            sampler=LengthGroupedSampler(dataset.lengths, s.batch_size, s.seed),
+            collate_fn=functools.partial(collate_windows, pad_id=pad_id),
+            num_workers=s.num_workers,
+            drop_last=False,
+        )
+        eval_set = WindowDataset(test_ids, window, end_id, vs_id, s.seed + 1)
+        eval_windows = [eval_set[i] for i in range(len(eval_set))]
+        unigram = unigram_log_probs([whole_history(ids, end_id) for ids in train_ids], len(tokenizer))
+        unigram_nll = -sum(float(unigram[w[1:]].sum()) for w in eval_windows)
+        eval_count = sum(len(w) - 1 for w in eval_windows)
+
+        set_seed(s.seed)
+        from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
+
+        config = gpt2_config(
+            tokenizer,
+            n_layer=s.n_layer,
+            n_embd=s.n_embd,
+            n_head=s.n_head,
+            context_window=window,
+            dropout=s.dropout,
+        )
+        model = GPT2LMHeadModel(config)
+        model.generation_config = generation_config(tokenizer, window)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, weight_decay=WEIGHT_DECAY)
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        steps_per_epoch = len(loader)
+        total_steps = s.max_steps or steps_per_epoch * s.epochs
+        warmup = min(MAX_WARMUP_STEPS, max(1, int(WARMUP_FRACTION * total_steps)))
+        scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(optimizer, warmup, total_steps))
+
+        state: dict[str, Any] = {"step": 0, "log_history": [], "eval_history": []}
+        if checkpoint is not None:
+            state = self._load_checkpoint(checkpoint)
+        step = resumed_from = state["step"]
+        log_history, eval_history = state["log_history"], state["eval_history"]
+        if main:
+            params = sum(p.numel() for p in model.parameters())
+            logger.info(
+                "training %s (%.2fM parameters, vocab %d, window %d) on %d patients, %d steps (%d per epoch), "
+                "%s, %d process(es), mixed precision %s%s",
+                s.preset, params / 1e6, len(tokenizer), window, len(train_ids), total_steps, steps_per_epoch,
+                accelerator.device, accelerator.num_processes, mixed,
+                f", resumed from step {step}" if checkpoint else "",
+            )  # fmt: skip
+
+        model.train()
+        window_loss, window_steps, window_tokens = 0.0, 0, 0
+        train_tokens_seen, train_seconds = 0, 0.0
+        bar = tqdm(
+            total=total_steps, initial=step, disable=not main, unit="step", desc="train", dynamic_ncols=True
+        )
+        tick = time.perf_counter()
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            loader.set_epoch(epoch)
+            skip = step % steps_per_epoch
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            for batch in batches:
+                with accelerator.autocast():
+                    loss = model(**batch).loss
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                tokens = int(batch["attention_mask"].sum())
+                window_loss += loss.detach().float().item()
+                window_steps += 1
+                window_tokens += tokens
+                bar.update(1)
+                if (s.logging_steps and step % s.logging_steps == 0) or step == total_steps:
+                    now = time.perf_counter()
+                    train_seconds += now - tick
+                    all_tokens = int(
+                        accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device))
+                    )
+                    mean_loss = float(
+                        accelerator.reduce(
+                            torch.tensor(window_loss / window_steps, device=accelerator.device), "mean"
+                        )
+                    )
+                    rate = all_tokens / max(now - tick, 1e-9)
+                    train_tokens_seen += all_tokens
+                    entry = {"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": round(mean_loss, 5),
+                             "learning_rate": scheduler.get_last_lr()[0], "tokens_per_second": round(rate, 1)}  # fmt: skip
+                    log_history.append(entry)
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate:,.0f}")
+                    if main:
+                        logger.info("step %d/%d epoch %.2f loss %.4f lr %.2e %.0f tokens/s", step, total_steps,
+                                    entry["epoch"], mean_loss, entry["learning_rate"], rate)  # fmt: skip
+                    window_loss, window_steps, window_tokens = 0.0, 0, 0
+                    tick = time.perf_counter()
+                if s.eval_steps and step % s.eval_steps == 0 and step != total_steps:
+                    eval_history.append(
+                        self._evaluate(model, eval_windows, pad_id, step, unigram_nll, eval_count)
+                    )
+                    tick = time.perf_counter()
+                if (s.save_steps and step % s.save_steps == 0) or step == total_steps:
+                    self._save_checkpoint(
+                        step, {"step": step, "log_history": log_history, "eval_history": eval_history}
+                    )
+                    tick = time.perf_counter()
+                if step >= total_steps:
+                    break
+        bar.close()
+
+        final = self._evaluate(model, eval_windows, pad_id, step, unigram_nll, eval_count)
+        eval_history.append(final)
+        metrics = {
+            "train_loss": log_history[-1]["loss"] if log_history else None,
+            "validation_loss": final["validation_loss"],
+            "validation_perplexity": final["validation_perplexity"],
+            "unigram_baseline_perplexity": final["unigram_baseline_perplexity"],
+            "validation_tokens": eval_count,
+            "tokens_per_second": round(train_tokens_seen / train_seconds, 1) if train_seconds else None,
+            "wall_time_seconds": round(time.perf_counter() - started, 2),
+            "steps": step,
+            "resumed_from_step": resumed_from if checkpoint else None,
+            "steps_per_epoch": steps_per_epoch,
+            "epochs_completed": round(step / steps_per_epoch, 3),
+            "num_train_patients": len(train_ids),
+            "num_test_patients": len(test_ids),
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "device": str(accelerator.device),
+            "num_processes": accelerator.num_processes,
+            "mixed_precision": mixed,
+            "tokenizer": tokenizer_stats,
+            "settings": asdict(s),
+            "log_history": log_history,
+            "eval_history": eval_history,
+        }
+        if main:
+            self._write_artifact(
+                accelerator.unwrap_model(model), accelerator.get_state_dict(model), tokenizer, metrics
+            )
+            logger.info(
+                "validation loss %.4f, perplexity %.2f (unigram baseline %.2f); %s tokens/s; saved to %s",
+                metrics["validation_loss"], metrics["validation_perplexity"],
+                metrics["unigram_baseline_perplexity"], metrics["tokens_per_second"], self.out,
+            )  # fmt: skip
+        accelerator.wait_for_everyone()
+        return metrics
+
+    def _tokenizer(self, train_tokens: list[list[str]], resuming: bool):
+        saved = self.checkpoints / "tokenizer"
+        stats_file = saved / "build_stats.json"
+        if resuming and stats_file.is_file():
+            return load_tokenizer(saved), json.loads(stats_file.read_text())
+        tokenizer, stats = build_tokenizer(train_tokens, self.settings.min_concept_patients)
+        tokenizer.model_max_length = self.settings.context_window
+        if self.accelerator.is_main_process:
+            if saved.exists():
+                shutil.rmtree(saved)
+            tmp = self.checkpoints / ".tokenizer.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_tokenizer(tokenizer, tmp)
+            (tmp / "build_stats.json").write_text(json.dumps(stats, indent=1))
+            tmp.replace(saved)
+            logger.info(
+                "tokenizer: %d tokens; %d of %d concepts kept, %d left out (seen in < %d patients)",
+                stats["vocab_size"], stats["concepts_kept"], stats["concepts_seen"],
+                stats["concepts_left_out_rare"], stats["min_concept_patients"],
+            )  # fmt: skip
+        self.accelerator.wait_for_everyone()
+        return tokenizer, stats
+
+    # --- evaluation -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _evaluate(self, model, windows, pad_id: int, step: int, unigram_nll: float, count: int) -> dict:
+        """Token-level validation loss over every test window; each process takes every n-th window."""
+        accelerator = self.accelerator
+        mine = windows[accelerator.process_index :: accelerator.num_processes]
+        mine = sorted(mine, key=len, reverse=True)
+        batch_size = self.settings.batch_size
+        total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        model.eval()
+        for begin in range(0, len(mine), batch_size):
+            batch = collate_windows(mine[begin : begin + batch_size], pad_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            total += torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().flatten(0, 1),
+                batch["labels"][:, 1:].flatten(),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            ).double()
+        model.train()
+        loss = float(accelerator.reduce(total, "sum")) / count
+        result = {
+            "step": step,
+            "validation_loss": round(loss, 5),
+            "validation_perplexity": round(math.exp(loss), 3),
+            "unigram_baseline_perplexity": round(math.exp(unigram_nll / count), 3),
+        }
+        if accelerator.is_main_process:
+            logger.info(
+                "step %d: validation loss %.4f, perplexity %.2f (unigram baseline %.2f)",
+                step, loss, result["validation_perplexity"], result["unigram_baseline_perplexity"],
+            )  # fmt: skip
+        return result
+
+    # --- checkpoints and the artifact -----------------------------------------------------------------------
+
+    def _save_checkpoint(self, step: int, state: dict) -> None:
+        accelerator = self.accelerator
+        final = self.checkpoints / f"step-{step}"
+        tmp = self.checkpoints / f".step-{step}.tmp"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps({**state, "settings": asdict(self.settings)}, indent=1))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.replace(final)
+            done = sorted(
+                (int(p.name.split("-")[1]), p)
+                for p in self.checkpoints.glob("step-*")
+                if (p / STATE_FILE).is_file()
+            )
+            for _, old in done[:-KEEP_CHECKPOINTS]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def _load_checkpoint(self, checkpoint: Path) -> dict:
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        saved, now = state.get("settings", {}), asdict(self.settings)
+        for name in (
+            "batch_size",
+            "context_window",
+            "n_layer",
+            "n_embd",
+            "n_head",
+            "seed",
+            "min_concept_patients",
+        ):
+            if saved.get(name) != now[name]:
+                raise TrainError(
+                    f"cannot resume from {str(checkpoint)!r}: it was trained with {name}={saved.get(name)}, "
+                    f"this run has {name}={now[name]}"
+                )
+        self.accelerator.load_state(str(checkpoint))
+        return state
+
+    def _write_artifact(self, model, state_dict, tokenizer, metrics: dict) -> None:
+        """Write model, tokenizer and metadata to a staging folder, move them in, metrics last."""
+        staging = self.out / ".artifact.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging, state_dict=state_dict)
+        save_tokenizer(tokenizer, staging)
+        token_metadata(tokenizer)  # fails loudly before anything is moved if metadata went missing
+        for path in sorted(staging.iterdir()):
+            path.replace(self.out / path.name)
+        staging.rmdir()
+        tmp = self.out / f".{METRICS_FILE}.tmp"
+        tmp.write_text(json.dumps(metrics, indent=1))
+        tmp.replace(self.out / METRICS_FILE)
