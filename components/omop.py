@@ -70,11 +70,13 @@ def restore_omop_tables(
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def upload_omop_tables(restored: Input[Dataset], target: str, schema: str, mode: str):
+def upload_omop_tables(
+    restored: Input[Dataset], target: str, schema: str, mode: str, metrics: Output[Metrics]
+):
     """Load the restored tables into a database, all or nothing (the seed's Step 3).
 
-    The database password (or whole URL) comes from a Kubernetes Secret as
-    environment variables, never from a pipeline parameter.
+    The database password (``$CEHRGPT_DB_PASSWORD``) and, when ``target`` is empty,
+    the URL (``$CEHRGPT_DB_URL``) come from a Kubernetes Secret, never from a pipeline parameter.
 
     Args:
         restored: The restored CDM tables.
@@ -82,9 +84,8 @@ def upload_omop_tables(restored: Input[Dataset], target: str, schema: str, mode:
         schema: Target schema (empty: the database's default).
         mode: replace, append or fail.
     """
-    from cehrgpt.tools.upload_omop import main
-
     from cehrgpt.pipeline.steps import flags, run_stage
+    from cehrgpt.tools.upload_omop import main
 
     argv = flags(target=target or None, input_folder=restored.path, schema=schema or None, mode=mode)
     run_stage("upload", main, argv)

@@ -109,8 +109,8 @@ def test_upload_is_optional_after_the_gate_with_the_secret_as_env(fresh):
     assert platform["exec-upload-omop-tables"]["secretAsEnv"] == [
         {
             "keyToEnv": [
-                {"envVar": "CEHRGPT_UPLOAD_TARGET", "secretKey": "url"},
-                {"envVar": "CEHRGPT_UPLOAD_PASSWORD", "secretKey": "password"},
+                {"envVar": "CEHRGPT_DB_URL", "secretKey": "url"},
+                {"envVar": "CEHRGPT_DB_PASSWORD", "secretKey": "password"},
             ],
             "optional": False,
             "secretNameParameter": {"componentInputParameter": "pipelinechannel--database_secret"},

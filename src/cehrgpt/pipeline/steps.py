@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,10 @@ SEQUENCES = "patient_sequence"
 VOCABULARY = "omop_vocab"
 #: Sub-folder of the gathered generation Dataset holding every shard's parquet files.
 GENERATED_SEQUENCES = "generated_sequences"
+
+
+#: Where the upload task finds the database URL when the pipeline gives none (a Kubernetes Secret key).
+DATABASE_URL_ENV_VAR = "CEHRGPT_DB_URL"
 
 
 class StageFailed(RuntimeError):
@@ -137,6 +142,21 @@ def gather_generated_shards(shard_folders: Sequence[str | Path], output_folder: 
     }
     (out / "generation_summary.json").write_text(json.dumps(merged, indent=2))
     return merged
+
+
+def database_target(target: str, environ: Mapping[str, str] | None = None) -> str:
+    """The upload's SQLAlchemy URL: the pipeline parameter, else ``$CEHRGPT_DB_URL`` (from the Secret).
+
+    Raises:
+        StageFailed: neither is set.
+    """
+    environ = os.environ if environ is None else environ
+    url = target or environ.get(DATABASE_URL_ENV_VAR, "")
+    if not url:
+        raise StageFailed(
+            f"no upload target: set the pipeline parameter upload_target or the Secret key that fills ${DATABASE_URL_ENV_VAR}"
+        )
+    return url
 
 
 def spark_uri(uri: str) -> str:

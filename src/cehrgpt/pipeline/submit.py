@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,9 @@ def submit(
     if client is None:
         import kfp
 
-        client = kfp.Client(host=host, namespace=namespace)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "This client only works with", FutureWarning)
+            client = kfp.Client(host=host, namespace=namespace)
     try:
         if upload_only:
             existing = client.get_pipeline_id(name)

@@ -1,0 +1,117 @@
+"""What component bodies call: command lines, exit codes, metrics, gathering the generation shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from kfp.dsl import Metrics
+
+from cehrgpt.pipeline.steps import (
+    StageFailed,
+    database_target,
+    flags,
+    flatten_metrics,
+    gather_generated_shards,
+    log_metrics_json,
+    run_stage,
+    spark_uri,
+)
+
+
+def test_flags_keep_order_and_drop_unset_values():
+    assert flags(model_folder="/m", top_k=None, top_p=0.95, resume=True, quiet=False, seed=0) == [
+        "--model_folder", "/m", "--top_p", "0.95", "--resume", "--seed", "0",
+    ]  # fmt: skip
+
+
+def test_run_stage_passes_argv_and_fails_on_a_non_zero_exit():
+    seen = []
+    run_stage("prepare", lambda argv: seen.append(argv) or 0, ["--a", "1"])
+    assert seen == [["--a", "1"]]
+    with pytest.raises(StageFailed, match="^stage restore exited with code 3$"):
+        run_stage("restore", lambda argv: 3, [])
+
+
+def test_flatten_metrics_keeps_finite_numbers_with_dotted_names():
+    report = {
+        "rows": {"person": 10, "death": 0},
+        "valid_fraction": 0.5,
+        "ok": True,
+        "name": "x",
+        "bad": float("nan"),
+    }
+    assert flatten_metrics(report) == {"rows.person": 10, "rows.death": 0, "valid_fraction": 0.5, "ok": 1.0}
+
+
+def test_log_metrics_json_logs_and_writes_the_artifact_file(tmp_path):
+    report = tmp_path / "metrics.json"
+    report.write_text(json.dumps({"nnaa": {"privacy_loss": 0.01}, "aa_test": 0.52}))
+    metrics = Metrics(name="metrics", uri=str(tmp_path / "task" / "metrics"))
+    assert log_metrics_json(report, metrics) == {"nnaa.privacy_loss": 0.01, "aa_test": 0.52}
+    assert metrics.metadata == {"nnaa.privacy_loss": 0.01, "aa_test": 0.52}
+    assert json.loads((tmp_path / "task" / "metrics").read_text()) == {
+        "aa_test": 0.52,
+        "nnaa.privacy_loss": 0.01,
+    }
+
+
+def _shard(root: Path, index: int, files: list[str], summary: dict, strategy: str = "top_p10000") -> Path:
+    folder = root / f"shard{index}"
+    sequences = folder / strategy / "generated_sequences"
+    sequences.mkdir(parents=True)
+    for name in files:
+        (sequences / name).write_bytes(f"{index}:{name}".encode())
+    (folder / strategy / "generation_summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_gather_copies_every_shard_without_collisions_and_sums_the_summaries(tmp_path):
+    shards = [
+        _shard(
+            tmp_path,
+            0,
+            ["part-0.parquet", "part-1.parquet"],
+            {"patients": 3, "tokens": 100, "valid_fraction": 1.0},
+        ),
+        _shard(tmp_path, 1, ["part-0.parquet"], {"patients": 2, "tokens": 50, "valid_fraction": 1.0}),
+    ]
+    merged = gather_generated_shards(shards, tmp_path / "out")
+    files = sorted(p.name for p in (tmp_path / "out" / "generated_sequences").iterdir())
+    assert files == ["shard-00000-part-0.parquet", "shard-00000-part-1.parquet", "shard-00001-part-0.parquet"]
+    assert (
+        tmp_path / "out" / "generated_sequences" / "shard-00001-part-0.parquet"
+    ).read_text() == "1:part-0.parquet"
+    assert merged["strategy"] == "top_p10000"
+    assert (merged["num_shards"], merged["total_patients"], merged["total_tokens"]) == (2, 5, 150)
+    assert json.loads((tmp_path / "out" / "generation_summary.json").read_text()) == merged
+
+
+def test_gather_rejects_a_shard_without_output_and_mixed_strategies(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        ValueError,
+        match=r"shard 0 \(.*empty\) should hold exactly one <strategy>/generated_sequences folder, found 0",
+    ):
+        gather_generated_shards([tmp_path / "empty"], tmp_path / "out")
+    shards = [
+        _shard(tmp_path, 0, ["a.parquet"], {}),
+        _shard(tmp_path, 1, ["a.parquet"], {}, strategy="top_k300"),
+    ]
+    with pytest.raises(ValueError, match=r"different strategies: \['top_k300', 'top_p10000'\]"):
+        gather_generated_shards(shards, tmp_path / "out2")
+
+
+def test_spark_uri_maps_object_store_schemes_to_s3a():
+    assert spark_uri("minio://mlpipeline/v2/a") == "s3a://mlpipeline/v2/a"
+    assert spark_uri("s3://b/k") == "s3a://b/k"
+    assert spark_uri("gs://b/k") == "gs://b/k"
+    assert spark_uri("/local/path") == "/local/path"
+
+
+def test_database_target_prefers_the_parameter_then_the_secret():
+    assert database_target("duckdb:///a.duckdb", {"CEHRGPT_DB_URL": "postgresql://x"}) == "duckdb:///a.duckdb"
+    assert database_target("", {"CEHRGPT_DB_URL": "postgresql://x"}) == "postgresql://x"
+    with pytest.raises(StageFailed, match=r"no upload target: set the pipeline parameter upload_target"):
+        database_target("", {})
