@@ -1,0 +1,171 @@
+"""The release gate: refuse to publish synthetic data whose privacy metrics breach a threshold.
+
+Reads the ``metrics.json`` of the analyses (folders or files), checks each
+threshold (a metric's maximum), writes ``gate.json`` and exits non-zero with
+one line per breached threshold. A metric a threshold needs but no file holds
+is an error too: a gate that cannot see a risk must not pass it.
+
+Default thresholds (override with flags, or a yml mapping ``metric: max``
+where ``null`` switches a threshold off; flags win over the yml)::
+
+    reid_risk            0.09   re-identification risk (El Emam's common acceptance threshold)
+    nnaa_privacy_loss    0.05   NNAA privacy loss (AA_test − AA_train)
+    mia_f1_above_chance  0.1    membership-inference F1 above a coin with the same positive rate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import yaml
+
+from cehrgpt.analysis.io import METRICS_FILE, AnalysisError
+
+GATE_FILE = "gate.json"
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "reid_risk": 0.09,
+    "nnaa_privacy_loss": 0.05,
+    "mia_f1_above_chance": 0.1,
+}
+
+
+def read_metrics(paths: Sequence[str | os.PathLike]) -> dict[str, float]:
+    """Merge the metrics of every folder (its ``metrics.json``) or file given.
+
+    Raises:
+        AnalysisError: a path or its metrics.json is missing, not a flat JSON object, or two
+            files disagree on a metric.
+    """
+    merged: dict[str, float] = {}
+    for path in map(Path, paths):
+        file = path / METRICS_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise AnalysisError(f"--metrics {str(path)!r} has no {METRICS_FILE}; expected an analysis output")
+        try:
+            metrics = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise AnalysisError(f"--metrics {str(file)!r} is not valid JSON: {exc}") from exc
+        if not isinstance(metrics, dict):
+            raise AnalysisError(
+                f"--metrics {str(file)!r} holds {type(metrics).__name__}; expected name → number"
+            )
+        for name, value in metrics.items():
+            if name in merged and merged[name] != value:
+                raise AnalysisError(
+                    f"metric {name!r} is {merged[name]} in one file and {value} in {str(file)!r}"
+                )
+            merged[name] = value
+    return merged
+
+
+def read_thresholds(path: str | os.PathLike) -> dict[str, float | None]:
+    """A yml mapping ``metric: max`` (null switches a default threshold off)."""
+    file = Path(path)
+    if not file.is_file():
+        raise AnalysisError(f"--thresholds {str(file)!r} does not exist; expected a yml mapping metric: max")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise AnalysisError(f"--thresholds {str(file)!r} is not valid yml: {exc}") from exc
+    if not isinstance(data, dict):
+        raise AnalysisError(f"--thresholds {str(file)!r} holds {type(data).__name__}; expected metric: max")
+    thresholds: dict[str, float | None] = {}
+    for name, value in data.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise AnalysisError(f"--thresholds {str(file)!r}: {name} is {value!r}; expected a number or null")
+        thresholds[str(name)] = None if value is None else float(value)
+    return thresholds
+
+
+def check_thresholds(
+    metrics: Mapping[str, float | None], thresholds: Mapping[str, float | None]
+) -> list[dict[str, object]]:
+    """One check per active threshold: the metric's value, its maximum and whether it passed.
+
+    Raises:
+        AnalysisError: a metric an active threshold needs is absent or not a number.
+    """
+    checks: list[dict[str, object]] = []
+    for name, maximum in thresholds.items():
+        if maximum is None:
+            continue
+        value = metrics.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise AnalysisError(
+                f"metric {name!r} needed by a threshold is missing or not a number ({value!r}); "
+                "expected it in one of the --metrics files"
+            )
+        checks.append(
+            {"metric": name, "value": float(value), "threshold": maximum, "passed": value <= maximum}
+        )
+    return checks
+
+
+def run_gate(
+    metrics_paths: Sequence[str | os.PathLike],
+    thresholds: Mapping[str, float | None],
+    output_folder: str | os.PathLike | None = None,
+) -> list[dict[str, object]]:
+    """Check the thresholds and write ``gate.json`` (passed or not); returns the checks.
+
+    ``gate.json`` goes to ``output_folder``, by default the folder that holds all the metrics inputs.
+    """
+    checks = check_thresholds(read_metrics(metrics_paths), thresholds)
+    if output_folder is None:
+        inputs = [Path(p).resolve() for p in metrics_paths]
+        output_folder = os.path.commonpath([p if p.is_dir() else p.parent for p in inputs])
+    folder = Path(output_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    report = {"passed": all(c["passed"] for c in checks), "checks": checks}
+    tmp = folder / f".{GATE_FILE}.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, folder / GATE_FILE)
+    return checks
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cehrgpt.analysis.gate",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--metrics", nargs="+", required=True, help="analysis output folders or metrics.json")
+    parser.add_argument("--thresholds", help="yml mapping metric: max (null switches one off)")
+    for name, default in DEFAULT_THRESHOLDS.items():
+        parser.add_argument(f"--max_{name}", type=float, help=f"maximum {name} (default {default})")
+    parser.add_argument(
+        "--output_folder", help=f"where {GATE_FILE} goes (default: the folder holding all the --metrics)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        thresholds: dict[str, float | None] = dict(DEFAULT_THRESHOLDS)
+        if args.thresholds:
+            thresholds.update(read_thresholds(args.thresholds))
+        for name in DEFAULT_THRESHOLDS:
+            if (value := getattr(args, f"max_{name}")) is not None:
+                thresholds[name] = value
+        checks = run_gate(args.metrics, thresholds, args.output_folder)
+    except AnalysisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    breaches = [c for c in checks if not c["passed"]]
+    for c in breaches:
+        print(f"BREACH {c['metric']} = {c['value']:.4f} > threshold {c['threshold']}", file=sys.stderr)
+    if breaches:
+        return 1
+    print(f"OK: {len(checks)} privacy threshold(s) met ({', '.join(str(c['metric']) for c in checks)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
