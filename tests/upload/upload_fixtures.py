@@ -9,6 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
+from cehrgpt.omop.cdm import cdm_tables
+from cehrgpt.upload.ddl import cdm_table, qualified
+
 PERSON = pa.table(
     {
         "person_id": pa.array([1, 2, 3_000_000_000], pa.int64()),
@@ -74,14 +77,26 @@ def write_table(folder: Path, name: str, table: pa.Table, parts: int = 1) -> Non
 
 
 def snapshot(engine: sa.Engine, schema: str | None) -> dict[str, list[tuple]]:
-    """Every table in ``schema`` with all its rows, sorted: what "unchanged" is checked against."""
-    inspector = sa.inspect(engine)
-    tables = sorted(inspector.get_table_names(schema=schema))
+    """Every table in ``schema`` with all its rows, sorted: what "unchanged" is checked against.
+
+    CDM tables are read through their CDM types (SQLite keeps datetimes as text); others as they come.
+    """
+    tables = sorted(sa.inspect(engine).get_table_names(schema=schema))
+    result = {}
     with engine.connect() as conn:
-        result = {}
         for name in tables:
-            table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
-            result[name] = sorted(
-                (tuple(row) for row in conn.execute(sa.select(table))), key=lambda r: tuple(map(repr, r))
-            )
+            if name in cdm_tables():
+                table = cdm_table(name, sa.MetaData(), dialect_name=engine.dialect.name, schema=schema)
+                found = conn.execute(sa.select(table))
+            else:
+                found = conn.exec_driver_sql(f"SELECT * FROM {qualified(engine.dialect, schema, name)}")
+            result[name] = sorted((tuple(row) for row in found), key=lambda r: tuple(map(repr, r)))
     return result
+
+
+def select_rows(engine: sa.Engine, table: str, columns: str, schema: str | None = None) -> list[tuple]:
+    """``columns`` (comma-separated) of CDM ``table``, ordered by the first, read through the CDM types."""
+    cdm = cdm_table(table, sa.MetaData(), dialect_name=engine.dialect.name, schema=schema)
+    selected = [cdm.c[name.strip()] for name in columns.split(",")]
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.select(*selected).order_by(selected[0]))]

@@ -62,8 +62,9 @@ log = logging.getLogger(__name__)
 MODES = ("replace", "append", "fail")
 DEFAULT_CHUNK_SIZE = 50_000
 SUMMARY_FILE = "upload_summary.json"
-# Fault-injection hook for the tests: seconds to sleep after each chunk, so a test can kill the upload midway.
-PAUSE_ENV_VAR = "CEHRGPT_UPLOAD_TEST_PAUSE_S"
+# Fault-injection hook for the tests, "<where>:<seconds>": sleep after each chunk of table <where>, or inside
+# the final transaction before its commit when <where> is "swap", so a test can kill the upload right there.
+PAUSE_ENV_VAR = "CEHRGPT_UPLOAD_TEST_PAUSE"
 
 GUARANTEES = {
     "postgresql": "transactional DDL: all tables swapped in one transaction",
@@ -155,7 +156,7 @@ def write_summary(summary: dict[str, Any], path: Path) -> None:
 def create_target_engine(url: URL) -> Engine:
     """A SQLAlchemy engine set up for bulk loading and transactional DDL on ``url``'s database."""
     kwargs: dict[str, Any] = {}
-    backend, driver = url.get_backend_name(), url.get_driver_name()
+    backend, _, driver = url.drivername.partition("+")  # not get_driver_name(): it loads the dialect
     if backend == "mssql" and driver == "pyodbc":
         kwargs["fast_executemany"] = True
     if backend == "postgresql" and driver == "psycopg" and "application_name" not in url.query:
@@ -201,7 +202,8 @@ class _Upload:
         self.staged: list[str] = []
         self.created_targets: list[str] = []
         self.leftovers: list[str] = []
-        self.pause_s = float(os.environ.get(PAUSE_ENV_VAR, "0") or 0)
+        where, _, seconds = os.environ.get(PAUSE_ENV_VAR, "").partition(":")
+        self.pause_at, self.pause_s = where, float(seconds or 0)
 
     def run(self) -> dict[str, dict[str, Any]]:
         with self._database_errors(f"connecting to {display_url(self.engine.url)}", unchanged=True):
@@ -279,8 +281,7 @@ class _Upload:
 
         def on_rows(rows: int) -> None:
             bar.update(rows)
-            if self.pause_s:
-                time.sleep(self.pause_s)
+            self._pause(ti.table)
 
         with self._database_errors(f"loading {ti.table}", unchanged=True), self.engine.begin() as conn:
             load_staging(conn, ti.table, staging, ti.files, chunk_size=self.chunk_size, on_rows=on_rows)
@@ -314,6 +315,7 @@ class _Upload:
         with self._database_errors(step, unchanged=True), self.engine.begin() as conn:
             for statement in plan:
                 conn.exec_driver_sql(statement)
+            self._pause("swap")
         # Committed: from here on nothing may be undone. Appended-from staging tables remain to be dropped.
         self.created_targets = []
         self.staged = []
@@ -329,6 +331,11 @@ class _Upload:
         for statement in statements:
             with contextlib.suppress(Exception), self.engine.begin() as conn:
                 conn.exec_driver_sql(statement)
+
+    def _pause(self, where: str) -> None:
+        if self.pause_s and where == self.pause_at:
+            log.info("pausing %s s at %s (%s)", self.pause_s, where, PAUSE_ENV_VAR)
+            time.sleep(self.pause_s)
 
     def _undo(self) -> None:
         """Best effort after a failure: drop our staging tables (and MariaDB targets we created empty)."""
