@@ -35,6 +35,15 @@ def write_sequences(folder: Path, sequences: list[list[str]], name: str = "part-
     return folder
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: extra threads only spin against each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     tok, _ = build_tokenizer([p.split() for p in PATIENTS])

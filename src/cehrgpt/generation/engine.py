@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache, LogitsProcessorList, PreTrainedModel
@@ -44,6 +45,11 @@ class DecodeResult:
     hit_context_window: list[bool] = field(default_factory=list)
     sampled_tokens: int = 0  # every sampled token, rejected rows included
     rejected: int = 0
+
+
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The cache's per-layer key/value holders (``.keys`` / ``.values``, ``[batch, heads, columns, dim]``)."""
+    return list(cache.layers)
 
 
 def _cache_argument(model: PreTrainedModel) -> str:
@@ -190,7 +196,7 @@ class ContinuousBatchDecoder:
                 new_cache, new_logits = self._prefill(new_prompts)
                 idx = torch.tensor(refill, device=self.device)
                 width = mask.shape[1]
-                for layer, new_layer in zip(cache.layers, new_cache.layers, strict=True):
+                for layer, new_layer in zip(_layers(cache), _layers(new_cache), strict=True):
                     layer.keys[idx] = 0
                     layer.values[idx] = 0
                     layer.keys[idx, :, width - prompt_len :] = new_layer.keys
@@ -221,7 +227,7 @@ class ContinuousBatchDecoder:
         needed = int(lengths.max())
         unused = mask.shape[1] - needed
         if unused >= COMPACT_EVERY:
-            for layer in cache.layers:
+            for layer in _layers(cache):
                 layer.keys = layer.keys[:, :, unused:].contiguous()
                 layer.values = layer.values[:, :, unused:].contiguous()
             mask = mask[:, unused:]

@@ -284,7 +284,10 @@ def generate(settings: GenerationSettings) -> dict:
 
         t0 = time.perf_counter()
         result = decoder.run(
-            len(file_patients), lambda k: torch.from_numpy(pool.draw(rng, k)), accept=accept, on_step=on_step
+            len(file_patients),
+            lambda k, rng=rng: torch.from_numpy(pool.draw(rng, k)),
+            accept=accept,
+            on_step=on_step,
         )
         decode_seconds += time.perf_counter() - t0
         sequences = [[tokens_by_id[i] for i in seq] for seq in result.sequences]
