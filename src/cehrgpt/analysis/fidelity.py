@@ -1,0 +1,474 @@
+"""Fidelity report: how closely synthetic patients reproduce the real ones' statistics.
+
+Compares a real and a synthetic sequence folder (synthetic rows that are not
+whole patients under :mod:`cehrgpt.grammar` are excluded and counted) on:
+
+- concept prevalence (share of patients having each concept): R², Pearson r and
+  mean absolute difference, overall and per OMOP domain (``--vocab_folder``);
+- within-visit co-occurrence (share of visits holding both concepts of a pair):
+  R² over the pairs seen in at least ``--min_pair_support`` real visits;
+- sequence length and visits per patient: Kolmogorov–Smirnov statistic;
+- age at the first event (10-year bands), gender, race: total variation distance;
+- days between visits and inpatient length of stay: KS statistic;
+- visit-type mix: total variation distance.
+
+R² is ``1 − Σ(synthetic − real)² / Σ(real − mean real)²`` (1 is perfect, can be
+negative). Writes a flat ``metrics.json`` (``fidelity_*``), ``prevalence.parquet``
+and a self-contained ``report.html`` with the plots embedded as PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import sys
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import scipy.sparse as sp
+from scipy import stats
+from tqdm import tqdm
+
+from cehrgpt import grammar
+from cehrgpt.analysis.features import sample_indices
+from cehrgpt.analysis.io import AnalysisError, format_table, read_sequence_folder, warn, write_outputs
+from cehrgpt.grammar import TokenKind
+
+DEFAULT_MIN_PAIR_SUPPORT = 5
+AGE_BAND_YEARS = 10
+UNKNOWN_DOMAIN = "Unknown"
+
+
+@dataclass
+class SequenceProfile:
+    """What the fidelity metrics need from one set of sequences."""
+
+    lengths: np.ndarray
+    visits_per_patient: np.ndarray
+    ages: np.ndarray
+    genders: list[int]
+    races: list[int]
+    visit_types: list[int]
+    days_between_visits: np.ndarray
+    inpatient_stay_days: np.ndarray
+    patient_concepts: list[set[int]]
+    visit_concepts: list[set[int]]
+    excluded: int
+    exclusion_reasons: dict[str, int]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def profile_sequences(token_lists: list[list[str]], check_grammar: bool) -> SequenceProfile:
+    """Read every sequence once with :func:`grammar.assign_kinds` and collect the fidelity statistics."""
+    lengths, visits, ages, genders, races = [], [], [], [], []
+    visit_types: list[int] = []
+    gaps: list[int] = []
+    stays: list[int] = []
+    patient_concepts: list[set[int]] = []
+    visit_concepts: list[set[int]] = []
+    reasons: Counter[str] = Counter()
+    for tokens in tqdm(token_lists, desc="reading sequences", unit="patient", leave=False):
+        if check_grammar and (violation := grammar.first_violation(tokens)) is not None:
+            reasons[violation[1].split(" in state")[0]] += 1
+            continue
+        kinds = grammar.assign_kinds(tokens)
+        age = grammar.prompt_age(tokens[1]) if len(tokens) >= grammar.PROMPT_LENGTH else None
+        if age is None or kinds[2] != TokenKind.GENDER or kinds[3] != TokenKind.RACE:
+            reasons["no demographic prompt"] += 1
+            continue
+        concepts: set[int] = set()
+        current: set[int] | None = None
+        stay: int | None = None
+        n_visits = 0
+        for token, kind in zip(tokens, kinds, strict=True):
+            if kind in (TokenKind.VISIT_TYPE, TokenKind.INPATIENT_VISIT_TYPE):
+                n_visits += 1
+                visit_types.append(grammar.concept_id_of(token) or 0)
+                current = set()
+                stay = 0 if kind == TokenKind.INPATIENT_VISIT_TYPE else None
+            elif kind == TokenKind.CONCEPT and current is not None:
+                concept = grammar.concept_id_of(token)
+                if concept:
+                    current.add(concept)
+                    concepts.add(concept)
+            elif kind == TokenKind.INPATIENT_GAP and stay is not None:
+                stay += grammar.inpatient_gap_days(token) or 0
+            elif kind == TokenKind.GAP:
+                gaps.append(grammar.gap_days(token) or 0)
+            elif kind == TokenKind.VISIT_END:
+                if current is not None:
+                    visit_concepts.append(current)
+                if stay is not None:
+                    stays.append(stay)
+                current, stay = None, None
+        lengths.append(len(tokens))
+        visits.append(n_visits)
+        ages.append(age)
+        genders.append(grammar.concept_id_of(tokens[2]) or 0)
+        races.append(grammar.concept_id_of(tokens[3]) or 0)
+        patient_concepts.append(concepts)
+    return SequenceProfile(
+        lengths=np.asarray(lengths),
+        visits_per_patient=np.asarray(visits),
+        ages=np.asarray(ages),
+        genders=genders,
+        races=races,
+        visit_types=visit_types,
+        days_between_visits=np.asarray(gaps),
+        inpatient_stay_days=np.asarray(stays),
+        patient_concepts=patient_concepts,
+        visit_concepts=visit_concepts,
+        excluded=sum(reasons.values()),
+        exclusion_reasons=dict(reasons),
+    )
+
+
+def r_squared(real: np.ndarray, synthetic: np.ndarray) -> float:
+    """Coefficient of determination of ``synthetic`` as a prediction of ``real`` (NaN if real is constant)."""
+    total = float(np.sum((real - real.mean()) ** 2)) if len(real) else 0.0
+    if total == 0:
+        return float("nan")
+    return 1.0 - float(np.sum((synthetic - real) ** 2)) / total
+
+
+def pearson(real: np.ndarray, synthetic: np.ndarray) -> float:
+    if len(real) < 2 or np.std(real) == 0 or np.std(synthetic) == 0:
+        return float("nan")
+    return float(np.corrcoef(real, synthetic)[0, 1])
+
+
+def total_variation(real: list, synthetic: list) -> float:
+    """½ Σ |p − q| over the categories of two samples (NaN when one is empty)."""
+    if not real or not synthetic:
+        return float("nan")
+    p, q = Counter(real), Counter(synthetic)
+    return 0.5 * sum(abs(p[k] / len(real) - q[k] / len(synthetic)) for k in p.keys() | q.keys())
+
+
+def ks_statistic(real: np.ndarray, synthetic: np.ndarray) -> float:
+    if len(real) == 0 or len(synthetic) == 0:
+        return float("nan")
+    return float(stats.ks_2samp(real, synthetic).statistic)
+
+
+def concept_prevalence(real: SequenceProfile, synthetic: SequenceProfile) -> pd.DataFrame:
+    """Share of real and of synthetic patients having each concept (union of both sets)."""
+    real_counts = Counter(c for concepts in real.patient_concepts for c in concepts)
+    synthetic_counts = Counter(c for concepts in synthetic.patient_concepts for c in concepts)
+    ids = sorted(real_counts.keys() | synthetic_counts.keys())
+    return pd.DataFrame(
+        {
+            "concept_id": np.asarray(ids, dtype=np.int64),
+            "real_prevalence": [real_counts[c] / len(real) for c in ids],
+            "synthetic_prevalence": [synthetic_counts[c] / len(synthetic) for c in ids],
+        }
+    )
+
+
+def _pair_rates(visits: list[set[int]], index: dict[int, int]) -> sp.csr_matrix:
+    """Upper-triangular counts of visits holding both concepts of each pair (concepts mapped by ``index``)."""
+    rows, cols = [], []
+    for v, concepts in enumerate(visits):
+        for c in concepts:
+            if c in index:
+                rows.append(v)
+                cols.append(index[c])
+    incidence = sp.csr_matrix(
+        (np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(len(visits), len(index))
+    )
+    return sp.triu(incidence.T @ incidence, k=1).tocsr()
+
+
+def cooccurrence(
+    real: SequenceProfile, synthetic: SequenceProfile, min_pair_support: int
+) -> tuple[pd.DataFrame, float]:
+    """Within-visit pair rates for pairs seen in ≥ ``min_pair_support`` real visits, and their R²."""
+    concepts = sorted({c for v in real.visit_concepts for c in v})
+    index = {c: i for i, c in enumerate(concepts)}
+    real_counts = _pair_rates(real.visit_concepts, index).tocoo()
+    keep = real_counts.data >= min_pair_support
+    a, b = real_counts.row[keep], real_counts.col[keep]
+    synthetic_counts = _pair_rates(synthetic.visit_concepts, index).tocsr()
+    synthetic_values = np.asarray(synthetic_counts[a, b]).reshape(-1) if len(a) else np.zeros(0)
+    ids = np.asarray(concepts, dtype=np.int64)
+    pairs = pd.DataFrame(
+        {
+            "concept_id_a": ids[a] if len(a) else np.zeros(0, dtype=np.int64),
+            "concept_id_b": ids[b] if len(b) else np.zeros(0, dtype=np.int64),
+            "real_rate": real_counts.data[keep] / max(len(real.visit_concepts), 1),
+            "synthetic_rate": synthetic_values / max(len(synthetic.visit_concepts), 1),
+        }
+    )
+    return pairs, r_squared(pairs["real_rate"].to_numpy(), pairs["synthetic_rate"].to_numpy())
+
+
+def read_domains(vocab_folder: str | None) -> dict[int, str]:
+    """concept_id → domain_id from ``<vocab_folder>/concept`` (parquet or CSV, any column case)."""
+    if vocab_folder is None:
+        return {}
+    folder = Path(vocab_folder)
+    if not folder.exists():
+        raise AnalysisError(f"--vocab_folder {str(folder)!r} does not exist; expected OUT/omop_vocab")
+    concept = next(p for p in (folder / "concept", folder / "CONCEPT", folder) if p.exists())
+    files = (
+        [concept]
+        if concept.is_file()
+        else sorted(concept.rglob("*.parquet")) or sorted(concept.rglob("*.csv"))
+    )
+    if not files:
+        raise AnalysisError(f"--vocab_folder {str(folder)!r} holds no concept table (parquet or CSV)")
+    fmt = "csv" if str(files[0]).endswith(".csv") else "parquet"
+    table = ds.dataset([str(f) for f in files], format=fmt).to_table().to_pandas()
+    table.columns = [c.lower() for c in table.columns]
+    if not {"concept_id", "domain_id"} <= set(table.columns):
+        raise AnalysisError(
+            f"--vocab_folder {str(folder)!r}: the concept table lacks concept_id or domain_id"
+        )
+    return dict(zip(table["concept_id"].astype(np.int64), table["domain_id"].astype(str), strict=True))
+
+
+def fidelity_metrics(
+    real: SequenceProfile,
+    synthetic: SequenceProfile,
+    domains: Mapping[int, str] | None = None,
+    min_pair_support: int = DEFAULT_MIN_PAIR_SUPPORT,
+) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame]:
+    """Every fidelity metric, the per-concept prevalence table and the co-occurrence pair table."""
+    prevalence = concept_prevalence(real, synthetic)
+    prevalence["domain_id"] = [(domains or {}).get(int(c), UNKNOWN_DOMAIN) for c in prevalence["concept_id"]]
+    r, s = prevalence["real_prevalence"].to_numpy(), prevalence["synthetic_prevalence"].to_numpy()
+    metrics: dict[str, float] = {
+        "fidelity_prevalence_r2": r_squared(r, s),
+        "fidelity_prevalence_pearson": pearson(r, s),
+        "fidelity_prevalence_mean_abs_diff": float(np.mean(np.abs(r - s))) if len(r) else float("nan"),
+    }
+    if domains:
+        for domain, part in prevalence.groupby("domain_id"):
+            name = str(domain).lower().replace(" ", "_")
+            pr, ps = part["real_prevalence"].to_numpy(), part["synthetic_prevalence"].to_numpy()
+            metrics[f"fidelity_prevalence_r2_{name}"] = r_squared(pr, ps)
+            metrics[f"fidelity_prevalence_pearson_{name}"] = pearson(pr, ps)
+            metrics[f"fidelity_prevalence_mean_abs_diff_{name}"] = float(np.mean(np.abs(pr - ps)))
+    pairs, pair_r2 = cooccurrence(real, synthetic, min_pair_support)
+    age_band = lambda ages: [int(a) // AGE_BAND_YEARS for a in ages]  # noqa: E731
+    metrics.update(
+        {
+            "fidelity_cooccurrence_r2": pair_r2,
+            "fidelity_cooccurrence_pairs": len(pairs),
+            "fidelity_sequence_length_ks": ks_statistic(real.lengths, synthetic.lengths),
+            "fidelity_visits_per_patient_ks": ks_statistic(
+                real.visits_per_patient, synthetic.visits_per_patient
+            ),
+            "fidelity_age_tvd": total_variation(age_band(real.ages), age_band(synthetic.ages)),
+            "fidelity_gender_tvd": total_variation(real.genders, synthetic.genders),
+            "fidelity_race_tvd": total_variation(real.races, synthetic.races),
+            "fidelity_days_between_visits_ks": ks_statistic(
+                real.days_between_visits, synthetic.days_between_visits
+            ),
+            "fidelity_inpatient_stay_ks": ks_statistic(
+                real.inpatient_stay_days, synthetic.inpatient_stay_days
+            ),
+            "fidelity_visit_type_tvd": total_variation(real.visit_types, synthetic.visit_types),
+            "fidelity_num_real_patients": len(real),
+            "fidelity_num_synthetic_patients": len(synthetic),
+            "fidelity_num_synthetic_excluded": synthetic.excluded,
+        }
+    )
+    return metrics, prevalence, pairs
+
+
+# --- the HTML report ----------------------------------------------------------------------------------------
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _plots(real: SequenceProfile, synthetic: SequenceProfile, prevalence: pd.DataFrame, pairs: pd.DataFrame):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def scatter(title, x, y, label):
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.scatter(x, y, s=8, alpha=0.6)
+        top = max([*x, *y, 1e-9])
+        ax.plot([0, top], [0, top], color="grey", linewidth=1)
+        ax.set(title=title, xlabel=f"real {label}", ylabel=f"synthetic {label}")
+        return fig
+
+    def histograms(title, a, b):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        values = np.concatenate([a, b]) if len(a) + len(b) else np.zeros(1)
+        bins = np.histogram_bin_edges(values, bins=30)
+        ax.hist(a, bins=bins, alpha=0.5, density=True, label="real")
+        ax.hist(b, bins=bins, alpha=0.5, density=True, label="synthetic")
+        ax.set(title=title)
+        ax.legend()
+        return fig
+
+    def bars(title, a, b):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        keys = sorted(set(a) | set(b), key=str)
+        pa, pb = Counter(a), Counter(b)
+        x = np.arange(len(keys))
+        ax.bar(x - 0.2, [pa[k] / max(len(a), 1) for k in keys], 0.4, label="real")
+        ax.bar(x + 0.2, [pb[k] / max(len(b), 1) for k in keys], 0.4, label="synthetic")
+        ax.set_xticks(x, [str(k) for k in keys], rotation=45, fontsize=7)
+        ax.set(title=title)
+        ax.legend()
+        return fig
+
+    figures = [
+        scatter(
+            "Concept prevalence", prevalence["real_prevalence"], prevalence["synthetic_prevalence"], "share"
+        ),
+        scatter("Within-visit co-occurrence", pairs["real_rate"], pairs["synthetic_rate"], "rate"),
+        histograms("Sequence length (tokens)", real.lengths, synthetic.lengths),
+        histograms("Visits per patient", real.visits_per_patient, synthetic.visits_per_patient),
+        histograms("Age at first event", real.ages, synthetic.ages),
+        histograms("Days between visits", real.days_between_visits, synthetic.days_between_visits),
+        histograms(
+            "Inpatient length of stay (days)", real.inpatient_stay_days, synthetic.inpatient_stay_days
+        ),
+        bars("Gender", real.genders, synthetic.genders),
+        bars("Race", real.races, synthetic.races),
+        bars("Visit type", real.visit_types, synthetic.visit_types),
+    ]
+    encoded = [_png(f) for f in figures]
+    for f in figures:
+        plt.close(f)
+    return encoded
+
+
+def render_report(metrics: Mapping[str, float], images: list[str], title: str) -> str:
+    """A self-contained HTML page: the metrics table and the plots as embedded PNGs."""
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{'' if v is None else f'{v:.4f}' if isinstance(v, float) else v}</td></tr>"
+        for k, v in metrics.items()
+    )
+    plots = "".join(f'<img alt="plot" src="data:image/png;base64,{png}">' for png in images)
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:2em}}"
+        "table{border-collapse:collapse}td{border:1px solid #ccc;padding:2px 8px}"
+        "img{margin:6px;border:1px solid #eee}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><h2>Metrics</h2><table>{rows}</table><h2>Plots</h2>{plots}</body></html>"
+    )
+
+
+def _read_tokens(
+    folder: str, role: str, max_patients: int | None, rng: np.random.Generator
+) -> list[list[str]]:
+    frame = read_sequence_folder(folder, role)
+    if "is_valid" in frame.columns:
+        frame = frame[frame["is_valid"].fillna(True).astype(bool)]
+    if max_patients is not None and len(frame) > max_patients:
+        frame = frame.iloc[np.sort(sample_indices(rng, len(frame), max_patients))]
+    return [list(t) for t in frame["concept_ids"]]
+
+
+def run_fidelity(
+    real_data_folder: str,
+    synthetic_data_folder: str,
+    output_folder: str,
+    vocab_folder: str | None = None,
+    min_pair_support: int = DEFAULT_MIN_PAIR_SUPPORT,
+    max_patients: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Compare the folders, write ``metrics.json``, the tables and ``report.html``; returns the metrics.
+
+    ``max_patients`` caps each set by a seeded random sample (None: every patient).
+    """
+    if min_pair_support < 1:
+        raise AnalysisError(f"--min_pair_support {min_pair_support}; expected a positive number of visits")
+    rng = np.random.default_rng(seed)
+    domains = read_domains(vocab_folder)
+    real = profile_sequences(_read_tokens(real_data_folder, "real_data_folder", max_patients, rng), False)
+    if len(real) == 0:
+        raise AnalysisError(
+            f"--real_data_folder {real_data_folder!r} holds no patient with a readable prompt"
+        )
+    synthetic = profile_sequences(
+        _read_tokens(synthetic_data_folder, "synthetic_data_folder", max_patients, rng), True
+    )
+    if len(synthetic) == 0:
+        raise AnalysisError(
+            f"--synthetic_data_folder {synthetic_data_folder!r} holds no parseable patient "
+            f"({synthetic.excluded} row(s) excluded: {synthetic.exclusion_reasons}); expected grammar-valid sequences"
+        )
+    if synthetic.excluded:
+        warn(
+            f"--synthetic_data_folder: {synthetic.excluded} row(s) that are not whole patients were excluded"
+        )
+    metrics, prevalence, pairs = fidelity_metrics(real, synthetic, domains, min_pair_support)
+    report = render_report(metrics, _plots(real, synthetic, prevalence, pairs), "Synthetic data fidelity")
+    summary = {
+        "analysis": "fidelity",
+        "seed": seed,
+        "real_data_folder": str(real_data_folder),
+        "synthetic_data_folder": str(synthetic_data_folder),
+        "vocab_folder": vocab_folder,
+        "min_pair_support": min_pair_support,
+        "synthetic_exclusion_reasons": synthetic.exclusion_reasons,
+    }
+    write_outputs(
+        output_folder,
+        {"prevalence": prevalence, "cooccurrence": pairs},
+        metrics,
+        summary,
+        extra_files={"report.html": report.encode("utf-8")},
+    )
+    return metrics
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cehrgpt.analysis.fidelity", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--real_data_folder", required=True, help="real sequences (e.g. patient_sequence/train)"
+    )
+    parser.add_argument("--synthetic_data_folder", required=True, help="GEN/<strategy>/generated_sequences")
+    parser.add_argument("--output_folder", required=True, help="where metrics.json and report.html go")
+    parser.add_argument("--vocab_folder", help="OUT/omop_vocab (its concept table gives the domains)")
+    parser.add_argument("--min_pair_support", type=int, default=DEFAULT_MIN_PAIR_SUPPORT)
+    parser.add_argument("--max_patients", type=int, help="cap each set by a seeded random sample")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        metrics = run_fidelity(
+            args.real_data_folder,
+            args.synthetic_data_folder,
+            args.output_folder,
+            args.vocab_folder,
+            args.min_pair_support,
+            args.max_patients,
+            args.seed,
+        )
+    except AnalysisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(metrics, "Fidelity"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
