@@ -30,7 +30,7 @@ def test_run_stage_passes_argv_and_fails_on_a_non_zero_exit():
     seen = []
     run_stage("prepare", lambda argv: seen.append(argv) or 0, ["--a", "1"])
     assert seen == [["--a", "1"]]
-    with pytest.raises(StageFailed, match="^stage restore exited with code 3$"):
+    with pytest.raises(StageFailed, match=r"^stage restore exited with code 3$"):
         run_stage("restore", lambda argv: 3, [])
 
 

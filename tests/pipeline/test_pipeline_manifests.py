@@ -1,0 +1,141 @@
+"""Kustomize base, examples and Dockerfiles: valid Kubernetes objects, the RBAC the pipeline needs, lint-clean images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from cehrgpt.pipeline.sparkapp import RESTORE_MAIN_FILE
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "manifests"
+K8S_VERSION = "1.30"
+
+
+def _documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _kustomization_objects(folder: Path) -> list[dict]:
+    """The objects a kustomization lists (its resources, recursively), without applying transformers."""
+    objects: list[dict] = []
+    for resource in yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]:
+        target = (folder / resource).resolve()
+        objects.extend(_kustomization_objects(target) if target.is_dir() else _documents(target))
+    return objects
+
+
+def _by_kind_name(objects: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in objects}
+
+
+def test_base_objects_are_valid_kubernetes():
+    objects = _kustomization_objects(MANIFESTS / "base")
+    assert sorted(_by_kind_name(objects)) == [
+        ("Role", "cehrgpt-spark-driver"),
+        ("Role", "cehrgpt-sparkapplication-launcher"),
+        ("RoleBinding", "cehrgpt-spark-driver"),
+        ("RoleBinding", "cehrgpt-sparkapplication-launcher"),
+        ("Secret", "cehrgpt-database"),
+        ("ServiceAccount", "cehrgpt-spark-driver"),
+    ]
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_the_run_may_manage_sparkapplications_and_the_driver_its_executors():
+    objects = _by_kind_name(_kustomization_objects(MANIFESTS / "base"))
+    launcher = objects[("Role", "cehrgpt-sparkapplication-launcher")]["rules"][0]
+    assert launcher["apiGroups"] == ["sparkoperator.k8s.io"] and launcher["resources"] == [
+        "sparkapplications"
+    ]
+    assert {"create", "get", "list", "watch", "delete"} <= set(launcher["verbs"])
+    binding = objects[("RoleBinding", "cehrgpt-sparkapplication-launcher")]
+    assert (
+        binding["subjects"][0]["name"] == "default-editor"
+    )  # Kubeflow's pipeline-runner account in a profile
+    driver = objects[("Role", "cehrgpt-spark-driver")]["rules"][0]
+    assert {"pods", "services", "configmaps"} <= set(driver["resources"])
+    assert objects[("RoleBinding", "cehrgpt-spark-driver")]["subjects"][0]["name"] == "cehrgpt-spark-driver"
+
+
+def test_the_secret_template_has_the_keys_the_upload_step_reads():
+    import importlib
+
+    from cehrgpt.pipeline.compile import load_pipeline
+
+    load_pipeline("synthetic_data", REPO)  # puts the repository root on sys.path
+    secret_keys = importlib.import_module("pipelines.synthetic_data").DATABASE_SECRET_KEYS
+    secret = _by_kind_name(_kustomization_objects(MANIFESTS / "base"))[("Secret", "cehrgpt-database")]
+    assert set(secret["stringData"]) == set(secret_keys) == {"url", "password"}
+
+
+def test_gpu_example_and_overlay_patch_are_valid():
+    pod = _documents(MANIFESTS / "examples" / "gpu-smoke-test" / "pod.yaml")[0]
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["spec"]["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    patch = _documents(MANIFESTS / "overlays" / "gpu-node-pool" / "gpu-toleration.yaml")[0]
+    patched = {**pod, "spec": {**pod["spec"], **patch["spec"]}}
+    kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
+
+
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl (for `kubectl kustomize`) is not installed"
+)
+def test_kustomize_renders_the_overlay_into_one_namespace():
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(MANIFESTS / "overlays" / "gpu-node-pool")],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    objects = _documents_from_text(rendered)
+    assert {o["metadata"]["namespace"] for o in objects} == {"kubeflow-user"}
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    pod = _by_kind_name(objects)[("Pod", "cehrgpt-gpu-smoke-test")]
+    assert pod["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+
+
+def _documents_from_text(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_example_sparkapplication_matches_the_crd_and_the_image_layout():
+    schema = json.loads((Path(__file__).parent / "data" / "sparkapplication_v1beta2_schema.json").read_text())
+    app = _documents(MANIFESTS / "examples" / "sparkapplication-restore.yaml")[0]
+    jsonschema.validate(app, schema)
+    assert app["spec"]["mainApplicationFile"] == RESTORE_MAIN_FILE
+
+
+@pytest.mark.parametrize("name", ["gpu", "spark", "cpu"])
+def test_dockerfiles_run_as_non_root_and_install_kfp_without_dependencies(name):
+    text = (REPO / "images" / f"{name}.Dockerfile").read_text()
+    users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("0", "root"), name
+    assert "pip install --no-cache-dir --no-deps -r /tmp/kfp-runtime.txt" in text
+    assert text.count("FROM ") >= 2, "multi-stage: the wheel is built apart from the runtime image"
+
+
+def test_each_image_installs_only_its_stage_extras():
+    extras = {
+        name: (REPO / "images" / f"{name}.Dockerfile").read_text().split("${WHEEL}[")[1].split("]")[0]
+        for name in ("gpu", "spark", "cpu")
+    }
+    assert extras == {"gpu": "torch", "spark": "spark,k8s,gcs,s3", "cpu": "analysis,db,k8s,gcs,s3"}
+
+
+def test_hadolint_passes():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    dockerfiles = sorted(str(p) for p in (REPO / "images").glob("*.Dockerfile"))
+    result = subprocess.run([str(hadolint), *dockerfiles], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
