@@ -87,6 +87,7 @@ def gpt2_config(
         eos_token_id=ids["eos"],
         pad_token_id=ids["pad"],
         tie_word_embeddings=True,
+        loss_type="ForCausalLM",
     )
 
 

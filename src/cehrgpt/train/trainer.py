@@ -218,6 +218,9 @@ class _Run:
             sampler=LengthGroupedSampler(dataset.lengths, s.batch_size, s.seed),
             collate_fn=functools.partial(collate_windows, pad_id=pad_id),
             num_workers=s.num_workers,
+            # its own generator: creating an epoch iterator must not draw from the global RNG (dropout),
+            # or a resumed run would diverge from the uninterrupted one
+            generator=torch.Generator().manual_seed(s.seed),
             drop_last=False,
         )
         eval_set = WindowDataset(test_ids, window, end_id, vs_id, s.seed + 1)
