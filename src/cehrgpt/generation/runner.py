@@ -150,7 +150,11 @@ def _register_run(runs: Path, settings: GenerationSettings) -> None:
     if record.is_file():
         existing = json.loads(record.read_text())
         if existing != json.loads(json.dumps(wanted)):
-            changed = sorted(k for k in wanted if json.dumps(wanted[k]) != json.dumps(existing.get(k)))
+            changed = sorted(
+                k
+                for k in wanted
+                if json.dumps(wanted[k], sort_keys=True) != json.dumps(existing.get(k), sort_keys=True)
+            )
             raise GenerationInputError(
                 f"{str(record)!r} holds run seed {settings.seed} with other settings ({', '.join(changed)}); "
                 "use another --seed or --output_folder"
@@ -186,12 +190,15 @@ def generate(settings: GenerationSettings) -> dict:
         GenerationInputError: a bad setting, model folder, tokenizer or demographic file.
         GenerationError: the acceptance rule could not be met.
     """
+    import transformers
     from transformers import AutoModelForCausalLM
 
     from cehrgpt.models.tokenizer import TokenizerError, load_tokenizer, token_kinds
 
     _check(settings)
     s = settings
+    if not s.show_progress:
+        transformers.utils.logging.disable_progress_bar()
     started = time.perf_counter()
     try:
         tokenizer = load_tokenizer(s.tokenizer_folder or s.model_folder)
