@@ -313,9 +313,12 @@ class _Upload:
         step = "appending to the target tables" if self.mode == "append" else "swapping the staging tables in"
         log.info("%s: one transaction, %d statements", step, len(plan))
         with self._database_errors(step, unchanged=True), self.engine.begin() as conn:
+            if mariadb:  # its RENAME TABLE commits at once: the last moment before it is the one to test
+                self._pause("swap")
             for statement in plan:
                 conn.exec_driver_sql(statement)
-            self._pause("swap")
+            if not mariadb:
+                self._pause("swap")
         # Committed: from here on nothing may be undone. Appended-from staging tables remain to be dropped.
         self.created_targets = []
         self.staged = []

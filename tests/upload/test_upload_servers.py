@@ -1,0 +1,310 @@
+"""Against the real PostgreSQL and MariaDB servers: exact values, DDL, all-or-nothing under faults, secrets.
+
+Each test works in its own schema (PostgreSQL) or database (MariaDB), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from upload_fixtures import (
+    EXPECTED_DEATH,
+    EXPECTED_MEASUREMENT,
+    EXPECTED_PERSON,
+    PERSON,
+    select_rows,
+    snapshot,
+    write_table,
+)
+
+from cehrgpt.tools.upload_omop import main
+from cehrgpt.upload import UploadError, upload_omop
+
+CDM_TABLES = ["death", "measurement", "observation_period", "person"]
+PERSON_COLUMNS = (
+    "person_id, gender_concept_id, year_of_birth, birth_datetime, race_concept_id, person_source_value"
+)
+DEATH_COLUMNS = "person_id, death_date, death_datetime, death_type_concept_id"
+SECRET = "Wr0ng-Secret!"
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server(request) -> tuple[str, str]:
+    """(url, schema) on each real server."""
+    return request.getfixturevalue("postgres_schema" if request.param == "postgresql" else "mariadb_database")
+
+
+def state(url: str, schema: str) -> dict[str, list[tuple]]:
+    engine = sa.create_engine(url)
+    try:
+        return snapshot(engine, schema)
+    finally:
+        engine.dispose()
+
+
+def read(url: str, schema: str, table: str, columns: str) -> list[tuple]:
+    engine = sa.create_engine(url)
+    try:
+        return select_rows(engine, table, columns, schema=schema)
+    finally:
+        engine.dispose()
+
+
+def copy_tables(source: Path, destination: Path, names: list[str]) -> None:
+    for name in names:
+        (destination / name).mkdir(parents=True)
+        for file in (source / name).glob("*.parquet"):
+            (destination / name / file.name).write_bytes(file.read_bytes())
+
+
+def test_every_value_arrives_exactly(restored_omop, server):
+    url, schema = server
+    summary = upload_omop(restored_omop, url, schema=schema)
+    assert sorted(state(url, schema)) == CDM_TABLES
+    assert read(url, schema, "person", PERSON_COLUMNS) == EXPECTED_PERSON
+    assert read(url, schema, "death", DEATH_COLUMNS) == EXPECTED_DEATH
+    assert read(url, schema, "measurement", "measurement_id, value_as_number") == EXPECTED_MEASUREMENT
+    assert read(url, schema, "observation_period", "observation_period_id, observation_period_end_date") == [
+        (10, dt.date(2001, 1, 1)),
+        (11, dt.date(2020, 2, 29)),
+        (12, dt.date(2019, 1, 2)),
+    ]
+    assert {name: t["rows_in_target"] for name, t in summary["tables"].items()} == {
+        "death": 1,
+        "measurement": 2,
+        "observation_period": 3,
+        "person": 3,
+    }
+
+
+def column_types(url: str, schema: str, table: str) -> dict[str, tuple[str, str]]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                sa.text(
+                    "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+                    "WHERE table_schema = :schema AND table_name = :table"
+                ),
+                {"schema": schema, "table": table},
+            )
+            return {name.lower(): (kind.lower(), nullable) for name, kind, nullable in found}
+    finally:
+        engine.dispose()
+
+
+def test_tables_have_the_cdm_types_not_inferred_ones(restored_omop, postgres_schema, mariadb_database):
+    for url, schema in (postgres_schema, mariadb_database):
+        upload_omop(restored_omop, url, schema=schema, tables=["death"])
+    pg = column_types(*postgres_schema, "death")
+    assert pg["person_id"] == ("bigint", "NO")
+    assert pg["death_datetime"] == ("timestamp without time zone", "YES")
+    assert pg["cause_source_value"] == ("character varying", "YES")
+    maria = column_types(*mariadb_database, "death")
+    assert maria["death_datetime"] == ("datetime", "YES")
+    assert maria["death_date"] == ("date", "NO")
+    url, schema = postgres_schema
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        keys = conn.execute(
+            sa.text("SELECT conname FROM pg_constraint WHERE connamespace = CAST(:s AS regnamespace)"),
+            {"s": schema},
+        )
+        assert sorted(k for (k,) in keys) == []  # death has no primary key in CDM 5.4
+    engine.dispose()
+
+
+def test_replace_twice_keeps_keys_named_after_the_table(restored_omop, postgres_schema):
+    url, schema = postgres_schema
+    upload_omop(restored_omop, url, schema=schema)
+    upload_omop(restored_omop, url, schema=schema, mode="replace")
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        keys = conn.execute(
+            sa.text("SELECT conname FROM pg_constraint WHERE connamespace = CAST(:s AS regnamespace)"),
+            {"s": schema},
+        )
+        assert sorted(k for (k,) in keys) == ["measurement_pkey", "observation_period_pkey", "person_pkey"]
+    engine.dispose()
+    assert sorted(state(url, schema)) == CDM_TABLES
+
+
+def test_a_bad_row_midway_leaves_the_target_unchanged(restored_omop, tmp_path, server):
+    url, schema = server
+    upload_omop(restored_omop, url, schema=schema)
+    before = state(url, schema)
+    bad = tmp_path / "bad"
+    copy_tables(restored_omop, bad, ["death", "measurement", "observation_period"])
+    write_table(bad, "person", pa.concat_tables([PERSON, PERSON.slice(2, 1)]), parts=2)  # duplicate key
+    with pytest.raises(
+        UploadError, match=r"^loading person failed: .*[Dd]uplicate.*; the target was left unchanged$"
+    ):
+        upload_omop(bad, url, schema=schema)
+    assert state(url, schema) == before
+
+
+def test_append_key_conflict_changes_nothing(restored_omop, tmp_path, server):
+    url, schema = server
+    upload_omop(restored_omop, url, schema=schema, tables=["person", "death"])
+    more = tmp_path / "more"
+    write_table(more, "person", PERSON.slice(0, 1).set_column(0, "person_id", pa.array([5], pa.int64())))
+    copy_tables(restored_omop, more, ["observation_period"])
+    upload_omop(more, url, schema=schema, mode="append")
+    assert read(url, schema, "person", "person_id") == [(1,), (2,), (5,), (3_000_000_000,)]
+    assert sorted(state(url, schema)) == ["death", "observation_period", "person"]
+    before = state(url, schema)
+    with pytest.raises(
+        UploadError, match=r"^appending to the target tables failed: .*; the target was left unchanged$"
+    ):
+        upload_omop(more, url, schema=schema, mode="append")
+    assert state(url, schema) == before
+
+
+def test_replace_refused_by_a_dependent_view_changes_nothing(restored_omop, postgres_schema):
+    url, schema = postgres_schema
+    upload_omop(restored_omop, url, schema=schema)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE VIEW {schema}.adults AS SELECT person_id FROM {schema}.person")
+    engine.dispose()
+    before = state(url, schema)
+    with pytest.raises(
+        UploadError, match=r"^swapping the staging tables in failed: .*depend.*left unchanged$"
+    ):
+        upload_omop(restored_omop, url, schema=schema)
+    assert state(url, schema) == before
+
+
+def test_seed_credential_file_reaches_the_real_servers(
+    restored_omop, tmp_path, postgres_schema, mariadb_database
+):
+    for url, schema, jdbc in (
+        (*postgres_schema, "jdbc:postgresql://{host}:{port}/{database}"),
+        (*mariadb_database, "jdbc:mariadb://{host}:{port}/{database}"),
+    ):
+        parsed = sa.make_url(url)
+        ini = tmp_path / f"{schema}.ini"
+        ini.write_text(
+            "[DEFAULT]\n"
+            f"base_url = {jdbc.format(host=parsed.host, port=parsed.port, database=parsed.database)}\n"
+            f"user = {parsed.username}\npassword = {parsed.password or ''}\n"
+        )
+        args = ["--credential_path", str(ini), "--input_folder", str(restored_omop), "--schema", schema]
+        assert main([*args, "--tables", "death"]) == 0
+        assert read(url, schema, "death", DEATH_COLUMNS) == EXPECTED_DEATH
+
+
+def run_cli(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cehrgpt.tools.upload_omop", *argv],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_wrong_password_is_one_line_without_the_password(restored_omop, mariadb_database):
+    url, schema = mariadb_database
+    parsed = sa.make_url(url)
+    wrong = parsed.set(password=SECRET).render_as_string(hide_password=False)
+    result = run_cli(["--target", wrong, "--input_folder", str(restored_omop), "--schema", schema])
+    assert result.returncode == 1
+    assert SECRET not in result.stdout + result.stderr
+    assert "Wr0ng" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        (
+            f"error: connecting to mysql+pymysql://root:***@{parsed.host}:{parsed.port}/{parsed.database} failed: "
+            f"(1045, \"Access denied for user '{parsed.username}'@'{parsed.host}' (using password: YES)\"); "
+            "the target was left unchanged"
+        )
+    ]
+
+
+def test_password_from_environment_never_printed_on_failure(restored_omop, tmp_path, postgres_schema):
+    url, _ = postgres_schema
+    parsed = sa.make_url(url)
+    ini = tmp_path / "c.ini"
+    ini.write_text(
+        f"[DEFAULT]\nbase_url = jdbc:postgresql://{parsed.host}:{parsed.port}/{parsed.database}\n"
+        "user = no_such_role\npassword_env = OMOP_SECRET\n"
+    )
+    result = run_cli(
+        ["--credential_path", str(ini), "--input_folder", str(restored_omop)], env={"OMOP_SECRET": SECRET}
+    )
+    assert result.returncode == 1
+    assert SECRET not in result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: connecting to postgresql+psycopg://no_such_role:***@")
+    assert 'role "no_such_role" does not exist; the target was left unchanged' in line
+
+
+def start_paused(argv: list[str], where: str, seconds: int = 60) -> subprocess.Popen:
+    """Start the CLI with the fault-injection pause at ``where``; return once it is paused there."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cehrgpt.tools.upload_omop", *argv],
+        env={**os.environ, "CEHRGPT_UPLOAD_TEST_PAUSE": f"{where}:{seconds}", "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith(f"pausing {float(seconds)} s at {where} "):
+            return process
+    process.wait()
+    raise AssertionError(f"the upload ended (rc={process.returncode}) before pausing at {where}")
+
+
+@pytest.mark.parametrize("where", ["person", "swap"])
+def test_killed_upload_leaves_the_target_unchanged_and_rerun_succeeds(restored_omop, tmp_path, server, where):
+    url, schema = server
+    upload_omop(restored_omop, url, schema=schema, tables=["death", "person"])
+    before = state(url, schema)
+    replacement = tmp_path / "replacement"
+    write_table(replacement, "person", PERSON.slice(1, 1))
+    copy_tables(restored_omop, replacement, ["observation_period"])
+    argv = ["--target", url, "--schema", schema, "--input_folder", str(replacement)]
+    process = start_paused(argv, where)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    after = state(url, schema)
+    assert {name: found for name, found in after.items() if "__cehrgpt" not in name} == before
+    assert main(argv) == 0
+    assert sorted(state(url, schema)) == ["death", "observation_period", "person"]
+    assert read(url, schema, "person", "person_id") == [(2,)]
+
+
+def test_dropped_connection_midway_leaves_the_target_unchanged(restored_omop, tmp_path, postgres_schema):
+    url, schema = postgres_schema
+    upload_omop(restored_omop, url, schema=schema)
+    before = state(url, schema)
+    application = f"cehrgpt-upload-{schema}"
+    tagged = sa.make_url(url).update_query_dict({"application_name": application}).render_as_string(False)
+    # Paused after the first of person's two chunks; the next chunk meets the dropped connection.
+    argv = ["--target", tagged, "--schema", schema, "--input_folder", str(restored_omop)]
+    process = start_paused(argv, "person", seconds=8)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        killed = conn.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = :a"),
+            {"a": application},
+        ).all()
+    engine.dispose()
+    assert killed
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith("error: loading person failed: ")
+    assert errors[0].endswith("; the target was left unchanged")
+    after = state(url, schema)
+    assert {name: found for name, found in after.items() if "__cehrgpt" not in name} == before
