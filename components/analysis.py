@@ -152,6 +152,8 @@ def nearest_neighbor_inference(
 def reid_inference(
     prepared: Input[Dataset],
     sequences: Input[Dataset],
+    model: Input[Model],
+    attribute_config: str,
     seed: int,
     results: Output[Dataset],
     metrics: Output[Metrics],
@@ -161,7 +163,9 @@ def reid_inference(
     Args:
         prepared: Output of prepare (training and held-out sequences).
         sequences: The gathered generated sequences.
-        seed: Seed of any sampling.
+        model: The model folder (its tokenizer's concepts are the features).
+        attribute_config: YAML naming the common (quasi-identifier) and sensitive concepts.
+        seed: Recorded with the results (nothing is sampled).
         results: The analysis' tables and metrics.json.
         metrics: Re-identification risks.
     """
@@ -180,6 +184,8 @@ def reid_inference(
         evaluation_data_folder=f"{prepared.path}/{HELD_OUT_SEQUENCES}",
         output_folder=results.path,
         synthetic_data_folder=f"{sequences.path}/{GENERATED_SEQUENCES}",
+        attribute_config=attribute_config,
+        tokenizer_path=model.path,
         seed=seed,
     )
     run_stage("reid_inference", main, argv)
@@ -237,6 +243,10 @@ def privacy_gate(
     nearest_neighbor_inference: Input[Dataset],
     reid_inference: Input[Dataset],
     fidelity: Input[Dataset],
+    max_reid_risk: float,
+    max_nnaa_privacy_loss: float,
+    max_mia_f1_above_chance: float,
+    verdict: Output[Dataset],
 ):
     """Fail the run when a privacy threshold is breached, so nothing risky is published.
 
@@ -246,10 +256,19 @@ def privacy_gate(
         nearest_neighbor_inference: Its results.
         reid_inference: Its results.
         fidelity: Its results.
+        max_reid_risk: Highest acceptable re-identification risk.
+        max_nnaa_privacy_loss: Highest acceptable NNAA privacy loss.
+        max_mia_f1_above_chance: Highest acceptable membership-inference F1 above chance.
+        verdict: gate.json, each threshold and the value it was checked against.
     """
     from cehrgpt.analysis.gate import main
-
-    from cehrgpt.pipeline.steps import run_stage
+    from cehrgpt.pipeline.steps import flags, run_stage
 
     folders = [attribute_inference, member_inference, nearest_neighbor_inference, reid_inference, fidelity]
-    run_stage("gate", main, ["--metrics", *(folder.path for folder in folders)])
+    argv = ["--metrics", *(folder.path for folder in folders)] + flags(
+        max_reid_risk=max_reid_risk,
+        max_nnaa_privacy_loss=max_nnaa_privacy_loss,
+        max_mia_f1_above_chance=max_mia_f1_above_chance,
+        output_folder=verdict.path,
+    )
+    run_stage("gate", main, argv)

@@ -53,6 +53,9 @@ def end_to_end(
     attribute_config: str = ATTRIBUTE_CONFIG_IN_IMAGE,
     n_iterations: int = 10,
     num_of_samples: int = 10000,
+    max_reid_risk: float = 0.09,
+    max_nnaa_privacy_loss: float = 0.05,
+    max_mia_f1_above_chance: float = 0.1,
     upload: bool = False,
     upload_target: str = "",
     upload_schema: str = "",
@@ -99,6 +102,9 @@ def end_to_end(
         attribute_config: Attribute-inference YAML (a path inside the CPU image).
         n_iterations: Repetitions of each sampled privacy analysis.
         num_of_samples: Patients per repetition.
+        max_reid_risk: Gate: highest acceptable re-identification risk.
+        max_nnaa_privacy_loss: Gate: highest acceptable NNAA privacy loss.
+        max_mia_f1_above_chance: Gate: highest acceptable membership-inference F1 above chance.
         upload: Upload the restored tables when the gate passes.
         upload_target: SQLAlchemy URL without password; empty to use the Secret's url.
         upload_schema: Target schema.
@@ -150,6 +156,9 @@ def end_to_end(
         attribute_config=attribute_config,
         n_iterations=n_iterations,
         num_of_samples=num_of_samples,
+        max_reid_risk=max_reid_risk,
+        max_nnaa_privacy_loss=max_nnaa_privacy_loss,
+        max_mia_f1_above_chance=max_mia_f1_above_chance,
         upload=upload,
         upload_target=upload_target,
         upload_schema=upload_schema,

@@ -78,6 +78,9 @@ def add_synthesis_steps(
     attribute_config,
     n_iterations,
     num_of_samples,
+    max_reid_risk,
+    max_nnaa_privacy_loss,
+    max_mia_f1_above_chance,
     upload,
     upload_target,
     upload_schema,
@@ -152,7 +155,9 @@ def add_synthesis_steps(
     mia.set_display_name("4. privacy: membership inference")
     nnaa = nearest_neighbor_inference(prepared=prepared, sequences=sequences, model=model, **samples)
     nnaa.set_display_name("4. privacy: nearest-neighbour adversarial accuracy")
-    reid = reid_inference(prepared=prepared, sequences=sequences, seed=seed)
+    reid = reid_inference(
+        prepared=prepared, sequences=sequences, model=model, attribute_config=attribute_config, seed=seed
+    )
     reid.set_display_name("4. privacy: re-identification risk")
     fidelity = fidelity_report(prepared=prepared, sequences=sequences, seed=seed)
     fidelity.set_display_name("4. fidelity report")
@@ -167,6 +172,9 @@ def add_synthesis_steps(
         nearest_neighbor_inference=nnaa.outputs["results"],
         reid_inference=reid.outputs["results"],
         fidelity=fidelity.outputs["results"],
+        max_reid_risk=max_reid_risk,
+        max_nnaa_privacy_loss=max_nnaa_privacy_loss,
+        max_mia_f1_above_chance=max_mia_f1_above_chance,
     )
     gate.set_display_name("5. privacy gate").set_caching_options(False)
     _resources(gate, "100m", "256Mi", "1", "1Gi")
@@ -216,6 +224,9 @@ def synthetic_data(
     attribute_config: str = ATTRIBUTE_CONFIG_IN_IMAGE,
     n_iterations: int = 10,
     num_of_samples: int = 10000,
+    max_reid_risk: float = 0.09,
+    max_nnaa_privacy_loss: float = 0.05,
+    max_mia_f1_above_chance: float = 0.1,
     upload: bool = False,
     upload_target: str = "",
     upload_schema: str = "",
@@ -256,6 +267,9 @@ def synthetic_data(
         attribute_config: Attribute-inference YAML (a path inside the CPU image).
         n_iterations: Repetitions of each sampled privacy analysis.
         num_of_samples: Patients per repetition.
+        max_reid_risk: Gate: highest acceptable re-identification risk.
+        max_nnaa_privacy_loss: Gate: highest acceptable NNAA privacy loss.
+        max_mia_f1_above_chance: Gate: highest acceptable membership-inference F1 above chance.
         upload: Upload the restored tables when the gate passes.
         upload_target: SQLAlchemy URL without password; empty to use the Secret's url.
         upload_schema: Target schema.
@@ -298,6 +312,9 @@ def synthetic_data(
         attribute_config=attribute_config,
         n_iterations=n_iterations,
         num_of_samples=num_of_samples,
+        max_reid_risk=max_reid_risk,
+        max_nnaa_privacy_loss=max_nnaa_privacy_loss,
+        max_mia_f1_above_chance=max_mia_f1_above_chance,
         upload=upload,
         upload_target=upload_target,
         upload_schema=upload_schema,
