@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 MODES = ("replace", "append", "fail")
 DEFAULT_CHUNK_SIZE = 50_000
 SUMMARY_FILE = "upload_summary.json"
-# Fault-injection hook for the tests, "<where>:<seconds>": sleep after each chunk of table <where>, or inside
+# Fault-injection hook for the tests, "<where>:<seconds>": sleep once, after the first chunk of table <where>, or inside
 # the final transaction before its commit when <where> is "swap", so a test can kill the upload right there.
 PAUSE_ENV_VAR = "CEHRGPT_UPLOAD_TEST_PAUSE"
 
@@ -338,6 +338,7 @@ class _Upload:
     def _pause(self, where: str) -> None:
         if self.pause_s and where == self.pause_at:
             log.info("pausing %s s at %s (%s)", self.pause_s, where, PAUSE_ENV_VAR)
+            self.pause_at = ""  # once
             time.sleep(self.pause_s)
 
     def _undo(self) -> None:
