@@ -313,8 +313,9 @@ def _plots(real: SequenceProfile, synthetic: SequenceProfile, prevalence: pd.Dat
         fig, ax = plt.subplots(figsize=(5, 3.5))
         values = np.concatenate([a, b]) if len(a) + len(b) else np.zeros(1)
         bins = np.histogram_bin_edges(values, bins=30)
-        ax.hist(a, bins=bins, alpha=0.5, density=True, label="real")
-        ax.hist(b, bins=bins, alpha=0.5, density=True, label="synthetic")
+        for values, label in ((a, "real"), (b, "synthetic")):
+            if len(values):
+                ax.hist(values, bins=bins, alpha=0.5, density=True, label=label)
         ax.set(title=title)
         ax.legend()
         return fig

@@ -1,0 +1,155 @@
+"""The fidelity report on a tiny hand-made pair of sets, every number worked out by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from cehrgpt.analysis import fidelity
+
+PROMPT_M = ["year:2000", "age:30", "8507", "8527"]
+REAL = [
+    # visits {101, 102} (outpatient) and {101, 103} (inpatient, stay 3 days, discharge 8536), gap 10 days
+    [
+        *PROMPT_M,
+        "[VS]",
+        "9202",
+        "101",
+        "102",
+        "[VE]",
+        "D10",
+        "[VS]",
+        "9201",
+        "101",
+        "i-D3",
+        "103",
+        "8536",
+        "[VE]",
+        "[END]",
+    ],
+    ["year:2000", "age:45", "8532", "8527", "[VS]", "9202", "101", "[VE]", "[END]"],
+]
+SYNTHETIC = [
+    ["year:2000", "age:31", "8507", "8527", "[VS]", "9202", "101", "102", "[VE]", "[END]"],
+    [
+        "year:2000",
+        "age:52",
+        "8532",
+        "8527",
+        "[VS]",
+        "9202",
+        "102",
+        "[VE]",
+        "D20",
+        "[VS]",
+        "9202",
+        "101",
+        "102",
+        "[VE]",
+        "[END]",
+    ],
+    ["year:2000", "age:52", "8532", "8527", "[VS]", "9202"],  # not a whole patient: excluded
+]
+
+
+@pytest.fixture
+def report(make_folder, tmp_path):
+    vocab = tmp_path / "omop_vocab" / "concept"
+    vocab.mkdir(parents=True)
+    pd.DataFrame({"CONCEPT_ID": [101, 102], "DOMAIN_ID": ["Condition", "Drug"]}).to_parquet(
+        vocab / "c.parquet"
+    )
+    out = tmp_path / "fidelity"
+    argv = [
+        "--real_data_folder",
+        make_folder("real", REAL),
+        "--synthetic_data_folder",
+        make_folder("syn", SYNTHETIC),
+    ]
+    argv += [
+        "--output_folder",
+        str(out),
+        "--vocab_folder",
+        str(tmp_path / "omop_vocab"),
+        "--min_pair_support",
+        "1",
+    ]
+    return argv, out
+
+
+def test_fidelity_metrics_by_hand(report, capsys):
+    argv, out = report
+    assert fidelity.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # prevalence over 101, 102, 103: real [1, ½, ½], synthetic [1, 1, 0]
+    #   MAD = (0 + ½ + ½)/3 = ⅓; R² = 1 - ½ / (1/6) = -2; Pearson = (1/6) / sqrt(1/6 · 2/3) = ½
+    assert metrics["fidelity_prevalence_mean_abs_diff"] == pytest.approx(1 / 3)
+    assert metrics["fidelity_prevalence_r2"] == pytest.approx(-2.0)
+    assert metrics["fidelity_prevalence_pearson"] == pytest.approx(0.5)
+    # per domain: Condition {101} equal; Drug {102} ½ apart; 103 is not in the vocabulary: Unknown, ½ apart
+    assert metrics["fidelity_prevalence_mean_abs_diff_condition"] == 0.0
+    assert metrics["fidelity_prevalence_mean_abs_diff_drug"] == 0.5
+    assert metrics["fidelity_prevalence_mean_abs_diff_unknown"] == 0.5
+    assert metrics["fidelity_prevalence_r2_condition"] is None  # one concept: R² undefined
+    # pairs in real visits {101,102}, {101,103}, {101}: both at rate ⅓ (constant -> R² undefined)
+    assert metrics["fidelity_cooccurrence_pairs"] == 2
+    assert metrics["fidelity_cooccurrence_r2"] is None
+    # lengths real {18, 9} vs synthetic {10, 15}: the ECDFs differ by ½ on [9, 10)
+    assert metrics["fidelity_sequence_length_ks"] == 0.5
+    assert metrics["fidelity_visits_per_patient_ks"] == 0.0  # {2, 1} vs {1, 2}
+    # age bands real {3, 4}, synthetic {3, 5}: TVD ½(0 + ½ + ½) = ½
+    assert metrics["fidelity_age_tvd"] == 0.5
+    assert metrics["fidelity_gender_tvd"] == 0.0
+    assert metrics["fidelity_race_tvd"] == 0.0
+    assert metrics["fidelity_days_between_visits_ks"] == 1.0  # {10} vs {20}
+    assert metrics["fidelity_inpatient_stay_ks"] is None  # no synthetic inpatient stay
+    # visit types real {9202: ⅔, 9201: ⅓}, synthetic {9202: 1}: TVD ⅓
+    assert metrics["fidelity_visit_type_tvd"] == pytest.approx(1 / 3)
+    assert metrics["fidelity_num_synthetic_excluded"] == 1
+    pairs = pd.read_parquet(out / "cooccurrence.parquet")
+    assert pairs[["concept_id_a", "concept_id_b"]].values.tolist() == [[101, 102], [101, 103]]
+    assert pairs["synthetic_rate"].tolist() == pytest.approx([2 / 3, 0.0])
+    assert "fidelity_prevalence_r2" in capsys.readouterr().out
+
+
+def test_report_is_self_contained_html(report):
+    argv, out = report
+    assert fidelity.main(argv) == 0
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count('src="data:image/png;base64,') == 10
+    assert "http://" not in page and "https://" not in page
+
+
+def test_support_floor_drops_rare_pairs(report):
+    argv, out = report
+    assert fidelity.main([*argv[:-1], "2"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["fidelity_cooccurrence_pairs"] == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("--real_data_folder", "/nope"), "error: --real_data_folder '/nope' does not exist"),
+        (("--vocab_folder", "/nope/vocab"), "error: --vocab_folder '/nope/vocab' does not exist"),
+        (("--min_pair_support", "0"), "error: --min_pair_support 0; expected a positive number of visits"),
+    ],
+)
+def test_bad_input(report, capsys, change, message):
+    argv, out = report
+    flag, value = change
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = value
+    assert fidelity.main(argv) == 2
+    assert capsys.readouterr().err.startswith(message)
+    assert not (out / "metrics.json").exists()
+
+
+def test_no_parseable_synthetic_patient(report, make_folder, capsys):
+    argv, _ = report
+    argv = list(argv)
+    argv[argv.index("--synthetic_data_folder") + 1] = make_folder("broken", [SYNTHETIC[2]])
+    assert fidelity.main(argv) == 2
+    assert "holds no parseable patient (1 row(s) excluded" in capsys.readouterr().err

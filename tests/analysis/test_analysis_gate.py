@@ -1,0 +1,95 @@
+"""The release gate: passes, breaches, missing metrics and threshold sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cehrgpt.analysis import gate
+
+SAFE = {"reid_risk": 0.02, "nnaa_privacy_loss": 0.01, "mia_f1_above_chance": 0.03, "nnaa_num_of_samples": 100}
+
+
+def metrics_folder(root: Path, name: str, metrics: dict) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_passing_prints_ok_and_writes_gate_json(tmp_path, capsys):
+    reid = metrics_folder(tmp_path, "reid", {"reid_risk": 0.02})
+    other = metrics_folder(tmp_path, "nnaa", {k: v for k, v in SAFE.items() if k != "reid_risk"})
+    assert gate.main(["--metrics", str(reid), str(other / "metrics.json")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["OK: 3 privacy threshold(s) met (reid_risk, nnaa_privacy_loss, mia_f1_above_chance)"]
+    report = json.loads((tmp_path / "gate.json").read_text())  # the folder holding both inputs
+    assert report["passed"] is True
+    assert [c["metric"] for c in report["checks"]] == [
+        "reid_risk",
+        "nnaa_privacy_loss",
+        "mia_f1_above_chance",
+    ]
+
+
+def test_each_breach_is_one_line_and_exits_non_zero(tmp_path, capsys):
+    folder = metrics_folder(tmp_path, "all", {**SAFE, "reid_risk": 0.25, "mia_f1_above_chance": 0.4})
+    assert gate.main(["--metrics", str(folder), "--output_folder", str(tmp_path / "g")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "BREACH reid_risk = 0.2500 > threshold 0.09",
+        "BREACH mia_f1_above_chance = 0.4000 > threshold 0.1",
+    ]
+    assert json.loads((tmp_path / "g" / "gate.json").read_text())["passed"] is False
+
+
+def test_flags_and_yml_set_thresholds(tmp_path, capsys):
+    folder = metrics_folder(tmp_path, "all", {**SAFE, "reid_risk": 0.25})
+    thresholds = tmp_path / "thresholds.yml"
+    thresholds.write_text("reid_risk: 0.3\nnnaa_privacy_loss: null\nnnaa_num_of_samples: 50\n")
+    # yml: reid passes at 0.3, NNAA off, a new maximum on the sample size (100 > 50) breaches
+    assert gate.main(["--metrics", str(folder), "--thresholds", str(thresholds)]) == 1
+    assert capsys.readouterr().err.strip() == "BREACH nnaa_num_of_samples = 100.0000 > threshold 50.0"
+    # a flag wins over the yml
+    argv = ["--metrics", str(folder), "--thresholds", str(thresholds), "--max_reid_risk", "0.2"]
+    thresholds.write_text("reid_risk: 0.3\n")
+    assert gate.main(argv) == 1
+    assert capsys.readouterr().err.strip() == "BREACH reid_risk = 0.2500 > threshold 0.2"
+
+
+def test_a_missing_metric_is_an_error(tmp_path, capsys):
+    folder = metrics_folder(tmp_path, "reid", {"reid_risk": 0.01})
+    assert gate.main(["--metrics", str(folder)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: metric 'nnaa_privacy_loss' needed by a threshold is missing or not a number (None); "
+        "expected it in one of the --metrics files"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda root: str(root / "nowhere"), "has no metrics.json; expected an analysis output"),
+        (lambda root: str(metrics_folder(root, "x", [1, 2])), "holds list; expected name → number"),
+    ],
+)
+def test_bad_metrics_inputs(tmp_path, capsys, setup, message):
+    assert gate.main(["--metrics", setup(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_thresholds_file(tmp_path, capsys):
+    folder = metrics_folder(tmp_path, "all", SAFE)
+    thresholds = tmp_path / "t.yml"
+    thresholds.write_text("reid_risk: high\n")
+    assert gate.main(["--metrics", str(folder), "--thresholds", str(thresholds)]) == 2
+    assert "reid_risk is 'high'; expected a number or null" in capsys.readouterr().err
+
+
+def test_conflicting_metric_values(tmp_path, capsys):
+    a = metrics_folder(tmp_path, "a", SAFE)
+    b = metrics_folder(tmp_path, "b", {"reid_risk": 0.5})
+    assert gate.main(["--metrics", str(a), str(b)]) == 2
+    assert "metric 'reid_risk' is 0.02 in one file and 0.5 in" in capsys.readouterr().err
