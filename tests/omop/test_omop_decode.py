@@ -54,6 +54,11 @@ def test_prompt_gives_person_born_on_jan_1_of_year_minus_age():
     assert (out.placed, out.structural, out.rejections) == (6, 3, [])
 
 
+def test_negative_age_is_kept_as_written():
+    out = decode(f"year:1970 age:-6 8507 8516 [VS] 9202 1 [VE]")
+    assert out.person == PersonRecord(gender_concept_id=8507, race_concept_id=8516, year_of_birth=1976)
+
+
 @pytest.mark.parametrize("gender,race", [("Gender/0", "Race/0"), ("0", "0")])
 def test_unknown_gender_and_race_become_zero(gender, race):
     out = decode(f"year:2001 age:12 {gender} {race} [VS] 9202 123 [VE]")
@@ -145,8 +150,9 @@ def test_duplicate_person_rejects_every_token():
     "prompt",
     [
         "age:12 year:2001 8532 8527",  # swapped
-        "year:2001 age:-1 8532 8527",  # born after the first event
         "year:2001 age:151 8532 8527",  # older than anyone
+        "year:2001 age:-151 8532 8527",
+        "year:20 age:30 8532 8527",  # born before year 1
         "year:0 age:0 8532 8527",  # no such year
         "year:2001 age:12 [VS] 8527",  # gender missing
         "year:2001 age:12 8532",  # too short

@@ -61,7 +61,7 @@ from cehrgpt.grammar import (
 
 EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 MAX_DAY = date(9999, 12, 31).toordinal() - EPOCH_ORDINAL  # the last date Spark and the CDM can hold
-MAX_AGE = 150  # a prompt age above this is not a person
+MAX_AGE = 150  # a prompt age beyond this (either sign) is not a person
 
 
 class Reason(StrEnum):
@@ -204,7 +204,11 @@ def _reject_all(tokens: Sequence[str], reason: Reason) -> DecodedPatient:
 
 
 def _decode_prompt(tokens: Sequence[str], kinds: Sequence[TokenKind], offset: int) -> PersonRecord | None:
-    """The person of a 4-token prompt starting at ``offset``, or None when it does not describe one."""
+    """The person of a 4-token prompt starting at ``offset``, or None when it does not describe one.
+
+    A negative age is kept (the grammar allows it and the ETL writes it for
+    source events dated before birth): the person is then born after the first visit.
+    """
     if len(tokens) < offset + PROMPT_LENGTH:
         return None
     expected = (TokenKind.YEAR, TokenKind.AGE, TokenKind.GENDER, TokenKind.RACE)
@@ -212,7 +216,7 @@ def _decode_prompt(tokens: Sequence[str], kinds: Sequence[TokenKind], offset: in
         return None
     year = prompt_year(tokens[offset])
     age = prompt_age(tokens[offset + 1])
-    if year is None or age is None or not 0 <= age <= MAX_AGE or year - age < 1:
+    if year is None or age is None or abs(age) > MAX_AGE or not 1 <= year - age <= 9999:
         return None
     gender = concept_id_of(tokens[offset + 2])
     race = concept_id_of(tokens[offset + 3])

@@ -1,0 +1,850 @@
+"""Restore OMOP CDM 5.4 tables from patient sequences (generated or training), with Spark.
+
+``python -m cehrgpt.omop.restore --patient_sequence_folder P --omop_folder O --source_omop_folder V``
+reads ``P/*.parquet`` (``person_id``, ``concept_ids``), decodes every patient
+with :func:`cehrgpt.omop.decode.decode_patient` inside ``mapInArrow``, sends
+each clinical concept to the table of its vocabulary domain and writes
+``O/<table>/`` as parquet, exactly the CDM 5.4 columns in CDM order:
+
+- integer → ``bigint`` (int64) for every integer field, ids and concept ids
+  alike (one rule, and generated ids do not fit ``int``); date → ``date``;
+  datetime → ``timestamp`` (midnight UTC); float → ``double``; varchar → ``string``;
+- type concepts: condition, measurement, observation, device 32817 (EHR),
+  drug 38000177, procedure 38000178, visit 44818702, death 32823,
+  observation_period 44814725;
+- ids: ``id = file_base + row_index * stride + position + 1`` from the input
+  file (sorted by path), the row in that file and the token position, so they
+  are unique across every table, file and shard and the same on every rerun;
+  ``observation_period_id`` = ``person_id`` (one period per person);
+- ``O/rejected/``: ``person_id, position, token, reason`` for every token that
+  could not be placed (reasons: :class:`cehrgpt.omop.decode.Reason`);
+- ``O/restore_report.json``: input patients, patients restored and why the
+  others were not, rows per table, rejected tokens per reason, and the token
+  accounting ``input == placed + structural + rejected``, checked before the
+  output is published.
+
+Output appears only when the job succeeded: tables are written under
+``O/_tmp_<run>/``, then moved into place with the Hadoop FileSystem API (so
+``gs://`` and ``s3a://`` work), and ``O/_SUCCESS`` is written last. A failed
+run leaves the previous output as it was; consumers should check ``_SUCCESS``.
+Every path may be a local path or an object-store URI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.pandas.types import from_arrow_schema
+from tqdm import tqdm
+
+from cehrgpt.grammar import PROMPT_LENGTH
+from cehrgpt.omop.cdm import cdm_fields
+from cehrgpt.omop.decode import Reason, decode_patient
+from cehrgpt.omop.source import OmopSourceError, open_omop_source, spark_type
+from cehrgpt.spark import get_spark
+
+log = logging.getLogger(__name__)
+
+EVENT_TABLES = {
+    "condition": "condition_occurrence",
+    "drug": "drug_exposure",
+    "procedure": "procedure_occurrence",
+    "measurement": "measurement",
+    "observation": "observation",
+    "device": "device_exposure",
+}
+TABLES = (
+    "person",
+    "visit_occurrence",
+    *EVENT_TABLES.values(),
+    "death",
+    "observation_period",
+)
+REJECTED = "rejected"
+REPORT = "restore_report.json"
+SUCCESS = "_SUCCESS"
+
+EHR = 32817
+VISIT_TYPE_CONCEPT_ID = 44818702
+DEATH_TYPE_CONCEPT_ID = 32823
+PERIOD_TYPE_CONCEPT_ID = 44814725
+DRUG_TYPE_CONCEPT_ID = 38000177
+PROCEDURE_TYPE_CONCEPT_ID = 38000178
+
+OBJECT_STORE_SCHEMES = ("gs://", "s3://", "s3a://", "s3n://", "hdfs://", "abfs://", "abfss://", "wasb://")
+
+
+class RestoreError(ValueError):
+    """Input the restore job cannot use: one line naming the value and what was expected."""
+
+
+# --- decoding in Spark ---------------------------------------------------------------------------------------
+
+PERSON, VISIT, EVENT, DEATH, REJECTION, TALLY = range(6)
+
+DECODED_SCHEMA = pa.schema(
+    [
+        ("record", pa.int8()),
+        ("person_id", pa.int64()),
+        ("position", pa.int32()),
+        ("record_id", pa.int64()),  # visit_occurrence_id or event id
+        ("concept_id", pa.int64()),  # gender, visit concept or event concept
+        ("concept_id_2", pa.int64()),  # race or discharged_to
+        ("year_of_birth", pa.int64()),
+        ("start_date", pa.date32()),
+        ("end_date", pa.date32()),
+        ("parent_id", pa.int64()),  # an event's visit, a visit's preceding visit
+        ("token", pa.string()),  # a rejected token; an event's token when it is not its concept id
+        ("reason", pa.string()),  # a rejection's reason; a tally's patient-level reason
+        ("count", pa.int64()),  # a tally's structural tokens
+    ]
+)
+
+
+def _record_batch(record: int, columns: dict[str, list[Any]]) -> pa.RecordBatch:
+    n = len(next(iter(columns.values())))
+    arrays = []
+    for field in DECODED_SCHEMA:
+        if field.name == "record":
+            arrays.append(pa.array([record] * n, pa.int8()))
+        elif field.name in columns:
+            values = columns[field.name]
+            if pa.types.is_date32(field.type):
+                arrays.append(pa.array(values, pa.int32()).cast(pa.date32()))
+            else:
+                arrays.append(pa.array(values, field.type))
+        else:
+            arrays.append(pa.nulls(n, field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=DECODED_SCHEMA)
+
+
+def decode_batches(
+    batches: Iterator[pa.RecordBatch],
+    file_bases: dict[str, int],
+    stride: int,
+    duplicates: frozenset[tuple[str, int]],
+) -> Iterator[pa.RecordBatch]:
+    """Decode Arrow batches of sequences into the long-format records the tables are cut from.
+
+    Args:
+        batches: ``person_id``, ``concept_ids``, ``file_path``, ``row_index``.
+        file_bases: the first id of each input file.
+        stride: ids reserved per input row (the longest sequence).
+        duplicates: (file, row) of rows whose person_id an earlier row already has.
+    """
+    for batch in batches:
+        person_ids = batch.column("person_id").to_pylist()
+        sequences = batch.column("concept_ids").to_pylist()
+        files = batch.column("file_path").to_pylist()
+        rows = batch.column("row_index").to_pylist()
+        person: dict[str, list[Any]] = {
+            k: [] for k in ("person_id", "concept_id", "concept_id_2", "year_of_birth")
+        }
+        visit: dict[str, list[Any]] = {
+            k: []
+            for k in (
+                "person_id",
+                "position",
+                "record_id",
+                "concept_id",
+                "concept_id_2",
+                "start_date",
+                "end_date",
+                "parent_id",
+            )
+        }
+        event: dict[str, list[Any]] = {
+            k: []
+            for k in ("person_id", "position", "record_id", "concept_id", "start_date", "parent_id", "token")
+        }
+        death: dict[str, list[Any]] = {k: [] for k in ("person_id", "position", "start_date")}
+        rejected: dict[str, list[Any]] = {k: [] for k in ("person_id", "position", "token", "reason")}
+        tally: dict[str, list[Any]] = {k: [] for k in ("person_id", "reason", "count")}
+        for person_id, tokens, file, row in zip(person_ids, sequences, files, rows, strict=True):
+            out = decode_patient(person_id, tokens, duplicate=(file, row) in duplicates)
+            base = file_bases[file] + row * stride + 1
+            if out.person is not None:
+                person["person_id"].append(person_id)
+                person["concept_id"].append(out.person.gender_concept_id)
+                person["concept_id_2"].append(out.person.race_concept_id)
+                person["year_of_birth"].append(out.person.year_of_birth)
+            for v in out.visits:
+                visit["person_id"].append(person_id)
+                visit["position"].append(v.position)
+                visit["record_id"].append(base + v.position)
+                visit["concept_id"].append(v.visit_concept_id)
+                visit["concept_id_2"].append(v.discharged_to_concept_id)
+                visit["start_date"].append(v.start_day)
+                visit["end_date"].append(v.end_day)
+                visit["parent_id"].append(
+                    None if v.preceding_position is None else base + v.preceding_position
+                )
+            event_ids = event["person_id"]
+            event_ids.extend([person_id] * len(out.events))
+            event["position"].extend([e.position for e in out.events])
+            event["record_id"].extend([base + e.position for e in out.events])
+            event["concept_id"].extend([e.concept_id for e in out.events])
+            event["start_date"].extend([e.day for e in out.events])
+            event["parent_id"].extend([base + e.visit_position for e in out.events])
+            event["token"].extend([None if e.concept_id else tokens[e.position] for e in out.events])
+            if out.death is not None:
+                death["person_id"].append(person_id)
+                death["position"].append(out.death.position)
+                death["start_date"].append(out.death.day)
+            if out.rejections:
+                rejected["person_id"].extend([person_id] * len(out.rejections))
+                rejected["position"].extend([r.position for r in out.rejections])
+                rejected["token"].extend([r.token for r in out.rejections])
+                rejected["reason"].extend([r.reason.value for r in out.rejections])
+            tally["person_id"].append(person_id)
+            tally["count"].append(out.structural)
+            patient_reason = None
+            if out.person is None:
+                patient_reason = out.rejections[0].reason.value if out.rejections else Reason.BAD_PROMPT.value
+            tally["reason"].append(patient_reason)
+        for record, columns in (
+            (PERSON, person),
+            (VISIT, visit),
+            (EVENT, event),
+            (DEATH, death),
+            (REJECTION, rejected),
+            (TALLY, tally),
+        ):
+            if next(iter(columns.values())):
+                yield _record_batch(record, columns)
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def read_sequences(spark: SparkSession, folder: str) -> DataFrame:
+    """``person_id`` (long), ``concept_ids`` (array<string>), ``file_path``, ``row_index`` of every input row."""
+    try:
+        raw = spark.read.parquet(folder)
+        columns = {f.name.lower(): f for f in raw.schema.fields}
+    except Exception as error:
+        raise RestoreError(
+            f"patient_sequence_folder {folder}: cannot read parquet sequences ({_first_line(error)})"
+        ) from None
+    missing = [c for c in ("person_id", "concept_ids") if c not in columns]
+    if missing:
+        raise RestoreError(
+            f"patient_sequence_folder {folder}: column(s) {', '.join(missing)} missing "
+            f"(expected person_id and concept_ids; found {', '.join(sorted(columns))})"
+        )
+    pid, cids = columns["person_id"], columns["concept_ids"]
+    if not isinstance(pid.dataType, T.IntegralType):
+        raise RestoreError(
+            f"patient_sequence_folder {folder}: person_id is {pid.dataType.simpleString()}, expected an integer"
+        )
+    if not (isinstance(cids.dataType, T.ArrayType) and isinstance(cids.dataType.elementType, T.StringType)):
+        raise RestoreError(
+            f"patient_sequence_folder {folder}: concept_ids is {cids.dataType.simpleString()}, "
+            "expected a list of token strings"
+        )
+    return raw.select(
+        F.col(pid.name).cast(T.LongType()).alias("person_id"),
+        F.col(cids.name).alias("concept_ids"),
+        F.col("_metadata.file_path").alias("file_path"),
+        F.col("_metadata.row_index").alias("row_index"),
+    )
+
+
+def _is_object_store(spec: str) -> bool:
+    return spec.lower().startswith(OBJECT_STORE_SCHEMES)
+
+
+def read_concept_domains(spark: SparkSession, vocabulary: str) -> DataFrame:
+    """``concept_id``, ``domain_id`` (one row per concept) from a vocabulary folder, DuckDB file or URL.
+
+    A local folder, DuckDB file or SQLAlchemy URL goes through the project's OMOP
+    reader; an object-store URI is read with Spark as ``<uri>/concept`` (parquet).
+    """
+    try:
+        if _is_object_store(vocabulary):
+            raw = spark.read.parquet(vocabulary.rstrip("/") + "/concept")
+            names = {c.lower(): c for c in raw.columns}
+            if "concept_id" not in names or "domain_id" not in names:
+                raise RestoreError(
+                    f"source_omop_folder {vocabulary}: concept table lacks concept_id/domain_id "
+                    f"(columns present: {', '.join(sorted(names))})"
+                )
+            concepts = raw.select(
+                F.col(names["concept_id"]).cast(T.LongType()).alias("concept_id"),
+                F.col(names["domain_id"]).cast(T.StringType()).alias("domain_id"),
+            )
+        else:
+            source = open_omop_source(vocabulary)
+            concepts = source.read_table(spark, "concept", ["concept_id", "domain_id"])
+        concepts = (
+            concepts.where(F.col("concept_id").isNotNull())
+            .groupBy("concept_id")
+            .agg(F.min("domain_id").alias("domain_id"))
+        )
+        if concepts.limit(1).count() == 0:
+            raise RestoreError(f"source_omop_folder {vocabulary}: the concept table is empty")
+    except RestoreError:
+        raise
+    except OmopSourceError as error:
+        raise RestoreError(f"source_omop_folder {vocabulary}: {error}") from None
+    except Exception as error:
+        raise RestoreError(
+            f"source_omop_folder {vocabulary}: cannot read the concept table ({_first_line(error)})"
+        ) from None
+    return concepts
+
+
+# --- the tables ---------------------------------------------------------------------------------------------
+
+
+def cdm_select(table: str, values: dict[str, Column]) -> list[Column]:
+    """Every column of ``table`` in CDM order, cast to its type; columns not in ``values`` are null."""
+    fields = cdm_fields(table)
+    unknown = set(values) - {f.name for f in fields}
+    if unknown:
+        raise ValueError(f"{table} has no column(s) {sorted(unknown)}")
+    return [values.get(f.name, F.lit(None)).cast(spark_type(f.datatype)).alias(f.name) for f in fields]
+
+
+def _midnight(column: str) -> Column:
+    return F.col(column).cast(T.TimestampType())
+
+
+def person_table(decoded: DataFrame) -> DataFrame:
+    return decoded.where(F.col("record") == PERSON).select(
+        *cdm_select(
+            "person",
+            {
+                "person_id": F.col("person_id"),
+                "gender_concept_id": F.col("concept_id"),
+                "year_of_birth": F.col("year_of_birth"),
+                "month_of_birth": F.lit(1),
+                "day_of_birth": F.lit(1),
+                "birth_datetime": F.make_date(F.col("year_of_birth").cast("int"), F.lit(1), F.lit(1)).cast(
+                    T.TimestampType()
+                ),
+                "race_concept_id": F.col("concept_id_2"),
+                "ethnicity_concept_id": F.lit(0),
+            },
+        )
+    )
+
+
+def visit_table(decoded: DataFrame) -> DataFrame:
+    return decoded.where(F.col("record") == VISIT).select(
+        *cdm_select(
+            "visit_occurrence",
+            {
+                "visit_occurrence_id": F.col("record_id"),
+                "person_id": F.col("person_id"),
+                "visit_concept_id": F.col("concept_id"),
+                "visit_start_date": F.col("start_date"),
+                "visit_start_datetime": _midnight("start_date"),
+                "visit_end_date": F.col("end_date"),
+                "visit_end_datetime": _midnight("end_date"),
+                "visit_type_concept_id": F.lit(VISIT_TYPE_CONCEPT_ID),
+                "discharged_to_concept_id": F.col("concept_id_2"),
+                "preceding_visit_occurrence_id": F.col("parent_id"),
+            },
+        )
+    )
+
+
+def classify_events(decoded: DataFrame, concepts: DataFrame) -> DataFrame:
+    """Events with the table their concept's domain sends them to; null ``table`` with a ``reason`` otherwise."""
+    domain_tables = F.create_map(*[x for d, t in EVENT_TABLES.items() for x in (F.lit(d), F.lit(t))])
+    domain = F.lower(F.trim(F.col("domain_id")))
+    return (
+        decoded.where(F.col("record") == EVENT)
+        .join(concepts, on="concept_id", how="left")
+        .withColumn("table", domain_tables[domain])
+        .withColumn(
+            "reason",
+            F.when(F.col("domain_id").isNull(), F.lit(Reason.CONCEPT_NOT_IN_VOCABULARY.value)).when(
+                F.col("table").isNull(), F.lit(Reason.UNSUPPORTED_DOMAIN.value)
+            ),
+        )
+    )
+
+
+# table → (id, concept, date, datetime, type concept column, type concept)
+EVENT_COLUMNS = {
+    "condition_occurrence": (
+        "condition_occurrence_id",
+        "condition_concept_id",
+        "condition_start_date",
+        "condition_start_datetime",
+        "condition_type_concept_id",
+        EHR,
+    ),
+    "drug_exposure": (
+        "drug_exposure_id",
+        "drug_concept_id",
+        "drug_exposure_start_date",
+        "drug_exposure_start_datetime",
+        "drug_type_concept_id",
+        DRUG_TYPE_CONCEPT_ID,
+    ),
+    "procedure_occurrence": (
+        "procedure_occurrence_id",
+        "procedure_concept_id",
+        "procedure_date",
+        "procedure_datetime",
+        "procedure_type_concept_id",
+        PROCEDURE_TYPE_CONCEPT_ID,
+    ),
+    "measurement": (
+        "measurement_id",
+        "measurement_concept_id",
+        "measurement_date",
+        "measurement_datetime",
+        "measurement_type_concept_id",
+        EHR,
+    ),
+    "observation": (
+        "observation_id",
+        "observation_concept_id",
+        "observation_date",
+        "observation_datetime",
+        "observation_type_concept_id",
+        EHR,
+    ),
+    "device_exposure": (
+        "device_exposure_id",
+        "device_concept_id",
+        "device_exposure_start_date",
+        "device_exposure_start_datetime",
+        "device_type_concept_id",
+        EHR,
+    ),
+}
+
+
+def event_table(events: DataFrame, table: str) -> DataFrame:
+    """The rows of one event table, from events classified by :func:`classify_events`."""
+    id_column, concept, date, datetime, type_column, type_concept = EVENT_COLUMNS[table]
+    values: dict[str, Column] = {
+        id_column: F.col("record_id"),
+        "person_id": F.col("person_id"),
+        concept: F.col("concept_id"),
+        date: F.col("start_date"),
+        datetime: _midnight("start_date"),
+        type_column: F.lit(type_concept),
+        "visit_occurrence_id": F.col("parent_id"),
+    }
+    if table == "drug_exposure":  # required; a generated drug has no duration, so it ends the day it starts
+        values["drug_exposure_end_date"] = F.col("start_date")
+        values["drug_exposure_end_datetime"] = _midnight("start_date")
+    return events.where(F.col("table") == table).select(*cdm_select(table, values))
+
+
+def death_table(decoded: DataFrame) -> DataFrame:
+    return decoded.where(F.col("record") == DEATH).select(
+        *cdm_select(
+            "death",
+            {
+                "person_id": F.col("person_id"),
+                "death_date": F.col("start_date"),
+                "death_datetime": _midnight("start_date"),
+                "death_type_concept_id": F.lit(DEATH_TYPE_CONCEPT_ID),
+            },
+        )
+    )
+
+
+def observation_period_table(decoded: DataFrame) -> DataFrame:
+    """Per person, from the first to the last date of any visit or death."""
+    dated = decoded.where(F.col("record").isin(VISIT, DEATH)).select(
+        "person_id", "start_date", F.coalesce("end_date", "start_date").alias("end_date")
+    )
+    periods = dated.groupBy("person_id").agg(
+        F.min("start_date").alias("start_date"), F.max("end_date").alias("end_date")
+    )
+    return periods.select(
+        *cdm_select(
+            "observation_period",
+            {
+                "observation_period_id": F.col("person_id"),
+                "person_id": F.col("person_id"),
+                "observation_period_start_date": F.col("start_date"),
+                "observation_period_end_date": F.col("end_date"),
+                "period_type_concept_id": F.lit(PERIOD_TYPE_CONCEPT_ID),
+            },
+        )
+    )
+
+
+REJECTED_SCHEMA = T.StructType(
+    [
+        T.StructField("person_id", T.LongType()),
+        T.StructField("position", T.IntegerType()),
+        T.StructField("token", T.StringType()),
+        T.StructField("reason", T.StringType()),
+    ]
+)
+
+
+def rejected_table(decoded: DataFrame, events: DataFrame) -> DataFrame:
+    columns = [F.col(f.name).cast(f.dataType).alias(f.name) for f in REJECTED_SCHEMA.fields]
+    in_decoding = decoded.where(F.col("record") == REJECTION).select(*columns)
+    in_vocabulary = events.where(F.col("reason").isNotNull()).select(
+        F.col("person_id"),
+        F.col("position"),
+        F.coalesce(F.col("token"), F.col("concept_id").cast(T.StringType())).alias("token"),
+        F.col("reason"),
+    )
+    return in_decoding.unionByName(in_vocabulary.select(*columns))
+
+
+# --- writing with a success marker --------------------------------------------------------------------------
+
+
+class _Files:
+    """The Hadoop FileSystem of one folder, so moves and markers work on local disks and object stores."""
+
+    def __init__(self, spark: SparkSession, root: str):
+        jvm = spark.sparkContext._jvm
+        assert jvm is not None
+        self._path = jvm.org.apache.hadoop.fs.Path
+        self.root = root.rstrip("/")
+        self.fs = self._path(self.root).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+
+    def path(self, name: str):
+        return self._path(f"{self.root}/{name}")
+
+    def exists(self, name: str) -> bool:
+        return bool(self.fs.exists(self.path(name)))
+
+    def delete(self, name: str) -> None:
+        if self.fs.exists(self.path(name)):
+            self.fs.delete(self.path(name), True)
+
+    def move(self, source: str, target: str) -> None:
+        self.delete(target)
+        if not self.fs.rename(self.path(source), self.path(target)):
+            raise OSError(f"cannot move {self.root}/{source} to {self.root}/{target}")
+
+    def write_text(self, name: str, text: str) -> None:
+        stream = self.fs.create(self.path(name), True)
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+
+    def children(self) -> list[str]:
+        if not self.fs.exists(self._path(self.root)):
+            return []
+        return [status.getPath().getName() for status in self.fs.listStatus(self._path(self.root))]
+
+
+# --- the job ------------------------------------------------------------------------------------------------
+
+
+def _input_layout(
+    sequences: DataFrame,
+) -> tuple[dict[str, int], int, frozenset[tuple[str, int]], dict[str, int]]:
+    """Id bases per file, the id stride, the duplicate rows, and input totals, from a narrow pass."""
+    narrow = sequences.select(
+        "person_id",
+        "file_path",
+        "row_index",
+        F.coalesce(F.size("concept_ids"), F.lit(0)).alias("n"),
+    ).withColumn("n", F.greatest(F.col("n"), F.lit(0)))
+    narrow = narrow.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        files = narrow.groupBy("file_path").agg(
+            F.count("*").alias("rows"),
+            F.max("row_index").alias("last_row"),
+            F.sum("n").alias("tokens"),
+            F.max("n").alias("longest"),
+        )
+        per_file = sorted(files.collect(), key=lambda r: r["file_path"])
+        stride = max([int(r["longest"]) for r in per_file] + [1])
+        bases: dict[str, int] = {}
+        next_base = 0
+        for r in per_file:
+            bases[r["file_path"]] = next_base
+            next_base += (int(r["last_row"]) + 1) * stride
+        repeated = (
+            narrow.where(F.col("person_id").isNotNull())
+            .groupBy("person_id")
+            .count()
+            .where(F.col("count") > 1)
+            .select("person_id")
+        )
+        rows = narrow.join(F.broadcast(repeated), on="person_id", how="inner").collect()
+    finally:
+        narrow.unpersist()
+    duplicates: set[tuple[str, int]] = set()
+    seen: set[int] = set()
+    for r in sorted(rows, key=lambda r: (r["file_path"], r["row_index"])):
+        if r["person_id"] in seen:
+            duplicates.add((r["file_path"], int(r["row_index"])))
+        seen.add(r["person_id"])
+    totals = {
+        "patients": sum(int(r["rows"]) for r in per_file),
+        "tokens": sum(int(r["tokens"] or 0) for r in per_file),
+    }
+    return bases, stride, frozenset(duplicates), totals
+
+
+def _decode(
+    spark: SparkSession,
+    sequences: DataFrame,
+    bases: dict[str, int],
+    stride: int,
+    duplicates: frozenset[tuple[str, int]],
+) -> DataFrame:
+    """Every input row decoded by :func:`decode_batches` (in Python workers), cached for the tables."""
+    parallelism = spark.sparkContext.defaultParallelism
+    if sequences.rdd.getNumPartitions() < parallelism:  # one big file is one partition: use every core
+        sequences = sequences.repartition(parallelism * 2)
+    return sequences.mapInArrow(
+        lambda batches: decode_batches(batches, bases, stride, duplicates),
+        from_arrow_schema(DECODED_SCHEMA),
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def restore(
+    patient_sequence_folder: str,
+    omop_folder: str,
+    source_omop_folder: str,
+    *,
+    spark: SparkSession | None = None,
+    spark_master: str | None = None,
+    shuffle_partitions: int | None = None,
+) -> dict[str, Any]:
+    """Restore CDM 5.4 tables from patient sequences; see the module docstring for the layout.
+
+    Args:
+        patient_sequence_folder: parquet with ``person_id`` and ``concept_ids`` (path or URI).
+        omop_folder: where the tables, ``rejected/`` and ``restore_report.json`` go (path or URI).
+        source_omop_folder: the vocabulary: a folder with ``concept``, a DuckDB file or a URL.
+        spark: a session to use; by default one is started (and stopped) here.
+        spark_master: e.g. ``local[4]``; None keeps spark-submit's master.
+        shuffle_partitions: ``spark.sql.shuffle.partitions`` for a session started here.
+
+    Returns:
+        The report also written to ``omop_folder/restore_report.json``.
+
+    Raises:
+        RestoreError: unreadable sequences or vocabulary.
+    """
+    started = time.perf_counter()
+    own_session = spark is None
+    # Python workers must run this interpreter (it has cehrgpt); spark-submit's setting wins on a cluster
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    session = spark or get_spark(
+        "cehrgpt-omop-restore", master=spark_master, shuffle_partitions=shuffle_partitions
+    )
+    cached: list[DataFrame] = []
+    files = _Files(session, omop_folder)
+    run = f"_tmp_{uuid.uuid4().hex[:12]}"
+    try:
+        sequences = read_sequences(session, patient_sequence_folder)
+        concepts = read_concept_domains(session, source_omop_folder)
+        for stale in files.children():
+            if stale.startswith("_tmp_"):  # a crashed run's partial output
+                files.delete(stale)
+        bases, stride, duplicates, totals = _input_layout(sequences)
+        decoded = _decode(session, sequences, bases, stride, duplicates)
+        events = classify_events(decoded, concepts).persist(StorageLevel.MEMORY_AND_DISK)
+        cached += [decoded, events]
+        outputs: dict[str, DataFrame] = {
+            "person": person_table(decoded),
+            "visit_occurrence": visit_table(decoded),
+            **{table: event_table(events, table) for table in EVENT_TABLES.values()},
+            "death": death_table(decoded),
+            "observation_period": observation_period_table(decoded),
+            REJECTED: rejected_table(decoded, events),
+        }
+        _write_all(outputs, f"{files.root}/{run}")
+        report = _report(session, decoded, events, f"{files.root}/{run}", totals)
+        report.update(
+            patient_sequence_folder=patient_sequence_folder,
+            omop_folder=omop_folder,
+            source_omop_folder=source_omop_folder,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        files.delete(SUCCESS)
+        for name in outputs:
+            files.move(f"{run}/{name}", name)
+        files.write_text(REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        files.write_text(SUCCESS, "")
+        return report
+    finally:
+        files.delete(run)
+        for frame in cached:
+            frame.unpersist()
+        if own_session:
+            session.stop()
+
+
+def _write_all(outputs: dict[str, DataFrame], folder: str) -> None:
+    """Write every table, a few Spark jobs at a time (small tables leave cores idle otherwise)."""
+    with (
+        tqdm(total=len(outputs), desc="restore: writing tables", unit="table") as progress,
+        ThreadPoolExecutor(max_workers=4) as pool,
+    ):
+        jobs = {
+            pool.submit(frame.write.mode("overwrite").parquet, f"{folder}/{name}"): name
+            for name, frame in outputs.items()
+        }
+        for job in as_completed(jobs):
+            job.result()
+            progress.set_postfix_str(jobs[job])
+            progress.update()
+
+
+def _report(
+    spark: SparkSession, decoded: DataFrame, events: DataFrame, folder: str, totals: dict[str, int]
+) -> dict[str, Any]:
+    """Counts per table and reason, and the token and patient accounting, which must add up."""
+    records: dict[tuple[int, str | None], Any] = {
+        (r["record"], r["reason"]): r
+        for r in decoded.groupBy("record", "reason")
+        .agg(
+            F.count("*").alias("rows"),
+            F.sum("count").alias("structural"),
+            F.count("concept_id_2").alias("discharges"),
+        )
+        .collect()
+    }
+    by_table = {
+        (r["table"], r["reason"]): int(r["count"])
+        for r in events.groupBy("table", "reason").count().collect()
+    }
+
+    def rows_of(record: int) -> int:
+        return sum(int(r["rows"]) for (kind, _), r in records.items() if kind == record)
+
+    rows = {
+        "person": rows_of(PERSON),
+        "visit_occurrence": rows_of(VISIT),
+        **{t: by_table.get((t, None), 0) for t in EVENT_TABLES.values()},
+        "death": rows_of(DEATH),
+        "observation_period": spark.read.parquet(f"{folder}/observation_period").count(),
+    }
+    rejected: dict[str, int] = {}
+    for (kind, reason), r in records.items():
+        if kind == REJECTION and reason is not None:
+            rejected[reason] = rejected.get(reason, 0) + int(r["rows"])
+    for (_, reason), count in by_table.items():
+        if reason is not None:
+            rejected[reason] = rejected.get(reason, 0) + count
+    not_restored = {
+        reason: int(r["rows"])
+        for (kind, reason), r in records.items()
+        if kind == TALLY and reason is not None
+    }
+    structural = sum(int(r["structural"] or 0) for (kind, _), r in records.items() if kind == TALLY)
+    discharges = sum(int(r["discharges"]) for (kind, _), r in records.items() if kind == VISIT)
+    placed = (
+        PROMPT_LENGTH * rows["person"]
+        + rows["visit_occurrence"]
+        + discharges
+        + rows["death"]
+        + sum(rows[t] for t in EVENT_TABLES.values())
+    )
+    tokens = {
+        "input": totals["tokens"],
+        "placed": placed,
+        "structural": structural,
+        "rejected": sum(rejected.values()),
+    }
+    if tokens["input"] != placed + structural + tokens["rejected"]:
+        raise RuntimeError(f"token accounting does not add up: {tokens}")  # a defect here, not bad input
+    if rows["person"] + sum(not_restored.values()) != totals["patients"]:
+        raise RuntimeError(f"patient accounting does not add up: {rows['person']} restored, {not_restored}")
+    return {
+        "input_patients": totals["patients"],
+        "patients_restored": rows["person"],
+        "patients_not_restored": dict(sorted(not_restored.items())),
+        "persons_without_observation_period": rows["person"] - rows["observation_period"],
+        "rows": rows,
+        "rejected_tokens": dict(sorted(rejected.items())),
+        "tokens": tokens,
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cehrgpt.omop.restore",
+        description="Restore OMOP CDM 5.4 tables (parquet) from CEHR-GPT patient sequences.",
+    )
+    parser.add_argument(
+        "--patient_sequence_folder",
+        "--patient-sequence-folder",
+        required=True,
+        help="parquet sequences (person_id, concept_ids): a path or gs:// / s3a:// URI",
+    )
+    parser.add_argument(
+        "--omop_folder",
+        "--omop-folder",
+        required=True,
+        help="output folder for the tables, rejected/ and restore_report.json",
+    )
+    parser.add_argument(
+        "--source_omop_folder",
+        "--source-omop-folder",
+        required=True,
+        help="vocabulary: a folder with concept, a DuckDB file or a SQLAlchemy URL",
+    )
+    parser.add_argument(
+        "--spark_master",
+        "--spark-master",
+        default=None,
+        help="Spark master, e.g. local[4] (default: spark-submit's, else local[*])",
+    )
+    parser.add_argument(
+        "--shuffle_partitions",
+        "--shuffle-partitions",
+        type=int,
+        default=None,
+        help="spark.sql.shuffle.partitions",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = restore(
+            args.patient_sequence_folder,
+            args.omop_folder,
+            args.source_omop_folder,
+            spark_master=args.spark_master,
+            shuffle_partitions=args.shuffle_partitions,
+        )
+    except RestoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"restored {report['patients_restored']} of {report['input_patients']} patients "
+        f"({report['tokens']['rejected']} tokens rejected) into {args.omop_folder}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
