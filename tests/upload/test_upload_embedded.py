@@ -18,8 +18,10 @@ from upload_fixtures import (
     EXPECTED_MEASUREMENT,
     EXPECTED_PERSON,
     PERSON,
+    TRICKY_STRINGS,
     select_rows,
     snapshot,
+    tricky_person,
     write_table,
 )
 
@@ -87,6 +89,12 @@ def test_upload_keeps_every_value_exactly(restored_omop, target):
     written = json.loads((restored_omop / "upload_summary.json").read_text())
     assert written["tables"] == summary["tables"]
     assert written["target"] == target
+
+
+def test_strings_arrive_verbatim(tmp_path, target):
+    write_table(tmp_path / "omop", "person", tricky_person())
+    upload_omop(tmp_path / "omop", target)
+    assert [v for (_, v) in rows(target, "person", "person_id, person_source_value")] == TRICKY_STRINGS
 
 
 def test_replace_twice_is_safe_and_leaves_no_staging(restored_omop, target):

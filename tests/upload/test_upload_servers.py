@@ -20,8 +20,10 @@ from upload_fixtures import (
     EXPECTED_MEASUREMENT,
     EXPECTED_PERSON,
     PERSON,
+    TRICKY_STRINGS,
     select_rows,
     snapshot,
+    tricky_person,
     write_table,
 )
 
@@ -83,6 +85,37 @@ def test_every_value_arrives_exactly(restored_omop, server):
         "observation_period": 3,
         "person": 3,
     }
+
+
+def test_strings_arrive_verbatim(tmp_path, server):
+    url, schema = server
+    write_table(tmp_path / "omop", "person", tricky_person())
+    upload_omop(tmp_path / "omop", url, schema=schema)
+    assert [v for (_, v) in read(url, schema, "person", "person_id, person_source_value")] == TRICKY_STRINGS
+
+
+def test_mariadb_refuses_nan_by_name(tmp_path, mariadb_database):
+    url, schema = mariadb_database
+    write_table(
+        tmp_path / "omop",
+        "measurement",
+        pa.table(
+            {
+                "measurement_id": pa.array([1], pa.int64()),
+                "person_id": pa.array([1], pa.int64()),
+                "measurement_concept_id": pa.array([0], pa.int64()),
+                "measurement_date": pa.array([dt.date(2000, 1, 1)]),
+                "measurement_type_concept_id": pa.array([0], pa.int64()),
+                "value_as_number": pa.array([float("nan")]),
+            }
+        ),
+    )
+    with pytest.raises(
+        UploadError,
+        match=r"^measurement\.value_as_number holds NaN or infinity, which MySQL/MariaDB cannot store$",
+    ):
+        upload_omop(tmp_path / "omop", url, schema=schema)
+    assert state(url, schema) == {}
 
 
 def column_types(url: str, schema: str, table: str) -> dict[str, tuple[str, str]]:

@@ -100,3 +100,31 @@ def select_rows(engine: sa.Engine, table: str, columns: str, schema: str | None 
     selected = [cdm.c[name.strip()] for name in columns.split(",")]
     with engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.select(*selected).order_by(selected[0]))]
+
+
+# Strings a hand-rolled loader gets wrong: quotes, backslashes, SQL-looking text, %-formatting, NUL-free Unicode.
+TRICKY_STRINGS = [
+    "O'Brien",
+    "back\\slash\\",
+    'say "hi"',
+    "NULL",
+    "",
+    "100% %s %(x)s",
+    "line\nbreak",
+    "Zoë 🩺",
+]
+
+
+def tricky_person() -> pa.Table:
+    """One person per tricky string, in person_source_value."""
+    n = len(TRICKY_STRINGS)
+    return pa.table(
+        {
+            "person_id": pa.array(range(1, n + 1), pa.int64()),
+            "gender_concept_id": pa.array([0] * n, pa.int64()),
+            "year_of_birth": pa.array([2000] * n, pa.int32()),
+            "race_concept_id": pa.array([0] * n, pa.int64()),
+            "ethnicity_concept_id": pa.array([0] * n, pa.int64()),
+            "person_source_value": pa.array(TRICKY_STRINGS, pa.string()),
+        }
+    )

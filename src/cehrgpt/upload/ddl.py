@@ -25,6 +25,7 @@ rows point to usually live elsewhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, mysql, postgresql
@@ -100,7 +101,7 @@ def cdm_table(
     """
     name = name or table
     key = primary_key(table)
-    columns = [
+    columns: list[sa.schema.SchemaItem] = [
         sa.Column(
             field.name,
             column_type(field, dialect_name),
@@ -109,8 +110,10 @@ def cdm_table(
         )
         for field in cdm_fields(table)
     ]
-    constraints = [sa.PrimaryKeyConstraint(key, name=pk_constraint_name(name))] if key else []
-    kwargs = (
+    constraints: list[sa.schema.SchemaItem] = (
+        [sa.PrimaryKeyConstraint(key, name=pk_constraint_name(name))] if key else []
+    )
+    kwargs: dict[str, Any] = (
         {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"} if dialect_name in ("mysql", "mariadb") else {}
     )
     return sa.Table(name, metadata, *columns, *constraints, schema=schema, **kwargs)

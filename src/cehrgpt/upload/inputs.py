@@ -6,6 +6,7 @@ before the database is touched.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ class TableInput:
     rows: int
 
 
-def find_tables(input_folder: str | Path, tables: list[str] | None = None) -> list[TableInput]:
+def find_tables(input_folder: str | os.PathLike[str], tables: list[str] | None = None) -> list[TableInput]:
     """The CDM tables to upload from ``input_folder``, checked against the CDM 5.4 specification.
 
     Args:
