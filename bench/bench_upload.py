@@ -164,7 +164,7 @@ def main() -> None:
             schemas.append(maria)
             cases.append(
                 (
-                    "upload_omop -> MariaDB (executemany)",
+                    "upload_omop -> MariaDB (multi-row INSERT)",
                     lambda: time_upload(folder, MARIADB_URL, maria.name, args.chunk_size, summary),
                 )
             )
