@@ -55,7 +55,7 @@ def test_prompt_gives_person_born_on_jan_1_of_year_minus_age():
 
 
 def test_negative_age_is_kept_as_written():
-    out = decode(f"year:1970 age:-6 8507 8516 [VS] 9202 1 [VE]")
+    out = decode("year:1970 age:-6 8507 8516 [VS] 9202 1 [VE]")
     assert out.person == PersonRecord(gender_concept_id=8507, race_concept_id=8516, year_of_birth=1976)
 
 

@@ -85,7 +85,17 @@ PERIOD_TYPE_CONCEPT_ID = 44814725
 DRUG_TYPE_CONCEPT_ID = 38000177
 PROCEDURE_TYPE_CONCEPT_ID = 38000178
 
-OBJECT_STORE_SCHEMES = ("gs://", "s3://", "s3a://", "s3n://", "hdfs://", "abfs://", "abfss://", "wasb://")
+HADOOP_URI_SCHEMES = (
+    "file:/",
+    "gs://",
+    "s3://",
+    "s3a://",
+    "s3n://",
+    "hdfs://",
+    "abfs://",
+    "abfss://",
+    "wasb://",
+)
 
 
 class RestoreError(ValueError):
@@ -269,18 +279,18 @@ def read_sequences(spark: SparkSession, folder: str) -> DataFrame:
     )
 
 
-def _is_object_store(spec: str) -> bool:
-    return spec.lower().startswith(OBJECT_STORE_SCHEMES)
+def _is_hadoop_uri(spec: str) -> bool:
+    return spec.lower().startswith(HADOOP_URI_SCHEMES)
 
 
 def read_concept_domains(spark: SparkSession, vocabulary: str) -> DataFrame:
     """``concept_id``, ``domain_id`` (one row per concept) from a vocabulary folder, DuckDB file or URL.
 
     A local folder, DuckDB file or SQLAlchemy URL goes through the project's OMOP
-    reader; an object-store URI is read with Spark as ``<uri>/concept`` (parquet).
+    reader; a Hadoop URI (``gs://``, ``s3a://``, ``file:/`` ...) is read with Spark as ``<uri>/concept`` (parquet).
     """
     try:
-        if _is_object_store(vocabulary):
+        if _is_hadoop_uri(vocabulary):
             raw = spark.read.parquet(vocabulary.rstrip("/") + "/concept")
             names = {c.lower(): c for c in raw.columns}
             if "concept_id" not in names or "domain_id" not in names:
@@ -295,13 +305,14 @@ def read_concept_domains(spark: SparkSession, vocabulary: str) -> DataFrame:
         else:
             source = open_omop_source(vocabulary)
             concepts = source.read_table(spark, "concept", ["concept_id", "domain_id"])
+        if concepts.isEmpty():
+            raise RestoreError(f"source_omop_folder {vocabulary}: the concept table is empty")
+        # one domain per concept even if the table repeats a concept_id
         concepts = (
             concepts.where(F.col("concept_id").isNotNull())
             .groupBy("concept_id")
             .agg(F.min("domain_id").alias("domain_id"))
         )
-        if concepts.limit(1).count() == 0:
-            raise RestoreError(f"source_omop_folder {vocabulary}: the concept table is empty")
     except RestoreError:
         raise
     except OmopSourceError as error:
@@ -373,9 +384,11 @@ def classify_events(decoded: DataFrame, concepts: DataFrame) -> DataFrame:
     """Events with the table their concept's domain sends them to; null ``table`` with a ``reason`` otherwise."""
     domain_tables = F.create_map(*[x for d, t in EVENT_TABLES.items() for x in (F.lit(d), F.lit(t))])
     domain = F.lower(F.trim(F.col("domain_id")))
+    events = decoded.where(F.col("record") == EVENT)
+    # only the concepts the events use: small enough to broadcast even for a full OHDSI vocabulary
+    used = concepts.join(events.select("concept_id").distinct(), on="concept_id", how="inner")
     return (
-        decoded.where(F.col("record") == EVENT)
-        .join(concepts, on="concept_id", how="left")
+        events.join(F.broadcast(used), on="concept_id", how="left")
         .withColumn("table", domain_tables[domain])
         .withColumn(
             "reason",
@@ -587,19 +600,16 @@ def _input_layout(
         repeated = (
             narrow.where(F.col("person_id").isNotNull())
             .groupBy("person_id")
-            .count()
-            .where(F.col("count") > 1)
-            .select("person_id")
+            .agg(F.collect_list(F.struct("file_path", "row_index")).alias("rows"))
+            .where(F.size("rows") > 1)
+            .collect()
         )
-        rows = narrow.join(F.broadcast(repeated), on="person_id", how="inner").collect()
     finally:
         narrow.unpersist()
     duplicates: set[tuple[str, int]] = set()
-    seen: set[int] = set()
-    for r in sorted(rows, key=lambda r: (r["file_path"], r["row_index"])):
-        if r["person_id"] in seen:
-            duplicates.add((r["file_path"], int(r["row_index"])))
-        seen.add(r["person_id"])
+    for r in repeated:
+        ordered = sorted((row["file_path"], int(row["row_index"])) for row in r["rows"])
+        duplicates.update(ordered[1:])  # the first row (by file, then row) keeps the person
     totals = {
         "patients": sum(int(r["rows"]) for r in per_file),
         "tokens": sum(int(r["tokens"] or 0) for r in per_file),
@@ -639,7 +649,7 @@ def restore(
         patient_sequence_folder: parquet with ``person_id`` and ``concept_ids`` (path or URI).
         omop_folder: where the tables, ``rejected/`` and ``restore_report.json`` go (path or URI).
         source_omop_folder: the vocabulary: a folder with ``concept``, a DuckDB file or a URL.
-        spark: a session to use; by default one is started (and stopped) here.
+        spark: a session to use; by default the active one, else one started (and stopped) here.
         spark_master: e.g. ``local[4]``; None keeps spark-submit's master.
         shuffle_partitions: ``spark.sql.shuffle.partitions`` for a session started here.
 
@@ -650,9 +660,11 @@ def restore(
         RestoreError: unreadable sequences or vocabulary.
     """
     started = time.perf_counter()
-    own_session = spark is None
+    own_session = spark is None and SparkSession.getActiveSession() is None
     # Python workers must run this interpreter (it has cehrgpt); spark-submit's setting wins on a cluster
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if shuffle_partitions is None and (spark_master or "").startswith("local"):
+        shuffle_partitions = 8  # Spark's 200 is for clusters; locally it is mostly task overhead
     session = spark or get_spark(
         "cehrgpt-omop-restore", master=spark_master, shuffle_partitions=shuffle_partitions
     )

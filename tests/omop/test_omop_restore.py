@@ -1,0 +1,410 @@
+"""The restore job on tiny hand-made sequences: exact rows, the CDM 5.4 schema, rejections, the report."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import functions as F
+
+from cehrgpt.omop.cdm import cdm_fields, primary_key
+from cehrgpt.omop.restore import REJECTED, TABLES, RestoreError, main, restore
+from cehrgpt.omop.source import spark_type
+
+CONCEPTS = {
+    101: "Condition",
+    201: "Drug",
+    301: "Procedure",
+    401: "Measurement",
+    501: "Observation",
+    601: "Device",
+    999: "Metadata",
+    9201: "Visit",
+    9202: "Visit",
+    8536: "Visit",
+}
+# (file, person_id, tokens)
+SEQUENCES = [
+    (
+        "a",
+        1,
+        "year:2001 age:12 8532 8527 [VS] 9202 101 201 301 [VE] D5 "
+        "[VS] 9201 401 i-D2 501 601 8536 [VE] D3 [VS] [DEATH] [VE] [END]",
+    ),
+    (
+        "a",
+        2,
+        "year:1990 age:40 8507 Race/0 [VS] 9202 101 777 999 [VE] 301 D400 [VS] 9202 201 [VE] D1 [VS] 9201 101",
+    ),
+    ("a", 3, "year:2001 age:x 8532 8527 [VS] 9202 101 [VE]"),
+    ("b", 1, "year:2001 age:12 8532 8527 [VS] 9202 101 [VE]"),
+    ("b", 5, "year:2010 age:0 Gender/0 Race/0 [VS] Visit/0 101 [VE] LT [VS] 9202 201 [VE]"),
+    ("b", None, "year:2001 age:1 0 0 [VS] 9202 101 [VE]"),
+    ("b", 7, ""),
+]
+
+
+def write_vocabulary(folder: Path, concepts: dict[int, str] = CONCEPTS) -> Path:
+    (folder / "concept").mkdir(parents=True)
+    table = pa.table(
+        {
+            "concept_id": pa.array(list(concepts), pa.int64()),
+            "concept_name": [f"concept {c}" for c in concepts],
+            "domain_id": list(concepts.values()),
+        }
+    )
+    pq.write_table(table, folder / "concept" / "part-0.parquet")
+    return folder
+
+
+def write_sequences(folder: Path, sequences=SEQUENCES) -> Path:
+    folder.mkdir(parents=True)
+    for file in sorted({f for f, _, _ in sequences}):
+        rows = [(pid, text.split()) for f, pid, text in sequences if f == file]
+        table = pa.table(
+            {
+                "person_id": pa.array([pid for pid, _ in rows], pa.int64()),
+                "concept_ids": pa.array([tokens for _, tokens in rows], pa.list_(pa.string())),
+            }
+        )
+        pq.write_table(table, folder / f"{file}.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def restored(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("restore")
+    report = restore(
+        str(write_sequences(root / "seq")),
+        str(root / "omop"),
+        str(write_vocabulary(root / "vocab")),
+        spark=spark,
+    )
+    return root, report
+
+
+def rows(spark, folder: Path, table: str) -> list[dict]:
+    frame = spark.read.parquet(str(folder / table))
+    return sorted((r.asDict() for r in frame.collect()), key=lambda r: tuple(str(v) for v in r.values()))
+
+
+def pick(records: list[dict], *columns: str) -> list[tuple]:
+    return sorted(tuple(r[c] for c in columns) for r in records)
+
+
+def test_report_counts_rows_rejections_and_every_token(restored):
+    root, report = restored
+    assert report["input_patients"] == 7
+    assert report["patients_restored"] == 3
+    assert report["patients_not_restored"] == {"bad_prompt": 2, "duplicate_person": 1, "missing_person_id": 1}
+    assert report["rows"] == {
+        "person": 3,
+        "visit_occurrence": 6,
+        "condition_occurrence": 3,
+        "drug_exposure": 3,
+        "procedure_occurrence": 1,
+        "measurement": 1,
+        "observation": 1,
+        "device_exposure": 1,
+        "death": 1,
+        "observation_period": 3,
+    }
+    assert report["rejected_tokens"] == {
+        "bad_prompt": 8,
+        "concept_not_in_vocabulary": 1,
+        "duplicate_person": 8,
+        "missing_person_id": 8,
+        "token_outside_visit": 1,
+        "truncated_visit": 3,
+        "unsupported_domain": 1,
+    }
+    # 81 tokens = 30 placed (3 prompts x 4, 6 visit types, 1 discharge, 1 death, 10 events) + 21 structural + 30
+    assert report["tokens"] == {"input": 81, "placed": 30, "structural": 21, "rejected": 30}
+    assert json.loads((root / "omop" / "restore_report.json").read_text()) == report
+
+
+def test_output_is_published_with_a_success_marker(restored):
+    root, _ = restored
+    names = {p.name for p in (root / "omop").iterdir() if not p.name.startswith(".")}
+    assert names == {*TABLES, REJECTED, "restore_report.json", "_SUCCESS"}
+
+
+def test_person_rows(spark, restored):
+    root, _ = restored
+    assert pick(
+        rows(spark, root / "omop", "person"),
+        "person_id",
+        "gender_concept_id",
+        "race_concept_id",
+        "ethnicity_concept_id",
+        "year_of_birth",
+        "month_of_birth",
+        "day_of_birth",
+    ) == [(1, 8532, 8527, 0, 1989, 1, 1), (2, 8507, 0, 0, 1950, 1, 1), (5, 0, 0, 0, 2010, 1, 1)]
+
+
+def test_visit_rows_with_dates_discharge_and_preceding_visit(spark, restored):
+    root, _ = restored
+    visits = rows(spark, root / "omop", "visit_occurrence")
+    assert pick(
+        visits,
+        "visit_occurrence_id",
+        "person_id",
+        "visit_concept_id",
+        "visit_start_date",
+        "visit_end_date",
+        "discharged_to_concept_id",
+        "preceding_visit_occurrence_id",
+    ) == [
+        (5, 1, 9202, date(2001, 1, 1), date(2001, 1, 1), None, None),
+        (12, 1, 9201, date(2001, 1, 6), date(2001, 1, 8), 8536, 5),
+        (29, 2, 9202, date(1990, 1, 1), date(1990, 1, 1), None, None),
+        (37, 2, 9202, date(1991, 2, 5), date(1991, 2, 5), None, 29),
+        (101, 5, 0, date(2010, 1, 1), date(2010, 1, 1), None, None),
+        (106, 5, 9202, date(2012, 12, 31), date(2012, 12, 31), None, 101),
+    ]
+    assert {v["visit_type_concept_id"] for v in visits} == {44818702}
+
+
+@pytest.mark.parametrize(
+    "table,columns,expected",
+    [
+        (
+            "condition_occurrence",
+            ("condition_occurrence_id", "person_id", "condition_concept_id", "condition_start_date",
+             "condition_type_concept_id", "visit_occurrence_id"),
+            [(7, 1, 101, date(2001, 1, 1), 32817, 5), (31, 2, 101, date(1990, 1, 1), 32817, 29),
+             (103, 5, 101, date(2010, 1, 1), 32817, 101)],
+        ),
+        (
+            "drug_exposure",
+            ("drug_exposure_id", "person_id", "drug_concept_id", "drug_exposure_start_date",
+             "drug_exposure_end_date", "drug_type_concept_id", "visit_occurrence_id"),
+            [(8, 1, 201, date(2001, 1, 1), date(2001, 1, 1), 38000177, 5),
+             (39, 2, 201, date(1991, 2, 5), date(1991, 2, 5), 38000177, 37),
+             (108, 5, 201, date(2012, 12, 31), date(2012, 12, 31), 38000177, 106)],
+        ),
+        (
+            "procedure_occurrence",
+            ("procedure_occurrence_id", "person_id", "procedure_concept_id", "procedure_date",
+             "procedure_type_concept_id", "visit_occurrence_id"),
+            [(9, 1, 301, date(2001, 1, 1), 38000178, 5)],
+        ),
+        (
+            "measurement",
+            ("measurement_id", "person_id", "measurement_concept_id", "measurement_date",
+             "measurement_type_concept_id", "visit_occurrence_id"),
+            [(14, 1, 401, date(2001, 1, 6), 32817, 12)],
+        ),
+        (
+            "observation",
+            ("observation_id", "person_id", "observation_concept_id", "observation_date",
+             "observation_type_concept_id", "visit_occurrence_id"),
+            [(16, 1, 501, date(2001, 1, 8), 32817, 12)],
+        ),
+        (
+            "device_exposure",
+            ("device_exposure_id", "person_id", "device_concept_id", "device_exposure_start_date",
+             "device_type_concept_id", "visit_occurrence_id"),
+            [(17, 1, 601, date(2001, 1, 8), 32817, 12)],
+        ),
+        (
+            "death",
+            ("person_id", "death_date", "death_type_concept_id"),
+            [(1, date(2001, 1, 11), 32823)],
+        ),
+        (
+            "observation_period",
+            ("observation_period_id", "person_id", "observation_period_start_date",
+             "observation_period_end_date", "period_type_concept_id"),
+            [(1, 1, date(2001, 1, 1), date(2001, 1, 11), 44814725),
+             (2, 2, date(1990, 1, 1), date(1991, 2, 5), 44814725),
+             (5, 5, date(2010, 1, 1), date(2012, 12, 31), 44814725)],
+        ),
+    ],
+)  # fmt: skip
+def test_each_domain_goes_to_its_table(spark, restored, table, columns, expected):
+    root, _ = restored
+    assert pick(rows(spark, root / "omop", table), *columns) == expected
+
+
+def test_rejected_rows_name_patient_position_token_and_reason(spark, restored):
+    root, _ = restored
+    rejected = rows(spark, root / "omop", REJECTED)
+    assert [r for r in rejected if r["person_id"] == 2] == [
+        {"person_id": 2, "position": 10, "token": "301", "reason": "token_outside_visit"},
+        {"person_id": 2, "position": 17, "token": "[VS]", "reason": "truncated_visit"},
+        {"person_id": 2, "position": 18, "token": "9201", "reason": "truncated_visit"},
+        {"person_id": 2, "position": 19, "token": "101", "reason": "truncated_visit"},
+        {"person_id": 2, "position": 7, "token": "777", "reason": "concept_not_in_vocabulary"},
+        {"person_id": 2, "position": 8, "token": "999", "reason": "unsupported_domain"},
+    ]
+    duplicate = [r for r in rejected if r["reason"] == "duplicate_person"]
+    assert {r["person_id"] for r in duplicate} == {1} and [r["position"] for r in duplicate] == list(range(8))
+    missing = [r for r in rejected if r["reason"] == "missing_person_id"]
+    assert {r["person_id"] for r in missing} == {None} and len(missing) == 8
+
+
+@pytest.mark.parametrize("table", [*TABLES])
+def test_cdm_54_schema_names_order_types_and_required_fields(spark, restored, table):
+    root, _ = restored
+    frame = spark.read.parquet(str(root / "omop" / table))
+    fields = cdm_fields(table)
+    assert frame.columns == [f.name for f in fields]
+    assert [c.dataType for c in frame.schema.fields] == [spark_type(f.datatype) for f in fields]
+    for f in fields:
+        if f.required:
+            assert frame.where(F.col(f.name).isNull()).count() == 0, f.name
+    key = primary_key(table)
+    if key:
+        assert frame.select(key).distinct().count() == frame.count()
+
+
+def test_ids_are_unique_across_tables_and_every_foreign_key_exists(spark, restored):
+    root, _ = restored
+    ids: list[int] = []
+    for table in ("visit_occurrence", "condition_occurrence", "drug_exposure", "procedure_occurrence",
+                  "measurement", "observation", "device_exposure"):  # fmt: skip
+        ids += [
+            r[0] for r in spark.read.parquet(str(root / "omop" / table)).select(primary_key(table)).collect()
+        ]
+    assert len(ids) == len(set(ids)) == 16
+    persons = {r.person_id for r in spark.read.parquet(str(root / "omop" / "person")).collect()}
+    visits = {
+        r.visit_occurrence_id for r in spark.read.parquet(str(root / "omop" / "visit_occurrence")).collect()
+    }
+    for table in TABLES:
+        frame = spark.read.parquet(str(root / "omop" / table))
+        assert {r.person_id for r in frame.select("person_id").collect()} <= persons, table
+        if "visit_occurrence_id" in frame.columns and table != "visit_occurrence":
+            assert {r[0] for r in frame.select("visit_occurrence_id").collect()} <= visits, table
+
+
+def test_rerun_overwrites_and_gives_identical_output(spark, tmp_path):
+    seq = write_sequences(tmp_path / "seq", SEQUENCES[:2])
+    vocab = write_vocabulary(tmp_path / "vocab")
+    out = tmp_path / "omop"
+    first = restore(str(seq), str(out), str(vocab), spark=spark)
+    before = {t: rows(spark, out, t) for t in (*TABLES, REJECTED)}
+    (out / "_tmp_crashed").mkdir()  # a crashed run's leftovers are cleared
+    second = restore(str(seq), str(out), str(vocab), spark=spark)
+    assert {t: rows(spark, out, t) for t in (*TABLES, REJECTED)} == before
+    assert {k: v for k, v in first.items() if k != "seconds"} == {
+        k: v for k, v in second.items() if k != "seconds"
+    }
+    assert not (out / "_tmp_crashed").exists()
+
+
+def test_failed_run_leaves_the_previous_output_untouched(spark, tmp_path, capsys):
+    seq = write_sequences(tmp_path / "seq", SEQUENCES[:1])
+    vocab = write_vocabulary(tmp_path / "vocab")
+    out = tmp_path / "omop"
+    restore(str(seq), str(out), str(vocab), spark=spark)
+    before = rows(spark, out, "person")
+    (tmp_path / "empty").mkdir()
+    assert main(["--patient_sequence_folder", str(seq), "--omop_folder", str(out),
+                 "--source_omop_folder", str(tmp_path / "empty")]) == 1  # fmt: skip
+    assert (out / "_SUCCESS").exists() and rows(spark, out, "person") == before
+
+
+def test_hadoop_uris_work_for_every_path(spark, tmp_path):
+    seq = write_sequences(tmp_path / "seq", SEQUENCES[:1])
+    vocab = write_vocabulary(tmp_path / "vocab")
+    report = restore(f"file://{seq}", f"file://{tmp_path}/omop", f"file://{vocab}", spark=spark)
+    assert report["rows"]["measurement"] == 1
+    assert (tmp_path / "omop" / "_SUCCESS").exists()
+
+
+def _run_main(argv: list[str], capsys) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        ("no_concept", "concept: table not found"),
+        ("no_domain", "concept.domain_id: column not found"),
+        ("garbage", "concept: cannot read"),
+        ("empty", "the concept table is empty"),
+        ("missing", "does not exist"),
+    ],
+)
+def test_missing_or_corrupt_vocabulary_fails_with_one_line(spark, tmp_path, capsys, breakage, message):
+    seq = write_sequences(tmp_path / "seq", SEQUENCES[:1])
+    vocab = tmp_path / "vocab"
+    if breakage == "no_concept":
+        (vocab / "person").mkdir(parents=True)
+        pq.write_table(pa.table({"person_id": [1]}), vocab / "person" / "p.parquet")
+    elif breakage == "no_domain":
+        (vocab / "concept").mkdir(parents=True)
+        pq.write_table(pa.table({"concept_id": [1]}), vocab / "concept" / "p.parquet")
+    elif breakage == "garbage":
+        vocab.mkdir()
+        (vocab / "concept.parquet").write_bytes(b"this is not parquet")
+    elif breakage == "empty":
+        write_vocabulary(vocab, {})
+    code, err = _run_main(
+        [
+            "--patient_sequence_folder",
+            str(seq),
+            "--omop_folder",
+            str(tmp_path / "o"),
+            "--source_omop_folder",
+            str(vocab),
+        ],
+        capsys,
+    )
+    assert code == 1
+    assert err.startswith(f"error: source_omop_folder {vocab}") and message in err and "\n" not in err
+    assert not (tmp_path / "o" / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        ("missing", "cannot read parquet sequences"),
+        ("no_concept_ids", "column(s) concept_ids missing"),
+        ("int_tokens", "concept_ids is array<bigint>, expected a list of token strings"),
+        ("string_person", "person_id is string, expected an integer"),
+    ],
+)
+def test_bad_sequences_fail_with_one_line(spark, tmp_path, capsys, breakage, message):
+    vocab = write_vocabulary(tmp_path / "vocab")
+    seq = tmp_path / "seq"
+    if breakage != "missing":
+        seq.mkdir()
+        columns = {
+            "no_concept_ids": {"person_id": [1]},
+            "int_tokens": {"person_id": [1], "concept_ids": [[1, 2]]},
+            "string_person": {"person_id": ["1"], "concept_ids": [["a"]]},
+        }[breakage]
+        pq.write_table(pa.table(columns), seq / "x.parquet")
+    code, err = _run_main(
+        [
+            "--patient_sequence_folder",
+            str(seq),
+            "--omop_folder",
+            str(tmp_path / "o"),
+            "--source_omop_folder",
+            str(vocab),
+        ],
+        capsys,
+    )
+    assert code == 1
+    assert err.startswith(f"error: patient_sequence_folder {seq}") and message in err and "\n" not in err
+
+
+def test_help_exits_zero(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--patient_sequence_folder" in capsys.readouterr().out
+
+
+def test_restore_error_is_a_value_error():
+    assert issubclass(RestoreError, ValueError)
