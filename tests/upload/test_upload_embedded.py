@@ -162,6 +162,11 @@ def test_stale_staging_tables_of_a_killed_run_are_dropped(restored_omop, target)
     assert table_names(target) == sorted([*CDM_TABLES, "mine__cehrgpt_staging"])
 
 
+def test_the_default_schema_can_be_named(restored_omop, target):
+    upload_omop(restored_omop, target, schema="main", tables=["death"])
+    assert rows(target, "death", "person_id") == [(2,)]
+
+
 def test_missing_schema_is_refused(restored_omop, target):
     with pytest.raises(UploadError, match=r"schema 'nowhere' does not exist in .*; create it first"):
         upload_omop(restored_omop, target, schema="nowhere")

@@ -341,3 +341,38 @@ def test_dropped_connection_midway_leaves_the_target_unchanged(restored_omop, tm
     assert errors[0].endswith("; the target was left unchanged")
     after = state(url, schema)
     assert {name: found for name, found in after.items() if "__cehrgpt" not in name} == before
+
+
+def test_mariadb_killed_after_the_rename_has_swapped_and_the_rerun_drops_the_retired(
+    restored_omop, mariadb_database
+):
+    url, schema = mariadb_database
+    upload_omop(restored_omop, url, schema=schema, tables=["person"])
+    argv = [
+        "--target",
+        url,
+        "--schema",
+        schema,
+        "--input_folder",
+        str(restored_omop),
+        "--tables",
+        "person,death",
+    ]
+    process = start_paused(argv, "retire")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert sorted(state(url, schema)) == ["death", "person", "person__cehrgpt_old"]  # the swap is complete
+    assert read(url, schema, "death", DEATH_COLUMNS) == EXPECTED_DEATH
+    assert main(argv) == 0
+    assert sorted(state(url, schema)) == ["death", "person"]
+
+
+def test_mariadb_append_drops_the_tables_it_created_when_it_fails(restored_omop, tmp_path, mariadb_database):
+    url, schema = mariadb_database
+    upload_omop(restored_omop, url, schema=schema, tables=["person"])
+    before = state(url, schema)
+    conflicting = tmp_path / "conflicting"
+    copy_tables(restored_omop, conflicting, ["person", "observation_period"])
+    with pytest.raises(UploadError, match=r"^appending to the target tables failed: .*[Dd]uplicate"):
+        upload_omop(conflicting, url, schema=schema, mode="append")
+    assert state(url, schema) == before

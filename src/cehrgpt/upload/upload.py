@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine
@@ -63,7 +64,8 @@ MODES = ("replace", "append", "fail")
 DEFAULT_CHUNK_SIZE = 50_000
 SUMMARY_FILE = "upload_summary.json"
 # Fault-injection hook for the tests, "<where>:<seconds>": sleep once, after the first chunk of table <where>, or inside
-# the final transaction before its commit when <where> is "swap", so a test can kill the upload right there.
+# the final transaction before its commit when <where> is "swap" (MariaDB: before its RENAME), or after the
+# commit, before the leftovers are dropped, when <where> is "retire"; so a test can kill the upload right there.
 PAUSE_ENV_VAR = "CEHRGPT_UPLOAD_TEST_PAUSE"
 
 GUARANTEES = {
@@ -331,6 +333,7 @@ class _Upload:
         statements = [f"DROP TABLE {qualified(self.dialect, self.schema, name)}" for name in self.leftovers]
         if self.mode == "replace":
             statements += drop_retired_statements(self.dialect, self.schema, items)
+        self._pause("retire")
         for statement in statements:
             with contextlib.suppress(Exception), self.engine.begin() as conn:
                 conn.exec_driver_sql(statement)
@@ -379,6 +382,9 @@ class _Upload:
             outcome = "; the target was left unchanged" if unchanged else ""
             message = redact(scrub_urls(f"{step} failed: {reason}{outcome}"), self.secrets)
             raise UploadError(message) from None
+        except (OSError, pa.ArrowException) as exc:  # an input file that vanished or broke while loading
+            outcome = "; the target was left unchanged" if unchanged else ""
+            raise UploadError(f"{step} failed: {str(exc).splitlines()[0]}{outcome}") from None
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
