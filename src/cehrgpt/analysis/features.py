@@ -162,6 +162,7 @@ class FeatureMatrix:
 
     binary: sp.csr_matrix  # float32 0/1: one-hot gender, one-hot race, concept presence
     age: np.ndarray | None  # float64 in [0, 1], or None when age is not a feature
+    age_span: float = 0.0  # years between the scale's 0 and 1 (lets the kernel work in whole years)
 
     def __len__(self) -> int:
         return self.binary.shape[0]
@@ -247,7 +248,11 @@ class FeatureSpace:
         )
         binary.sum_duplicates()
         binary.data[:] = 1.0
-        return FeatureMatrix(binary=binary, age=self.scale_age(patients.ages) if demographics else None)
+        if not demographics:
+            return FeatureMatrix(binary=binary, age=None)
+        return FeatureMatrix(
+            binary=binary, age=self.scale_age(patients.ages), age_span=max(self.age_max - self.age_min, 0.0)
+        )
 
 
 @dataclass(frozen=True)
@@ -260,26 +265,54 @@ class NearestNeighbours:
     b_to_a_index: np.ndarray | None = None
 
 
-class _DotProduct:
-    """Chunked ``a[rows] · bᵀ`` with the frequent columns dense (BLAS) and the rare ones sparse."""
+class _Products:
+    """Chunked products ``a[rows] · bᵀ`` with the frequent columns dense (BLAS) and the rare ones sparse.
 
-    def __init__(self, a: sp.csr_matrix, b: sp.csr_matrix, dense_columns: int = DENSE_COLUMNS):
+    ``extra_a`` / ``extra_b`` are dense columns appended to both sides (the age);
+    ``b_weight`` multiplies b's binary part, so one product carries ``w·(a·b) + age_a·age_b``.
+    """
+
+    def __init__(
+        self,
+        a: sp.csr_matrix,
+        b: sp.csr_matrix,
+        dtype: type,
+        b_weight: float = 1.0,
+        extra_a: np.ndarray | None = None,
+        extra_b: np.ndarray | None = None,
+        dense_columns: int = DENSE_COLUMNS,
+    ):
         a_counts = np.diff(a.tocsc().indptr)
         b_counts = np.diff(b.tocsc().indptr)
         shared = np.flatnonzero((a_counts > 0) & (b_counts > 0))
         by_frequency = shared[np.argsort(-(a_counts[shared] + b_counts[shared]), kind="stable")]
         dense, rare = by_frequency[:dense_columns], by_frequency[dense_columns:]
+        self.dtype = dtype
         self.a_dense = a[:, dense].tocsr()
-        self.b_dense_t = np.ascontiguousarray(b[:, dense].toarray().T)
-        self.a_rare = a[:, rare].tocsr() if len(rare) else None
-        self.b_rare_t = b[:, rare].T.tocsr() if len(rare) else None
-        self.n_b = b.shape[0]
+        b_dense = b[:, dense].toarray().astype(dtype) * dtype(b_weight)
+        if extra_b is not None:
+            b_dense = np.hstack([b_dense, extra_b.astype(dtype)[:, None]])
+        self.b_dense_t = np.ascontiguousarray(b_dense.T)
+        self.extra_a = None if extra_a is None else extra_a.astype(dtype)
+        self.a_rare = a[:, rare].tocsr().astype(dtype) if len(rare) else None
+        self.b_rare_t = (b[:, rare].T.tocsr() * b_weight).astype(dtype) if len(rare) else None
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
-        product = self.a_dense[start:stop].toarray() @ self.b_dense_t
+        a_dense = self.a_dense[start:stop].toarray().astype(self.dtype, copy=False)
+        if self.extra_a is not None:
+            a_dense = np.hstack([a_dense, self.extra_a[start:stop, None]])
+        product = a_dense @ self.b_dense_t
         if self.a_rare is not None and self.b_rare_t is not None:
             product += (self.a_rare[start:stop] @ self.b_rare_t).toarray()
-        return product.astype(np.float64)
+        return product
+
+
+def _whole_years(m: FeatureMatrix) -> np.ndarray | None:
+    """Ages as whole years from the scale's 0 when they are whole (the prompt's ages are), else None."""
+    if m.age is None or m.age_span <= 0:
+        return None
+    years = np.rint(m.age * m.age_span)
+    return years if np.allclose(years, m.age * m.age_span, atol=1e-6) else None
 
 
 def _scan(
@@ -290,12 +323,33 @@ def _scan(
     both_directions: bool,
     chunk_size: int,
 ) -> NearestNeighbours:
+    """Nearest neighbours by blocks of ``chunk_size`` rows of ``a`` against all of ``b``.
+
+    Distances are computed scaled by ``span²`` (span = the age scale's years) so
+    that every term is a whole number: binary Hamming × span² + (Δ years)². When
+    those stay below 2^24 the blocks are float32 and exact, so ties are exact
+    too; otherwise the blocks are float64.
+    """
     if len(a) == 0 or len(b) == 0:
         raise ValueError(f"nearest neighbours need two non-empty sets, got {len(a)} and {len(b)} rows")
-    dot = _DotProduct(a.binary, b.binary)
-    a_norms, b_norms = a.squared_norms(), b.squared_norms()
-    a_age = a.age if a.age is not None else None
-    b_age = b.age if b.age is not None else None
+    if (a.age is None) != (b.age is None) or a.age_span != b.age_span:
+        raise ValueError("both sets must be encoded on the same feature space")
+    a_years, b_years = _whole_years(a), _whole_years(b)
+    a_binary_norms = np.diff(a.binary.indptr).astype(np.float64)
+    b_binary_norms = np.diff(b.binary.indptr).astype(np.float64)
+    if a_years is not None and b_years is not None:
+        scale = a.age_span**2
+        a_age, b_age = a_years, b_years
+    else:
+        scale = 1.0
+        a_age, b_age = a.age, b.age
+    a_norms = scale * a_binary_norms + (0.0 if a_age is None else a_age**2)
+    b_norms = scale * b_binary_norms + (0.0 if b_age is None else b_age**2)
+    largest = float(a_norms.max() + b_norms.max())
+    exact32 = scale != 1.0 or a_age is None
+    dtype = np.float32 if exact32 and largest < 2**24 else np.float64
+    products = _Products(a.binary, b.binary, dtype, b_weight=scale, extra_a=a_age, extra_b=b_age)
+    a_norms_t, b_norms_t = a_norms.astype(dtype), b_norms.astype(dtype)
     n_a, n_b = len(a), len(b)
     row_distance = np.empty(n_a, dtype=np.float64)
     row_index = np.empty(n_a, dtype=np.int64)
@@ -303,32 +357,29 @@ def _scan(
     col_index = np.zeros(n_b, dtype=np.int64) if both_directions else None
     for start in range(0, n_a, chunk_size):
         stop = min(start + chunk_size, n_a)
-        block = dot(start, stop)
-        block *= -2.0
-        block += b_norms[None, :]
-        if a_age is not None and b_age is not None:
-            block -= 2.0 * np.multiply.outer(a_age[start:stop], b_age)
+        rows = np.arange(stop - start)
+        block = products(start, stop)
+        block *= -2
+        block += b_norms_t[None, :]
         if leave_one_out:
-            local = np.arange(stop - start)
-            block[local, start + local] = np.inf
+            block[rows, start + rows] = np.inf
         if both_directions:
-            block += a_norms[start:stop, None]
-            best = np.argmin(block, axis=1)
-            row_index[start:stop] = best
-            row_distance[start:stop] = block[np.arange(stop - start), best]
             assert col_distance is not None and col_index is not None
+            block += a_norms_t[start:stop, None]
+            best = np.argmin(block, axis=1)
+            row_distance[start:stop] = block[rows, best]
             col_best = np.argmin(block, axis=0)
-            col_value = block[col_best, np.arange(n_b)]
+            col_value = block[col_best, np.arange(n_b)].astype(np.float64)
             better = col_value < col_distance
             col_distance[better] = col_value[better]
             col_index[better] = col_best[better] + start
         else:
             best = np.argmin(block, axis=1)
-            row_index[start:stop] = best
-            row_distance[start:stop] = block[np.arange(stop - start), best] + a_norms[start:stop]
+            row_distance[start:stop] = block[rows, best].astype(np.float64) + a_norms[start:stop]
+        row_index[start:stop] = best
 
     def clean(distance: np.ndarray) -> np.ndarray:
-        return np.round(np.maximum(distance, 0.0), _DISTANCE_DECIMALS)
+        return np.round(np.maximum(distance, 0.0) / scale, _DISTANCE_DECIMALS)
 
     return NearestNeighbours(
         a_to_b_distance=clean(row_distance),
