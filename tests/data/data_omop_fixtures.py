@@ -75,3 +75,138 @@ def concept_rows(*concept_ids: int) -> list[dict[str, Any]]:
         }
         for cid in concept_ids
     ]
+
+
+def _visit(vid: int, pid: int, concept: int, start: date, discharge: int | None) -> dict[str, Any]:
+    return {
+        "visit_occurrence_id": vid,
+        "person_id": pid,
+        "visit_concept_id": concept,
+        "visit_start_date": start,
+        "visit_end_date": start,
+        "visit_type_concept_id": 44818517,
+        "discharged_to_concept_id": discharge,
+    }
+
+
+def _event(prefix: str, date_column: str, pid: int, concept: int, on: date | None, vid: int | None):
+    return {
+        "person_id": pid,
+        f"{prefix}_concept_id": concept,
+        date_column: on,
+        "visit_occurrence_id": vid,
+    }
+
+
+def tiny_omop(cdm53: bool = False) -> Tables:
+    """Four persons: 1 (inpatient, outpatient, LT gap, death), 2 (orphans, unknown demographics,
+    death before the last visit), 3 (no events), 4 (no birth year); plus rows that must be dropped."""
+    c, d, p = "condition", "drug", "procedure"
+    tables: Tables = {
+        "person": [
+            {
+                "person_id": 1,
+                "gender_concept_id": 8532,
+                "year_of_birth": 1980,
+                "month_of_birth": 6,
+                "day_of_birth": 15,
+                "birth_datetime": None,
+                "race_concept_id": 8527,
+                "ethnicity_concept_id": 0,
+            },
+            {
+                "person_id": 2,
+                "gender_concept_id": 0,
+                "year_of_birth": 1990,
+                "month_of_birth": None,
+                "day_of_birth": None,
+                "birth_datetime": None,
+                "race_concept_id": None,
+                "ethnicity_concept_id": 0,
+            },
+            {
+                "person_id": 3,
+                "gender_concept_id": 8507,
+                "year_of_birth": 1970,
+                "month_of_birth": None,
+                "day_of_birth": None,
+                "birth_datetime": None,
+                "race_concept_id": 8516,
+                "ethnicity_concept_id": 0,
+            },
+            {
+                "person_id": 4,
+                "gender_concept_id": 8507,
+                "year_of_birth": None,
+                "month_of_birth": None,
+                "day_of_birth": None,
+                "birth_datetime": None,
+                "race_concept_id": 8516,
+                "ethnicity_concept_id": 0,
+            },
+        ],
+        "visit_occurrence": [
+            _visit(100, 1, 9201, date(2020, 1, 10), 8536),
+            _visit(101, 1, 9202, date(2020, 3, 1), None),
+            _visit(102, 1, 9203, date(2023, 6, 1), None),
+            _visit(103, 2, 9202, date(2021, 5, 5), None),  # no events: dropped as empty
+            _visit(104, 99, 9202, date(2021, 5, 5), None),  # unknown person
+            _visit(105, 2, 9201, date(2021, 6, 1), None),
+        ],
+        "condition_occurrence": [
+            _event(c, "condition_start_date", 1, 201826, date(2020, 1, 10), 100),
+            _event(c, "condition_start_date", 1, 316139, date(2020, 1, 12), 100),
+            _event(c, "condition_start_date", 1, 4329847, date(2020, 1, 9), 100),
+            _event(c, "condition_start_date", 1, 0, date(2020, 1, 10), 100),  # concept 0
+            _event(c, "condition_start_date", 1, 320128, date(2020, 3, 1), 101),
+            _event(c, "condition_start_date", 1, 320128, None, 101),  # null date
+            _event(c, "condition_start_date", 2, 432867, date(2021, 5, 10), None),  # orphan
+            _event(
+                c, "condition_start_date", 2, 4329847, date(2021, 5, 10), 999
+            ),  # visit that does not exist
+            _event(c, "condition_start_date", 2, 255848, date(2021, 5, 12), 100),  # another person's visit
+            _event(c, "condition_start_date", 99, 255848, date(2021, 5, 12), None),  # unknown person
+        ],
+        "drug_exposure": [
+            _event(d, "drug_exposure_start_date", 1, 1127433, date(2020, 1, 12), 100),
+            _event(d, "drug_exposure_start_date", 1, 1127078, date(2020, 3, 1), 101),
+            _event(d, "drug_exposure_start_date", 1, 19059056, date(2023, 6, 1), 102),
+            _event(d, "drug_exposure_start_date", 1, 19059056, date(1999, 12, 31), None),  # before min date
+        ],
+        "procedure_occurrence": [
+            _event(p, "procedure_date", 1, 4163872, date(2020, 1, 12), 100),
+            _event(p, "procedure_date", 2, 4163872, date(2021, 6, 1), 105),
+            _event(p, "procedure_date", 2, 2211, date(2021, 6, 3), 105),
+        ],
+        "death": [
+            {"person_id": 1, "death_date": date(2024, 1, 1), "death_type_concept_id": 32817},
+            {"person_id": 2, "death_date": date(2021, 5, 1), "death_type_concept_id": 32817},
+        ],
+        "concept": concept_rows(8532, 8527, 9201, 9202, 9203, 201826, 316139, 4329847),
+    }
+    if cdm53:
+        for row in tables["visit_occurrence"]:
+            row["discharge_to_concept_id"] = row.pop("discharged_to_concept_id")
+    return tables
+
+
+PERSON_1_TOKENS = [
+    "year:2020", "age:39", "8532", "8527",
+    "[VS]", "9201", "201826", "4329847", "i-D2", "316139", "1127433", "4163872", "8536", "[VE]",
+    "D49",
+    "[VS]", "9202", "320128", "1127078", "[VE]",
+    "LT",
+    "[VS]", "9203", "19059056", "[VE]",
+    "D214",
+    "[VS]", "[DEATH]", "[VE]",
+]  # fmt: skip
+PERSON_2_TOKENS = [
+    "year:2021", "age:31", "Gender/0", "Race/0",
+    "[VS]", "Visit/0", "432867", "4329847", "[VE]",
+    "D2",
+    "[VS]", "Visit/0", "255848", "[VE]",
+    "D20",
+    "[VS]", "9201", "4163872", "i-D2", "2211", "Discharge/0", "[VE]",
+    "D0",
+    "[VS]", "[DEATH]", "[VE]",
+]  # fmt: skip

@@ -156,6 +156,28 @@ def person_split(person_id: Column, seed: int, test_fraction: float) -> Column:
     return F.when(bucket < F.lit(float(test_fraction)), F.lit("test")).otherwise(F.lit("train"))
 
 
+def with_split(persons: DataFrame, splits: DataFrame | None, seed: int, test_fraction: float) -> DataFrame:
+    """Persons with ``split``: from ``patient_splits`` where listed, else from (person_id, seed)."""
+    hashed = person_split(F.col("person_id"), seed, test_fraction)
+    if splits is None:
+        return persons.withColumn("split", hashed)
+    listed = splits.groupBy("person_id").agg(F.first("split").alias("_listed_split"))
+    return (
+        persons.join(listed, on="person_id", how="left")
+        .withColumn("split", F.coalesce(F.col("_listed_split"), hashed))
+        .drop("_listed_split")
+    )
+
+
+def death_days(death: DataFrame) -> DataFrame:
+    """One row per person who died: the earliest death date as ``death_day``."""
+    return (
+        death.where(F.col("death_date").isNotNull())
+        .groupBy("person_id")
+        .agg(F.min(epoch_day(F.col("death_date"))).alias("death_day"))
+    )
+
+
 def events_per_person(visit_events: DataFrame) -> DataFrame:
     """One row per person holding the list of that person's events with their visits."""
     event = F.struct(
@@ -178,6 +200,8 @@ SEQUENCE_SCHEMA = T.StructType(
         T.StructField("negative_gaps", T.IntegerType()),
         T.StructField("has_death", T.BooleanType()),
         T.StructField("death_before_last_visit", T.BooleanType()),
+        T.StructField("artificial_visits", T.IntegerType()),
+        T.StructField("orphan_events", T.IntegerType()),
     ]
 )
 SEQUENCE_COLUMNS = [f.name for f in SEQUENCE_SCHEMA.fields[:8]]
@@ -195,8 +219,11 @@ _ARROW_SCHEMA = pa.schema(
         ("negative_gaps", pa.int32()),
         ("has_death", pa.bool_()),
         ("death_before_last_visit", pa.bool_()),
+        ("artificial_visits", pa.int32()),
+        ("orphan_events", pa.int32()),
     ]
 )
+SEQUENCE_ARROW_SCHEMA = pa.schema(list(_ARROW_SCHEMA)[:8])
 
 
 def _sequences_of_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -208,12 +235,10 @@ def _sequences_of_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Reco
                 person["year_of_birth"], person["month_of_birth"], person["day_of_birth"], person["birth_day"]
             )
             assert birth is not None  # persons without a birth year were dropped before
+            visits = visits_from_events(person["events"])
+            artificial = [v for v in visits if v.visit_id is None]
             seq = patient_sequence(
-                birth,
-                person["gender_concept_id"],
-                person["race_concept_id"],
-                visits_from_events(person["events"]),
-                person["death_day"],
+                birth, person["gender_concept_id"], person["race_concept_id"], visits, person["death_day"]
             )
             columns["person_id"].append(person["person_id"])
             columns["concept_ids"].append(seq.concept_ids)
@@ -227,6 +252,8 @@ def _sequences_of_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Reco
             columns["negative_gaps"].append(seq.negative_gaps)
             columns["has_death"].append(person["death_day"] is not None)
             columns["death_before_last_visit"].append(seq.death_before_last_visit)
+            columns["artificial_visits"].append(len(artificial))
+            columns["orphan_events"].append(sum(len(v.events) for v in artificial))
         yield pa.RecordBatch.from_pydict(columns, schema=_ARROW_SCHEMA)
 
 

@@ -21,16 +21,18 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm
 
 from cehrgpt.data import events as ev
-from cehrgpt.data.events import DEFAULT_DOMAINS, EVENT_DOMAINS, SEQUENCE_COLUMNS
+from cehrgpt.data.events import DEFAULT_DOMAINS, EVENT_DOMAINS, SEQUENCE_ARROW_SCHEMA, SEQUENCE_COLUMNS
 from cehrgpt.omop.cdm import cdm_fields
 from cehrgpt.omop.source import OmopSource, OmopSourceError, open_omop_source
 from cehrgpt.spark import get_spark
@@ -179,19 +181,29 @@ def _describe(spec: str) -> str:
     return spec
 
 
-def _run(
-    spark: SparkSession,
-    source: OmopSource,
-    staging: Path,
-    domains: tuple[str, ...],
-    test_fraction: float,
-    seed: int,
-    min_event_date: str | None,
-) -> dict[str, Any]:
-    absent: dict[str, str] = {}
-    steps = tqdm(total=7, desc="prepare", unit="step", file=sys.stderr)
+@dataclass
+class OmopInputs:
+    """The tables the ETL reads, checked; optional ones that are absent or unusable are None."""
 
-    # Required tables first, so a missing one fails before any work.
+    person: DataFrame
+    visit_occurrence: DataFrame
+    concept: DataFrame
+    domain_tables: dict[str, DataFrame]
+    death: DataFrame | None
+    splits: DataFrame | None
+    vocabulary: dict[str, DataFrame]
+    absent: dict[str, str] = field(default_factory=dict)
+    unusable_rows: dict[str, int | None] = field(default_factory=dict)
+
+
+def read_inputs(spark: SparkSession, source: OmopSource, domains: Sequence[str]) -> OmopInputs:
+    """Read and check every table before any work, so bad input fails fast and leaves nothing.
+
+    Raises:
+        OmopSourceError: a required table or column is missing, a file unreadable, a value mistyped.
+    """
+    absent: dict[str, str] = {}
+    unusable_rows: dict[str, int | None] = {}
     person = source.read_table(
         spark,
         "person",
@@ -204,10 +216,7 @@ def _run(
         ["visit_occurrence_id", "person_id", "visit_concept_id", "visit_start_date"],
         ["discharged_to_concept_id"],
     )
-    concept_required, concept_optional = _cdm_columns("concept")
-    concept = source.read_table(spark, "concept", concept_required, concept_optional)
     domain_tables: dict[str, DataFrame] = {}
-    unusable_rows: dict[str, int | None] = {}
     for name in domains:
         domain = EVENT_DOMAINS[name]
         columns = ["person_id", domain.concept_column, domain.date_column]
@@ -219,97 +228,77 @@ def _run(
             unusable_rows[domain.table] = _raw_count(spark, source, domain.table)
         else:
             domain_tables[name] = table
+    concept_required, concept_optional = _cdm_columns("concept")
+    concept = source.read_table(spark, "concept", concept_required, concept_optional)
     death = _optional_table(spark, source, "death", ["person_id", "death_date"], [], absent)
-    if death is None:
+    if death is None and source.has_table("death"):
         unusable_rows["death"] = _raw_count(spark, source, "death")
     splits = _optional_table(spark, source, "patient_splits", ["person_id", "split"], [], absent)
-    steps.update()
-
-    # Persons.
-    persons = ev.tag_persons(person).persist()
-    person_reasons = _counts(persons, "reason")
-    kept_persons = persons.where(F.col("reason") == ev.KEPT).drop("reason")
     if splits is not None:
         bad = splits.where(~F.col("split").isin("train", "test") | F.col("split").isNull())
-        n_bad = bad.count()
-        if n_bad:
-            example = bad.select("split").first()[0]
+        counted = bad.agg(F.count(F.lit(1)).alias("n"), F.first("split").alias("example")).first()
+        if counted["n"]:
             raise OmopSourceError(
-                f"patient_splits.split: {n_bad} values are not train/test, e.g. {example!r}"
+                f"patient_splits.split: {counted['n']} values are not train/test, e.g. {counted['example']!r}"
             )
-        listed = splits.groupBy("person_id").agg(F.first("split").alias("_listed_split"))
-        kept_persons = kept_persons.join(listed, on="person_id", how="left").withColumn(
-            "split",
-            F.coalesce(F.col("_listed_split"), ev.person_split(F.col("person_id"), seed, test_fraction)),
-        )
-        kept_persons = kept_persons.drop("_listed_split")
-    else:
-        kept_persons = kept_persons.withColumn(
-            "split", ev.person_split(F.col("person_id"), seed, test_fraction)
-        )
-    steps.update()
-
-    # Visits and events.
-    visits = ev.tag_visits(visit_occurrence, kept_persons).persist()
-    visit_reasons = _counts(visits, "reason")
-    kept_visits = visits.where(F.col("reason") == ev.KEPT).drop("reason")
-    union = None
-    for name, table in domain_tables.items():
-        part = ev.domain_events(table, EVENT_DOMAINS[name])
-        union = part if union is None else union.unionByName(part)
-    assert union is not None
-    tagged = ev.tag_events(union, kept_persons, min_event_date).persist()
-    event_reasons = _counts(tagged, "table", "reason")
-    steps.update()
-
-    visit_events = ev.attach_visits(tagged.where(F.col("reason") == ev.KEPT), kept_visits).persist()
-    orphans = visit_events.where(F.col("visit_id").isNull())
-    orphan_stats = orphans.agg(
-        F.count(F.lit(1)).alias("events"),
-        F.count_distinct("person_id", "event_day").alias("visits"),
-    ).first()
-    used_visits = visit_events.where(F.col("visit_id").isNotNull()).select("visit_id").distinct()
-    empty_visits = kept_visits.join(
-        used_visits, kept_visits["visit_occurrence_id"] == used_visits["visit_id"], how="left_anti"
-    ).count()
-    steps.update()
-
-    deaths = None
-    if death is not None:
-        deaths = (
-            death.where(F.col("death_date").isNotNull())
-            .groupBy("person_id")
-            .agg(F.min(ev.epoch_day(F.col("death_date"))).alias("death_day"))
-        )
-    sequences = ev.build_sequences(ev.events_per_person(visit_events), kept_persons, deaths).persist()
-    seq_stats = sequences.agg(
-        F.count(F.lit(1)).alias("persons"),
-        F.sum("num_of_visits").alias("visits"),
-        F.sum("num_of_concepts").alias("tokens"),
-        F.sum("negative_gaps").alias("negative_gaps"),
-        F.sum(F.col("has_death").cast("long")).alias("deaths"),
-        F.sum(F.col("death_before_last_visit").cast("long")).alias("deaths_before_last_visit"),
-    ).first()
-    per_split = _counts(sequences, "split")
-    steps.update()
-
-    sequence_folder = staging / "patient_sequence"
-    for split in ("train", "test"):
-        sequences.where(F.col("split") == split).select(*SEQUENCE_COLUMNS).write.mode("overwrite").parquet(
-            str(sequence_folder / split)
-        )
-    steps.update()
-
-    vocab_rows = {"concept": _write_vocab(concept, staging / "omop_vocab" / "concept")}
+    vocabulary = {"concept": concept}
     for name in OPTIONAL_VOCABULARY:
         required, optional = _cdm_columns(name)
         table = _optional_table(spark, source, name, required, optional, absent)
         if table is not None:
-            vocab_rows[name] = _write_vocab(table, staging / "omop_vocab" / name)
-    steps.update()
-    steps.close()
+            vocabulary[name] = table
+    return OmopInputs(
+        person, visit_occurrence, concept, domain_tables, death, splits, vocabulary, absent, unusable_rows
+    )
 
-    for df in (persons, visits, tagged, visit_events, sequences):
+
+def _run(
+    spark: SparkSession,
+    source: OmopSource,
+    staging: Path,
+    domains: tuple[str, ...],
+    test_fraction: float,
+    seed: int,
+    min_event_date: str | None,
+) -> dict[str, Any]:
+    inputs = read_inputs(spark, source, domains)
+    with tqdm(total=5, desc="prepare", unit="step", file=sys.stderr) as steps:
+        persons = ev.tag_persons(inputs.person).persist()
+        person_reasons = _counts(persons, "reason")
+        kept_persons = ev.with_split(
+            persons.where(F.col("reason") == ev.KEPT).drop("reason"), inputs.splits, seed, test_fraction
+        )
+        visits = ev.tag_visits(inputs.visit_occurrence, kept_persons).persist()
+        visit_reasons = _counts(visits, "reason")
+        steps.update()
+
+        kept_visits = visits.where(F.col("reason") == ev.KEPT).drop("reason")
+        union = None
+        for name, table in inputs.domain_tables.items():
+            part = ev.domain_events(table, EVENT_DOMAINS[name])
+            union = part if union is None else union.unionByName(part)
+        assert union is not None
+        tagged = ev.tag_events(union, kept_persons, min_event_date).persist()
+        event_reasons = _counts(tagged, "table", "reason")
+        steps.update()
+
+        visit_events = ev.attach_visits(tagged.where(F.col("reason") == ev.KEPT), kept_visits)
+        deaths = ev.death_days(inputs.death) if inputs.death is not None else None
+        sequences = ev.build_sequences(ev.events_per_person(visit_events), kept_persons, deaths).persist()
+        stats = _sequence_stats(sequences)
+        deaths_read = inputs.death.count() if inputs.death is not None else None
+        steps.update()
+
+        _write_sequences(sequences, staging / "patient_sequence")
+        steps.update()
+
+        vocab_rows = {
+            name: _write_vocab(table, staging / "omop_vocab" / name)
+            for name, table in inputs.vocabulary.items()
+        }
+        steps.update()
+
+    for df in (persons, visits, tagged, sequences):
         df.unpersist()
 
     tables_read: dict[str, int] = {
@@ -319,34 +308,36 @@ def _run(
     events_by_table: dict[str, dict[str, int]] = {}
     for (table, reason), n in sorted(event_reasons.items()):
         events_by_table.setdefault(table, {})[reason] = n
-    for name in domain_tables:
+    for name in inputs.domain_tables:
         table = EVENT_DOMAINS[name].table
         events_by_table.setdefault(table, {})
         tables_read[table] = sum(events_by_table[table].values())
-    if death is not None:
-        tables_read["death"] = death.count()
+    if deaths_read is not None:
+        tables_read["death"] = deaths_read
     kept_events = sum(r.get(ev.KEPT, 0) for r in events_by_table.values())
-    persons_with_visits = seq_stats["persons"] or 0
+    persons_with_visits = stats["persons"]
+    real_visits_used = stats["visits"] - stats["artificial_visits"]
+    empty_visits = visit_reasons.get(ev.KEPT, 0) - real_visits_used
     return {
         "tables_read": tables_read,
-        "tables_treated_as_absent": absent,
-        "rows_in_unusable_tables": unusable_rows,
+        "tables_treated_as_absent": inputs.absent,
+        "rows_in_unusable_tables": inputs.unusable_rows,
         "persons": {
             "read": sum(person_reasons.values()),
             "kept": person_reasons.get(ev.KEPT, 0),
             "dropped": {k: v for k, v in sorted(person_reasons.items()) if k != ev.KEPT},
             "dropped_without_events": person_reasons.get(ev.KEPT, 0) - persons_with_visits,
             "written": persons_with_visits,
-            "per_split": {"train": per_split.get("train", 0), "test": per_split.get("test", 0)},
+            "per_split": stats["per_split"],
         },
         "visits": {
             "read": sum(visit_reasons.values()),
-            "kept": visit_reasons.get(ev.KEPT, 0) - empty_visits,
+            "kept": real_visits_used,
             "dropped": {k: v for k, v in sorted(visit_reasons.items()) if k != ev.KEPT},
             "dropped_empty": empty_visits,
-            "artificial_visits": orphan_stats["visits"],
-            "written": seq_stats["visits"] or 0,
-            "negative_gaps_clipped": seq_stats["negative_gaps"] or 0,
+            "artificial_visits": stats["artificial_visits"],
+            "written": stats["visits"],
+            "negative_gaps_clipped": stats["negative_gaps"],
         },
         "events": {
             "kept": kept_events,
@@ -355,13 +346,13 @@ def _run(
                 | {"dropped": {k: v for k, v in r.items() if k != ev.KEPT}}
                 for t, r in events_by_table.items()
             },
-            "orphans_in_artificial_visits": orphan_stats["events"],
+            "orphans_in_artificial_visits": stats["orphan_events"],
         },
         "deaths": {
-            "written": seq_stats["deaths"] or 0,
-            "before_last_visit": seq_stats["deaths_before_last_visit"] or 0,
+            "written": stats["deaths"],
+            "before_last_visit": stats["deaths_before_last_visit"],
         },
-        "tokens_written": seq_stats["tokens"] or 0,
+        "tokens_written": stats["tokens"],
         "vocabulary_rows": vocab_rows,
     }
 
@@ -378,7 +369,67 @@ def _raw_count(spark: SparkSession, source: OmopSource, name: str) -> int | None
 
 def _write_vocab(table: DataFrame, path: Path) -> int:
     table.write.mode("overwrite").parquet(str(path))
-    return table.sparkSession.read.parquet(str(path)).count()
+    return _parquet_rows(path)
+
+
+def _parquet_rows(path: Path) -> int:
+    """Rows in a parquet folder, from the file footers (no Spark job)."""
+    return sum(pq.read_metadata(f).num_rows for f in path.glob("*.parquet"))
+
+
+_STAT_COLUMNS = (
+    "num_of_visits",
+    "num_of_concepts",
+    "negative_gaps",
+    "artificial_visits",
+    "orphan_events",
+)
+
+
+def _sequence_stats(sequences: DataFrame) -> dict[str, Any]:
+    """Persons, visits, tokens, clipped gaps, artificial visits and deaths written, in one Spark job."""
+    rows = (
+        sequences.groupBy("split")
+        .agg(
+            F.count(F.lit(1)).alias("persons"),
+            *[F.sum(c).alias(c) for c in _STAT_COLUMNS],
+            F.sum(F.col("has_death").cast("long")).alias("deaths"),
+            F.sum(F.col("death_before_last_visit").cast("long")).alias("deaths_before_last_visit"),
+        )
+        .collect()
+    )
+    total = {"persons": 0, "deaths": 0, "deaths_before_last_visit": 0} | {c: 0 for c in _STAT_COLUMNS}
+    for row in rows:
+        for key in total:
+            total[key] += row[key] or 0
+    stats: dict[str, Any] = {
+        "persons": total["persons"],
+        "visits": total["num_of_visits"],
+        "tokens": total["num_of_concepts"],
+        "negative_gaps": total["negative_gaps"],
+        "artificial_visits": total["artificial_visits"],
+        "orphan_events": total["orphan_events"],
+        "deaths": total["deaths"],
+        "deaths_before_last_visit": total["deaths_before_last_visit"],
+    }
+    per_split = {row["split"]: row["persons"] for row in rows}
+    stats["per_split"] = {"train": per_split.get("train", 0), "test": per_split.get("test", 0)}
+    return stats
+
+
+def _write_sequences(sequences: DataFrame, folder: Path) -> None:
+    """``folder/train`` and ``folder/test`` in one Spark job; an empty split still gets a schema-only file."""
+    partitioned = folder / "_by_split"
+    sequences.select(*SEQUENCE_COLUMNS, "split").write.partitionBy("split").parquet(str(partitioned))
+    for split in ("train", "test"):
+        written = partitioned / f"split={split}"
+        target = folder / split
+        if written.is_dir():
+            written.rename(target)
+        else:
+            target.mkdir(parents=True)
+            pq.write_table(SEQUENCE_ARROW_SCHEMA.empty_table(), target / "part-00000-empty.parquet")
+    shutil.rmtree(partitioned)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -214,8 +214,9 @@ def _add_visit(seq: PatientSequence, birth: date, visit: Visit, order: int) -> i
     else:
         age, week = start_age, start_week
         previous_day = None
-        for event_day, concept_id in events:
-            day = max(event_day, start)
+        for day, concept_id in sorted(
+            (max(event_day, start), concept_id) for event_day, concept_id in events
+        ):
             if previous_day is not None and day != previous_day:
                 age, week = age_in_years(birth, day), week_of(day)
                 seq.add(grammar.inpatient_gap_token(day - cursor), age, week, visit_token, order)

@@ -10,6 +10,8 @@ naming the table, the column and an example, rather than turning into nulls.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -242,7 +244,9 @@ class FolderSource(OmopSource):
                 if fmt == "parquet":
                     df = spark.read.parquet(str(path))
                 else:
-                    df = spark.read.option("header", True).option("inferSchema", False).csv(str(path))
+                    # The header is read here rather than by Spark, which would run a job per table for it.
+                    schema = T.StructType([T.StructField(c, T.StringType()) for c in _csv_header(path)])
+                    df = spark.read.schema(schema).option("header", True).csv(str(path))
                 df.schema  # noqa: B018 - forces the footer/header read so a bad file fails here
             except Exception as error:  # Spark raises several unrelated types for a bad file
                 first_line = (
@@ -258,6 +262,18 @@ class FolderSource(OmopSource):
     def _raw_table(self, spark: SparkSession, name: str, columns: Sequence[str] | None) -> DataFrame:
         df = self._load(spark, name)
         return df if columns is None else df.select(*[F.col(f"`{c}`") for c in columns])
+
+
+def _csv_header(path: Path) -> list[str]:
+    """Column names from the first line of a CSV table (the first file of a folder)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*.csv*") if p.is_file())
+    first = files[0]
+    opener = gzip.open if first.suffix.lower() == ".gz" else open
+    with opener(first, "rt", newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        raise ValueError(f"{first.name} has no header line")
+    return header
 
 
 def _format_of(entry: Path) -> str | None:

@@ -1,0 +1,350 @@
+"""The ETL job end to end on tiny hand-made OMOP databases, its report, its failures, and Eunomia."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from data_omop_fixtures import (
+    PERSON_1_TOKENS,
+    PERSON_2_TOKENS,
+    concept_rows,
+    tiny_omop,
+    write_csv,
+    write_duckdb,
+    write_parquet,
+)
+
+from cehrgpt import grammar
+from cehrgpt.data.prepare import main, prepare
+
+SEQUENCE_SCHEMA = [
+    ("person_id", "int64"),
+    ("concept_ids", "list<element: string>"),
+    ("ages", "list<element: int32>"),
+    ("dates", "list<element: int32>"),
+    ("visit_concept_ids", "list<element: string>"),
+    ("visit_concept_orders", "list<element: int32>"),
+    ("num_of_visits", "int32"),
+    ("num_of_concepts", "int32"),
+]
+
+
+def _rows(out: Path, split: str) -> list[dict]:
+    table = pq.read_table(out / "patient_sequence" / split)
+    return sorted(table.to_pylist(), key=lambda r: r["person_id"])
+
+
+def _run(spark, source, out: Path, **options) -> dict:
+    options = {"test_fraction": 0.0, "seed": 1, "min_event_date": "2000-01-01"} | options
+    return prepare(str(source), str(out), spark=spark, **options)
+
+
+@pytest.fixture(scope="module")
+def tiny_csv_output(spark, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_csv")
+    _run(spark, write_csv(root / "omop", tiny_omop()), root / "out")
+    return root / "out"
+
+
+def test_sequences_of_known_patients(tiny_csv_output):
+    table = pq.read_table(tiny_csv_output / "patient_sequence" / "train")
+    assert [(f.name, str(f.type)) for f in table.schema] == SEQUENCE_SCHEMA
+    person_1, person_2 = _rows(tiny_csv_output, "train")
+    assert person_1["person_id"] == 1
+    assert person_1["concept_ids"] == PERSON_1_TOKENS
+    assert person_1["ages"] == [-1] * 4 + [39] * 16 + [42] * 5 + [43] * 4
+    assert person_1["dates"] == [-1] * 4 + [2610] * 10 + [2617] * 6 + [2787] * 5 + [2817] * 4
+    assert (
+        person_1["visit_concept_orders"] == [0] * 4 + [1] * 10 + [0] + [2] * 5 + [0] + [3] * 4 + [0] + [4] * 3
+    )
+    assert (person_1["num_of_visits"], person_1["num_of_concepts"]) == (3, 29)
+    assert person_2["concept_ids"] == PERSON_2_TOKENS
+    assert person_2["visit_concept_ids"] == (
+        ["0"] * 4 + ["Visit/0"] * 5 + ["0"] + ["Visit/0"] * 4 + ["0"] + ["9201"] * 7 + ["0"] * 4
+    )
+    assert (person_2["num_of_visits"], person_2["num_of_concepts"]) == (3, 26)
+    assert all(grammar.is_valid(r["concept_ids"]) for r in (person_1, person_2))
+    assert _rows(tiny_csv_output, "test") == []
+
+
+def test_report_counts_every_dropped_row(tiny_csv_output):
+    report = json.loads((tiny_csv_output / "prepare_report.json").read_text())
+    assert report["tables_read"] == {
+        "person": 4,
+        "visit_occurrence": 6,
+        "condition_occurrence": 10,
+        "drug_exposure": 4,
+        "procedure_occurrence": 3,
+        "death": 2,
+    }
+    assert report["persons"] == {
+        "read": 4,
+        "kept": 3,
+        "dropped": {"no_birth_year": 1},
+        "dropped_without_events": 1,
+        "written": 2,
+        "per_split": {"train": 2, "test": 0},
+    }
+    assert report["visits"] == {
+        "read": 6,
+        "kept": 4,
+        "dropped": {"unknown_person": 1},
+        "dropped_empty": 1,
+        "artificial_visits": 2,
+        "written": 6,
+        "negative_gaps_clipped": 0,
+    }
+    assert report["events"] == {
+        "kept": 13,
+        "by_table": {
+            "condition_occurrence": {
+                "read": 10,
+                "kept": 7,
+                "dropped": {"concept_0": 1, "null_date": 1, "unknown_person": 1},
+            },
+            "drug_exposure": {"read": 4, "kept": 3, "dropped": {"before_min_date": 1}},
+            "procedure_occurrence": {"read": 3, "kept": 3, "dropped": {}},
+        },
+        "orphans_in_artificial_visits": 3,
+    }
+    assert report["deaths"] == {"written": 2, "before_last_visit": 1}
+    assert report["tables_treated_as_absent"] == {
+        "patient_splits": "not in the source",
+        "concept_relationship": "not in the source",
+        "concept_ancestor": "not in the source",
+    }
+    assert report["vocabulary_rows"] == {"concept": 8}
+    assert report["tokens_written"] == 29 + 26
+    concept = pq.read_table(tiny_csv_output / "omop_vocab" / "concept")
+    assert sorted(concept.column("concept_id").to_pylist()) == [
+        8527,
+        8532,
+        9201,
+        9202,
+        9203,
+        201826,
+        316139,
+        4329847,
+    ]
+
+
+@pytest.mark.parametrize("layout", ["parquet", "duckdb", "csv_upper_case", "csv_cdm53"])
+def test_every_source_layout_gives_identical_output(spark, tmp_path, tiny_csv_output, layout):
+    if layout == "parquet":
+        source = write_parquet(tmp_path / "omop", tiny_omop())
+    elif layout == "duckdb":
+        source = write_duckdb(tmp_path / "omop.duckdb", tiny_omop())
+    elif layout == "csv_upper_case":
+        source = write_csv(tmp_path / "omop", tiny_omop(), upper=True)
+    else:
+        source = write_csv(tmp_path / "omop", tiny_omop(cdm53=True))
+    _run(spark, source, tmp_path / "out")
+    assert _rows(tmp_path / "out", "train") == _rows(tiny_csv_output, "train")
+    assert _rows(tmp_path / "out", "test") == []
+
+
+def test_patient_splits_table_is_honoured_and_hash_split_is_deterministic(spark, tmp_path):
+    tables = tiny_omop()
+    tables["patient_splits"] = [{"person_id": 2, "split": "test"}]
+    report = _run(spark, write_csv(tmp_path / "omop", tables), tmp_path / "out")
+    assert [r["person_id"] for r in _rows(tmp_path / "out", "test")] == [2]
+    assert [r["person_id"] for r in _rows(tmp_path / "out", "train")] == [1]
+    assert report["persons"]["per_split"] == {"train": 1, "test": 1}
+
+
+def test_split_depends_only_on_person_and_seed(spark, tmp_path):
+    tables = {"concept": concept_rows(1), "death": tiny_omop()["death"][:1]}
+    persons, conditions = [], []
+    for pid in range(1, 41):
+        persons.append(
+            {"person_id": pid, "gender_concept_id": 8507, "year_of_birth": 1950, "race_concept_id": 0}
+        )
+        conditions.append(
+            {
+                "person_id": pid,
+                "condition_concept_id": 1,
+                "condition_start_date": "2020-01-01",
+                "visit_occurrence_id": "",
+            }
+        )
+    tables |= {"person": persons, "condition_occurrence": conditions}
+    tables["visit_occurrence"] = [tiny_omop()["visit_occurrence"][0]]
+    tables["drug_exposure"] = tiny_omop()["drug_exposure"][:1]
+    tables["procedure_occurrence"] = tiny_omop()["procedure_occurrence"][:1]
+    source = write_csv(tmp_path / "omop", tables)
+    first = _run(spark, source, tmp_path / "a", test_fraction=0.5, seed=7)["persons"]["per_split"]
+    again = _run(spark, source, tmp_path / "b", test_fraction=0.5, seed=7)["persons"]["per_split"]
+    ids_a = [r["person_id"] for r in _rows(tmp_path / "a", "test")]
+    ids_b = [r["person_id"] for r in _rows(tmp_path / "b", "test")]
+    assert first == again and ids_a == ids_b
+    assert 0 < first["test"] < 40
+
+
+def test_unusable_optional_domain_is_reported_as_absent(spark, tmp_path):
+    tables = tiny_omop()
+    tables["device_exposure"] = [{"column0": "PERSON_ID", "column1": "DEVICE_CONCEPT_ID"}]
+    report = _run(spark, write_csv(tmp_path / "omop", tables), tmp_path / "out", domains="condition,device")
+    assert report["tables_treated_as_absent"]["device_exposure"].startswith(
+        "unusable: device_exposure.person_id: column not found"
+    )
+    assert report["rows_in_unusable_tables"] == {"device_exposure": 1}
+    assert report["events"]["kept"] == 7
+
+
+def test_rerun_replaces_the_previous_output(spark, tmp_path):
+    source = write_csv(tmp_path / "omop", tiny_omop())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older run")
+    _run(spark, source, out)
+    assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["omop", "out"]
+
+
+def _broken(tmp_path: Path, breakage: str) -> Path:
+    tables = tiny_omop()
+    folder = tmp_path / "omop"
+    if breakage == "missing_table":
+        del tables["person"]
+    elif breakage == "missing_column":
+        for row in tables["condition_occurrence"]:
+            del row["condition_start_date"]
+    elif breakage == "bad_split":
+        tables["patient_splits"] = [
+            {"person_id": 1, "split": "train"},
+            {"person_id": 2, "split": "validation"},
+        ]
+    elif breakage == "wrong_type":
+        tables["drug_exposure"][1]["drug_exposure_start_date"] = "yesterday"
+    write_csv(folder, tables)
+    if breakage == "unreadable_file":
+        (folder / "procedure_occurrence.csv").unlink()
+        (folder / "procedure_occurrence.parquet").write_bytes(b"PAR1 not really parquet")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("missing_table", "error: person: table not found in "),
+        (
+            "missing_column",
+            "error: condition_occurrence.condition_start_date: column not found (columns present: ",
+        ),
+        (
+            "wrong_type",
+            "error: drug_exposure.drug_exposure_start_date: 1 values are not dates, e.g. 'yesterday'",
+        ),
+        ("unreadable_file", "error: procedure_occurrence: cannot read "),
+        ("bad_split", "error: patient_splits.split: 1 values are not train/test, e.g. 'validation'"),
+    ],
+)
+def test_bad_source_fails_with_one_line_and_leaves_the_old_output(spark, tmp_path, capsys, breakage, message):
+    source = _broken(tmp_path, breakage)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous.txt").write_text("a previous complete run")
+    code = main(["--omop_source", str(source), "--output_folder", str(out), "--seed", "3"])
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert code == 2
+    assert len(err_lines) == 1 and err_lines[0].startswith(message), err_lines
+    assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["omop", "out"]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--test_fraction", "1.5"], "error: --test_fraction: 1.5 is not a fraction in [0, 1)\n"),
+        (
+            ["--min_event_date", "2020-13-01"],
+            "error: --min_event_date: '2020-13-01' is not a date YYYY-MM-DD\n",
+        ),
+        (
+            ["--domains", "condition,labs"],
+            (
+                "error: --domains: labs not understood, expected a comma-separated subset of "
+                "condition,drug,procedure,measurement,observation,device\n"
+            ),
+        ),
+    ],
+)
+def test_bad_option_fails_with_one_line(tmp_path, capsys, option, message):
+    code = main(["--omop_source", str(tmp_path), "--output_folder", str(tmp_path / "out"), *option])
+    assert code == 2
+    assert capsys.readouterr().err == message
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_source_fails_with_one_line(tmp_path, capsys):
+    code = main(["--omop_source", str(tmp_path / "nowhere"), "--output_folder", str(tmp_path / "out")])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"error: omop source: {tmp_path / 'nowhere'} does not exist (expected a folder, DuckDB file or URL)\n"
+    )
+
+
+def test_help_exits_zero(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--omop_source" in capsys.readouterr().out
+
+
+def test_eunomia_report_matches_direct_sql_counts(eunomia_sequences, eunomia_duckdb):
+    import duckdb
+
+    report = json.loads((eunomia_sequences / "prepare_report.json").read_text())
+    con = duckdb.connect(str(eunomia_duckdb), read_only=True)
+
+    def sql(query: str) -> int:
+        return con.execute(query).fetchall()[0][0]
+
+    tables = {
+        "condition_occurrence": ("condition_concept_id", "condition_start_date"),
+        "drug_exposure": ("drug_concept_id", "drug_exposure_start_date"),
+        "procedure_occurrence": ("procedure_concept_id", "procedure_date"),
+    }
+    events = " union all ".join(
+        f"select person_id, {c} as concept_id, {d} as day, visit_occurrence_id from {t}"
+        for t, (c, d) in tables.items()
+    )
+    kept = f"select * from ({events}) where coalesce(concept_id, 0) <> 0 and day is not null"
+    orphans = (
+        f"select e.* from ({kept}) e left join visit_occurrence v "
+        "on e.visit_occurrence_id = v.visit_occurrence_id and e.person_id = v.person_id "
+        "where v.visit_occurrence_id is null"
+    )
+    for table, (concept, day) in tables.items():
+        by_table = report["events"]["by_table"][table]
+        assert by_table["read"] == sql(f"select count(*) from {table}")
+        assert by_table["kept"] == sql(
+            f"select count(*) from {table} where coalesce({concept}, 0) <> 0 and {day} is not null"
+        )
+        assert by_table["dropped"].get("concept_0", 0) == sql(
+            f"select count(*) from {table} where coalesce({concept}, 0) = 0"
+        )
+    assert report["persons"]["read"] == sql("select count(*) from person")
+    assert report["visits"]["read"] == sql("select count(*) from visit_occurrence")
+    assert report["events"]["kept"] == sql(f"select count(*) from ({kept})")
+    assert report["events"]["orphans_in_artificial_visits"] == sql(f"select count(*) from ({orphans})")
+    assert report["visits"]["artificial_visits"] == sql(
+        f"select count(*) from (select distinct person_id, day from ({orphans}))"
+    )
+    assert report["persons"]["written"] == sql(f"select count(distinct person_id) from ({kept})")
+    assert sum(report["persons"]["per_split"].values()) == report["persons"]["written"]
+    assert report["tables_treated_as_absent"]["death"].startswith(
+        "unusable: death.person_id: column not found"
+    )
+
+    train = pq.read_table(eunomia_sequences / "patient_sequence" / "train").to_pylist()
+    test = pq.read_table(eunomia_sequences / "patient_sequence" / "test").to_pylist()
+    assert len(train) == report["persons"]["per_split"]["train"]
+    assert len(test) == report["persons"]["per_split"]["test"]
+    assert all(grammar.is_valid(row["concept_ids"]) for row in train + test)
+    assert sum(row["num_of_visits"] for row in train + test) == report["visits"]["written"]
+    assert sum(row["num_of_concepts"] for row in train + test) == report["tokens_written"]
+    assert (eunomia_sequences / "omop_vocab" / "concept").is_dir()
