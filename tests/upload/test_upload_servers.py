@@ -376,3 +376,26 @@ def test_mariadb_append_drops_the_tables_it_created_when_it_fails(restored_omop,
     with pytest.raises(UploadError, match=r"^appending to the target tables failed: .*[Dd]uplicate"):
         upload_omop(conflicting, url, schema=schema, mode="append")
     assert state(url, schema) == before
+
+
+@pytest.mark.parametrize(
+    ("fixture", "take"),
+    [
+        ("postgres_schema", "SELECT pg_advisory_lock(hashtext(:name))"),
+        ("mariadb_database", "SELECT GET_LOCK(:name, 0)"),
+    ],
+)
+def test_a_second_upload_into_the_same_schema_is_refused(request, restored_omop, fixture, take):
+    url, schema = request.getfixturevalue(fixture)
+    upload_omop(restored_omop, url, schema=schema, tables=["death"])
+    before = state(url, schema)
+    engine = sa.create_engine(url)
+    with engine.connect() as holder:  # stands for an upload already running
+        holder.execute(sa.text(take), {"name": f"cehrgpt_upload:{schema}"})
+        with pytest.raises(
+            UploadError, match=rf"^another upload into schema '{schema}' of .* is running; nothing"
+        ):
+            upload_omop(restored_omop, url, schema=schema)
+    engine.dispose()
+    assert state(url, schema) == before
+    upload_omop(restored_omop, url, schema=schema)  # the lock went with the session

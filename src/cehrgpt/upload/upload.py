@@ -210,6 +210,10 @@ class _Upload:
     def run(self) -> dict[str, dict[str, Any]]:
         with self._database_errors(f"connecting to {display_url(self.engine.url)}", unchanged=True):
             existing = self._existing_tables()
+        with self._exclusive_upload():
+            return self._run(existing)
+
+    def _run(self, existing: set[str]) -> dict[str, dict[str, Any]]:
         wanted = [ti.table for ti in self.inputs]
         present = [t for t in wanted if t in existing]
         if self.mode == "fail" and present:
@@ -246,6 +250,53 @@ class _Upload:
             }
             for ti in self.inputs
         }
+
+    @contextlib.contextmanager
+    def _exclusive_upload(self) -> Iterator[None]:
+        """Hold a server-side lock per schema for the whole run, so two uploads never share staging tables.
+
+        PostgreSQL advisory lock, MySQL/MariaDB ``GET_LOCK``, SQL Server ``sp_getapplock``; DuckDB
+        and SQLite lock their file themselves. The lock dies with the session if the process is killed.
+        """
+        family = _family(self.dialect.name)
+        statements = {
+            "postgresql": (
+                "SELECT pg_try_advisory_lock(hashtext(:name))",
+                "SELECT pg_advisory_unlock(hashtext(:name))",
+            ),
+            "mysql": ("SELECT GET_LOCK(:name, 0) = 1", "SELECT RELEASE_LOCK(:name)"),
+            "mssql": (
+                (
+                    "DECLARE @status int; EXEC @status = sp_getapplock @Resource = :name, "
+                    "@LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 0; "
+                    "SELECT CASE WHEN @status >= 0 THEN 1 ELSE 0 END"
+                ),
+                "EXEC sp_releaseapplock @Resource = :name, @LockOwner = 'Session'",
+            ),
+        }
+        if family not in statements:
+            yield
+            return
+        take, release = statements[family]
+        name = f"cehrgpt_upload:{self.schema or ''}"
+        with self._database_errors("taking the upload lock", unchanged=True):
+            conn = self.engine.connect()
+            taken = bool(conn.execute(sa.text(take), {"name": name}).scalar())
+            conn.commit()
+        try:
+            if not taken:
+                raise UploadError(
+                    f"another upload into schema '{self.schema or '(default)'}' of {display_url(self.engine.url)} "
+                    "is running; nothing was changed"
+                )
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                if taken:
+                    conn.execute(sa.text(release), {"name": name})
+                    conn.commit()
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _existing_tables(self) -> set[str]:
         inspector = sa.inspect(self.engine)
