@@ -1,0 +1,71 @@
+#!/bin/sh
+# Restore OMOP CDM 5.4 tables from CEHR-GPT patient sequences with local Spark (the seed's Step 2).
+#
+#   sh scripts/omop_pipeline.sh --patient-sequence-folder=P --omop-folder=O \
+#       --source-omop-folder=V [--cpu-cores=N]
+#
+# Flags take "--flag=value" or "--flag value". Runs `$PYTHON -m cehrgpt.omop.restore`
+# (PYTHON defaults to `python` on PATH) on local[N]; N defaults to every core.
+# Output: O/<table>/, O/rejected/, O/restore_report.json and, last, O/_SUCCESS.
+set -eu
+
+usage() {
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+die() {
+    printf 'error: %s\n' "$1" >&2
+    exit 2
+}
+
+patient_sequence_folder=
+omop_folder=
+source_omop_folder=
+cpu_cores=
+
+while [ $# -gt 0 ]; do
+    flag=$1
+    case $flag in
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        --*=*)
+            name=${flag%%=*}
+            value=${flag#*=}
+            ;;
+        --*)
+            name=$flag
+            [ $# -ge 2 ] || die "$name needs a value"
+            value=$2
+            shift
+            ;;
+        *)
+            die "unexpected argument '$flag' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores)"
+            ;;
+    esac
+    case $name in
+        --patient-sequence-folder) patient_sequence_folder=$value ;;
+        --omop-folder) omop_folder=$value ;;
+        --source-omop-folder) source_omop_folder=$value ;;
+        --cpu-cores) cpu_cores=$value ;;
+        *) die "unknown flag '$name' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores)" ;;
+    esac
+    shift
+done
+
+[ -n "$patient_sequence_folder" ] || die "--patient-sequence-folder is required"
+[ -n "$omop_folder" ] || die "--omop-folder is required"
+[ -n "$source_omop_folder" ] || die "--source-omop-folder is required"
+if [ -z "$cpu_cores" ]; then
+    cpu_cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+fi
+case $cpu_cores in
+    '' | *[!0-9]* | 0 | 0*) die "--cpu-cores must be a positive whole number, got '$cpu_cores'" ;;
+esac
+
+exec "${PYTHON:-python}" -m cehrgpt.omop.restore \
+    --patient_sequence_folder "$patient_sequence_folder" \
+    --omop_folder "$omop_folder" \
+    --source_omop_folder "$source_omop_folder" \
+    --spark_master "local[$cpu_cores]"

@@ -1,0 +1,126 @@
+"""scripts/omop_pipeline.sh: the seed's command line, both flag forms, portable sh, a real local run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omop_restore_data import SEQUENCES, write_sequences, write_vocabulary
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "omop_pipeline.sh"
+
+
+def run_script(args: list[str], python: str, shell: str = "sh") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": python}
+    return subprocess.run([shell, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture
+def echo_python(tmp_path) -> str:
+    """A stand-in for python that prints the arguments it was given, one per line."""
+    stub = tmp_path / "echo-python"
+    stub.write_text('#!/bin/sh\nfor a in "$@"; do printf \'%s\\n\' "$a"; done\n')
+    stub.chmod(0o755)
+    return str(stub)
+
+
+EXPECTED = [
+    "-m",
+    "cehrgpt.omop.restore",
+    "--patient_sequence_folder",
+    "/in/gen sequences/",
+    "--omop_folder",
+    "gs://bucket/omop",
+    "--source_omop_folder",
+    "/vocab",
+    "--spark_master",
+    "local[10]",
+]
+
+
+@pytest.mark.parametrize("shell", ["sh", "dash"])
+def test_script_is_valid_posix_sh(shell):
+    assert subprocess.run([shell, "-n", str(SCRIPT)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [
+            "--patient-sequence-folder=/in/gen sequences/",
+            "--omop-folder=gs://bucket/omop",
+            "--source-omop-folder=/vocab",
+            "--cpu-cores=10",
+        ],
+        [
+            "--patient-sequence-folder",
+            "/in/gen sequences/",
+            "--omop-folder",
+            "gs://bucket/omop",
+            "--source-omop-folder",
+            "/vocab",
+            "--cpu-cores",
+            "10",
+        ],
+    ],
+    ids=["equals", "space"],
+)
+def test_both_flag_forms_run_the_restore_module_on_local_spark(echo_python, args):
+    result = run_script(args, echo_python, shell="dash")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == EXPECTED
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--omop-folder=o", "--source-omop-folder=v"], "error: --patient-sequence-folder is required"),
+        (["--patient-sequence-folder=p", "--source-omop-folder=v"], "error: --omop-folder is required"),
+        (["--patient-sequence-folder=p", "--omop-folder=o"], "error: --source-omop-folder is required"),
+        (
+            ["--patient-sequence-folder=p", "--omop-folder=o", "--source-omop-folder=v", "--cpu-cores=two"],
+            "error: --cpu-cores must be a positive whole number, got 'two'",
+        ),
+        (
+            ["--patient-sequence-folder=p", "--omop-folder=o", "--source-omop-folder=v", "--cpu-cores=0"],
+            "error: --cpu-cores must be a positive whole number, got '0'",
+        ),
+        (["--patient-sequence-folder"], "error: --patient-sequence-folder needs a value"),
+        (["--output=x"], "error: unknown flag '--output'"),
+        (["stray"], "error: unexpected argument 'stray'"),
+    ],
+)
+def test_bad_arguments_fail_with_one_line(echo_python, args, message):
+    result = run_script(args, echo_python)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
+    assert result.stdout == ""
+
+
+def test_help_exits_zero(echo_python):
+    result = run_script(["--help"], echo_python)
+    assert result.returncode == 0 and "--patient-sequence-folder=P" in result.stdout
+
+
+def test_real_run_with_the_seed_command_line(tmp_path):
+    seq = write_sequences(tmp_path / "generated_sequences", SEQUENCES[:2])
+    vocab = write_vocabulary(tmp_path / "vocab")
+    out = tmp_path / "restored_omop"
+    result = run_script(
+        [
+            f"--patient-sequence-folder={seq}/",
+            f"--omop-folder={out}/",
+            f"--source-omop-folder={vocab}",
+            "--cpu-cores=2",
+        ],
+        sys.executable,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "restore_report.json").read_text())
+    assert (report["input_patients"], report["patients_restored"]) == (2, 2)
+    assert (out / "_SUCCESS").exists()
+    assert "restored 2 of 2 patients" in result.stdout
