@@ -13,6 +13,7 @@ Each loader calls ``on_rows(n)`` after every chunk it has handed to the database
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -190,7 +191,7 @@ def insert_mysql_values(
     assert raw is not None
     columns = ", ".join(conn.dialect.identifier_preparer.quote(f.name) for f in cdm_fields(table))
     head = f"INSERT INTO {qualified(conn.dialect, staging.schema, staging.name)} ({columns}) VALUES "
-    with raw.cursor() as cursor:
+    with contextlib.closing(raw.cursor()) as cursor:
         for chunk in conformed_chunks(table, files, chunk_size):
             batch: list[str] = []
             size = 0
@@ -223,8 +224,7 @@ def insert_sqlite(
         f"INSERT INTO {qualified(conn.dialect, staging.schema, staging.name)} "
         f"({', '.join(quote(c) for c in columns)}) VALUES ({', '.join('?' for _ in columns)})"
     )
-    cursor = raw.cursor()
-    try:
+    with contextlib.closing(raw.cursor()) as cursor:
         for chunk in conformed_chunks(table, files, chunk_size):
             values = []
             for column in chunk.columns:
@@ -235,5 +235,3 @@ def insert_sqlite(
                 values.append(column.to_pylist())
             cursor.executemany(sql, list(zip(*values, strict=True)))
             on_rows(chunk.num_rows)
-    finally:
-        cursor.close()
