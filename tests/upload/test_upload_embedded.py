@@ -29,6 +29,9 @@ from cehrgpt.tools.upload_omop import main
 from cehrgpt.upload import UploadError, upload_omop
 
 CDM_TABLES = ["death", "measurement", "observation_period", "person"]
+PERSON_COLUMNS = (
+    "person_id, gender_concept_id, year_of_birth, birth_datetime, race_concept_id, person_source_value"
+)
 
 
 @pytest.fixture(params=["duckdb", "sqlite"])
@@ -160,6 +163,20 @@ def test_stale_staging_tables_of_a_killed_run_are_dropped(restored_omop, target)
     engine.dispose()
     upload_omop(restored_omop, target)
     assert table_names(target) == sorted([*CDM_TABLES, "mine__cehrgpt_staging"])
+
+
+def test_empty_tables_and_upper_case_columns(tmp_path, target):
+    folder = tmp_path / "omop"
+    write_table(
+        folder,
+        "death",
+        PERSON.slice(0, 0).select(["person_id"]).append_column("death_date", pa.array([], pa.date32())),
+    )
+    upper = PERSON.rename_columns([name.upper() for name in PERSON.column_names])
+    write_table(folder, "person", upper)
+    summary = upload_omop(folder, target)
+    assert summary["tables"]["death"]["rows_in_target"] == 0
+    assert rows(target, "person", PERSON_COLUMNS) == EXPECTED_PERSON
 
 
 def test_the_default_schema_can_be_named(restored_omop, target):

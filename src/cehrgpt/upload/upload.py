@@ -209,8 +209,10 @@ class _Upload:
 
     def run(self) -> dict[str, dict[str, Any]]:
         with self._database_errors(f"connecting to {display_url(self.engine.url)}", unchanged=True):
-            existing = self._existing_tables()
+            self._check_schema()
         with self._exclusive_upload():
+            with self._database_errors("listing the target tables", unchanged=True):
+                existing = set(sa.inspect(self.engine).get_table_names(schema=self.schema))
             return self._run(existing)
 
     def _run(self, existing: set[str]) -> dict[str, dict[str, Any]]:
@@ -298,13 +300,13 @@ class _Upload:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _existing_tables(self) -> set[str]:
+    def _check_schema(self) -> None:
+        """Connect, and refuse a schema that does not exist (creating one is the DBA's call)."""
         inspector = sa.inspect(self.engine)
         if self.schema is not None and self.schema not in _schema_names(inspector):
             raise UploadError(
                 f"schema '{self.schema}' does not exist in {display_url(self.engine.url)}; create it first"
             )
-        return set(inspector.get_table_names(schema=self.schema))
 
     def _drop_stale(self, existing: set[str]) -> None:
         prefixes = set(cdm_tables())
