@@ -171,7 +171,12 @@ def create_target_engine(url: URL) -> Engine:
             "mysql+pymysql, duckdb or sqlite"
         ) from None
     except ImportError as exc:
-        raise UploadError(f"the {url.drivername} driver cannot be loaded ({exc})") from None
+        hint = (
+            "; install unixODBC and Microsoft's ODBC Driver 18 for SQL Server (or FreeTDS)"
+            if backend == "mssql"
+            else ""
+        )
+        raise UploadError(f"the {url.drivername} driver cannot be loaded ({exc}){hint}") from None
     if backend == "sqlite":
         _real_sqlite_transactions(engine)
     if backend in ("mysql", "mariadb"):
