@@ -104,6 +104,12 @@ def test_mysql_and_mariadb_jdbc_urls_use_pymysql_utf8mb4():
         ),
         ("jdbc:mysql://h/db?useSSL=true", "TLS settings in a MySQL/MariaDB base_url are not translated"),
         ("jdbc:sqlserver://h:port;databaseName=x", "base_url: port 'port' is not a number"),
+        ("jdbc:sqlserver://h;portNumber=x1", "base_url: port 'x1' is not a number"),
+        ("jdbc:postgresql://h:54x/db", "base_url: the port in 'h:54x' is not a number"),
+        (
+            "jdbc:mariadb://h/db?sslMode=verify-full",
+            "TLS settings in a MySQL/MariaDB base_url are not translated",
+        ),
     ],
 )
 def test_untranslatable_jdbc_urls_are_refused_by_name(jdbc, message):

@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, quote_plus, urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -206,6 +206,15 @@ def _split_host_port(text: str, what: str) -> tuple[str | None, int | None]:
     return host, int(port)
 
 
+def _port(parts: SplitResult) -> int | None:
+    try:
+        return parts.port
+    except ValueError:
+        raise UploadError(
+            f"base_url: the port in {parts.netloc.rpartition('@')[2]!r} is not a number"
+        ) from None
+
+
 def _sqlserver_url(rest: str, *, freetds: bool, odbc_driver: str | None) -> URL:
     server, *pairs = rest.split(";")
     properties = {}
@@ -216,7 +225,11 @@ def _sqlserver_url(rest: str, *, freetds: bool, odbc_driver: str | None) -> URL:
         properties[key.strip().lower()] = value.strip()
     host, port = _split_host_port(server, "base_url")
     host = properties.pop("servername", None) or host
-    port = int(properties.pop("portnumber", properties.pop("port", "0")) or 0) or port
+    port_property = properties.pop("portnumber", None) or properties.pop("port", None)
+    if port_property is not None:
+        if not port_property.isdigit():
+            raise UploadError(f"base_url: port {port_property!r} is not a number")
+        port = int(port_property)
     instance = properties.pop("instancename", None)
     if host and "\\" in host:
         host, instance = host.split("\\", 1)
@@ -317,14 +330,14 @@ def _postgresql_url(text: str) -> URL:
         username=username,
         password=password,
         host=parts.hostname,
-        port=parts.port,
+        port=_port(parts),
         database=parts.path.lstrip("/") or None,
         query=query,
     )
 
 
 # MySQL/MariaDB JDBC properties that change nothing for us: we always speak utf8mb4 and store naive datetimes.
-_MYSQL_IGNORED = {"useunicode", "characterencoding", "servertimezone", "rewritebatchedstatements", "usessl"}
+_MYSQL_IGNORED = {"useunicode", "characterencoding", "servertimezone", "rewritebatchedstatements"}
 
 
 def _mysql_url(text: str) -> URL:
@@ -332,12 +345,9 @@ def _mysql_url(text: str) -> URL:
     properties = {key.lower(): value for key, value in parse_qsl(parts.query, keep_blank_values=True)}
     username = properties.pop("user", None) or parts.username
     password = properties.pop("password", None) or parts.password
-    if properties.get("usessl", "false").lower() in _TRUE or properties.pop(
-        "sslmode", "disabled"
-    ).lower() not in (
-        "disabled",
-        "disable",
-    ):
+    wants_tls = properties.pop("usessl", "false").lower() in _TRUE
+    wants_tls |= properties.pop("sslmode", "disabled").lower() not in ("disabled", "disable")
+    if wants_tls:
         raise UploadError(
             "TLS settings in a MySQL/MariaDB base_url are not translated; give sqlalchemy_url with "
             "ssl_ca=/path/to/ca.pem instead"
@@ -354,7 +364,7 @@ def _mysql_url(text: str) -> URL:
         username=username,
         password=password,
         host=parts.hostname,
-        port=parts.port,
+        port=_port(parts),
         database=parts.path.lstrip("/") or None,
         query={"charset": "utf8mb4"},
     )
