@@ -77,12 +77,22 @@ def naive_nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def median_seconds(run, repeats: int) -> float:
-    times = []
+    return timed(run, repeats)[0]
+
+
+def timed(run, repeats: int) -> tuple[float, float]:
+    """Median wall seconds and median CPU seconds (all threads) of ``repeats`` runs.
+
+    On a shared machine the wall time depends on the load; CPU seconds do not,
+    and on an idle machine wall ≈ CPU / cores for this BLAS-bound work.
+    """
+    walls, cpus = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - started)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main(argv: list[str] | None = None) -> int:

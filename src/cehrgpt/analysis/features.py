@@ -141,7 +141,7 @@ def parse_patients(frame: pd.DataFrame, check_grammar: bool) -> PatientSet:
         genders.append(grammar.concept_id_of(tokens[2]) or 0)
         races.append(grammar.concept_id_of(tokens[3]) or 0)
         lengths.append(len(concepts))
-        values.extend(sorted(concepts))  # type: ignore[type-var]
+        values.extend(sorted(c for c in concepts if c is not None))
     indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
     return PatientSet(
@@ -293,17 +293,18 @@ class _Products:
         if extra_b is not None:
             b_dense = np.hstack([b_dense, extra_b.astype(dtype)[:, None]])
         self.b_dense_t = np.ascontiguousarray(b_dense.T)
-        self.extra_a = None if extra_a is None else extra_a.astype(dtype)
+        self.extra_a: np.ndarray | None = None if extra_a is None else extra_a.astype(dtype)
         self.a_rare = a[:, rare].tocsr().astype(dtype) if len(rare) else None
         self.b_rare_t = (b[:, rare].T.tocsr() * b_weight).astype(dtype) if len(rare) else None
 
-    def __call__(self, start: int, stop: int) -> np.ndarray:
+    def __call__(self, start: int, stop: int, b_start: int = 0) -> np.ndarray:
+        """The product of rows ``start:stop`` of a with rows ``b_start:`` of b."""
         a_dense = self.a_dense[start:stop].toarray().astype(self.dtype, copy=False)
         if self.extra_a is not None:
             a_dense = np.hstack([a_dense, self.extra_a[start:stop, None]])
-        product = a_dense @ self.b_dense_t
+        product = a_dense @ self.b_dense_t[:, b_start:]
         if self.a_rare is not None and self.b_rare_t is not None:
-            product += (self.a_rare[start:stop] @ self.b_rare_t).toarray()
+            product += (self.a_rare[start:stop] @ self.b_rare_t[:, b_start:]).toarray()
         return product
 
 
@@ -315,14 +316,46 @@ def _whole_years(m: FeatureMatrix) -> np.ndarray | None:
     return years if np.allclose(years, m.age * m.age_span, atol=1e-6) else None
 
 
-def _scan(
-    a: FeatureMatrix,
-    b: FeatureMatrix,
-    *,
-    leave_one_out: bool,
-    both_directions: bool,
-    chunk_size: int,
-) -> NearestNeighbours:
+@dataclass(frozen=True)
+class _Setup:
+    products: _Products
+    a_norms: np.ndarray  # float64, scaled
+    b_norms: np.ndarray
+    a_norms_block: np.ndarray  # in the block dtype
+    b_norms_block: np.ndarray
+    scale: float
+
+
+def _setup(a: FeatureMatrix, b: FeatureMatrix) -> _Setup:
+    """Norms and products in the units described in :func:`_scan`."""
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError(f"nearest neighbours need two non-empty sets, got {len(a)} and {len(b)} rows")
+    if (a.age is None) != (b.age is None) or a.age_span != b.age_span:
+        raise ValueError("both sets must be encoded on the same feature space")
+    a_years, b_years = _whole_years(a), _whole_years(b)
+    a_age, b_age = (a_years, b_years) if a_years is not None and b_years is not None else (a.age, b.age)
+    scale = a.age_span**2 if a_years is not None and b_years is not None else 1.0
+    a_norms = scale * np.diff(a.binary.indptr).astype(np.float64)
+    b_norms = scale * np.diff(b.binary.indptr).astype(np.float64)
+    if a_age is not None and b_age is not None:
+        a_norms, b_norms = a_norms + a_age**2, b_norms + b_age**2
+    whole_numbers = scale != 1.0 or a_age is None
+    dtype = np.float32 if whole_numbers and float(a_norms.max() + b_norms.max()) < 2**24 else np.float64
+    return _Setup(
+        products=_Products(a.binary, b.binary, dtype, b_weight=scale, extra_a=a_age, extra_b=b_age),
+        a_norms=a_norms,
+        b_norms=b_norms,
+        a_norms_block=a_norms.astype(dtype),
+        b_norms_block=b_norms.astype(dtype),
+        scale=scale,
+    )
+
+
+def _clean(distance: np.ndarray, scale: float) -> np.ndarray:
+    return np.round(np.maximum(distance, 0.0) / scale, _DISTANCE_DECIMALS)
+
+
+def _scan(a: FeatureMatrix, b: FeatureMatrix, *, both_directions: bool, chunk_size: int) -> NearestNeighbours:
     """Nearest neighbours by blocks of ``chunk_size`` rows of ``a`` against all of ``b``.
 
     Distances are computed scaled by ``span²`` (span = the age scale's years) so
@@ -330,42 +363,20 @@ def _scan(
     those stay below 2^24 the blocks are float32 and exact, so ties are exact
     too; otherwise the blocks are float64.
     """
-    if len(a) == 0 or len(b) == 0:
-        raise ValueError(f"nearest neighbours need two non-empty sets, got {len(a)} and {len(b)} rows")
-    if (a.age is None) != (b.age is None) or a.age_span != b.age_span:
-        raise ValueError("both sets must be encoded on the same feature space")
-    a_years, b_years = _whole_years(a), _whole_years(b)
-    a_binary_norms = np.diff(a.binary.indptr).astype(np.float64)
-    b_binary_norms = np.diff(b.binary.indptr).astype(np.float64)
-    if a_years is not None and b_years is not None:
-        scale = a.age_span**2
-        a_age, b_age = a_years, b_years
-    else:
-        scale = 1.0
-        a_age, b_age = a.age, b.age
-    a_norms = scale * a_binary_norms + (0.0 if a_age is None else a_age**2)
-    b_norms = scale * b_binary_norms + (0.0 if b_age is None else b_age**2)
-    largest = float(a_norms.max() + b_norms.max())
-    exact32 = scale != 1.0 or a_age is None
-    dtype = np.float32 if exact32 and largest < 2**24 else np.float64
-    products = _Products(a.binary, b.binary, dtype, b_weight=scale, extra_a=a_age, extra_b=b_age)
-    a_norms_t, b_norms_t = a_norms.astype(dtype), b_norms.astype(dtype)
+    setup = _setup(a, b)
     n_a, n_b = len(a), len(b)
     row_distance = np.empty(n_a, dtype=np.float64)
     row_index = np.empty(n_a, dtype=np.int64)
-    col_distance = np.full(n_b, np.inf) if both_directions else None
-    col_index = np.zeros(n_b, dtype=np.int64) if both_directions else None
+    col_distance = np.full(n_b, np.inf)
+    col_index = np.zeros(n_b, dtype=np.int64)
     for start in range(0, n_a, chunk_size):
         stop = min(start + chunk_size, n_a)
         rows = np.arange(stop - start)
-        block = products(start, stop)
+        block = setup.products(start, stop)
         block *= -2
-        block += b_norms_t[None, :]
-        if leave_one_out:
-            block[rows, start + rows] = np.inf
+        block += setup.b_norms_block[None, :]
         if both_directions:
-            assert col_distance is not None and col_index is not None
-            block += a_norms_t[start:stop, None]
+            block += setup.a_norms_block[start:stop, None]
             best = np.argmin(block, axis=1)
             row_distance[start:stop] = block[rows, best]
             col_best = np.argmin(block, axis=0)
@@ -375,18 +386,47 @@ def _scan(
             col_index[better] = col_best[better] + start
         else:
             best = np.argmin(block, axis=1)
-            row_distance[start:stop] = block[rows, best].astype(np.float64) + a_norms[start:stop]
+            row_distance[start:stop] = block[rows, best].astype(np.float64) + setup.a_norms[start:stop]
         row_index[start:stop] = best
-
-    def clean(distance: np.ndarray) -> np.ndarray:
-        return np.round(np.maximum(distance, 0.0) / scale, _DISTANCE_DECIMALS)
-
     return NearestNeighbours(
-        a_to_b_distance=clean(row_distance),
+        a_to_b_distance=_clean(row_distance, setup.scale),
         a_to_b_index=row_index,
-        b_to_a_distance=clean(col_distance) if col_distance is not None else None,
-        b_to_a_index=col_index,
+        b_to_a_distance=_clean(col_distance, setup.scale) if both_directions else None,
+        b_to_a_index=col_index if both_directions else None,
     )
+
+
+def _scan_self(a: FeatureMatrix, *, chunk_size: int) -> NearestNeighbours:
+    """Leave-one-out nearest neighbours over the upper triangle only (half the products of a full scan).
+
+    A block of rows ``start:stop`` meets columns ``start:``; its row minima and
+    column minima both update the running best, ties going to the lowest index.
+    """
+    setup = _setup(a, a)
+    n = len(a)
+    best_distance = np.full(n, np.inf)
+    best_index = np.zeros(n, dtype=np.int64)
+
+    def offer(targets: np.ndarray, distance: np.ndarray, index: np.ndarray) -> None:
+        current, current_index = best_distance[targets], best_index[targets]
+        better = (distance < current) | ((distance == current) & (index < current_index))
+        best_distance[targets[better]] = distance[better]
+        best_index[targets[better]] = index[better]
+
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        rows = np.arange(stop - start)
+        block = setup.products(start, stop, b_start=start)
+        block *= -2
+        block += setup.b_norms_block[None, start:]
+        block += setup.a_norms_block[start:stop, None]
+        block[rows, rows] = np.inf
+        row_best = np.argmin(block, axis=1)
+        offer(start + rows, block[rows, row_best].astype(np.float64), row_best + start)
+        col_best = np.argmin(block, axis=0)
+        columns = np.arange(n - start)
+        offer(start + columns, block[col_best, columns].astype(np.float64), col_best + start)
+    return NearestNeighbours(a_to_b_distance=_clean(best_distance, setup.scale), a_to_b_index=best_index)
 
 
 def nearest_neighbours(
@@ -397,14 +437,14 @@ def nearest_neighbours(
     Ties go to the lowest index. Both directions come from the same pass over the
     distance blocks, so asking for both costs little more than one.
     """
-    return _scan(a, b, leave_one_out=False, both_directions=both_directions, chunk_size=chunk_size)
+    return _scan(a, b, both_directions=both_directions, chunk_size=chunk_size)
 
 
 def nearest_other(a: FeatureMatrix, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> NearestNeighbours:
     """Nearest *other* row of ``a`` for every row of ``a`` (leave-one-out; needs at least 2 rows)."""
     if len(a) < 2:
         raise ValueError(f"leave-one-out nearest neighbours need at least 2 rows, got {len(a)}")
-    return _scan(a, a, leave_one_out=True, both_directions=False, chunk_size=chunk_size)
+    return _scan_self(a, chunk_size=chunk_size)
 
 
 def sample_indices(rng: np.random.Generator, available: int, requested: int) -> np.ndarray:

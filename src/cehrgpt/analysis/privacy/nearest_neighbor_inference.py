@@ -96,6 +96,7 @@ def nnaa_analysis(
         d_ss = nearest_other(s, chunk_size=chunk_size).a_to_b_distance
         ts = nearest_neighbours(t, s, both_directions=True, chunk_size=chunk_size)
         es = nearest_neighbours(e, s, both_directions=True, chunk_size=chunk_size)
+        assert ts.b_to_a_distance is not None and es.b_to_a_distance is not None
         aa_train, ties_train = adversarial_accuracy(
             ts.a_to_b_distance,
             nearest_other(t, chunk_size=chunk_size).a_to_b_distance,
