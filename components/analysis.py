@@ -214,7 +214,6 @@ def fidelity_report(
     import shutil
 
     from cehrgpt.analysis.fidelity import main
-
     from cehrgpt.pipeline.steps import (
         GENERATED_SEQUENCES,
         TRAIN_SEQUENCES,
@@ -265,10 +264,11 @@ def privacy_gate(
     from cehrgpt.pipeline.steps import flags, run_stage
 
     folders = [attribute_inference, member_inference, nearest_neighbor_inference, reid_inference, fidelity]
-    argv = ["--metrics", *(folder.path for folder in folders)] + flags(
+    thresholds = flags(
         max_reid_risk=max_reid_risk,
         max_nnaa_privacy_loss=max_nnaa_privacy_loss,
         max_mia_f1_above_chance=max_mia_f1_above_chance,
         output_folder=verdict.path,
     )
+    argv = ["--metrics", *(folder.path for folder in folders), *thresholds]
     run_stage("gate", main, argv)

@@ -306,3 +306,26 @@ def test_compare_reads_runs_from_google_cloud_storage(capsys):
     assert capsys.readouterr().out == (
         "metric,run-b\nmember-inference.f1,0.61\nprepare-sequences.rows.person,2694\nreid-inference.risk,0.1\n"
     )
+
+
+def test_compare_reads_runs_by_id_from_a_kubeflow_host(tmp_path, capsys):
+    _run_folder(tmp_path / "root" / "cehrgpt-end-to-end" / "run-9", RUN_A)
+
+    def kubeflow(method, path, body):
+        if path.startswith("/apis/v2beta1/runs/run-9"):
+            return 200, {
+                "run_id": "run-9",
+                "runtime_config": {"pipeline_root": str(tmp_path / "root")},
+                "pipeline_spec": {"pipelineInfo": {"name": "cehrgpt-end-to-end"}},
+            }
+        if path.startswith("/apis/v2beta1/runs/"):
+            return 404, {"error": "not found"}
+        return 200, {}
+
+    with serve(kubeflow) as (url, _):
+        assert main(["pipeline", "compare", "run-9", "--host", url, "--format", "csv"]) == 0
+        assert capsys.readouterr().out == (
+            "metric,run-9\nmember-inference.accuracy,0.51\nmember-inference.f1,0.5\nreid-inference.risk,0.02\n"
+        )
+        assert main(["pipeline", "compare", "run-0", "--host", url]) == 2
+        assert capsys.readouterr().err == f"error: cannot read run run-0 from {url}: 404\n"

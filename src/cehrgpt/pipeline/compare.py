@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -83,8 +84,15 @@ def run_location(run_id: str, host: str, pipeline_root: str | None = None, clien
     if client is None:
         import kfp
 
-        client = kfp.Client(host=host)
-    run = client.get_run(run_id)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "This client only works with", FutureWarning)
+            client = kfp.Client(host=host)
+    try:
+        run = client.get_run(run_id)
+    except Exception as e:  # kfp_server_api.ApiException or a connection error
+        raise CompareError(
+            f"cannot read run {run_id} from {host}: {getattr(e, 'status', '') or type(e).__name__}"
+        ) from None
     runtime = getattr(run, "runtime_config", None)
     root = pipeline_root or (getattr(runtime, "pipeline_root", None) if runtime else None)
     if not root:

@@ -102,9 +102,9 @@ def build_spark_application(
     ):
         if not isinstance(value, int) or value < 1:
             raise SparkApplicationError(f"{what} must be a positive integer, got {value!r}")
-    for what, value in (("driver_memory", driver_memory), ("executor_memory", executor_memory)):
-        if not _QUANTITY.match(str(value)):
-            raise SparkApplicationError(f"{what} must be a Spark memory size such as '4g', got {value!r}")
+    for what, memory in (("driver_memory", driver_memory), ("executor_memory", executor_memory)):
+        if not _QUANTITY.match(str(memory)):
+            raise SparkApplicationError(f"{what} must be a Spark memory size such as '4g', got {memory!r}")
     pod_labels = {"app.kubernetes.io/part-of": "cehrgpt", **(labels or {})}
     env_vars = [{"name": k, "value": v} for k, v in sorted((env or {}).items())]
     role: dict[str, Any] = {"labels": pod_labels}
