@@ -22,8 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_folder", required=True, help="patient_sequence folder with train/ and test/")
     parser.add_argument("--output_folder", required=True, help="model folder to write (empty or absent)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size (default tiny)")
-    parser.add_argument("--max_steps", type=int, help="optimizer steps; overrides --epochs")
-    parser.add_argument("--epochs", type=int, help="passes over the training patients")
+    parser.add_argument(
+        "--max_steps", type=int, help="optimizer steps; wins over --epochs (tiny: 80 by default)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, help="passes over the training patients, when --max_steps is unset"
+    )
     parser.add_argument("--batch_size", type=int, help="windows per step per device")
     parser.add_argument("--learning_rate", type=float, help="peak AdamW learning rate (cosine decay)")
     parser.add_argument("--context_window", type=int, help="longest window in tokens, prompt included")

@@ -103,7 +103,10 @@ def resolve_settings(preset: str = "tiny", **overrides) -> TrainSettings:
             f"unknown setting(s) {', '.join(unknown)}: expected some of {', '.join(sorted(known))}"
         )
     given = {name: value for name, value in overrides.items() if value is not None}
-    s = TrainSettings(preset=preset, **{**PRESETS[preset].as_dict(), **given})
+    defaults = PRESETS[preset].as_dict()
+    if "epochs" in given and "max_steps" not in given:
+        defaults["max_steps"] = None  # asking for epochs overrides the preset's step budget
+    s = TrainSettings(preset=preset, **{**defaults, **given})
     at_least_one = (
         "epochs",
         "batch_size",

@@ -1,0 +1,35 @@
+"""Preset resolution: preset defaults, overrides, and the step budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from cehrgpt.train.trainer import TrainError, resolve_settings
+
+
+def test_tiny_is_the_demo_shape_with_a_step_budget():
+    s = resolve_settings("tiny")
+    assert (s.n_layer, s.n_embd, s.n_head, s.context_window) == (4, 256, 4, 512)
+    assert (s.max_steps, s.epochs, s.batch_size) == (80, 1, 16)
+
+
+def test_asking_for_epochs_drops_the_preset_step_budget():
+    assert resolve_settings("tiny", epochs=3).max_steps is None
+    assert resolve_settings("tiny", epochs=3, max_steps=5).max_steps == 5
+
+
+def test_small_and_base_train_by_epochs():
+    small, base = resolve_settings("small"), resolve_settings("base")
+    assert (small.n_layer, small.n_embd, small.max_steps) == (6, 512, None)
+    assert (base.n_layer, base.n_embd, base.max_steps) == (12, 768, None)
+
+
+def test_none_overrides_keep_the_preset_value():
+    assert resolve_settings("tiny", batch_size=None).batch_size == 16
+
+
+def test_unknown_settings_and_presets_are_named():
+    with pytest.raises(TrainError, match="unknown setting\\(s\\) batchsize: expected some of"):
+        resolve_settings("tiny", batchsize=3)
+    with pytest.raises(TrainError, match="unknown preset 'huge': expected one of tiny, small, base"):
+        resolve_settings("huge")
