@@ -153,3 +153,10 @@ def test_no_parseable_synthetic_patient(report, make_folder, capsys):
     argv[argv.index("--synthetic_data_folder") + 1] = make_folder("broken", [SYNTHETIC[2]])
     assert fidelity.main(argv) == 2
     assert "holds no parseable patient (1 row(s) excluded" in capsys.readouterr().err
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exited:
+        fidelity.main(["--help"])
+    assert exited.value.code == 0
+    assert "--min_pair_support" in capsys.readouterr().out

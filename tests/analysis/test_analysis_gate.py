@@ -93,3 +93,10 @@ def test_conflicting_metric_values(tmp_path, capsys):
     b = metrics_folder(tmp_path, "b", {"reid_risk": 0.5})
     assert gate.main(["--metrics", str(a), str(b)]) == 2
     assert "metric 'reid_risk' is 0.02 in one file and 0.5 in" in capsys.readouterr().err
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exited:
+        gate.main(["--help"])
+    assert exited.value.code == 0
+    assert "--max_reid_risk" in capsys.readouterr().out

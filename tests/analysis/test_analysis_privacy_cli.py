@@ -247,3 +247,13 @@ def test_config_command_writes_a_yml_the_analyses_read(folders, tmp_path, capsys
         "error: --num_sensitive 9: only 0 concept(s) below the common ones have a prevalence under 0.5 "
         "and at least 5 patients\n"
     )
+
+
+@pytest.mark.parametrize(
+    "module", [attribute_inference, member_inference, nearest_neighbor_inference, reid_inference, config]
+)
+def test_help(module, capsys):
+    with pytest.raises(SystemExit) as exited:
+        module.main(["--help"])
+    assert exited.value.code == 0
+    assert "--training_data_folder" in capsys.readouterr().out
