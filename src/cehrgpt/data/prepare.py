@@ -236,7 +236,7 @@ def read_inputs(spark: SparkSession, source: OmopSource, domains: Sequence[str])
     splits = _optional_table(spark, source, "patient_splits", ["person_id", "split"], [], absent)
     if splits is not None:
         bad = splits.where(~F.col("split").isin("train", "test") | F.col("split").isNull())
-        counted = bad.agg(F.count(F.lit(1)).alias("n"), F.first("split").alias("example")).first()
+        counted = bad.agg(F.count(F.lit(1)).alias("n"), F.first("split").alias("example")).collect()[0]
         if counted["n"]:
             raise OmopSourceError(
                 f"patient_splits.split: {counted['n']} values are not train/test, e.g. {counted['example']!r}"
@@ -306,12 +306,12 @@ def _run(
         "visit_occurrence": sum(visit_reasons.values()),
     }
     events_by_table: dict[str, dict[str, int]] = {}
-    for (table, reason), n in sorted(event_reasons.items()):
-        events_by_table.setdefault(table, {})[reason] = n
+    for (table_name, reason), n in sorted(event_reasons.items()):
+        events_by_table.setdefault(table_name, {})[reason] = n
     for name in inputs.domain_tables:
-        table = EVENT_DOMAINS[name].table
-        events_by_table.setdefault(table, {})
-        tables_read[table] = sum(events_by_table[table].values())
+        table_name = EVENT_DOMAINS[name].table
+        events_by_table.setdefault(table_name, {})
+        tables_read[table_name] = sum(events_by_table[table_name].values())
     if deaths_read is not None:
         tables_read["death"] = deaths_read
     kept_events = sum(r.get(ev.KEPT, 0) for r in events_by_table.values())

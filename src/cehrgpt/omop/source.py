@@ -73,7 +73,7 @@ def column_types(table: str) -> dict[str, T.DataType]:
         return {}
 
 
-_TYPE_WORDS = {
+_TYPE_WORDS: dict[T.DataType, str] = {
     T.LongType(): "integers",
     T.DoubleType(): "numbers",
     T.DateType(): "dates",
@@ -369,7 +369,7 @@ class SqlAlchemySource(OmopSource):
         except Exception as error:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise OmopSourceError(f"omop source: cannot connect to {_redacted(spec)}: {message}") from None
-        self._tables = {}
+        self._tables: dict[str, str] = {}
         for table in sorted(names):
             self._tables.setdefault(table.lower(), table)
 
@@ -383,7 +383,7 @@ class SqlAlchemySource(OmopSource):
         import sqlalchemy as sa
 
         names = list(columns) if columns is not None else self._raw_columns(spark, name)
-        statement = sa.select(*[sa.column(c) for c in names]).select_from(sa.table(self._tables[name]))
+        statement: Any = sa.select(*[sa.column(c) for c in names]).select_from(sa.table(self._tables[name]))
         with self._engine.connect() as connection:
             rows = connection.execute(statement).fetchall()
         arrays = {c: _arrow_column([row[i] for row in rows]) for i, c in enumerate(names)}
