@@ -6,6 +6,7 @@ import duckdb_engine
 from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
 
 from cehrgpt.upload.ddl import SwapItem, append_statements, create_table_sql, replace_statements
+from cehrgpt.upload.upload import lock_timeout_statements
 
 
 def lines(sql: str) -> list[str]:
@@ -108,3 +109,10 @@ def test_append_inserts_into_existing_targets_and_renames_missing_ones():
     assert statements[0].startswith("INSERT INTO person (person_id, gender_concept_id, year_of_birth, ")
     assert statements[0].endswith("ethnicity_source_concept_id FROM person__cehrgpt_staging")
     assert statements[1:] == ["ALTER TABLE death__cehrgpt_staging RENAME TO death"]
+
+
+def test_swap_lock_timeouts_per_dialect():
+    assert lock_timeout_statements("postgresql", 1.5) == ["SET LOCAL lock_timeout = 1500"]
+    assert lock_timeout_statements("mssql", 1.5) == ["SET LOCK_TIMEOUT 1500"]
+    assert lock_timeout_statements("mariadb", 1.5) == ["SET SESSION lock_wait_timeout = 2"]
+    assert lock_timeout_statements("duckdb", 1.5) == []

@@ -399,3 +399,26 @@ def test_a_second_upload_into_the_same_schema_is_refused(request, restored_omop,
     engine.dispose()
     assert state(url, schema) == before
     upload_omop(restored_omop, url, schema=schema)  # the lock went with the session
+
+
+@pytest.mark.parametrize(
+    ("fixture", "hold"),
+    [
+        ("postgres_schema", "LOCK TABLE {schema}.person IN ACCESS SHARE MODE"),
+        ("mariadb_database", "SELECT COUNT(*) FROM {schema}.person"),
+    ],
+)
+def test_a_swap_blocked_by_a_reader_gives_up_and_changes_nothing(request, restored_omop, fixture, hold):
+    url, schema = request.getfixturevalue(fixture)
+    upload_omop(restored_omop, url, schema=schema)
+    before = state(url, schema)
+    engine = sa.create_engine(url)
+    with engine.connect() as reader:  # a reader in an open transaction holds a lock on person
+        reader.exec_driver_sql(hold.format(schema=schema))
+        with pytest.raises(
+            UploadError, match=r"^swapping the staging tables in failed: .*; the target was left unchanged$"
+        ):
+            upload_omop(restored_omop, url, schema=schema, lock_timeout_s=1)
+        reader.rollback()
+    engine.dispose()
+    assert state(url, schema) == before

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from cehrgpt.upload import UploadError, upload_omop
-from cehrgpt.upload.upload import DEFAULT_CHUNK_SIZE, MODES, SUMMARY_FILE
+from cehrgpt.upload.upload import DEFAULT_CHUNK_SIZE, DEFAULT_LOCK_TIMEOUT_S, MODES, SUMMARY_FILE
 
 
 def _table_list(text: str) -> list[str]:
@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk_size", type=_positive, default=DEFAULT_CHUNK_SIZE, help="rows per bulk-insert chunk"
     )
     parser.add_argument(
+        "--lock_timeout_s",
+        type=float,
+        default=DEFAULT_LOCK_TIMEOUT_S,
+        help="how long the final swap waits for tables other sessions are using, then gives up changing nothing",
+    )
+    parser.add_argument(
         "--summary_path",
         type=Path,
         help=f"where the JSON summary goes (default: INPUT_FOLDER/{SUMMARY_FILE})",
@@ -79,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             mode=args.mode,
             tables=args.tables,
             chunk_size=args.chunk_size,
+            lock_timeout_s=args.lock_timeout_s,
             summary_path=args.summary_path,
         )
     except UploadError as exc:

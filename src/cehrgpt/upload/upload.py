@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("replace", "append", "fail")
 DEFAULT_CHUNK_SIZE = 50_000
+DEFAULT_LOCK_TIMEOUT_S = 60.0
 SUMMARY_FILE = "upload_summary.json"
 # Fault-injection hook for the tests, "<where>:<seconds>": sleep once, after the first chunk of table <where>, or inside
 # the final transaction before its commit when <where> is "swap" (MariaDB: before its RENAME), or after the
@@ -85,6 +86,7 @@ def upload_omop(
     mode: str = "replace",
     tables: list[str] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     summary_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Upload every restored CDM table in ``input_folder`` to a database, all or nothing.
@@ -100,6 +102,9 @@ def upload_omop(
             or ``fail`` if any of them exists.
         tables: Upload only these CDM tables; None uploads every table folder.
         chunk_size: Rows per bulk-insert chunk.
+        lock_timeout_s: How long the final transaction waits for a table another session is using
+            (PostgreSQL, SQL Server, MariaDB) before giving up and changing nothing, rather than
+            queueing every reader of the schema behind it.
         summary_path: Where the JSON summary goes; default ``<input_folder>/upload_summary.json``.
 
     Returns:
@@ -113,6 +118,8 @@ def upload_omop(
         raise UploadError(f"mode '{mode}' is not one of {', '.join(MODES)}")
     if chunk_size < 1:
         raise UploadError(f"chunk size {chunk_size} must be a positive number of rows")
+    if lock_timeout_s <= 0:
+        raise UploadError(f"lock timeout {lock_timeout_s} must be a positive number of seconds")
     url = _resolve_target(target)
     secrets = [url.password if isinstance(url.password, str) else None]
     inputs = find_tables(input_folder, tables)
@@ -120,7 +127,7 @@ def upload_omop(
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     engine = create_target_engine(url)
     try:
-        tables_summary = _Upload(engine, inputs, schema, mode, chunk_size, secrets).run()
+        tables_summary = _Upload(engine, inputs, schema, mode, chunk_size, lock_timeout_s, secrets).run()
     finally:
         engine.dispose()
     seconds = time.perf_counter() - started
@@ -197,6 +204,7 @@ class _Upload:
         schema: str | None,
         mode: str,
         chunk_size: int,
+        lock_timeout_s: float,
         secrets: list[str | None],
     ) -> None:
         self.engine = engine
@@ -205,6 +213,7 @@ class _Upload:
         self.schema = schema
         self.mode = mode
         self.chunk_size = chunk_size
+        self.lock_timeout_s = lock_timeout_s
         self.secrets = secrets
         self.staged: list[str] = []
         self.created_targets: list[str] = []
@@ -373,6 +382,8 @@ class _Upload:
         step = "appending to the target tables" if self.mode == "append" else "swapping the staging tables in"
         log.info("%s: one transaction, %d statements", step, len(plan))
         with self._database_errors(step, unchanged=True), self.engine.begin() as conn:
+            for statement in lock_timeout_statements(self.dialect.name, self.lock_timeout_s):
+                conn.exec_driver_sql(statement)
             if mariadb:  # its RENAME TABLE commits at once: the last moment before it is the one to test
                 self._pause("swap")
             for statement in plan:
@@ -443,6 +454,18 @@ class _Upload:
         except (OSError, pa.ArrowException) as exc:  # an input file that vanished or broke while loading
             outcome = "; the target was left unchanged" if unchanged else ""
             raise UploadError(f"{step} failed: {str(exc).splitlines()[0]}{outcome}") from None
+
+
+def lock_timeout_statements(dialect_name: str, seconds: float) -> list[str]:
+    """Statements that bound how long the final transaction waits for another session's table locks."""
+    milliseconds = max(int(seconds * 1000), 1)
+    if dialect_name == "postgresql":
+        return [f"SET LOCAL lock_timeout = {milliseconds}"]
+    if dialect_name == "mssql":
+        return [f"SET LOCK_TIMEOUT {milliseconds}"]
+    if dialect_name in ("mysql", "mariadb"):
+        return [f"SET SESSION lock_wait_timeout = {max(round(seconds), 1)}"]
+    return []
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
