@@ -18,7 +18,11 @@ What "all or nothing" means per database:
   ``append`` creates missing target tables empty first, appends in one InnoDB
   transaction, and drops the tables it created if that fails.
 
-Run one upload per schema at a time: the staging tables have fixed names.
+The staging tables have fixed names, so one upload per schema runs at a time: a
+server-side lock (PostgreSQL advisory lock, MariaDB ``GET_LOCK``, SQL Server
+``sp_getapplock``) refuses a second one. The final transaction waits at most
+``lock_timeout_s`` for tables other sessions are reading, then gives up and
+changes nothing, rather than queueing every reader behind it.
 """
 
 from __future__ import annotations
