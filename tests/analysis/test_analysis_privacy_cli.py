@@ -257,3 +257,11 @@ def test_help(module, capsys):
         module.main(["--help"])
     assert exited.value.code == 0
     assert "--training_data_folder" in capsys.readouterr().out
+
+
+def test_hidden_and_temporary_folders_are_not_data(folders):
+    for hidden in (".staging-1", "_temporary"):
+        (Path(folders["synthetic"]) / hidden).mkdir()
+        (Path(folders["synthetic"]) / hidden / "part-9.parquet").write_bytes(b"not parquet")
+    assert member_inference.main(two_set_argv(folders)) == 0
+    assert metrics_of(folders["out"])["mia_num_synthetic_patients"] == 5

@@ -9,8 +9,8 @@ Distances are squared Euclidean, which on the binary part is the Hamming
 distance ``|a| + |b| - 2 a·b``. Nearest neighbours are found one chunk of query
 rows at a time with a matrix product: memory is ``chunk_size × len(reference)``,
 never ``n²``, and no Python loop runs over pairs. The frequent concept columns
-go through a dense BLAS product and the rare ones through a sparse product,
-which is what makes 10,000 × 10,000 comparisons take about a second.
+(up to ``DENSE_COLUMNS``) go through one dense BLAS product, the rare ones
+through a sparse product; the age rides in the same product as an extra column.
 """
 
 from __future__ import annotations

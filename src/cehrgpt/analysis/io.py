@@ -26,6 +26,11 @@ class AnalysisError(ValueError):
     """Bad input to an analysis: the message names the bad value and what was expected."""
 
 
+def _is_data_file(file: Path, root: Path) -> bool:
+    """A parquet file of the dataset, not in a hidden or temporary folder (``.staging``, ``_temporary``)."""
+    return file.is_file() and not any(part.startswith((".", "_")) for part in file.relative_to(root).parts)
+
+
 def read_sequence_folder(folder: str | os.PathLike, role: str) -> pd.DataFrame:
     """Read ``person_id``, ``concept_ids`` (and ``is_valid`` when present) from a parquet folder.
 
@@ -39,7 +44,7 @@ def read_sequence_folder(folder: str | os.PathLike, role: str) -> pd.DataFrame:
     path = Path(folder)
     if not path.exists():
         raise AnalysisError(f"--{role} {str(path)!r} does not exist; expected a folder of sequence parquet")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*.parquet") if p.is_file())
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*.parquet") if _is_data_file(p, path))
     if not files:
         raise AnalysisError(f"--{role} {str(path)!r} holds no .parquet files; expected patient sequences")
     dataset = ds.dataset([str(f) for f in files], format="parquet")
