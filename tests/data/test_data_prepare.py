@@ -183,15 +183,27 @@ def test_split_depends_only_on_person_and_seed(spark, tmp_path):
     assert 0 < first["test"] < 40
 
 
-def test_unusable_optional_domain_is_reported_as_absent(spark, tmp_path):
+def test_optional_domains_by_option_and_an_unusable_one_reported_as_absent(spark, tmp_path):
     tables = tiny_omop()
+    tables["measurement"] = [
+        {
+            "person_id": 1,
+            "measurement_concept_id": 3004249,
+            "measurement_date": "2020-03-01",
+            "visit_occurrence_id": 101,
+        }
+    ]
     tables["device_exposure"] = [{"column0": "PERSON_ID", "column1": "DEVICE_CONCEPT_ID"}]
-    report = _run(spark, write_csv(tmp_path / "omop", tables), tmp_path / "out", domains="condition,device")
+    out = tmp_path / "out"
+    report = _run(spark, write_csv(tmp_path / "omop", tables), out, domains="condition,measurement,device")
     assert report["tables_treated_as_absent"]["device_exposure"].startswith(
         "unusable: device_exposure.person_id: column not found"
     )
     assert report["rows_in_unusable_tables"] == {"device_exposure": 1}
-    assert report["events"]["kept"] == 7
+    assert report["events"]["by_table"]["measurement"] == {"read": 1, "kept": 1, "dropped": {}}
+    assert report["events"]["kept"] == 8
+    person_1 = _rows(out, "train")[0]
+    assert person_1["concept_ids"][13:18] == ["[VS]", "9202", "320128", "3004249", "[VE]"]
 
 
 def test_rerun_replaces_the_previous_output(spark, tmp_path):

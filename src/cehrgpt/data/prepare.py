@@ -146,6 +146,9 @@ def prepare(
         # Python workers must import cehrgpt: run them on this interpreter unless told otherwise.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         spark = get_spark("cehrgpt-prepare", spark_master, shuffle_partitions)
+        if shuffle_partitions is None and spark.sparkContext.master.startswith("local"):
+            # Spark's 200 shuffle partitions are sized for clusters; on one machine they cost more than the work.
+            spark.conf.set("spark.sql.shuffle.partitions", str(local_shuffle_partitions(spark)))
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -171,6 +174,11 @@ def prepare(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def local_shuffle_partitions(spark: SparkSession) -> int:
+    """Shuffle partitions for a local run: two per core."""
+    return max(2, 2 * spark.sparkContext.defaultParallelism)
 
 
 def _describe(spec: str) -> str:
@@ -450,7 +458,12 @@ def _parser() -> argparse.ArgumentParser:
         default=",".join(DEFAULT_DOMAINS),
         help=f"comma-separated subset of {','.join(EVENT_DOMAINS)} (default: %(default)s)",
     )
-    parser.add_argument("--shuffle_partitions", type=int, default=None)
+    parser.add_argument(
+        "--shuffle_partitions",
+        type=int,
+        default=None,
+        help="spark.sql.shuffle.partitions (default: two per core in local mode, Spark's setting otherwise)",
+    )
     return parser
 
 
