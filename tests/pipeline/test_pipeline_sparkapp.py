@@ -182,3 +182,30 @@ def test_restore_in_operator_mode_passes_the_uris_to_the_job(sparkapp_schema):
 def test_restore_rejects_an_unknown_mode():
     with pytest.raises(SparkApplicationError, match="spark_mode must be one of operator, local, got 'yarn'"):
         restore_omop("yarn", "a", "b", "c")
+
+
+def test_restore_step_in_operator_mode_uses_uris_and_reads_the_report_back(tmp_path):
+    from cehrgpt.pipeline.steps import run_restore_step
+
+    bucket = tmp_path / "bucket"  # the object store, seen through its URI
+    (bucket / "restored").mkdir(parents=True)
+    (bucket / "restored" / "restore_report.json").write_text('{"rows": {"person": 5}}')
+    stub = SparkOperatorStub(["RUNNING", "COMPLETED"])
+    with serve(stub) as (url, _):
+        report = run_restore_step(
+            "operator",
+            ("/local/seq", "minio://mlpipeline/run/seq"),
+            ("/local/prep", "minio://mlpipeline/run/prep"),
+            (str(tmp_path / "pod" / "restored"), str(bucket / "restored")),
+            SparkOperatorSettings(namespace="team-a", poll_s=0),
+            run_hint="run-1",
+            api_client=_client(url),
+        )
+    assert stub.created["spec"]["arguments"] == [
+        "--patient_sequence_folder", "s3a://mlpipeline/run/seq/generated_sequences",
+        "--omop_folder", str(bucket / "restored"),
+        "--source_omop_folder", "s3a://mlpipeline/run/prep/omop_vocab",
+    ]  # fmt: skip
+    assert report == tmp_path / "pod" / "restored" / "restore_report.json"
+    assert report.read_text() == '{"rows": {"person": 5}}'
+    assert stub.deleted == ["cehrgpt-restore-run-1"]

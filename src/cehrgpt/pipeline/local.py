@@ -86,7 +86,11 @@ def _newest_run(pipeline_root: Path, pipeline_name: str, started: float) -> Path
 
 
 def run_end_to_end_locally(
-    omop_source: str | Path, output_root: str | Path, repo_root: str | Path = ".", **params: Any
+    omop_source: str | Path,
+    output_root: str | Path,
+    repo_root: str | Path = ".",
+    enable_caching: bool = True,
+    **params: Any,
 ) -> dict[str, Any]:
     """Run ``end_to_end`` with kfp.local and summarise where its outputs are and what its metrics say.
 
@@ -94,6 +98,8 @@ def run_end_to_end_locally(
         omop_source: OMOP CDM source (folder, DuckDB file or SQLAlchemy URL), e.g. the Eunomia file.
         output_root: Holds the kfp run folders, the DuckDB upload target and the summary.
         repo_root: The repository root (``pipelines/``, ``components/``, ``analysis/``).
+        enable_caching: Reuse the outputs of tasks whose inputs did not change since an earlier
+            run under the same ``output_root`` (as a cluster would); the gate and upload always run.
         **params: Pipeline parameters overriding :data:`LOCAL_DEFAULTS` (e.g. ``num_of_patients=64``).
 
     Returns:
@@ -129,7 +135,10 @@ def run_end_to_end_locally(
     }
     pipeline_root = out / PIPELINE_ROOT
     local.init(
-        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(pipeline_root),
+        raise_on_error=False,
+        enable_caching=enable_caching,
     )
     started = time.time()
     with warnings.catch_warnings():
@@ -183,12 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_steps", type=int, default=LOCAL_DEFAULTS["max_steps"])
     parser.add_argument("--num_shards", type=int, default=LOCAL_DEFAULTS["num_shards"])
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no_cache", action="store_true", help="rerun every task, even unchanged ones")
     args = parser.parse_args(argv)
     try:
         summary = run_end_to_end_locally(
             args.omop_source,
             args.output_root,
             args.repo_root,
+            enable_caching=not args.no_cache,
             num_of_patients=args.num_of_patients,
             max_steps=args.max_steps,
             num_shards=args.num_shards,

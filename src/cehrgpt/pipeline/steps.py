@@ -174,6 +174,7 @@ def run_restore_step(
     restored: tuple[str, str],
     operator: SparkOperatorSettings,
     run_hint: str,
+    api_client: Any = None,
 ) -> Path | None:
     """Restore OMOP from the gathered sequences with local Spark or a SparkApplication.
 
@@ -184,6 +185,7 @@ def run_restore_step(
         restored: (local path, URI) of the output Dataset.
         operator: The SparkApplication's namespace and sizes (used in operator mode).
         run_hint: Makes the SparkApplication's name unique.
+        api_client: A Kubernetes ``ApiClient``; by default the in-cluster configuration.
 
     Returns:
         A local copy of ``restore_report.json`` to log, or None when it cannot be read back.
@@ -203,6 +205,7 @@ def run_restore_step(
         spark_uri(f"{prepared[1]}/{VOCABULARY}"),
         operator=operator,
         run_hint=run_hint,
+        api_client=api_client,
     )
     report = Path(restored[0]) / "restore_report.json"
     try:
