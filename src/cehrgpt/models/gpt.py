@@ -100,7 +100,6 @@ def gpt2_config(
         # GPT-2's tanh GELU as one fused kernel: same function as "gelu_new", a third less CPU per step
         activation_function="gelu_pytorch_tanh",
     )
-    config.loss_type = "ForCausalLM"  # silences transformers' "loss_type=None" warning
     return config
 
 

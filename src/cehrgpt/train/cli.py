@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from accelerate import PartialState
+
 from cehrgpt.models.gpt import PRESETS
 from cehrgpt.models.tokenizer import TokenizerError
 from cehrgpt.train.data import DataFolderError
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainError, DataFolderError, TokenizerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not PartialState().is_main_process:  # under torchrun every process returns; one reports
+        return 0
     print(
         f"validation perplexity {metrics['validation_perplexity']:.2f} "
         f"(unigram baseline {metrics['unigram_baseline_perplexity']:.2f}), "

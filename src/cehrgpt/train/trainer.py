@@ -198,7 +198,10 @@ class _Run:
         s = self.settings
         checkpoint = self._check_output_folder()
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        accelerator = Accelerator(mixed_precision=mixed, step_scheduler_with_optimizer=False)
+        # cpu=True without a GPU: accelerate only sets up multi-process (gloo) CPU runs when told so
+        accelerator = Accelerator(
+            mixed_precision=mixed, step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available()
+        )
         self.accelerator = accelerator
         main = accelerator.is_main_process
         if main:
@@ -244,6 +247,7 @@ class _Run:
             dropout=s.dropout,
         )
         model = GPT2LMHeadModel(config)
+        model.loss_type = "ForCausalLM"  # what transformers falls back to anyway, minus its warning
         model.generation_config = generation_config(tokenizer, window)
         optimizer = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, weight_decay=WEIGHT_DECAY)
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
