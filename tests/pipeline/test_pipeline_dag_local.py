@@ -104,3 +104,26 @@ def test_docs_embed_the_current_dag():
     assert mermaid_from_ir(spec) in (repo / "docs" / "kubeflow.md").read_text(), (
         "regenerate the DAG in docs/kubeflow.md"
     )
+
+
+def test_plan_component_runs_under_kfp_local(tmp_path):
+    import importlib
+    import warnings
+
+    from kfp import local
+
+    from cehrgpt.pipeline.compile import load_pipeline
+
+    load_pipeline(
+        "synthetic_data", Path(__file__).resolve().parents[2]
+    )  # puts the repository root on sys.path
+    generation = importlib.import_module("components.generation")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        task = generation.plan_generation_shards(num_of_patients=10, num_shards=3)
+    assert task.output == [
+        {"shard_index": 0, "num_shards": 3, "num_of_patients": 4},
+        {"shard_index": 1, "num_shards": 3, "num_of_patients": 3},
+        {"shard_index": 2, "num_shards": 3, "num_of_patients": 3},
+    ]
