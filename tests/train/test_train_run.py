@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -256,3 +259,22 @@ def test_help_lists_the_flags(capsys):
         "--seed",
     ):
         assert flag in out
+
+
+def test_two_processes_under_torchrun_share_the_batches_with_no_code_change(data_folder, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "cehrgpt.train", *_cli(data_folder, out, "--max_steps", "3"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "training_metrics.json").read_text())
+    assert metrics["num_processes"] == 2
+    assert metrics["steps_per_epoch"] == 3  # 24 patients / (batch 4 x 2 processes)
+    assert done.stdout.count("validation perplexity") == 1
+    assert sorted(p.name for p in (out / "checkpoints" / "step-3").glob("random_states_*")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
