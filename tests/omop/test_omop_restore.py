@@ -16,6 +16,10 @@ from cehrgpt.omop.cdm import cdm_fields, primary_key
 from cehrgpt.omop.restore import REJECTED, TABLES, RestoreError, main, restore
 from cehrgpt.omop.source import spark_type
 
+# ids are (input file index << 43) + (row in file << 20) + token position + 1
+A1 = (1 << 20) + 1  # file a, row 1 (person 2)
+B1 = (1 << 43) + (1 << 20) + 1  # file b, row 1 (person 5)
+
 
 @pytest.fixture(scope="module")
 def restored(spark, tmp_path_factory):
@@ -104,10 +108,10 @@ def test_visit_rows_with_dates_discharge_and_preceding_visit(spark, restored):
     ) == [
         (5, 1, 9202, date(2001, 1, 1), date(2001, 1, 1), None, None),
         (12, 1, 9201, date(2001, 1, 6), date(2001, 1, 8), 8536, 5),
-        (29, 2, 9202, date(1990, 1, 1), date(1990, 1, 1), None, None),
-        (37, 2, 9202, date(1991, 2, 5), date(1991, 2, 5), None, 29),
-        (101, 5, 0, date(2010, 1, 1), date(2010, 1, 1), None, None),
-        (106, 5, 9202, date(2012, 12, 31), date(2012, 12, 31), None, 101),
+        (A1 + 4, 2, 9202, date(1990, 1, 1), date(1990, 1, 1), None, None),
+        (A1 + 12, 2, 9202, date(1991, 2, 5), date(1991, 2, 5), None, A1 + 4),
+        (B1 + 4, 5, 0, date(2010, 1, 1), date(2010, 1, 1), None, None),
+        (B1 + 9, 5, 9202, date(2012, 12, 31), date(2012, 12, 31), None, B1 + 4),
     ]
     assert {v["visit_type_concept_id"] for v in visits} == {44818702}
 
@@ -119,16 +123,16 @@ def test_visit_rows_with_dates_discharge_and_preceding_visit(spark, restored):
             "condition_occurrence",
             ("condition_occurrence_id", "person_id", "condition_concept_id", "condition_start_date",
              "condition_type_concept_id", "visit_occurrence_id"),
-            [(7, 1, 101, date(2001, 1, 1), 32817, 5), (31, 2, 101, date(1990, 1, 1), 32817, 29),
-             (103, 5, 101, date(2010, 1, 1), 32817, 101)],
+            [(7, 1, 101, date(2001, 1, 1), 32817, 5), (A1 + 6, 2, 101, date(1990, 1, 1), 32817, A1 + 4),
+             (B1 + 6, 5, 101, date(2010, 1, 1), 32817, B1 + 4)],
         ),
         (
             "drug_exposure",
             ("drug_exposure_id", "person_id", "drug_concept_id", "drug_exposure_start_date",
              "drug_exposure_end_date", "drug_type_concept_id", "visit_occurrence_id"),
             [(8, 1, 201, date(2001, 1, 1), date(2001, 1, 1), 38000177, 5),
-             (39, 2, 201, date(1991, 2, 5), date(1991, 2, 5), 38000177, 37),
-             (108, 5, 201, date(2012, 12, 31), date(2012, 12, 31), 38000177, 106)],
+             (A1 + 14, 2, 201, date(1991, 2, 5), date(1991, 2, 5), 38000177, A1 + 12),
+             (B1 + 11, 5, 201, date(2012, 12, 31), date(2012, 12, 31), 38000177, B1 + 9)],
         ),
         (
             "procedure_occurrence",

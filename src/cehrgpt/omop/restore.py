@@ -43,7 +43,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -53,7 +55,7 @@ from tqdm import tqdm
 
 from cehrgpt.grammar import PROMPT_LENGTH
 from cehrgpt.omop.cdm import cdm_fields
-from cehrgpt.omop.decode import Reason, decode_patient
+from cehrgpt.omop.decode import ArrowDecoded, DecodedPatient, Reason, Rejection, decode_arrow, decode_patient
 from cehrgpt.omop.source import OmopSourceError, open_omop_source, spark_type
 from cehrgpt.spark import get_spark
 
@@ -106,6 +108,11 @@ class RestoreError(ValueError):
 
 PERSON, VISIT, EVENT, DEATH, REJECTION, TALLY = range(6)
 
+# id = file index << (ROW_BITS + POSITION_BITS) | row in file << POSITION_BITS | token position, plus 1
+POSITION_BITS = 20  # tokens per sequence
+ROW_BITS = 23  # rows per input file
+FILE_BITS = 63 - ROW_BITS - POSITION_BITS
+
 DECODED_SCHEMA = pa.schema(
     [
         ("record", pa.int8()),
@@ -121,16 +128,18 @@ DECODED_SCHEMA = pa.schema(
         ("token", pa.string()),  # a rejected token; an event's token when it is not its concept id
         ("reason", pa.string()),  # a rejection's reason; a tally's patient-level reason
         ("count", pa.int64()),  # a tally's structural tokens
+        ("tokens", pa.int64()),  # a tally's input tokens
     ]
 )
 
 
-def _record_batch(record: int, columns: dict[str, list[Any]]) -> pa.RecordBatch:
+def _record_batch(record: int, columns: dict[str, Any]) -> pa.RecordBatch:
+    """One kind of record as a batch of :data:`DECODED_SCHEMA`; absent columns are null."""
     n = len(next(iter(columns.values())))
     arrays = []
     for field in DECODED_SCHEMA:
         if field.name == "record":
-            arrays.append(pa.array([record] * n, pa.int8()))
+            arrays.append(pa.array(np.full(n, record, np.int8)))
         elif field.name in columns:
             values = columns[field.name]
             if pa.types.is_date32(field.type):
@@ -142,29 +151,79 @@ def _record_batch(record: int, columns: dict[str, list[Any]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=DECODED_SCHEMA)
 
 
-def decode_batches(
-    batches: Iterator[pa.RecordBatch],
-    file_bases: dict[str, int],
-    stride: int,
-    duplicates: frozenset[tuple[str, int]],
-) -> Iterator[pa.RecordBatch]:
-    """Decode Arrow batches of sequences into the long-format records the tables are cut from.
+def _or_null(values: np.ndarray) -> pa.Array:
+    """int64 values with -1 meaning none."""
+    return pa.array(values, pa.int64(), mask=values < 0)
 
-    Args:
-        batches: ``person_id``, ``concept_ids``, ``file_path``, ``row_index``.
-        file_bases: the first id of each input file.
-        stride: ids reserved per input row (the longest sequence).
-        duplicates: (file, row) of rows whose person_id an earlier row already has.
-    """
-    for batch in batches:
-        person_ids = batch.column("person_id").to_pylist()
-        sequences = batch.column("concept_ids").to_pylist()
-        files = batch.column("file_path").to_pylist()
-        rows = batch.column("row_index").to_pylist()
-        person: dict[str, list[Any]] = {
-            k: [] for k in ("person_id", "concept_id", "concept_id_2", "year_of_birth")
-        }
-        visit: dict[str, list[Any]] = {
+
+def _fast_records(
+    fast: ArrowDecoded, person_ids: np.ndarray, bases: np.ndarray, lengths: np.ndarray
+) -> Iterator[pa.RecordBatch]:
+    """The records of the patients the vectorised decoder handled."""
+    p, v, e, d = fast.person, fast.visit, fast.event, fast.death
+    if len(p["row"]):
+        yield _record_batch(
+            PERSON,
+            {
+                "person_id": person_ids[p["row"]],
+                "concept_id": p["gender_concept_id"],
+                "concept_id_2": p["race_concept_id"],
+                "year_of_birth": p["year_of_birth"],
+            },
+        )
+        yield _record_batch(
+            TALLY,
+            {"person_id": person_ids[p["row"]], "count": p["structural"], "tokens": lengths[p["row"]]},
+        )
+    if len(v["row"]):
+        base = bases[v["row"]]
+        yield _record_batch(
+            VISIT,
+            {
+                "person_id": person_ids[v["row"]],
+                "position": v["position"],
+                "record_id": base + v["position"],
+                "concept_id": v["visit_concept_id"],
+                "concept_id_2": _or_null(v["discharged_to_concept_id"]),
+                "start_date": v["start_day"],
+                "end_date": v["end_day"],
+                "parent_id": _or_null(
+                    np.where(v["preceding_position"] < 0, -1, base + v["preceding_position"])
+                ),
+            },
+        )
+    if len(e["row"]):
+        base = bases[e["row"]]
+        yield _record_batch(
+            EVENT,
+            {
+                "person_id": person_ids[e["row"]],
+                "position": e["position"],
+                "record_id": base + e["position"],
+                "concept_id": e["concept_id"],
+                "start_date": e["day"],
+                "parent_id": base + e["visit_position"],
+                "token": e["token"],
+            },
+        )
+    if len(d["row"]):
+        yield _record_batch(
+            DEATH, {"person_id": person_ids[d["row"]], "position": d["position"], "start_date": d["day"]}
+        )
+
+
+def _append(columns: dict[str, list[Any]], **values: Any) -> None:
+    for name, value in values.items():
+        columns[name].append(value)
+
+
+def _slow_records(
+    patients: list[tuple[int | None, list[str] | None, int, bool]],
+) -> Iterator[pa.RecordBatch]:
+    """The records of patients decoded one by one: (person_id, tokens, id base, duplicate)."""
+    columns: dict[int, dict[str, list[Any]]] = {
+        PERSON: {k: [] for k in ("person_id", "concept_id", "concept_id_2", "year_of_birth")},
+        VISIT: {
             k: []
             for k in (
                 "person_id",
@@ -176,66 +235,131 @@ def decode_batches(
                 "end_date",
                 "parent_id",
             )
-        }
-        event: dict[str, list[Any]] = {
+        },
+        EVENT: {
             k: []
             for k in ("person_id", "position", "record_id", "concept_id", "start_date", "parent_id", "token")
-        }
-        death: dict[str, list[Any]] = {k: [] for k in ("person_id", "position", "start_date")}
-        rejected: dict[str, list[Any]] = {k: [] for k in ("person_id", "position", "token", "reason")}
-        tally: dict[str, list[Any]] = {k: [] for k in ("person_id", "reason", "count")}
-        for person_id, tokens, file, row in zip(person_ids, sequences, files, rows, strict=True):
-            out = decode_patient(person_id, tokens, duplicate=(file, row) in duplicates)
-            base = file_bases[file] + row * stride + 1
-            if out.person is not None:
-                person["person_id"].append(person_id)
-                person["concept_id"].append(out.person.gender_concept_id)
-                person["concept_id_2"].append(out.person.race_concept_id)
-                person["year_of_birth"].append(out.person.year_of_birth)
-            for v in out.visits:
-                visit["person_id"].append(person_id)
-                visit["position"].append(v.position)
-                visit["record_id"].append(base + v.position)
-                visit["concept_id"].append(v.visit_concept_id)
-                visit["concept_id_2"].append(v.discharged_to_concept_id)
-                visit["start_date"].append(v.start_day)
-                visit["end_date"].append(v.end_day)
-                visit["parent_id"].append(
-                    None if v.preceding_position is None else base + v.preceding_position
-                )
-            event_ids = event["person_id"]
-            event_ids.extend([person_id] * len(out.events))
-            event["position"].extend([e.position for e in out.events])
-            event["record_id"].extend([base + e.position for e in out.events])
-            event["concept_id"].extend([e.concept_id for e in out.events])
-            event["start_date"].extend([e.day for e in out.events])
-            event["parent_id"].extend([base + e.visit_position for e in out.events])
-            event["token"].extend([None if e.concept_id else tokens[e.position] for e in out.events])
-            if out.death is not None:
-                death["person_id"].append(person_id)
-                death["position"].append(out.death.position)
-                death["start_date"].append(out.death.day)
-            if out.rejections:
-                rejected["person_id"].extend([person_id] * len(out.rejections))
-                rejected["position"].extend([r.position for r in out.rejections])
-                rejected["token"].extend([r.token for r in out.rejections])
-                rejected["reason"].extend([r.reason.value for r in out.rejections])
-            tally["person_id"].append(person_id)
-            tally["count"].append(out.structural)
-            patient_reason = None
-            if out.person is None:
-                patient_reason = out.rejections[0].reason.value if out.rejections else Reason.BAD_PROMPT.value
-            tally["reason"].append(patient_reason)
-        for record, columns in (
-            (PERSON, person),
-            (VISIT, visit),
-            (EVENT, event),
-            (DEATH, death),
-            (REJECTION, rejected),
-            (TALLY, tally),
-        ):
-            if next(iter(columns.values())):
-                yield _record_batch(record, columns)
+        },
+        DEATH: {k: [] for k in ("person_id", "position", "start_date")},
+        REJECTION: {k: [] for k in ("person_id", "position", "token", "reason")},
+        TALLY: {k: [] for k in ("person_id", "reason", "count", "tokens")},
+    }
+    for person_id, tokens, base, duplicate in patients:
+        tokens = tokens or []
+        if len(tokens) >= 1 << POSITION_BITS:
+            out = DecodedPatient(
+                rejections=[Rejection(i, t, Reason.SEQUENCE_TOO_LONG) for i, t in enumerate(tokens)]
+            )
+        else:
+            out = decode_patient(person_id, tokens, duplicate=duplicate)
+        if out.person is not None:
+            _append(
+                columns[PERSON],
+                person_id=person_id,
+                concept_id=out.person.gender_concept_id,
+                concept_id_2=out.person.race_concept_id,
+                year_of_birth=out.person.year_of_birth,
+            )
+        for visit in out.visits:
+            _append(
+                columns[VISIT],
+                person_id=person_id,
+                position=visit.position,
+                record_id=base + visit.position,
+                concept_id=visit.visit_concept_id,
+                concept_id_2=visit.discharged_to_concept_id,
+                start_date=visit.start_day,
+                end_date=visit.end_day,
+                parent_id=None if visit.preceding_position is None else base + visit.preceding_position,
+            )
+        for event in out.events:
+            _append(
+                columns[EVENT],
+                person_id=person_id,
+                position=event.position,
+                record_id=base + event.position,
+                concept_id=event.concept_id,
+                start_date=event.day,
+                parent_id=base + event.visit_position,
+                token=None if event.concept_id else tokens[event.position],
+            )
+        if out.death is not None:
+            _append(
+                columns[DEATH], person_id=person_id, position=out.death.position, start_date=out.death.day
+            )
+        for rejection in out.rejections:
+            _append(
+                columns[REJECTION],
+                person_id=person_id,
+                position=rejection.position,
+                token=rejection.token,
+                reason=rejection.reason.value,
+            )
+        patient_reason = None
+        if out.person is None:
+            patient_reason = out.rejections[0].reason.value if out.rejections else Reason.BAD_PROMPT.value
+        _append(
+            columns[TALLY],
+            person_id=person_id,
+            reason=patient_reason,
+            count=out.structural,
+            tokens=len(tokens),
+        )
+    for record, values in columns.items():
+        if values["person_id"]:
+            yield _record_batch(record, values)
+
+
+def decode_batches(
+    batches: Iterator[pa.RecordBatch],
+    file_index: dict[str, int],
+    duplicates: frozenset[tuple[str, int]],
+) -> Iterator[pa.RecordBatch]:
+    """Decode Arrow batches of sequences into the long-format records the tables are cut from.
+
+    Grammar-valid patients go through :func:`cehrgpt.omop.decode.decode_arrow` all at
+    once; the rest (and any duplicate or id-less row) through :func:`decode_patient`.
+
+    Args:
+        batches: ``person_id``, ``concept_ids``, ``file_path``, ``row_index``.
+        file_index: each input file's place in the sorted list of input files.
+        duplicates: (file, row) of rows whose person_id an earlier row already has.
+    """
+    for batch in batches:
+        n = batch.num_rows
+        sequences = batch.column("concept_ids")
+        person_column = batch.column("person_id")
+        has_person = ~np.asarray(person_column.is_null().to_numpy(zero_copy_only=False), bool)
+        person_ids = pc.fill_null(person_column, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        files = batch.column("file_path").to_pylist()
+        rows = batch.column("row_index").to_numpy(zero_copy_only=False).astype(np.int64)
+        if n and int(rows.max()) >= 1 << ROW_BITS:
+            raise ValueError(f"an input file has more than {1 << ROW_BITS} rows; split it into smaller files")
+        bases = (
+            (np.array([file_index[f] for f in files], np.int64) << (ROW_BITS + POSITION_BITS))
+            + (rows << POSITION_BITS)
+            + 1
+        )
+        lengths = (
+            pc.fill_null(pc.list_value_length(sequences), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        )
+        duplicate = (
+            np.array([(f, int(r)) in duplicates for f, r in zip(files, rows, strict=True)], bool)
+            if (duplicates)
+            else np.zeros(n, bool)
+        )
+        usable = has_person & ~duplicate & (lengths < 1 << POSITION_BITS)
+        fast = decode_arrow(sequences, usable)
+        yield from _fast_records(fast, person_ids, bases, lengths)
+        slow = np.flatnonzero(~fast.decoded)
+        if len(slow):
+            slow_sequences = sequences.take(pa.array(slow)).to_pylist()
+            yield from _slow_records(
+                [
+                    (int(person_ids[r]) if has_person[r] else None, tokens, int(bases[r]), bool(duplicate[r]))
+                    for r, tokens in zip(slow, slow_sequences, strict=True)
+                ]
+            )
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -572,56 +696,39 @@ class _Files:
 # --- the job ------------------------------------------------------------------------------------------------
 
 
-def _input_layout(
-    sequences: DataFrame,
-) -> tuple[dict[str, int], int, frozenset[tuple[str, int]], dict[str, int]]:
-    """Id bases per file, the id stride, the duplicate rows, and input totals, from a narrow pass."""
-    narrow = sequences.select(
-        "person_id",
-        "file_path",
-        "row_index",
-        F.coalesce(F.size("concept_ids"), F.lit(0)).alias("n"),
-    ).withColumn("n", F.greatest(F.col("n"), F.lit(0)))
-    narrow = narrow.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        files = narrow.groupBy("file_path").agg(
-            F.count("*").alias("rows"),
-            F.max("row_index").alias("last_row"),
-            F.sum("n").alias("tokens"),
-            F.max("n").alias("longest"),
-        )
-        per_file = sorted(files.collect(), key=lambda r: r["file_path"])
-        stride = max([int(r["longest"]) for r in per_file] + [1])
-        bases: dict[str, int] = {}
-        next_base = 0
-        for r in per_file:
-            bases[r["file_path"]] = next_base
-            next_base += (int(r["last_row"]) + 1) * stride
-        repeated = (
-            narrow.where(F.col("person_id").isNotNull())
-            .groupBy("person_id")
-            .agg(F.collect_list(F.struct("file_path", "row_index")).alias("rows"))
-            .where(F.size("rows") > 1)
-            .collect()
-        )
-    finally:
-        narrow.unpersist()
+def _input_layout(sequences: DataFrame) -> tuple[dict[str, int], frozenset[tuple[str, int]]]:
+    """Each input file's index (for ids) and the rows whose person_id an earlier row already has.
+
+    Reads only ``person_id``: two small jobs, whatever the length of the sequences.
+    """
+    narrow = sequences.select("person_id", "file_path", "row_index")
+    per_file = sorted(
+        (r["file_path"], int(r["rows"]))
+        for r in narrow.groupBy("file_path").agg(F.max("row_index").alias("rows")).collect()
+    )
+    if len(per_file) >= 1 << FILE_BITS:
+        raise RestoreError(f"{len(per_file)} input files; at most {(1 << FILE_BITS) - 1} are supported")
+    for path, last_row in per_file:
+        if last_row >= 1 << ROW_BITS:
+            raise RestoreError(f"{path} has more than {1 << ROW_BITS} rows; split it into smaller files")
+    repeated = (
+        narrow.where(F.col("person_id").isNotNull())
+        .groupBy("person_id")
+        .agg(F.collect_list(F.struct("file_path", "row_index")).alias("rows"))
+        .where(F.size("rows") > 1)
+        .collect()
+    )
     duplicates: set[tuple[str, int]] = set()
     for r in repeated:
         ordered = sorted((row["file_path"], int(row["row_index"])) for row in r["rows"])
         duplicates.update(ordered[1:])  # the first row (by file, then row) keeps the person
-    totals = {
-        "patients": sum(int(r["rows"]) for r in per_file),
-        "tokens": sum(int(r["tokens"] or 0) for r in per_file),
-    }
-    return bases, stride, frozenset(duplicates), totals
+    return {path: i for i, (path, _) in enumerate(per_file)}, frozenset(duplicates)
 
 
 def _decode(
     spark: SparkSession,
     sequences: DataFrame,
-    bases: dict[str, int],
-    stride: int,
+    file_index: dict[str, int],
     duplicates: frozenset[tuple[str, int]],
 ) -> DataFrame:
     """Every input row decoded by :func:`decode_batches` (in Python workers), cached for the tables."""
@@ -629,7 +736,7 @@ def _decode(
     if sequences.rdd.getNumPartitions() < parallelism:  # one big file is one partition: use every core
         sequences = sequences.repartition(parallelism * 2)
     return sequences.mapInArrow(
-        lambda batches: decode_batches(batches, bases, stride, duplicates),
+        lambda batches: decode_batches(batches, file_index, duplicates),
         from_arrow_schema(DECODED_SCHEMA),
     ).persist(StorageLevel.MEMORY_AND_DISK)
 
@@ -677,8 +784,8 @@ def restore(
         for stale in files.children():
             if stale.startswith("_tmp_"):  # a crashed run's partial output
                 files.delete(stale)
-        bases, stride, duplicates, totals = _input_layout(sequences)
-        decoded = _decode(session, sequences, bases, stride, duplicates)
+        file_index, duplicates = _input_layout(sequences)
+        decoded = _decode(session, sequences, file_index, duplicates)
         events = classify_events(decoded, concepts).persist(StorageLevel.MEMORY_AND_DISK)
         cached += [decoded, events]
         outputs: dict[str, DataFrame] = {
@@ -690,7 +797,7 @@ def restore(
             REJECTED: rejected_table(decoded, events),
         }
         _write_all(outputs, f"{files.root}/{run}")
-        report = _report(session, decoded, events, f"{files.root}/{run}", totals)
+        report = _report(session, decoded, events, f"{files.root}/{run}")
         report.update(
             patient_sequence_folder=patient_sequence_folder,
             omop_folder=omop_folder,
@@ -727,9 +834,7 @@ def _write_all(outputs: dict[str, DataFrame], folder: str) -> None:
             progress.update()
 
 
-def _report(
-    spark: SparkSession, decoded: DataFrame, events: DataFrame, folder: str, totals: dict[str, int]
-) -> dict[str, Any]:
+def _report(spark: SparkSession, decoded: DataFrame, events: DataFrame, folder: str) -> dict[str, Any]:
     """Counts per table and reason, and the token and patient accounting, which must add up."""
     records: dict[tuple[int, str | None], Any] = {
         (r["record"], r["reason"]): r
@@ -738,6 +843,7 @@ def _report(
             F.count("*").alias("rows"),
             F.sum("count").alias("structural"),
             F.count("concept_id_2").alias("discharges"),
+            F.sum("tokens").alias("tokens"),
         )
         .collect()
     }
@@ -769,6 +875,10 @@ def _report(
         if kind == TALLY and reason is not None
     }
     structural = sum(int(r["structural"] or 0) for (kind, _), r in records.items() if kind == TALLY)
+    totals = {
+        "patients": rows_of(TALLY),
+        "tokens": sum(int(r["tokens"] or 0) for (kind, _), r in records.items() if kind == TALLY),
+    }
     discharges = sum(int(r["discharges"]) for (kind, _), r in records.items() if kind == VISIT)
     placed = (
         PROMPT_LENGTH * rows["person"]
