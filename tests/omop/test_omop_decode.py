@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 from datetime import date
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
-from cehrgpt.grammar import assign_kinds
+from cehrgpt.grammar import assign_kinds, is_valid
 from cehrgpt.omop.decode import (
     DeathRecord,
     DecodedPatient,
@@ -18,6 +20,7 @@ from cehrgpt.omop.decode import (
     VisitRecord,
     date_of,
     day_of,
+    decode_arrow,
     decode_patient,
     token_kinds,
 )
@@ -302,3 +305,92 @@ def test_token_kinds_equals_the_grammar_on_token_soup():
 def test_rejection_records_the_token():
     out = decode(f"{PROMPT} [VS] 9202 1 [VE] 77")
     assert out.rejections == [Rejection(8, "77", Reason.TOKEN_OUTSIDE_VISIT)]
+
+
+def _random_valid_sequence(rng: random.Random) -> list[str]:
+    """A grammar-valid patient drawn at random: every visit kind, gaps of every spelling, maybe a death."""
+    tokens = [f"year:{rng.randint(1950, 2020)}", f"age:{rng.randint(-2, 90)}"]
+    tokens += [rng.choice(["8532", "8507", "Gender/0", "0"]), rng.choice(["8527", "Race/0", "0"])]
+    for visit in range(rng.randint(1, 6)):
+        if visit:
+            tokens.append(rng.choice(["D0", "D3", "D400", "LT", "W2", "M5"]))
+        kind = rng.choice(["9202", "9203", "Visit/0", "9201", "262"])
+        tokens += ["[VS]", kind]
+        for event in range(rng.randint(1, 4)):
+            if event and kind in ("9201", "262") and rng.random() < 0.5:
+                tokens.append(f"i-D{rng.randint(1, 9)}")
+            tokens.append(rng.choice(["101", "202", "303", "0"]))
+        if kind in ("9201", "262"):
+            tokens.append(rng.choice(["8536", "0", "Discharge/0"]))
+        tokens.append("[VE]")
+    if rng.random() < 0.3:
+        tokens += ["D2", "[VS]", "[DEATH]", "[VE]"]
+    if rng.random() < 0.5:
+        tokens += ["[END]"] + ["[PAD]"] * rng.randint(0, 2)
+    return tokens
+
+
+def _fast_as_records(fast, row: int):
+    """The vectorised decoder's output for one row, in decode_patient's record types."""
+    p, v, e, d = fast.person, fast.visit, fast.event, fast.death
+    i = list(p["row"]).index(row)
+    person = PersonRecord(
+        int(p["gender_concept_id"][i]), int(p["race_concept_id"][i]), int(p["year_of_birth"][i])
+    )
+
+    def none_if_negative(x):
+        return None if x < 0 else int(x)
+
+    visits = [
+        VisitRecord(
+            int(v["position"][j]),
+            int(v["visit_concept_id"][j]),
+            int(v["start_day"][j]),
+            int(v["end_day"][j]),
+            none_if_negative(v["discharged_to_concept_id"][j]),
+            none_if_negative(v["preceding_position"][j]),
+        )
+        for j in np.flatnonzero(v["row"] == row)
+    ]
+    events = [
+        EventRecord(
+            int(e["position"][j]), int(e["concept_id"][j]), int(e["day"][j]), int(e["visit_position"][j])
+        )
+        for j in np.flatnonzero(e["row"] == row)
+    ]
+    deaths = [DeathRecord(int(d["position"][j]), int(d["day"][j])) for j in np.flatnonzero(d["row"] == row)]
+    return person, visits, events, (deaths[0] if deaths else None), int(p["structural"][i])
+
+
+def test_vectorised_decoder_equals_the_reference_on_valid_patients_and_leaves_the_rest():
+    rng = random.Random(1)
+    sequences = [_random_valid_sequence(rng) for _ in range(400)]
+    malformed = [
+        f"{PROMPT} [VS] 9202 1 [VE] 77",  # a stray token
+        f"{PROMPT} [VS] 9202 1",  # truncated
+        f"[START] {PROMPT} [VS] 9202 1 [VE]",  # valid, but [START] goes the reference way
+        "year:2001 age:151 8532 8527 [VS] 9202 1 [VE]",
+        "year:9999 age:1 8532 8527 [VS] 9202 1 [VE] LT [VS] 9202 1 [VE]",  # past 9999-12-31
+        "",
+        "year:2001",
+    ]
+    sequences += [m.split() for m in malformed]
+    usable = np.ones(len(sequences), bool)
+    usable[3] = False  # e.g. a duplicate person
+    fast = decode_arrow(pa.array(sequences, pa.list_(pa.string())), usable)
+    for row, tokens in enumerate(sequences):
+        reference = decode_patient(1, tokens)
+        whole = reference.person is not None and not reference.rejections and is_valid(tokens)
+        assert fast.decoded[row] == (whole and usable[row] and tokens[:1] != ["[START]"]), (row, tokens)
+        if fast.decoded[row]:
+            expected = (
+                reference.person,
+                reference.visits,
+                reference.events,
+                reference.death,
+                reference.structural,
+            )
+            assert _fast_as_records(fast, row) == expected, tokens
+    assert fast.decoded.sum() == 399
+    zero = [t for t in fast.event["token"] if t is not None]
+    assert set(zero) == {"0"}
