@@ -212,7 +212,7 @@ def synthetic_data(
     gpu_node_selector: dict = {},  # noqa: B006 (a pipeline default, never mutated)
     gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
     spark_mode: str = "operator",
-    spark_namespace: str = "kubeflow-user",
+    spark_namespace: str = "",
     spark_image: str = SPARK_IMAGE,
     spark_driver_cores: int = 1,
     spark_driver_memory: str = "4g",
@@ -255,7 +255,7 @@ def synthetic_data(
         gpu_node_selector: Node labels for generation pods, e.g. {"cloud.google.com/gke-accelerator": "nvidia-l4"}.
         gpu_tolerations: Tolerations for generation pods (default: the nvidia.com/gpu taint).
         spark_mode: operator (a SparkApplication) or local (Spark inside the restore pod).
-        spark_namespace: Namespace of the SparkApplication (the run's namespace).
+        spark_namespace: Namespace of the SparkApplication (empty: the run's own namespace).
         spark_image: Image of the SparkApplication.
         spark_driver_cores: Driver cores.
         spark_driver_memory: Driver memory.

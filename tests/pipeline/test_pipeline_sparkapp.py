@@ -209,3 +209,15 @@ def test_restore_step_in_operator_mode_uses_uris_and_reads_the_report_back(tmp_p
     assert report == tmp_path / "pod" / "restored" / "restore_report.json"
     assert report.read_text() == '{"rows": {"person": 5}}'
     assert stub.deleted == ["cehrgpt-restore-run-1"]
+
+
+def test_pod_namespace_is_read_from_the_service_account_mount(tmp_path):
+    from cehrgpt.pipeline.sparkapp import pod_namespace
+
+    (tmp_path / "namespace").write_text("team-b\n")
+    assert pod_namespace(tmp_path / "namespace") == "team-b"
+    with pytest.raises(SparkApplicationError) as e:
+        pod_namespace(tmp_path / "missing")
+    assert str(e.value) == (
+        f"no namespace given and {tmp_path / 'missing'} is not readable (not in a pod): set spark_namespace"
+    )

@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cehrgpt.pipeline.images import SPARK_IMAGE
@@ -211,7 +212,10 @@ def run_spark_application(
 
 @dataclass(frozen=True)
 class SparkOperatorSettings:
-    """Where and how big the restore SparkApplication is (pipeline parameters)."""
+    """Where and how big the restore SparkApplication is (pipeline parameters).
+
+    An empty ``namespace`` means the namespace the restore pod runs in.
+    """
 
     namespace: str
     image: str = SPARK_IMAGE
@@ -225,6 +229,24 @@ class SparkOperatorSettings:
     timeout_s: float = 6 * 3600
     poll_s: float = 10.0
     spark_conf: dict[str, str] = field(default_factory=dict)
+
+
+#: Where Kubernetes tells a pod its own namespace.
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def pod_namespace(namespace_file: Path = POD_NAMESPACE_FILE) -> str:
+    """The namespace this pod runs in (the Kubeflow profile of the run).
+
+    Raises:
+        SparkApplicationError: not running in a pod, so the namespace must be given.
+    """
+    try:
+        return namespace_file.read_text().strip()
+    except OSError:
+        raise SparkApplicationError(
+            f"no namespace given and {namespace_file} is not readable (not in a pod): set spark_namespace"
+        ) from None
 
 
 def application_name(run_hint: str, prefix: str = "cehrgpt-restore") -> str:
@@ -282,7 +304,7 @@ def restore_omop(
         )
     manifest = build_spark_application(
         name=application_name(run_hint),
-        namespace=operator.namespace,
+        namespace=operator.namespace or pod_namespace(),
         image=operator.image,
         main_application_file=RESTORE_MAIN_FILE,
         arguments=arguments,
