@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
 
-def get_spark(app_name: str, master: str | None = None, shuffle_partitions: int | None = None) -> SparkSession:
+def get_spark(
+    app_name: str, master: str | None = None, shuffle_partitions: int | None = None
+) -> SparkSession:
     """A Spark session for one job.
 
     ``master`` None keeps what spark-submit configured and falls back to
@@ -15,10 +18,17 @@ def get_spark(app_name: str, master: str | None = None, shuffle_partitions: int 
     Spark-operator application.
     """
     builder = SparkSession.builder.appName(app_name)
+    if (
+        not master
+        and not os.environ.get("SPARK_MASTER")
+        and "--master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", "")
+    ):
+        master = "local[*]"
     if master:
         builder = builder.master(master)
-    elif not os.environ.get("SPARK_MASTER") and "spark.master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
-        builder = builder.master("local[*]")
+    if master and master.startswith("local"):
+        # Local Python workers must run this interpreter (the one with cehrgpt installed), not `python3` on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         builder.config("spark.ui.enabled", "false")
         .config("spark.sql.session.timeZone", "UTC")
