@@ -17,13 +17,11 @@ def get_spark(
     ``local[*]``, so the same job runs unchanged on a laptop and in a
     Spark-operator application.
     """
-    builder = SparkSession.builder.appName(app_name)
-    if (
-        not master
-        and not os.environ.get("SPARK_MASTER")
-        and "--master" not in os.environ.get("PYSPARK_SUBMIT_ARGS", "")
-    ):
+    # Under spark-submit (the Spark operator's driver included) the JVM already knows its master.
+    launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ or bool(os.environ.get("SPARK_MASTER"))
+    if not master and not launched_by_spark_submit:
         master = "local[*]"
+    builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
     if master and master.startswith("local"):
