@@ -10,7 +10,7 @@ from cehrgpt.train.trainer import TrainError, resolve_settings
 def test_tiny_is_the_demo_shape_with_a_step_budget():
     s = resolve_settings("tiny")
     assert (s.n_layer, s.n_embd, s.n_head, s.context_window) == (4, 256, 4, 512)
-    assert (s.max_steps, s.epochs, s.batch_size) == (80, 1, 16)
+    assert (s.max_steps, s.epochs, s.batch_size) == (60, 1, 16)
 
 
 def test_asking_for_epochs_drops_the_preset_step_budget():

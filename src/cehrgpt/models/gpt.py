@@ -31,8 +31,8 @@ class Preset:
         return asdict(self)
 
 
-# tiny: the laptop demo and the generator benchmark (4 layers, 256 wide, 4 heads, 512 window); its 80
-# default steps (about 300k tokens) fit the 3-minute demo on 2 CPU cores and already beat the unigram
+# tiny: the laptop demo and the generator benchmark (4 layers, 256 wide, 4 heads, 512 window); its 60
+# default steps (about 230k tokens) fit the 3-minute demo on 2 CPU cores and already beat the unigram
 # baseline several times over on Eunomia.
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
@@ -43,7 +43,7 @@ PRESETS: dict[str, Preset] = {
         batch_size=16,
         learning_rate=1e-3,
         epochs=1,
-        max_steps=80,
+        max_steps=60,
     ),
     "small": Preset(
         n_layer=6, n_embd=512, n_head=8, context_window=1024, batch_size=16, learning_rate=5e-4, epochs=10

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_folder", required=True, help="model folder to write (empty or absent)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size (default tiny)")
     parser.add_argument(
-        "--max_steps", type=int, help="optimizer steps; wins over --epochs (tiny: 80 by default)"
+        "--max_steps", type=int, help="optimizer steps; wins over --epochs (tiny: 60 by default)"
     )
     parser.add_argument(
         "--epochs", type=int, help="passes over the training patients, when --max_steps is unset"
