@@ -34,7 +34,7 @@ from tqdm import tqdm
 from cehrgpt.data import events as ev
 from cehrgpt.data.events import DEFAULT_DOMAINS, EVENT_DOMAINS, SEQUENCE_ARROW_SCHEMA, SEQUENCE_COLUMNS
 from cehrgpt.omop.cdm import cdm_fields
-from cehrgpt.omop.source import OmopSource, OmopSourceError, open_omop_source
+from cehrgpt.omop.source import OmopSource, OmopSourceError, TableRequest, open_omop_source
 from cehrgpt.spark import get_spark
 
 log = logging.getLogger(__name__)
@@ -50,29 +50,10 @@ class PrepareError(ValueError):
     """Bad input to the ETL (bad option, missing or malformed OMOP data)."""
 
 
-def _cdm_columns(table: str) -> tuple[list[str], list[str]]:
+def _cdm_columns(table: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A CDM table's required and optional columns."""
     fields = cdm_fields(table)
-    return [f.name for f in fields if f.required], [f.name for f in fields if not f.required]
-
-
-def _optional_table(
-    spark: SparkSession,
-    source: OmopSource,
-    name: str,
-    columns: list[str],
-    optional_columns: Sequence[str],
-    absent: dict[str, str],
-) -> DataFrame | None:
-    """Read an optional table; absent or unusable → None, with a warning and a line in ``absent``."""
-    if not source.has_table(name):
-        absent[name] = "not in the source"
-        return None
-    try:
-        return source.read_table(spark, name, columns, optional_columns)
-    except OmopSourceError as error:
-        log.warning("treating %s as absent: %s", name, error)
-        absent[name] = f"unusable: {error}"
-        return None
+    return tuple(f.name for f in fields if f.required), tuple(f.name for f in fields if not f.required)
 
 
 def _counts(df: DataFrame, *keys: str) -> dict[Any, int]:
@@ -146,7 +127,7 @@ def prepare(
         # Python workers must import cehrgpt: run them on this interpreter unless told otherwise.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         spark = get_spark("cehrgpt-prepare", spark_master, shuffle_partitions)
-        if shuffle_partitions is None and spark.sparkContext.master.startswith("local"):
+        if shuffle_partitions is None and (spark.sparkContext.master or "").startswith("local"):
             # Spark's 200 shuffle partitions are sized for clusters; on one machine they cost more than the work.
             spark.conf.set("spark.sql.shuffle.partitions", str(local_shuffle_partitions(spark)))
     staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -207,41 +188,59 @@ class OmopInputs:
 def read_inputs(spark: SparkSession, source: OmopSource, domains: Sequence[str]) -> OmopInputs:
     """Read and check every table before any work, so bad input fails fast and leaves nothing.
 
+    Required: ``person``, ``visit_occurrence``, ``concept`` and the default event tables among
+    ``domains``. Optional (absent or unusable → skipped with a warning and a report line): the other
+    event tables, ``death``, ``patient_splits``, ``concept_relationship``, ``concept_ancestor``.
+
     Raises:
         OmopSourceError: a required table or column is missing, a file unreadable, a value mistyped.
     """
-    absent: dict[str, str] = {}
-    unusable_rows: dict[str, int | None] = {}
-    person = source.read_table(
-        spark,
-        "person",
-        ["person_id", "gender_concept_id", "year_of_birth", "race_concept_id"],
-        ["month_of_birth", "day_of_birth", "birth_datetime"],
-    )
-    visit_occurrence = source.read_table(
-        spark,
-        "visit_occurrence",
-        ["visit_occurrence_id", "person_id", "visit_concept_id", "visit_start_date"],
-        ["discharged_to_concept_id"],
-    )
-    domain_tables: dict[str, DataFrame] = {}
+    required: dict[str, TableRequest] = {
+        "person": TableRequest(
+            ("person_id", "gender_concept_id", "year_of_birth", "race_concept_id"),
+            ("month_of_birth", "day_of_birth", "birth_datetime"),
+        ),
+        "visit_occurrence": TableRequest(
+            ("visit_occurrence_id", "person_id", "visit_concept_id", "visit_start_date"),
+            ("discharged_to_concept_id",),
+        ),
+    }
+    optional: dict[str, TableRequest] = {}
     for name in domains:
         domain = EVENT_DOMAINS[name]
-        columns = ["person_id", domain.concept_column, domain.date_column]
-        if name in REQUIRED_DOMAINS:
-            domain_tables[name] = source.read_table(spark, domain.table, columns, ["visit_occurrence_id"])
-            continue
-        table = _optional_table(spark, source, domain.table, columns, ["visit_occurrence_id"], absent)
-        if table is None:
-            unusable_rows[domain.table] = _raw_count(spark, source, domain.table)
+        request = TableRequest(
+            ("person_id", domain.concept_column, domain.date_column), ("visit_occurrence_id",)
+        )
+        (required if name in REQUIRED_DOMAINS else optional)[domain.table] = request
+    required["concept"] = TableRequest(*_cdm_columns("concept"))
+    optional["death"] = TableRequest(("person_id", "death_date"))
+    optional["patient_splits"] = TableRequest(("person_id", "split"))
+    for name in OPTIONAL_VOCABULARY:
+        optional[name] = TableRequest(*_cdm_columns(name))
+
+    absent: dict[str, str] = {}
+    unusable_rows: dict[str, int | None] = {}
+    present_optional = {}
+    for name, request in optional.items():
+        if source.has_table(name):
+            present_optional[name] = request
         else:
-            domain_tables[name] = table
-    concept_required, concept_optional = _cdm_columns("concept")
-    concept = source.read_table(spark, "concept", concept_required, concept_optional)
-    death = _optional_table(spark, source, "death", ["person_id", "death_date"], [], absent)
-    if death is None and source.has_table("death"):
-        unusable_rows["death"] = _raw_count(spark, source, "death")
-    splits = _optional_table(spark, source, "patient_splits", ["person_id", "split"], [], absent)
+            absent[name] = "not in the source"
+    tables = source.read_tables(spark, required | present_optional)
+    for name in required:
+        error = tables[name]
+        if isinstance(error, OmopSourceError):
+            raise error
+    usable: dict[str, DataFrame] = {}
+    for name, table in tables.items():
+        if isinstance(table, OmopSourceError):
+            log.warning("treating %s as absent: %s", name, table)
+            absent[name] = f"unusable: {table}"
+            unusable_rows[name] = _raw_count(spark, source, name)
+        else:
+            usable[name] = table
+
+    splits = usable.get("patient_splits")
     if splits is not None:
         bad = splits.where(~F.col("split").isin("train", "test") | F.col("split").isNull())
         counted = bad.agg(F.count(F.lit(1)).alias("n"), F.first("split").alias("example")).collect()[0]
@@ -249,14 +248,18 @@ def read_inputs(spark: SparkSession, source: OmopSource, domains: Sequence[str])
             raise OmopSourceError(
                 f"patient_splits.split: {counted['n']} values are not train/test, e.g. {counted['example']!r}"
             )
-    vocabulary = {"concept": concept}
-    for name in OPTIONAL_VOCABULARY:
-        required, optional = _cdm_columns(name)
-        table = _optional_table(spark, source, name, required, optional, absent)
-        if table is not None:
-            vocabulary[name] = table
     return OmopInputs(
-        person, visit_occurrence, concept, domain_tables, death, splits, vocabulary, absent, unusable_rows
+        person=usable["person"],
+        visit_occurrence=usable["visit_occurrence"],
+        concept=usable["concept"],
+        domain_tables={
+            n: usable[EVENT_DOMAINS[n].table] for n in domains if EVENT_DOMAINS[n].table in usable
+        },
+        death=usable.get("death"),
+        splits=splits,
+        vocabulary={n: usable[n] for n in VOCABULARY_TABLES if n in usable},
+        absent=absent,
+        unusable_rows=unusable_rows,
     )
 
 

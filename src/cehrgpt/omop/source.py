@@ -15,7 +15,8 @@ import gzip
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,22 +124,73 @@ class OmopSource(ABC):
         Raises:
             OmopSourceError: missing table or column, unreadable file, a value failing its type.
         """
-        table = name.lower()
+        result = self.read_tables(spark, {name: TableRequest(tuple(columns), tuple(optional_columns))})
+        table = next(iter(result.values()))
+        if isinstance(table, OmopSourceError):
+            raise table
+        return table
+
+    def read_tables(
+        self, spark: SparkSession, requests: Mapping[str, TableRequest]
+    ) -> dict[str, DataFrame | OmopSourceError]:
+        """Read several tables as :meth:`read_table` does, checking every value cast in one Spark job.
+
+        Returns:
+            For each requested table (lower-case name, in request order) its DataFrame, or the
+            :class:`OmopSourceError` that says why it cannot be used; the caller decides which are fatal.
+        """
+        results: dict[str, DataFrame | OmopSourceError] = {}
+        checks: list[DataFrame] = []
+        for name, request in requests.items():
+            table = name.lower()
+            try:
+                results[table], check = self._typed_table(spark, table, request)
+            except OmopSourceError as error:
+                results[table] = error
+                continue
+            if check is not None:
+                checks.append(check)
+        if checks:
+            union = checks[0]
+            for check in checks[1:]:
+                union = union.unionByName(check)
+            failures: dict[str, Any] = {}
+            for row in union.where(F.col("bad") > 0).collect():
+                failures.setdefault(row["table"], row)
+            for table, row in failures.items():
+                word = _TYPE_WORDS.get(column_types(table).get(row["column"], T.StringType()), "valid")
+                results[table] = OmopSourceError(
+                    f"{table}.{row['column']}: {row['bad']} values are not {word}, e.g. {row['example']!r}"
+                )
+        return results
+
+    def _typed_table(
+        self, spark: SparkSession, table: str, request: TableRequest
+    ) -> tuple[DataFrame, DataFrame | None]:
+        """The typed table and a one-job check of its casts (rows: table, column, bad, example)."""
         if not self.has_table(table):
             raise OmopSourceError(f"{table}: table not found in {self.spec}")
         actual = {c.lower(): c for c in self._raw_columns(spark, table)}
-        wanted = [c.lower() for c in columns] + [c.lower() for c in optional_columns]
+        optional = [c.lower() for c in request.optional_columns]
         picked: dict[str, str | None] = {}
-        for column in wanted:
+        for column in [c.lower() for c in request.columns] + optional:
             source = actual.get(column)
             if source is None and column in CDM53_NAMES:
                 source = actual.get(CDM53_NAMES[column])
-            if source is None and column not in (c.lower() for c in optional_columns):
+            if source is None and column not in optional:
                 found = ", ".join(sorted(actual)) or "none"
                 raise OmopSourceError(f"{table}.{column}: column not found (columns present: {found})")
             picked[column] = source
         raw = self._raw_table(spark, table, [s for s in picked.values() if s is not None])
         return _typed(raw, table, picked)
+
+
+@dataclass(frozen=True)
+class TableRequest:
+    """Columns to read from one table: ``columns`` must exist, ``optional_columns`` may be null-filled."""
+
+    columns: tuple[str, ...]
+    optional_columns: tuple[str, ...] = ()
 
 
 def _cast_expression(column: Column, source_type: T.DataType, target: T.DataType) -> Column:
@@ -165,8 +217,8 @@ def _compatible(source_type: T.DataType, target: T.DataType) -> bool:
     return False
 
 
-def _typed(raw: DataFrame, table: str, picked: dict[str, str | None]) -> DataFrame:
-    """Select, rename to lower case and cast; fail with one line on the first column with bad values."""
+def _typed(raw: DataFrame, table: str, picked: dict[str, str | None]) -> tuple[DataFrame, DataFrame | None]:
+    """Select, rename to lower case and cast; plus the check of the casts that can fail (None if none)."""
     types = column_types(table)
     source_types = {f.name: f.dataType for f in raw.schema.fields}
     selected: list[Column] = []
@@ -190,28 +242,25 @@ def _typed(raw: DataFrame, table: str, picked: dict[str, str | None]) -> DataFra
             if isinstance(source_type, T.StringType):
                 present = F.nullif(F.trim(original), F.lit("")).isNotNull()
             checks.append((column, present & cast.isNull(), original.cast(T.StringType())))
-    if checks:
-        _check_casts(raw, table, checks, source_types, types)
-    return raw.select(*selected)
+    return raw.select(*selected), (_cast_check(raw, table, checks) if checks else None)
 
 
-def _check_casts(
-    raw: DataFrame,
-    table: str,
-    checks: list[tuple[str, Column, Column]],
-    source_types: dict[str, T.DataType],
-    types: dict[str, T.DataType],
-) -> None:
+def _cast_check(raw: DataFrame, table: str, checks: list[tuple[str, Column, Column]]) -> DataFrame:
+    """One row per checked column: how many values fail their cast, and the first of them."""
     aggregates = []
     for i, (_column, failed, text) in enumerate(checks):
         aggregates.append(F.sum(failed.cast("long")).alias(f"n{i}"))
         aggregates.append(F.first(F.when(failed, text), ignorenulls=True).alias(f"e{i}"))
-    row = raw.agg(*aggregates).collect()[0]
-    for i, (column, _failed, _text) in enumerate(checks):
-        bad = row[f"n{i}"] or 0
-        if bad:
-            word = _TYPE_WORDS.get(types.get(column, T.StringType()), "valid")
-            raise OmopSourceError(f"{table}.{column}: {bad} values are not {word}, e.g. {row[f'e{i}']!r}")
+    rows = [
+        F.struct(
+            F.lit(table).alias("table"),
+            F.lit(column).alias("column"),
+            F.coalesce(F.col(f"n{i}"), F.lit(0)).alias("bad"),
+            F.col(f"e{i}").alias("example"),
+        )
+        for i, (column, _failed, _text) in enumerate(checks)
+    ]
+    return raw.agg(*aggregates).select(F.inline(F.array(*rows)))
 
 
 # --- a folder of parquet / CSV ------------------------------------------------------------------------------
