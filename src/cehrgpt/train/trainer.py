@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -162,6 +163,21 @@ def train(
     return _Run(Path(data_folder), Path(output_folder), settings).execute()
 
 
+@dataclass
+class _Data:
+    """What a run trains and validates on."""
+
+    tokenizer: Any
+    tokenizer_stats: dict
+    loader: DataLoader
+    eval_windows: list[np.ndarray]
+    eval_count: int  # tokens predicted over the validation windows
+    unigram_nll: float  # summed over those tokens
+    pad_id: int
+    num_train: int
+    num_test: int
+
+
 class _Run:
     """One training run: its settings, data, model and bookkeeping."""
 
@@ -192,32 +208,75 @@ class _Run:
 
     def execute(self) -> dict:
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
 
         started = time.perf_counter()
-        s = self.settings
         checkpoint = self._check_output_folder()
-        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-        # cpu=True without a GPU: accelerate only sets up multi-process (gloo) CPU runs when told so
-        accelerator = Accelerator(
-            mixed_precision=mixed, step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available()
+        self.mixed_precision = (
+            "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         )
-        self.accelerator = accelerator
-        main = accelerator.is_main_process
-        if main:
-            (self.out / METRICS_FILE).unlink(missing_ok=True)
+        # cpu=True without a GPU: accelerate only sets up multi-process (gloo) CPU runs when told so
+        self.accelerator = Accelerator(
+            mixed_precision=self.mixed_precision,
+            step_scheduler_with_optimizer=False,
+            cpu=not torch.cuda.is_available(),
+        )
+        data = self._prepare_data(resuming=checkpoint is not None)
+        model, optimizer, loader, scheduler, total_steps = self._build(data)
+        state: dict[str, Any] = {"step": 0, "log_history": [], "eval_history": []}
+        if checkpoint is not None:
+            state = self._load_checkpoint(checkpoint)
+        if self.accelerator.is_main_process:
+            (self.out / METRICS_FILE).unlink(missing_ok=True)  # no longer a finished run
+        self._log_start(model, data, len(loader), total_steps, state["step"])
 
+        resumed_from = state["step"]
+        tokens_seen, seconds = self._train_loop(model, optimizer, scheduler, loader, data, state, total_steps)
+        final = self._evaluate(model, data, state["step"])
+        state["eval_history"].append(final)
+        metrics = {
+            "train_loss": state["log_history"][-1]["loss"] if state["log_history"] else None,
+            "validation_loss": final["validation_loss"],
+            "validation_perplexity": final["validation_perplexity"],
+            "unigram_baseline_perplexity": final["unigram_baseline_perplexity"],
+            "validation_tokens": data.eval_count,
+            "tokens_per_second": round(tokens_seen / seconds, 1) if seconds else None,
+            "wall_time_seconds": round(time.perf_counter() - started, 2),
+            "steps": state["step"],
+            "resumed_from_step": resumed_from if checkpoint else None,
+            "steps_per_epoch": len(loader),
+            "epochs_completed": round(state["step"] / len(loader), 3),
+            "num_train_patients": data.num_train,
+            "num_test_patients": data.num_test,
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "device": str(self.accelerator.device),
+            "num_processes": self.accelerator.num_processes,
+            "mixed_precision": self.mixed_precision,
+            "tokenizer": data.tokenizer_stats,
+            "settings": asdict(self.settings),
+            "log_history": state["log_history"],
+            "eval_history": state["eval_history"],
+        }
+        if self.accelerator.is_main_process:
+            unwrapped = self.accelerator.unwrap_model(model)
+            self._write_artifact(unwrapped, self.accelerator.get_state_dict(model), data.tokenizer, metrics)
+            logger.info(
+                "validation loss %.4f, perplexity %.2f (unigram baseline %.2f); %s tokens/s; saved to %s",
+                metrics["validation_loss"], metrics["validation_perplexity"],
+                metrics["unigram_baseline_perplexity"], metrics["tokens_per_second"], self.out,
+            )  # fmt: skip
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    def _prepare_data(self, resuming: bool) -> _Data:
+        s = self.settings
         train_tokens = read_split(self.data_folder, "train")
         test_tokens = read_split(self.data_folder, "test")
-        tokenizer, tokenizer_stats = self._tokenizer(train_tokens, resuming=checkpoint is not None)
+        tokenizer, stats = self._tokenizer(train_tokens, resuming)
         vocab = tokenizer.get_vocab()
         pad_id, end_id, vs_id = vocab[grammar.PAD], vocab[grammar.END], vocab[grammar.VISIT_START]
         train_ids = encode_all(train_tokens, vocab, vocab[grammar.OOV])
         test_ids = encode_all(test_tokens, vocab, vocab[grammar.OOV])
-        window = s.context_window
-        assert window is not None and s.batch_size is not None
-
-        dataset = WindowDataset(train_ids, window, end_id, vs_id, s.seed)
+        dataset = WindowDataset(train_ids, s.context_window, end_id, vs_id, s.seed)
         loader = DataLoader(
             dataset,
             batch_size=s.batch_size,
@@ -227,63 +286,86 @@ class _Run:
             # its own generator: creating an epoch iterator must not draw from the global RNG (dropout),
             # or a resumed run would diverge from the uninterrupted one
             generator=torch.Generator().manual_seed(s.seed),
-            drop_last=False,
         )
-        eval_set = WindowDataset(test_ids, window, end_id, vs_id, s.seed + 1)
+        eval_set = WindowDataset(test_ids, s.context_window, end_id, vs_id, s.seed + 1)
         eval_windows = [eval_set[i] for i in range(len(eval_set))]
         unigram = unigram_log_probs([whole_history(ids, end_id) for ids in train_ids], len(tokenizer))
-        unigram_nll = -sum(float(unigram[w[1:]].sum()) for w in eval_windows)
-        eval_count = sum(len(w) - 1 for w in eval_windows)
+        return _Data(
+            tokenizer=tokenizer,
+            tokenizer_stats=stats,
+            loader=loader,
+            eval_windows=eval_windows,
+            eval_count=sum(len(w) - 1 for w in eval_windows),
+            unigram_nll=-sum(float(unigram[w[1:]].sum()) for w in eval_windows),
+            pad_id=pad_id,
+            num_train=len(train_ids),
+            num_test=len(test_ids),
+        )
 
-        set_seed(s.seed)
+    def _build(self, data: _Data):
+        """Model, optimizer, loader and scheduler, prepared for this process; and the step budget."""
+        from accelerate.utils import set_seed
         from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
+        s = self.settings
+        set_seed(s.seed)
         config = gpt2_config(
-            tokenizer,
+            data.tokenizer,
             n_layer=s.n_layer,
             n_embd=s.n_embd,
             n_head=s.n_head,
-            context_window=window,
+            context_window=s.context_window,
             dropout=s.dropout,
         )
         model = GPT2LMHeadModel(config)
         model.loss_type = "ForCausalLM"  # what transformers falls back to anyway, minus its warning
-        model.generation_config = generation_config(tokenizer, window)
+        model.generation_config = generation_config(data.tokenizer, s.context_window)
         optimizer = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, weight_decay=WEIGHT_DECAY)
-        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-        steps_per_epoch = len(loader)
-        total_steps = s.max_steps or steps_per_epoch * s.epochs
+        model, optimizer, loader = self.accelerator.prepare(model, optimizer, data.loader)
+        total_steps = s.max_steps or len(loader) * s.epochs
         warmup = min(MAX_WARMUP_STEPS, max(1, int(WARMUP_FRACTION * total_steps)))
-        scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(optimizer, warmup, total_steps))
+        scheduler = self.accelerator.prepare(get_cosine_schedule_with_warmup(optimizer, warmup, total_steps))
+        return model, optimizer, loader, scheduler, total_steps
 
-        state: dict[str, Any] = {"step": 0, "log_history": [], "eval_history": []}
-        if checkpoint is not None:
-            state = self._load_checkpoint(checkpoint)
-        step = resumed_from = state["step"]
-        log_history, eval_history = state["log_history"], state["eval_history"]
-        if main:
-            params = sum(p.numel() for p in model.parameters())
-            logger.info(
-                "training %s (%.2fM parameters, vocab %d, window %d) on %d patients, %d steps (%d per epoch), "
-                "%s, %d process(es), mixed precision %s%s",
-                s.preset, params / 1e6, len(tokenizer), window, len(train_ids), total_steps, steps_per_epoch,
-                accelerator.device, accelerator.num_processes, mixed,
-                f", resumed from step {step}" if checkpoint else "",
-            )  # fmt: skip
+    def _log_start(self, model, data: _Data, steps_per_epoch: int, total_steps: int, step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        s = self.settings
+        logger.info(
+            "training %s (%.2fM parameters, vocab %d, window %d) on %d patients, %d steps (%d per epoch), "
+            "%s, %d process(es), mixed precision %s%s",
+            s.preset, sum(p.numel() for p in model.parameters()) / 1e6, len(data.tokenizer), s.context_window,
+            data.num_train, total_steps, steps_per_epoch, self.accelerator.device,
+            self.accelerator.num_processes, self.mixed_precision, f", resumed from step {step}" if step else "",
+        )  # fmt: skip
 
-        model.train()
-        window_loss, window_steps, window_tokens = 0.0, 0, 0
-        train_tokens_seen, train_seconds = 0, 0.0
+    def _train_loop(self, model, optimizer, scheduler, loader, data: _Data, state: dict, total_steps: int):
+        """Run steps until ``total_steps``, logging, evaluating and checkpointing into ``state``.
+
+        Returns:
+            Real tokens trained on (all processes) and the seconds spent training (evaluation and
+            checkpoints excluded).
+        """
+        s, accelerator = self.settings, self.accelerator
+        steps_per_epoch = len(loader)
+        device = accelerator.device
+        step = state["step"]
+        window_loss = torch.zeros((), device=device)
+        window_tokens = torch.zeros((), dtype=torch.long, device=device)
+        window_steps, tokens_seen, seconds = 0, 0, 0.0
         bar = tqdm(
-            total=total_steps, initial=step, disable=not main, unit="step", desc="train", dynamic_ncols=True
+            total=total_steps,
+            initial=step,
+            disable=not accelerator.is_main_process,
+            unit="step",
+            desc="train",
         )
+        model.train()
         tick = time.perf_counter()
         while step < total_steps:
-            epoch = step // steps_per_epoch
-            loader.set_epoch(epoch)
+            loader.set_epoch(step // steps_per_epoch)
             skip = step % steps_per_epoch
-            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-            for batch in batches:
+            for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
                 with accelerator.autocast():
                     loss = model(**batch).loss
                 accelerator.backward(loss)
@@ -292,83 +374,44 @@ class _Run:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                tokens = int(batch["attention_mask"].sum())
-                window_loss += loss.detach().float().item()
+                window_loss += loss.detach().float()
+                window_tokens += batch["attention_mask"].sum()
                 window_steps += 1
-                window_tokens += tokens
                 bar.update(1)
                 if (s.logging_steps and step % s.logging_steps == 0) or step == total_steps:
-                    now = time.perf_counter()
-                    train_seconds += now - tick
-                    all_tokens = int(
-                        accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device))
-                    )
-                    mean_loss = float(
-                        accelerator.reduce(
-                            torch.tensor(window_loss / window_steps, device=accelerator.device), "mean"
-                        )
-                    )
-                    rate = all_tokens / max(now - tick, 1e-9)
-                    train_tokens_seen += all_tokens
-                    entry = {"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": round(mean_loss, 5),
-                             "learning_rate": scheduler.get_last_lr()[0], "tokens_per_second": round(rate, 1)}  # fmt: skip
-                    log_history.append(entry)
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate:,.0f}")
-                    if main:
-                        logger.info("step %d/%d epoch %.2f loss %.4f lr %.2e %.0f tokens/s", step, total_steps,
-                                    entry["epoch"], mean_loss, entry["learning_rate"], rate)  # fmt: skip
-                    window_loss, window_steps, window_tokens = 0.0, 0, 0
+                    elapsed = time.perf_counter() - tick
+                    tokens = int(accelerator.reduce(window_tokens))
+                    mean_loss = float(accelerator.reduce(window_loss / window_steps, "mean"))
+                    seconds, tokens_seen = seconds + elapsed, tokens_seen + tokens
+                    entry = {
+                        "step": step,
+                        "epoch": round(step / steps_per_epoch, 3),
+                        "loss": round(mean_loss, 5),
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "tokens_per_second": round(tokens / max(elapsed, 1e-9), 1),
+                    }
+                    state["log_history"].append(entry)
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{entry['tokens_per_second']:,.0f}")
+                    if accelerator.is_main_process:
+                        logger.info(
+                            "step %d/%d epoch %.2f loss %.4f lr %.2e %.0f tokens/s", step, total_steps,
+                            entry["epoch"], mean_loss, entry["learning_rate"], entry["tokens_per_second"],
+                        )  # fmt: skip
+                    window_loss.zero_()
+                    window_tokens.zero_()
+                    window_steps = 0
                     tick = time.perf_counter()
+                state["step"] = step
                 if s.eval_steps and step % s.eval_steps == 0 and step != total_steps:
-                    eval_history.append(
-                        self._evaluate(model, eval_windows, pad_id, step, unigram_nll, eval_count)
-                    )
+                    state["eval_history"].append(self._evaluate(model, data, step))
                     tick = time.perf_counter()
                 if (s.save_steps and step % s.save_steps == 0) or step == total_steps:
-                    self._save_checkpoint(
-                        step, {"step": step, "log_history": log_history, "eval_history": eval_history}
-                    )
+                    self._save_checkpoint(step, state)
                     tick = time.perf_counter()
                 if step >= total_steps:
                     break
         bar.close()
-
-        final = self._evaluate(model, eval_windows, pad_id, step, unigram_nll, eval_count)
-        eval_history.append(final)
-        metrics = {
-            "train_loss": log_history[-1]["loss"] if log_history else None,
-            "validation_loss": final["validation_loss"],
-            "validation_perplexity": final["validation_perplexity"],
-            "unigram_baseline_perplexity": final["unigram_baseline_perplexity"],
-            "validation_tokens": eval_count,
-            "tokens_per_second": round(train_tokens_seen / train_seconds, 1) if train_seconds else None,
-            "wall_time_seconds": round(time.perf_counter() - started, 2),
-            "steps": step,
-            "resumed_from_step": resumed_from if checkpoint else None,
-            "steps_per_epoch": steps_per_epoch,
-            "epochs_completed": round(step / steps_per_epoch, 3),
-            "num_train_patients": len(train_ids),
-            "num_test_patients": len(test_ids),
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-            "device": str(accelerator.device),
-            "num_processes": accelerator.num_processes,
-            "mixed_precision": mixed,
-            "tokenizer": tokenizer_stats,
-            "settings": asdict(s),
-            "log_history": log_history,
-            "eval_history": eval_history,
-        }
-        if main:
-            self._write_artifact(
-                accelerator.unwrap_model(model), accelerator.get_state_dict(model), tokenizer, metrics
-            )
-            logger.info(
-                "validation loss %.4f, perplexity %.2f (unigram baseline %.2f); %s tokens/s; saved to %s",
-                metrics["validation_loss"], metrics["validation_perplexity"],
-                metrics["unigram_baseline_perplexity"], metrics["tokens_per_second"], self.out,
-            )  # fmt: skip
-        accelerator.wait_for_everyone()
-        return metrics
+        return tokens_seen, seconds
 
     def _tokenizer(self, train_tokens: list[list[str]], resuming: bool):
         saved = self.checkpoints / "tokenizer"
@@ -396,16 +439,16 @@ class _Run:
     # --- evaluation -----------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _evaluate(self, model, windows, pad_id: int, step: int, unigram_nll: float, count: int) -> dict:
+    def _evaluate(self, model, data: _Data, step: int) -> dict:
         """Token-level validation loss over every test window; each process takes every n-th window."""
         accelerator = self.accelerator
-        mine = windows[accelerator.process_index :: accelerator.num_processes]
+        mine = data.eval_windows[accelerator.process_index :: accelerator.num_processes]
         mine = sorted(mine, key=len, reverse=True)
         batch_size = self.settings.batch_size
         total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
         model.eval()
         for begin in range(0, len(mine), batch_size):
-            batch = collate_windows(mine[begin : begin + batch_size], pad_id)
+            batch = collate_windows(mine[begin : begin + batch_size], data.pad_id)
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.autocast():
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -416,12 +459,12 @@ class _Run:
                 reduction="sum",
             ).double()
         model.train()
-        loss = float(accelerator.reduce(total, "sum")) / count
+        loss = float(accelerator.reduce(total, "sum")) / data.eval_count
         result = {
             "step": step,
             "validation_loss": round(loss, 5),
             "validation_perplexity": round(math.exp(loss), 3),
-            "unigram_baseline_perplexity": round(math.exp(unigram_nll / count), 3),
+            "unigram_baseline_perplexity": round(math.exp(data.unigram_nll / data.eval_count), 3),
         }
         if accelerator.is_main_process:
             logger.info(
