@@ -623,15 +623,7 @@ def decode_arrow(sequences: pa.ListArray, usable: np.ndarray) -> ArrowDecoded:
         "concept_id": event_concepts,
         "day": day[events],
         "visit_position": position[vs_index[events]],
-        "token": np.array(
-            [
-                dictionary[c] if cid == 0 else None
-                for c, cid in zip(codes[events], event_concepts, strict=True)
-            ]
-            if (event_concepts == 0).any()
-            else [None] * len(events),
-            dtype=object,
-        ),
+        "token": np.array(dictionary, object)[codes[events]],
     }
     deaths = np.flatnonzero(token_ok & (kinds == _K.DEATH))
     death = {"row": row_of[deaths], "position": position[deaths], "day": day[deaths]}

@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -69,6 +68,7 @@ EVENT_TABLES = {
     "observation": "observation",
     "device": "device_exposure",
 }
+EVENT_TABLE_NAMES = tuple(EVENT_TABLES.values())
 TABLES = (
     "person",
     "visit_occurrence",
@@ -129,6 +129,7 @@ DECODED_SCHEMA = pa.schema(
         ("reason", pa.string()),  # a rejection's reason; a tally's patient-level reason
         ("count", pa.int64()),  # a tally's structural tokens
         ("tokens", pa.int64()),  # a tally's input tokens
+        ("table", pa.int8()),  # an event's table: an index into EVENT_TABLE_NAMES
     ]
 )
 
@@ -156,8 +157,58 @@ def _or_null(values: np.ndarray) -> pa.Array:
     return pa.array(values, pa.int64(), mask=values < 0)
 
 
+NOT_IN_VOCABULARY, UNSUPPORTED = -2, -1
+
+
+def classify(concept_ids: np.ndarray, vocabulary: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Each concept's event table (index into :data:`EVENT_TABLE_NAMES`), or a negative reason code.
+
+    Args:
+        concept_ids: the events' concepts.
+        vocabulary: sorted concept ids and, for each, its table index or :data:`UNSUPPORTED`.
+    """
+    ids, tables = vocabulary
+    if len(ids) == 0:
+        return np.full(len(concept_ids), NOT_IN_VOCABULARY, np.int8)
+    at = np.minimum(np.searchsorted(ids, concept_ids), len(ids) - 1)
+    return np.where(ids[at] == concept_ids, tables[at], NOT_IN_VOCABULARY).astype(np.int8)
+
+
+def _split_events(
+    columns: dict[str, Any], tokens: np.ndarray, vocabulary: tuple[np.ndarray, np.ndarray]
+) -> Iterator[pa.RecordBatch]:
+    """Events as EVENT records with their table, and those the vocabulary cannot place as rejections."""
+    concept_ids = np.asarray(columns["concept_id"], np.int64)
+    tables = classify(concept_ids, vocabulary)
+    placed = tables >= 0
+    if placed.any():
+        event = {k: np.asarray(v)[placed] for k, v in columns.items()}
+        event["token"] = np.where(concept_ids[placed] == 0, tokens[placed], np.array(None, object))
+        event["table"] = tables[placed]
+        yield _record_batch(EVENT, event)
+    if not placed.all():
+        reasons = np.where(
+            tables[~placed] == NOT_IN_VOCABULARY,
+            Reason.CONCEPT_NOT_IN_VOCABULARY.value,
+            Reason.UNSUPPORTED_DOMAIN.value,
+        )
+        yield _record_batch(
+            REJECTION,
+            {
+                "person_id": np.asarray(columns["person_id"])[~placed],
+                "position": np.asarray(columns["position"])[~placed],
+                "token": tokens[~placed],
+                "reason": reasons,
+            },
+        )
+
+
 def _fast_records(
-    fast: ArrowDecoded, person_ids: np.ndarray, bases: np.ndarray, lengths: np.ndarray
+    fast: ArrowDecoded,
+    person_ids: np.ndarray,
+    bases: np.ndarray,
+    lengths: np.ndarray,
+    vocabulary: tuple[np.ndarray, np.ndarray],
 ) -> Iterator[pa.RecordBatch]:
     """The records of the patients the vectorised decoder handled."""
     p, v, e, d = fast.person, fast.visit, fast.event, fast.death
@@ -194,8 +245,7 @@ def _fast_records(
         )
     if len(e["row"]):
         base = bases[e["row"]]
-        yield _record_batch(
-            EVENT,
+        yield from _split_events(
             {
                 "person_id": person_ids[e["row"]],
                 "position": e["position"],
@@ -203,8 +253,9 @@ def _fast_records(
                 "concept_id": e["concept_id"],
                 "start_date": e["day"],
                 "parent_id": base + e["visit_position"],
-                "token": e["token"],
             },
+            e["token"],
+            vocabulary,
         )
     if len(d["row"]):
         yield _record_batch(
@@ -219,6 +270,7 @@ def _append(columns: dict[str, list[Any]], **values: Any) -> None:
 
 def _slow_records(
     patients: list[tuple[int | None, list[str] | None, int, bool]],
+    vocabulary: tuple[np.ndarray, np.ndarray],
 ) -> Iterator[pa.RecordBatch]:
     """The records of patients decoded one by one: (person_id, tokens, id base, duplicate)."""
     columns: dict[int, dict[str, list[Any]]] = {
@@ -281,7 +333,7 @@ def _slow_records(
                 concept_id=event.concept_id,
                 start_date=event.day,
                 parent_id=base + event.visit_position,
-                token=None if event.concept_id else tokens[event.position],
+                token=tokens[event.position],
             )
         if out.death is not None:
             _append(
@@ -305,6 +357,9 @@ def _slow_records(
             count=out.structural,
             tokens=len(tokens),
         )
+    events = columns.pop(EVENT)
+    if events["person_id"]:
+        yield from _split_events(events, np.array(events.pop("token"), object), vocabulary)
     for record, values in columns.items():
         if values["person_id"]:
             yield _record_batch(record, values)
@@ -314,6 +369,7 @@ def decode_batches(
     batches: Iterator[pa.RecordBatch],
     file_index: dict[str, int],
     duplicates: frozenset[tuple[str, int]],
+    vocabulary: tuple[np.ndarray, np.ndarray],
 ) -> Iterator[pa.RecordBatch]:
     """Decode Arrow batches of sequences into the long-format records the tables are cut from.
 
@@ -324,6 +380,7 @@ def decode_batches(
         batches: ``person_id``, ``concept_ids``, ``file_path``, ``row_index``.
         file_index: each input file's place in the sorted list of input files.
         duplicates: (file, row) of rows whose person_id an earlier row already has.
+        vocabulary: see :func:`classify`.
     """
     for batch in batches:
         n = batch.num_rows
@@ -350,7 +407,7 @@ def decode_batches(
         )
         usable = has_person & ~duplicate & (lengths < 1 << POSITION_BITS)
         fast = decode_arrow(sequences, usable)
-        yield from _fast_records(fast, person_ids, bases, lengths)
+        yield from _fast_records(fast, person_ids, bases, lengths, vocabulary)
         slow = np.flatnonzero(~fast.decoded)
         if len(slow):
             slow_sequences = sequences.take(pa.array(slow)).to_pylist()
@@ -358,7 +415,8 @@ def decode_batches(
                 [
                     (int(person_ids[r]) if has_person[r] else None, tokens, int(bases[r]), bool(duplicate[r]))
                     for r, tokens in zip(slow, slow_sequences, strict=True)
-                ]
+                ],
+                vocabulary,
             )
 
 
@@ -504,23 +562,14 @@ def visit_table(decoded: DataFrame) -> DataFrame:
     )
 
 
-def classify_events(decoded: DataFrame, concepts: DataFrame) -> DataFrame:
-    """Events with the table their concept's domain sends them to; null ``table`` with a ``reason`` otherwise."""
-    domain_tables = F.create_map(*[x for d, t in EVENT_TABLES.items() for x in (F.lit(d), F.lit(t))])
-    domain = F.lower(F.trim(F.col("domain_id")))
-    events = decoded.where(F.col("record") == EVENT)
-    # only the concepts the events use: small enough to broadcast even for a full OHDSI vocabulary
-    used = concepts.join(events.select("concept_id").distinct(), on="concept_id", how="inner")
-    return (
-        events.join(F.broadcast(used), on="concept_id", how="left")
-        .withColumn("table", domain_tables[domain])
-        .withColumn(
-            "reason",
-            F.when(F.col("domain_id").isNull(), F.lit(Reason.CONCEPT_NOT_IN_VOCABULARY.value)).when(
-                F.col("table").isNull(), F.lit(Reason.UNSUPPORTED_DOMAIN.value)
-            ),
-        )
-    )
+def vocabulary_tables(concepts: DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted concept ids and each one's event table index (:data:`UNSUPPORTED` for other domains)."""
+    arrow = concepts.select("concept_id", F.lower(F.trim("domain_id")).alias("domain")).toArrow()
+    ids = arrow.column("concept_id").to_numpy().astype(np.int64)
+    names = {domain: i for i, domain in enumerate(EVENT_TABLES)}
+    tables = np.array([names.get(d, UNSUPPORTED) for d in arrow.column("domain").to_pylist()], np.int8)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], tables[order]
 
 
 # table → (id, concept, date, datetime, type concept column, type concept)
@@ -577,7 +626,7 @@ EVENT_COLUMNS = {
 
 
 def event_table(events: DataFrame, table: str) -> DataFrame:
-    """The rows of one event table, from events classified by :func:`classify_events`."""
+    """The rows of one event table, from the decoded records."""
     id_column, concept, date, datetime, type_column, type_concept = EVENT_COLUMNS[table]
     values: dict[str, Column] = {
         id_column: F.col("record_id"),
@@ -591,7 +640,8 @@ def event_table(events: DataFrame, table: str) -> DataFrame:
     if table == "drug_exposure":  # required; a generated drug has no duration, so it ends the day it starts
         values["drug_exposure_end_date"] = F.col("start_date")
         values["drug_exposure_end_datetime"] = _midnight("start_date")
-    return events.where(F.col("table") == table).select(*cdm_select(table, values))
+    rows = events.where((F.col("record") == EVENT) & (F.col("table") == EVENT_TABLE_NAMES.index(table)))
+    return rows.select(*cdm_select(table, values))
 
 
 def death_table(decoded: DataFrame) -> DataFrame:
@@ -640,16 +690,9 @@ REJECTED_SCHEMA = T.StructType(
 )
 
 
-def rejected_table(decoded: DataFrame, events: DataFrame) -> DataFrame:
+def rejected_table(decoded: DataFrame) -> DataFrame:
     columns = [F.col(f.name).cast(f.dataType).alias(f.name) for f in REJECTED_SCHEMA.fields]
-    in_decoding = decoded.where(F.col("record") == REJECTION).select(*columns)
-    in_vocabulary = events.where(F.col("reason").isNotNull()).select(
-        F.col("person_id"),
-        F.col("position"),
-        F.coalesce(F.col("token"), F.col("concept_id").cast(T.StringType())).alias("token"),
-        F.col("reason"),
-    )
-    return in_decoding.unionByName(in_vocabulary.select(*columns))
+    return decoded.where(F.col("record") == REJECTION).select(*columns)
 
 
 # --- writing with a success marker --------------------------------------------------------------------------
@@ -730,15 +773,24 @@ def _decode(
     sequences: DataFrame,
     file_index: dict[str, int],
     duplicates: frozenset[tuple[str, int]],
+    vocabulary: tuple[np.ndarray, np.ndarray],
+    folder: str,
 ) -> DataFrame:
-    """Every input row decoded by :func:`decode_batches` (in Python workers), cached for the tables."""
+    """Decode every input row in Python workers, once, into ``folder`` (by record kind); read it back.
+
+    Parquet, partitioned by record kind, is cheaper than caching here: each table
+    then reads only its own kind's files and columns.
+    """
     parallelism = spark.sparkContext.defaultParallelism
     if sequences.rdd.getNumPartitions() < parallelism:  # one big file is one partition: use every core
         sequences = sequences.repartition(parallelism * 2)
-    return sequences.mapInArrow(
-        lambda batches: decode_batches(batches, file_index, duplicates),
+    shared = spark.sparkContext.broadcast(vocabulary)
+    decoded = sequences.mapInArrow(
+        lambda batches: decode_batches(batches, file_index, duplicates, shared.value),
         from_arrow_schema(DECODED_SCHEMA),
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    decoded.write.partitionBy("record").mode("overwrite").parquet(folder)
+    return spark.read.parquet(folder)
 
 
 def restore(
@@ -775,7 +827,6 @@ def restore(
     session = spark or get_spark(
         "cehrgpt-omop-restore", master=spark_master, shuffle_partitions=shuffle_partitions
     )
-    cached: list[DataFrame] = []
     files = _Files(session, omop_folder)
     run = f"_tmp_{uuid.uuid4().hex[:12]}"
     try:
@@ -785,19 +836,20 @@ def restore(
             if stale.startswith("_tmp_"):  # a crashed run's partial output
                 files.delete(stale)
         file_index, duplicates = _input_layout(sequences)
-        decoded = _decode(session, sequences, file_index, duplicates)
-        events = classify_events(decoded, concepts).persist(StorageLevel.MEMORY_AND_DISK)
-        cached += [decoded, events]
+        vocabulary = vocabulary_tables(concepts)
+        decoded = _decode(
+            session, sequences, file_index, duplicates, vocabulary, f"{files.root}/{run}/_decoded"
+        )
         outputs: dict[str, DataFrame] = {
             "person": person_table(decoded),
             "visit_occurrence": visit_table(decoded),
-            **{table: event_table(events, table) for table in EVENT_TABLES.values()},
+            **{table: event_table(decoded, table) for table in EVENT_TABLE_NAMES},
             "death": death_table(decoded),
             "observation_period": observation_period_table(decoded),
-            REJECTED: rejected_table(decoded, events),
+            REJECTED: rejected_table(decoded),
         }
         _write_all(outputs, f"{files.root}/{run}")
-        report = _report(session, decoded, events, f"{files.root}/{run}")
+        report = _report(session, decoded, f"{files.root}/{run}")
         report.update(
             patient_sequence_folder=patient_sequence_folder,
             omop_folder=omop_folder,
@@ -812,8 +864,6 @@ def restore(
         return report
     finally:
         files.delete(run)
-        for frame in cached:
-            frame.unpersist()
         if own_session:
             session.stop()
 
@@ -834,11 +884,11 @@ def _write_all(outputs: dict[str, DataFrame], folder: str) -> None:
             progress.update()
 
 
-def _report(spark: SparkSession, decoded: DataFrame, events: DataFrame, folder: str) -> dict[str, Any]:
+def _report(spark: SparkSession, decoded: DataFrame, folder: str) -> dict[str, Any]:
     """Counts per table and reason, and the token and patient accounting, which must add up."""
-    records: dict[tuple[int, str | None], Any] = {
-        (r["record"], r["reason"]): r
-        for r in decoded.groupBy("record", "reason")
+    records: dict[tuple[int, str | None, int | None], Any] = {
+        (r["record"], r["reason"], r["table"]): r
+        for r in decoded.groupBy("record", "reason", "table")
         .agg(
             F.count("*").alias("rows"),
             F.sum("count").alias("structural"),
@@ -847,39 +897,34 @@ def _report(spark: SparkSession, decoded: DataFrame, events: DataFrame, folder: 
         )
         .collect()
     }
-    by_table = {
-        (r["table"], r["reason"]): int(r["count"])
-        for r in events.groupBy("table", "reason").count().collect()
-    }
 
-    def rows_of(record: int) -> int:
-        return sum(int(r["rows"]) for (kind, _), r in records.items() if kind == record)
+    def rows_of(record: int, table: int | None = None) -> int:
+        return sum(
+            int(r["rows"])
+            for (kind, _, in_table), r in records.items()
+            if kind == record and (table is None or in_table == table)
+        )
 
     rows = {
         "person": rows_of(PERSON),
         "visit_occurrence": rows_of(VISIT),
-        **{t: by_table.get((t, None), 0) for t in EVENT_TABLES.values()},
+        **{t: rows_of(EVENT, i) for i, t in enumerate(EVENT_TABLE_NAMES)},
         "death": rows_of(DEATH),
         "observation_period": spark.read.parquet(f"{folder}/observation_period").count(),
     }
     rejected: dict[str, int] = {}
-    for (kind, reason), r in records.items():
+    not_restored: dict[str, int] = {}
+    for (kind, reason, _), r in records.items():
         if kind == REJECTION and reason is not None:
             rejected[reason] = rejected.get(reason, 0) + int(r["rows"])
-    for (_, reason), count in by_table.items():
-        if reason is not None:
-            rejected[reason] = rejected.get(reason, 0) + count
-    not_restored = {
-        reason: int(r["rows"])
-        for (kind, reason), r in records.items()
-        if kind == TALLY and reason is not None
-    }
-    structural = sum(int(r["structural"] or 0) for (kind, _), r in records.items() if kind == TALLY)
+        elif kind == TALLY and reason is not None:
+            not_restored[reason] = not_restored.get(reason, 0) + int(r["rows"])
+    structural = sum(int(r["structural"] or 0) for (kind, _, _), r in records.items() if kind == TALLY)
     totals = {
         "patients": rows_of(TALLY),
-        "tokens": sum(int(r["tokens"] or 0) for (kind, _), r in records.items() if kind == TALLY),
+        "tokens": sum(int(r["tokens"] or 0) for (kind, _, _), r in records.items() if kind == TALLY),
     }
-    discharges = sum(int(r["discharges"]) for (kind, _), r in records.items() if kind == VISIT)
+    discharges = sum(int(r["discharges"]) for (kind, _, _), r in records.items() if kind == VISIT)
     placed = (
         PROMPT_LENGTH * rows["person"]
         + rows["visit_occurrence"]
