@@ -52,7 +52,7 @@ def _flags(**flags: object) -> list[str]:
     return [item for name, value in flags.items() for item in (f"--{name}", str(value))]
 
 
-def run_demo(output_folder: Path, *, num_of_patients: int, train_steps: int, seed: int) -> dict:
+def run_demo(output_folder: Path, *, num_of_patients: int, train_steps: int | None, seed: int) -> dict:
     out = output_folder.resolve()
     data, model, generated = out / "data", out / "model", out / "generated"
     synthetic = generated / STRATEGY_FOLDER / "generated_sequences"
@@ -68,7 +68,8 @@ def run_demo(output_folder: Path, *, num_of_patients: int, train_steps: int, see
     _run(
         "train",
         train_main,
-        _flags(data_folder=sequences, output_folder=model, preset="tiny", max_steps=train_steps, seed=seed),
+        _flags(data_folder=sequences, output_folder=model, preset="tiny", seed=seed)
+        + (_flags(max_steps=train_steps) if train_steps else []),
     )
     _run(
         "generate",
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output_folder", type=Path, default=Path("local_outputs/demo"))
     parser.add_argument("--num_of_patients", type=int, default=512)
-    parser.add_argument("--train_steps", type=int, default=600)
+    parser.add_argument("--train_steps", type=int, default=None, help="default: the tiny preset's steps")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     summary = run_demo(
