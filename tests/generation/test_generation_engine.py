@@ -16,13 +16,15 @@ from conftest import PATIENTS, tiny_model
 
 
 class RecordScores(LogitsProcessor):
-    """Keeps a copy of every (history, scores) pair the decoder produces."""
+    """Keeps a copy of every (history, scores, live rows) the decoder produces."""
 
     def __init__(self):
-        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.decoder: ContinuousBatchDecoder | None = None
 
     def __call__(self, input_ids, scores):
-        self.calls.append((input_ids.clone(), scores.clone()))
+        assert self.decoder is not None
+        self.calls.append((input_ids.clone(), scores.clone(), self.decoder.alive.clone()))
         return scores
 
 
@@ -43,19 +45,21 @@ def test_spliced_rows_see_exactly_their_own_tokens(tokenizer, monkeypatch):
     recorder = RecordScores()
     constraint = GrammarConstrainedLogitsProcessor(token_kinds(tokenizer), 20)
     decoder = _decoder(tokenizer, model, LogitsProcessorList([recorder, constraint]), 20, 3)
+    recorder.decoder = decoder
     prompts, rng = _prompts(tokenizer), np.random.default_rng(0)
-    result = decoder.run(7, lambda k: prompts[rng.integers(0, 4, k)])
-    assert len(result.sequences) == 7
+    result = decoder.run(8, lambda k: prompts[rng.integers(0, 4, k)])
+    assert len(result.sequences) == 8
     pad = model.config.vocab_size
-    checked = 0
-    for history, scores in recorder.calls:
-        for row in range(history.shape[0]):
+    checked = dead = 0
+    for history, scores, alive in recorder.calls:
+        dead += int((~alive).sum())
+        for row in torch.nonzero(alive).flatten().tolist():
             tokens = history[row][history[row] != pad]
             with torch.no_grad():
                 alone = model(input_ids=tokens[None]).logits[0, -1]
             torch.testing.assert_close(scores[row], alone, atol=1e-4, rtol=1e-4)
             checked += 1
-    assert checked > 50
+    assert checked > 50 and dead > 0
 
 
 def test_exact_count_and_every_sequence_ends_or_fills_the_window(tokenizer):

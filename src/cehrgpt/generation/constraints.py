@@ -28,8 +28,8 @@ def reachable_close_costs(next_state: np.ndarray, kinds_present: set[int]) -> np
     """
     usable = sorted(kinds_present - {int(TokenKind.DEATH)})
     cost = np.full(next_state.shape[0], _FORBIDDEN, dtype=np.int64)
-    for state in grammar.CLOSED_STATES:
-        cost[state] = 0
+    for closed in grammar.CLOSED_STATES:
+        cost[closed] = 0
     changed = True
     while changed:
         changed = False
@@ -155,4 +155,4 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
         if self.pad_token_id is not None:
             stuck = ~allowed.any(dim=1)
             allowed[:, self.pad_token_id] |= stuck
-        return scores.masked_fill(~allowed, -float("inf"))
+        return scores.masked_fill(~allowed, -float("inf"))  # type: ignore[return-value]

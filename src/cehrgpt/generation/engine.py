@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache, LogitsProcessorList, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicLayer
 
 from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor
 from cehrgpt.generation.sampling import sample_next_tokens
@@ -47,9 +48,62 @@ class DecodeResult:
     rejected: int = 0
 
 
-def _layers(cache: DynamicCache) -> list[Any]:
+def _layers(cache: Cache) -> list[Any]:
     """The cache's per-layer key/value holders (``.keys`` / ``.values``, ``[batch, heads, columns, dim]``)."""
     return list(cache.layers)
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """One layer's keys/values in a buffer allocated once: a step writes one column instead of copying all."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, width: int, capacity: int):
+        super().__init__()
+        shape = (keys.shape[0], keys.shape[1], capacity, keys.shape[3])
+        self.key_buffer = keys.new_zeros(shape)
+        self.value_buffer = values.new_zeros(shape)
+        self.key_buffer[:, :, :width] = keys
+        self.value_buffer[:, :, :width] = values
+        self.width = width
+        self.is_initialized = True
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.key_buffer[:, :, : self.width]
+        self.values = self.value_buffer[:, :, : self.width]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        n = key_states.shape[-2]
+        self.key_buffer[:, :, self.width : self.width + n] = key_states
+        self.value_buffer[:, :, self.width : self.width + n] = value_states
+        self.width += n
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.width
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.width + query_length, 0
+
+    def splice(self, rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Give ``rows`` new contents, right-aligned at the current width (the columns left of them stay masked)."""
+        n = keys.shape[-2]
+        self.key_buffer[rows] = 0
+        self.value_buffer[rows] = 0
+        self.key_buffer[rows, :, self.width - n : self.width] = keys
+        self.value_buffer[rows, :, self.width - n : self.width] = values
+
+    def drop_left(self, columns: int) -> None:
+        kept = self.width - columns
+        self.key_buffer[:, :, :kept] = self.key_buffer[:, :, columns : self.width].clone()
+        self.value_buffer[:, :, :kept] = self.value_buffer[:, :, columns : self.width].clone()
+        self.width = kept
+        self._views()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.key_buffer = self.key_buffer[indices]
+        self.value_buffer = self.value_buffer[indices]
+        self._views()
 
 
 def _cache_argument(model: PreTrainedModel) -> str:
@@ -97,6 +151,7 @@ class ContinuousBatchDecoder:
         self.device = next(model.parameters()).device
         self._cache_kw = _cache_argument(model)
         self._pad_id = int(model.config.vocab_size)  # out of range: ignored by the repetition penalty
+        self.alive = torch.ones(0, dtype=torch.bool)  # which batch rows hold a patient still being decoded
 
     def _forward(self, input_ids, cache, attention_mask=None, position_ids=None) -> torch.Tensor:
         kwargs = {self._cache_kw: cache}
@@ -143,21 +198,29 @@ class ContinuousBatchDecoder:
         rows = min(self.batch_size, num_sequences)
         prompts = draw_prompts(rows).to(self.device)
         prompt_len = prompts.shape[1]
-        cache, logits = self._prefill(prompts)
+        prefilled, logits = self._prefill(prompts)
+        capacity = self.context_window + COMPACT_EVERY + 1
+        cache = Cache(
+            layers=[_PreallocatedLayer(p.keys, p.values, prompt_len, capacity) for p in _layers(prefilled)]
+        )
         mask = torch.ones(rows, prompt_len, dtype=torch.long, device=self.device)
         history = prompts.clone()
         lengths = torch.full((rows,), prompt_len, dtype=torch.long, device=self.device)
+        # Finished rows with no prompt left stay as dead slots (cheaper than copying the cache each time)
+        # until half the batch is dead; then the batch is cut down to its live rows.
+        self.alive = torch.ones(rows, dtype=torch.bool, device=self.device)
         in_flight = rows
         if self.constraint is not None:
             self.constraint.state = None  # re-read from the first prompts
 
         while True:
-            scores = self.processors(history, logits)
+            scores = self.processors(history, logits)  # type: ignore[arg-type]
             tokens = sample_next_tokens(scores, self.generator)
             history = torch.cat([history, tokens[:, None]], dim=1)
-            lengths = lengths + 1
-            result.sampled_tokens += tokens.shape[0]
-            done = (tokens == self.end_token_id) | (lengths >= self.context_window)
+            lengths = lengths + self.alive.long()
+            live_rows = int(self.alive.sum())
+            result.sampled_tokens += live_rows
+            done = ((tokens == self.end_token_id) | (lengths >= self.context_window)) & self.alive
             done_rows = torch.nonzero(done).flatten().tolist()
             accepted_now = 0
             for r in done_rows:
@@ -176,7 +239,7 @@ class ContinuousBatchDecoder:
                         )
             in_flight -= len(done_rows)
             if on_step is not None:
-                on_step(tokens.shape[0], accepted_now)
+                on_step(live_rows, accepted_now)
             if len(result.sequences) >= num_sequences:
                 return result
 
@@ -197,10 +260,7 @@ class ContinuousBatchDecoder:
                 idx = torch.tensor(refill, device=self.device)
                 width = mask.shape[1]
                 for layer, new_layer in zip(_layers(cache), _layers(new_cache), strict=True):
-                    layer.keys[idx] = 0
-                    layer.values[idx] = 0
-                    layer.keys[idx, :, width - prompt_len :] = new_layer.keys
-                    layer.values[idx, :, width - prompt_len :] = new_layer.values
+                    layer.splice(idx, new_layer.keys, new_layer.values)
                 mask[idx] = 0
                 mask[idx, width - prompt_len :] = 1
                 history[idx] = self._pad_id
@@ -211,25 +271,25 @@ class ContinuousBatchDecoder:
                     self.constraint.restart_rows(idx, new_prompts)
                 in_flight += len(refill)
             if drop:
-                keep = torch.nonzero(
-                    ~torch.isin(
-                        torch.arange(len(lengths), device=self.device), torch.tensor(drop, device=self.device)
-                    )
-                ).flatten()
+                dead = torch.tensor(drop, device=self.device)
+                self.alive[dead] = False
+                lengths[dead] = 1  # a dead slot attends to its newest column only
+            if 2 * int((~self.alive).sum()) >= len(self.alive):
+                keep = torch.nonzero(self.alive).flatten()
                 cache.batch_select_indices(keep)
                 mask, history, lengths, logits = mask[keep], history[keep], lengths[keep], logits[keep]
+                self.alive = self.alive[keep]
                 if self.constraint is not None:
                     self.constraint.select_rows(keep)
             cache, mask, history = self._compact(cache, mask, history, lengths)
 
-    def _compact(self, cache: DynamicCache, mask: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor):
+    def _compact(self, cache: Cache, mask: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor):
         """Cut the cache columns that no live row uses (each row's tokens are a suffix)."""
         needed = int(lengths.max())
         unused = mask.shape[1] - needed
         if unused >= COMPACT_EVERY:
             for layer in _layers(cache):
-                layer.keys = layer.keys[:, :, unused:].contiguous()
-                layer.values = layer.values[:, :, unused:].contiguous()
+                layer.drop_left(unused)
             mask = mask[:, unused:]
         extra = history.shape[1] - needed
         if extra >= COMPACT_EVERY:

