@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers import LogitsProcessorList
 
 from cehrgpt import grammar
 from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor, minimum_context_window
@@ -156,3 +157,24 @@ def test_without_constraint_a_random_model_breaks_the_grammar(tokenizer):
     model = tiny_model(len(tokenizer), n_positions=64, seed=0)
     sequences = _generate(tokenizer, model, 31, 8, 40, 0, constrained=False)
     assert sum(grammar.is_valid(s) for s in sequences) < 40
+
+
+def test_one_processor_serves_successive_generate_calls(tokenizer):
+    model = tiny_model(len(tokenizer), n_positions=64, seed=5)
+    constraint = GrammarConstrainedLogitsProcessor(token_kinds(tokenizer), 20)
+    prompts = torch.tensor([encode_sequence(tokenizer, p.split()[:4]) for p in PATIENTS])
+    end, pad = tokenizer.convert_tokens_to_ids(grammar.END), tokenizer.convert_tokens_to_ids(grammar.PAD)
+    torch.manual_seed(0)
+    for _ in range(3):
+        out = model.generate(
+            input_ids=prompts,
+            attention_mask=torch.ones_like(prompts),
+            do_sample=True,
+            max_length=20,
+            eos_token_id=end,
+            pad_token_id=pad,
+            logits_processor=LogitsProcessorList([constraint]),
+        )
+        for row in out.tolist():
+            tokens = decode_ids(tokenizer, row[: row.index(end) + 1] if end in row else row)
+            assert grammar.first_violation(tokens) is None

@@ -98,6 +98,11 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
         self.state: torch.Tensor | None = None  # [batch] GrammarState per row
         self.length: torch.Tensor | None = None  # [batch] tokens so far per row
         self._fresh: torch.Tensor | None = None  # rows whose state already covers their last token
+        self._last_width = -1
+        # Under model.generate the input grows one column per call, so a call that does not is a new
+        # generate call and the state is read afresh; the continuous-batching engine resizes the input
+        # itself and says so here.
+        self.follows_engine = False
 
     def _to(self, device: torch.device) -> None:
         if self._kinds.device != device:
@@ -140,7 +145,9 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self._to(scores.device)
-        if self.state is None or self.state.shape[0] != input_ids.shape[0]:
+        new_generate_call = not self.follows_engine and input_ids.shape[1] != self._last_width + 1
+        self._last_width = input_ids.shape[1]
+        if self.state is None or self.state.shape[0] != input_ids.shape[0] or new_generate_call:
             self.state = self.prompt_states(input_ids)
             self.length = torch.full_like(self.state, input_ids.shape[1])
             self._fresh = torch.ones_like(self.state, dtype=torch.bool)

@@ -212,6 +212,7 @@ class ContinuousBatchDecoder:
         in_flight = rows
         if self.constraint is not None:
             self.constraint.state = None  # re-read from the first prompts
+            self.constraint.follows_engine = True
 
         while True:
             scores = self.processors(history, logits)  # type: ignore[arg-type]
