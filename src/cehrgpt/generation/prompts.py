@@ -124,19 +124,17 @@ def build_prompt_pool(
     tokens: np.ndarray, vocab: dict[str, int], source: str = "data", too_short: int = 0
 ) -> PromptPool:
     """Map prompt tokens to ids, leaving out malformed prompts and prompts with a token outside the vocabulary."""
-    valid = (
-        np.array([_is_valid_prompt(row) for row in tokens], dtype=bool) if len(tokens) else np.zeros(0, bool)
-    )
-    unique, inverse = (
-        np.unique(tokens.astype(str), return_inverse=True) if len(tokens) else (np.array([]), np.array([]))
-    )
+    if len(tokens) == 0:
+        return PromptPool(ids=np.empty((0, grammar.PROMPT_LENGTH), np.int64), source=source)
+    checked: dict[tuple, bool] = {}  # training data repeats few distinct prompts: check each once
+    for key in map(tuple, tokens):
+        if key not in checked:
+            checked[key] = _is_valid_prompt(key)
+    valid = np.array([checked[key] for key in map(tuple, tokens)], dtype=bool)
+    unique, inverse = np.unique(tokens.astype(str), return_inverse=True)
     unique_ids = np.array([vocab.get(t, -1) for t in unique], dtype=np.int64)
-    ids = (
-        unique_ids[inverse.reshape(tokens.shape)]
-        if len(tokens)
-        else np.empty((0, grammar.PROMPT_LENGTH), np.int64)
-    )
-    in_vocab = (ids >= 0).all(axis=1) if len(tokens) else np.zeros(0, bool)
+    ids = unique_ids[inverse.reshape(tokens.shape)]
+    in_vocab = (ids >= 0).all(axis=1)
     skipped = {
         "too_short": int(too_short),
         "malformed": int((~valid).sum()),
