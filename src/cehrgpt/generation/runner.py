@@ -175,7 +175,10 @@ def _merge_summaries(strategy_folder: Path) -> dict:
     merged = {
         "strategy": strategy_folder.name,
         "patients": patients,
+        "valid_patients": valid,
         "valid_fraction": valid / patients if patients else None,
+        "sampled_tokens": sum(s["sampled_tokens"] for s in shards),
+        "rejected_and_retried": sum(s["rejected_and_retried"] for s in shards),
         "shards": shards,
     }
     _atomic_write_text(strategy_folder / SUMMARY_FILE, json.dumps(merged, indent=1))
