@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -388,10 +389,13 @@ def decode_batches(
         person_column = batch.column("person_id")
         has_person = ~np.asarray(person_column.is_null().to_numpy(zero_copy_only=False), bool)
         person_ids = pc.fill_null(person_column, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-        files = batch.column("file_path").to_pylist()
+        files = [_file_key(f) for f in batch.column("file_path").to_pylist()]
         rows = batch.column("row_index").to_numpy(zero_copy_only=False).astype(np.int64)
         if n and int(rows.max()) >= 1 << ROW_BITS:
             raise ValueError(f"an input file has more than {1 << ROW_BITS} rows; split it into smaller files")
+        unknown = set(files) - file_index.keys()
+        if unknown:
+            raise ValueError(f"input file {sorted(unknown)[0]} was not listed when the job started")
         bases = (
             (np.array([file_index[f] for f in files], np.int64) << (ROW_BITS + POSITION_BITS))
             + (rows << POSITION_BITS)
@@ -465,19 +469,22 @@ def _is_hadoop_uri(spec: str) -> bool:
     return spec.lower().startswith(HADOOP_URI_SCHEMES)
 
 
-def read_concept_domains(spark: SparkSession, vocabulary: str) -> DataFrame:
-    """``concept_id``, ``domain_id`` (one row per concept) from a vocabulary folder, DuckDB file or URL.
+def read_vocabulary(spark: SparkSession, vocabulary: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted concept ids and each one's event table index (:data:`UNSUPPORTED` for other domains).
 
-    A local folder, DuckDB file or SQLAlchemy URL goes through the project's OMOP
-    reader; a Hadoop URI (``gs://``, ``s3a://``, ``file:/`` ...) is read with Spark as ``<uri>/concept`` (parquet).
+    The concept table comes from a vocabulary folder, DuckDB file or URL through the
+    project's OMOP reader, or, for a Hadoop URI (``gs://``, ``s3a://``, ``file:/`` ...),
+    from ``<uri>/concept`` (parquet) read by Spark. One Spark job; a repeated concept id
+    keeps its alphabetically first domain.
     """
     try:
         if _is_hadoop_uri(vocabulary):
             raw = spark.read.parquet(vocabulary.rstrip("/") + "/concept")
             names = {c.lower(): c for c in raw.columns}
-            if "concept_id" not in names or "domain_id" not in names:
+            missing = [c for c in ("concept_id", "domain_id") if c not in names]
+            if missing:
                 raise RestoreError(
-                    f"source_omop_folder {vocabulary}: concept table lacks concept_id/domain_id "
+                    f"source_omop_folder {vocabulary}: concept.{missing[0]}: column not found "
                     f"(columns present: {', '.join(sorted(names))})"
                 )
             concepts = raw.select(
@@ -485,16 +492,8 @@ def read_concept_domains(spark: SparkSession, vocabulary: str) -> DataFrame:
                 F.col(names["domain_id"]).cast(T.StringType()).alias("domain_id"),
             )
         else:
-            source = open_omop_source(vocabulary)
-            concepts = source.read_table(spark, "concept", ["concept_id", "domain_id"])
-        if concepts.isEmpty():
-            raise RestoreError(f"source_omop_folder {vocabulary}: the concept table is empty")
-        # one domain per concept even if the table repeats a concept_id
-        concepts = (
-            concepts.where(F.col("concept_id").isNotNull())
-            .groupBy("concept_id")
-            .agg(F.min("domain_id").alias("domain_id"))
-        )
+            concepts = open_omop_source(vocabulary).read_table(spark, "concept", ["concept_id", "domain_id"])
+        arrow = concepts.where(F.col("concept_id").isNotNull()).toArrow()
     except RestoreError:
         raise
     except OmopSourceError as error:
@@ -503,7 +502,16 @@ def read_concept_domains(spark: SparkSession, vocabulary: str) -> DataFrame:
         raise RestoreError(
             f"source_omop_folder {vocabulary}: cannot read the concept table ({_first_line(error)})"
         ) from None
-    return concepts
+    if arrow.num_rows == 0:
+        raise RestoreError(f"source_omop_folder {vocabulary}: the concept table is empty")
+    ids = arrow.column("concept_id").to_numpy().astype(np.int64)
+    domains = np.array([(d or "").strip().lower() for d in arrow.column("domain_id").to_pylist()], object)
+    order = np.lexsort((domains, ids))
+    ids, domains = ids[order], domains[order]
+    first = np.concatenate([[True], ids[1:] != ids[:-1]])
+    table_of_domain = {domain: i for i, domain in enumerate(EVENT_TABLES)}
+    tables = np.array([table_of_domain.get(d, UNSUPPORTED) for d in domains[first]], np.int8)
+    return ids[first], tables
 
 
 # --- the tables ---------------------------------------------------------------------------------------------
@@ -560,16 +568,6 @@ def visit_table(decoded: DataFrame) -> DataFrame:
             },
         )
     )
-
-
-def vocabulary_tables(concepts: DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted concept ids and each one's event table index (:data:`UNSUPPORTED` for other domains)."""
-    arrow = concepts.select("concept_id", F.lower(F.trim("domain_id")).alias("domain")).toArrow()
-    ids = arrow.column("concept_id").to_numpy().astype(np.int64)
-    names = {domain: i for i, domain in enumerate(EVENT_TABLES)}
-    tables = np.array([names.get(d, UNSUPPORTED) for d in arrow.column("domain").to_pylist()], np.int8)
-    order = np.argsort(ids, kind="stable")
-    return ids[order], tables[order]
 
 
 # table → (id, concept, date, datetime, type concept column, type concept)
@@ -739,23 +737,21 @@ class _Files:
 # --- the job ------------------------------------------------------------------------------------------------
 
 
+def _file_key(path: str) -> str:
+    """One spelling of an input file's URI, whichever Spark API reported it."""
+    return unquote(path).replace("file:///", "file:/")
+
+
 def _input_layout(sequences: DataFrame) -> tuple[dict[str, int], frozenset[tuple[str, int]]]:
     """Each input file's index (for ids) and the rows whose person_id an earlier row already has.
 
-    Reads only ``person_id``: two small jobs, whatever the length of the sequences.
+    The file list comes from the reader; the duplicates from one job reading only ``person_id``.
     """
-    narrow = sequences.select("person_id", "file_path", "row_index")
-    per_file = sorted(
-        (r["file_path"], int(r["rows"]))
-        for r in narrow.groupBy("file_path").agg(F.max("row_index").alias("rows")).collect()
-    )
-    if len(per_file) >= 1 << FILE_BITS:
-        raise RestoreError(f"{len(per_file)} input files; at most {(1 << FILE_BITS) - 1} are supported")
-    for path, last_row in per_file:
-        if last_row >= 1 << ROW_BITS:
-            raise RestoreError(f"{path} has more than {1 << ROW_BITS} rows; split it into smaller files")
+    files = sorted({_file_key(f) for f in sequences.inputFiles()})
+    if len(files) >= 1 << FILE_BITS:
+        raise RestoreError(f"{len(files)} input files; at most {(1 << FILE_BITS) - 1} are supported")
     repeated = (
-        narrow.where(F.col("person_id").isNotNull())
+        sequences.where(F.col("person_id").isNotNull())
         .groupBy("person_id")
         .agg(F.collect_list(F.struct("file_path", "row_index")).alias("rows"))
         .where(F.size("rows") > 1)
@@ -763,9 +759,9 @@ def _input_layout(sequences: DataFrame) -> tuple[dict[str, int], frozenset[tuple
     )
     duplicates: set[tuple[str, int]] = set()
     for r in repeated:
-        ordered = sorted((row["file_path"], int(row["row_index"])) for row in r["rows"])
+        ordered = sorted((_file_key(row["file_path"]), int(row["row_index"])) for row in r["rows"])
         duplicates.update(ordered[1:])  # the first row (by file, then row) keeps the person
-    return {path: i for i, (path, _) in enumerate(per_file)}, frozenset(duplicates)
+    return {path: i for i, path in enumerate(files)}, frozenset(duplicates)
 
 
 def _decode(
@@ -831,15 +827,17 @@ def restore(
     run = f"_tmp_{uuid.uuid4().hex[:12]}"
     try:
         sequences = read_sequences(session, patient_sequence_folder)
-        concepts = read_concept_domains(session, source_omop_folder)
+        vocabulary = read_vocabulary(session, source_omop_folder)
         for stale in files.children():
             if stale.startswith("_tmp_"):  # a crashed run's partial output
                 files.delete(stale)
         file_index, duplicates = _input_layout(sequences)
-        vocabulary = vocabulary_tables(concepts)
+        log.info("inputs read in %.1fs: %d files, %d duplicate rows", time.perf_counter() - started,
+                 len(file_index), len(duplicates))  # fmt: skip
         decoded = _decode(
             session, sequences, file_index, duplicates, vocabulary, f"{files.root}/{run}/_decoded"
         )
+        log.info("decoded in %.1fs", time.perf_counter() - started)
         outputs: dict[str, DataFrame] = {
             "person": person_table(decoded),
             "visit_occurrence": visit_table(decoded),
@@ -849,6 +847,7 @@ def restore(
             REJECTED: rejected_table(decoded),
         }
         _write_all(outputs, f"{files.root}/{run}")
+        log.info("tables written in %.1fs", time.perf_counter() - started)
         report = _report(session, decoded, f"{files.root}/{run}")
         report.update(
             patient_sequence_folder=patient_sequence_folder,
