@@ -13,7 +13,7 @@ person) instead of the chosen ``collect_list`` of event structs +
 (:mod:`cehrgpt.data.sequences`), so tokens are identical; only the Spark
 plumbing differs.
 
-    python bench/bench_prepare.py                    # 1x: both designs; 20x: chosen design (a few minutes)
+    python bench/bench_prepare.py                    # 1x: both designs; 20x: chosen one (~8 min, 2 busy cores)
     python bench/bench_prepare.py --baseline_20x     # also the baseline at 20x (slow)
 
 Writes ``bench/out/bench_prepare.json``.

@@ -59,6 +59,30 @@ def write_duckdb(path: Path, tables: Tables) -> Path:
     return path
 
 
+def write_postgres(base_url: str, schema: str, tables: Tables) -> str:
+    """The tables in a fresh PostgreSQL schema; returns a URL whose search_path is that schema."""
+    import pandas as pd
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(base_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"drop schema if exists {schema} cascade"))
+        connection.execute(sa.text(f"create schema {schema}"))
+        for name, rows in tables.items():
+            pd.DataFrame(rows).to_sql(name, connection, schema=schema, index=False)
+    engine.dispose()
+    return f"{base_url}?options=-csearch_path%3D{schema}"
+
+
+def drop_postgres_schema(base_url: str, schema: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(base_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"drop schema if exists {schema} cascade"))
+    engine.dispose()
+
+
 def concept_rows(*concept_ids: int) -> list[dict[str, Any]]:
     return [
         {

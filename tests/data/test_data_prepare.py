@@ -11,10 +11,12 @@ from data_omop_fixtures import (
     PERSON_1_TOKENS,
     PERSON_2_TOKENS,
     concept_rows,
+    drop_postgres_schema,
     tiny_omop,
     write_csv,
     write_duckdb,
     write_parquet,
+    write_postgres,
 )
 
 from cehrgpt import grammar
@@ -131,9 +133,14 @@ def test_report_counts_every_dropped_row(tiny_csv_output):
     ]
 
 
-@pytest.mark.parametrize("layout", ["parquet", "duckdb", "csv_upper_case", "csv_cdm53"])
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.mark.parametrize("layout", ["parquet", "duckdb", "csv_upper_case", "csv_cdm53", "postgres_url"])
 def test_every_source_layout_gives_identical_output(spark, tmp_path, tiny_csv_output, layout):
-    if layout == "parquet":
+    if layout == "postgres_url":
+        source = write_postgres(POSTGRES, "data_prepare_test", tiny_omop())
+    elif layout == "parquet":
         source = write_parquet(tmp_path / "omop", tiny_omop())
     elif layout == "duckdb":
         source = write_duckdb(tmp_path / "omop.duckdb", tiny_omop())
@@ -141,7 +148,11 @@ def test_every_source_layout_gives_identical_output(spark, tmp_path, tiny_csv_ou
         source = write_csv(tmp_path / "omop", tiny_omop(), upper=True)
     else:
         source = write_csv(tmp_path / "omop", tiny_omop(cdm53=True))
-    _run(spark, source, tmp_path / "out")
+    try:
+        _run(spark, source, tmp_path / "out")
+    finally:
+        if layout == "postgres_url":
+            drop_postgres_schema(POSTGRES, "data_prepare_test")
     assert _rows(tmp_path / "out", "train") == _rows(tiny_csv_output, "train")
     assert _rows(tmp_path / "out", "test") == []
 
@@ -204,13 +215,16 @@ def test_optional_domains_by_option_and_an_unusable_one_reported_as_absent(spark
     assert person_1["concept_ids"][13:18] == ["[VS]", "9202", "320128", "3004249", "[VE]"]
 
 
-def test_rerun_replaces_the_previous_output(spark, tmp_path):
+def test_command_line_run_replaces_the_previous_output(spark, tmp_path, capsys):
     source = write_csv(tmp_path / "omop", tiny_omop())
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("from an older run")
-    _run(spark, source, out)
+    argv = ["--omop_source", str(source), "--output_folder", str(out), "--test_fraction", "0", "--seed", "1"]
+    assert main([*argv, "--min_event_date", "2000-01-01", "--domains", "condition,drug,procedure"]) == 0
+    assert capsys.readouterr().out == f"wrote 2 train and 0 test patients, 13 events, to {out}\n"
     assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["omop_vocab", "patient_sequence", "prepare_report.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["omop", "out"]
 
 
