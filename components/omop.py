@@ -20,7 +20,6 @@ def restore_omop_tables(
     executor_memory: str,
     ttl_seconds: int,
     timeout_seconds: int,
-    run_id: str,
     restored: Output[Dataset],
     metrics: Output[Metrics],
 ):
@@ -39,7 +38,6 @@ def restore_omop_tables(
         executor_memory: Memory per executor.
         ttl_seconds: The operator deletes the finished application after this long.
         timeout_seconds: Fail the task when the application has not completed after this long.
-        run_id: Makes the application's name unique.
         restored: One parquet folder per CDM table, rejected/ and restore_report.json.
         metrics: Rows per table and rejections per reason.
     """
@@ -63,7 +61,6 @@ def restore_omop_tables(
         (prepared.path, prepared.uri),
         (restored.path, restored.uri),
         operator,
-        run_id,
     )
     if report_path is not None:
         log_metrics_json(report_path, metrics)
@@ -83,9 +80,18 @@ def upload_omop_tables(
         target: SQLAlchemy URL without the password, or empty to take it from the Secret.
         schema: Target schema (empty: the database's default).
         mode: replace, append or fail.
+        metrics: Rows uploaded per table (the upload summary's numbers).
     """
-    from cehrgpt.pipeline.steps import flags, run_stage
+    from cehrgpt.pipeline.steps import database_target, flags, log_metrics_json, run_stage
     from cehrgpt.tools.upload_omop import main
 
-    argv = flags(target=target or None, input_folder=restored.path, schema=schema or None, mode=mode)
+    summary = f"{metrics.path}.upload_summary.json"
+    argv = flags(
+        target=database_target(target),
+        input_folder=restored.path,
+        schema=schema or None,
+        mode=mode,
+        summary_path=summary,
+    )
     run_stage("upload", main, argv)
+    log_metrics_json(summary, metrics)

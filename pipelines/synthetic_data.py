@@ -141,7 +141,6 @@ def add_synthesis_steps(
         executor_memory=spark_executor_memory,
         ttl_seconds=spark_ttl_seconds,
         timeout_seconds=spark_timeout_seconds,
-        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     )
     restore.set_display_name("4. restore OMOP (Spark)").set_caching_options(True)
     _resources(restore, "2", "8Gi", "4", "16Gi")

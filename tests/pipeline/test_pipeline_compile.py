@@ -153,7 +153,6 @@ def test_restore_takes_the_spark_mode_and_sizes(fresh):
     restore = spec["root"]["dag"]["tasks"]["restore-omop-tables"]["inputs"]["parameters"]
     assert restore["spark_mode"] == {"componentInputParameter": "spark_mode"}
     assert restore["executor_instances"] == {"componentInputParameter": "spark_executor_instances"}
-    assert restore["run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
 
 
 def test_seed_flags_are_pipeline_parameters(fresh):

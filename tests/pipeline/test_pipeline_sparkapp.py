@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -198,7 +199,6 @@ def test_restore_step_in_operator_mode_uses_uris_and_reads_the_report_back(tmp_p
             ("/local/prep", "minio://mlpipeline/run/prep"),
             (str(tmp_path / "pod" / "restored"), str(bucket / "restored")),
             SparkOperatorSettings(namespace="team-a", poll_s=0),
-            run_hint="run-1",
             api_client=_client(url),
         )
     assert stub.created["spec"]["arguments"] == [
@@ -208,7 +208,9 @@ def test_restore_step_in_operator_mode_uses_uris_and_reads_the_report_back(tmp_p
     ]  # fmt: skip
     assert report == tmp_path / "pod" / "restored" / "restore_report.json"
     assert report.read_text() == '{"rows": {"person": 5}}'
-    assert stub.deleted == ["cehrgpt-restore-run-1"]
+    name = stub.created["metadata"]["name"]
+    assert re.fullmatch(r"cehrgpt-restore-[0-9a-f]{12}", name)  # a hash of the output location
+    assert stub.deleted == [name]
 
 
 def test_pod_namespace_is_read_from_the_service_account_mount(tmp_path):

@@ -85,6 +85,7 @@ def test_gather_copies_every_shard_without_collisions_and_sums_the_summaries(tmp
     ).read_text() == "1:part-0.parquet"
     assert merged["strategy"] == "top_p10000"
     assert (merged["num_shards"], merged["total_patients"], merged["total_tokens"]) == (2, 5, 150)
+    assert merged["mean_valid_fraction"] == 1.0
     assert json.loads((tmp_path / "out" / "generation_summary.json").read_text()) == merged
 
 
@@ -115,3 +116,17 @@ def test_database_target_prefers_the_parameter_then_the_secret():
     assert database_target("", {"CEHRGPT_DB_URL": "postgresql://x"}) == "postgresql://x"
     with pytest.raises(StageFailed, match=r"no upload target: set the pipeline parameter upload_target"):
         database_target("", {})
+
+
+def test_shard_counts_are_summed_and_fractions_weighted_by_patients():
+    from cehrgpt.pipeline.steps import combine_shard_figures
+
+    shards = [
+        {"patients": 3, "valid_fraction": 1.0, "tokens_per_second": 10.0, "ok": True},
+        {"patients": 1, "valid_fraction": 0.5, "tokens_per_second": 30.0, "device": "cpu"},
+    ]
+    assert combine_shard_figures(shards) == {
+        "total_patients": 4,
+        "mean_valid_fraction": 0.875,
+        "mean_tokens_per_second": 15.0,
+    }

@@ -155,11 +155,13 @@ def run_end_to_end_locally(
     outputs = _artifacts(run_folder)
     if database.exists():
         outputs["database"] = str(database)
-    gate_passed = any(name.startswith("privacy-gate/") for name in outputs)
-    uploaded = any(name.startswith("upload-omop-tables/") for name in outputs)
+    finished = {p.parent.name for p in run_folder.rglob("executor_output.json")}
+    gate_passed = "privacy-gate" in finished
+    uploaded = "upload-omop-tables" in finished
     status = "succeeded" if gate_passed and (uploaded or not arguments["upload"]) else "failed"
     summary = {
         "status": status,
+        "gate_passed": gate_passed,
         "run_folder": str(run_folder),
         "wall_seconds": round(wall, 1),
         "parameters": arguments,

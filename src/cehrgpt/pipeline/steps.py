@@ -8,6 +8,7 @@ JSON report into Kubeflow Metrics, and gathering the generation shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -114,7 +115,6 @@ def gather_generated_shards(shard_folders: Sequence[str | Path], output_folder: 
     target.mkdir(parents=True, exist_ok=True)
     strategies: set[str] = set()
     shard_summaries: list[dict[str, Any]] = []
-    totals: dict[str, float] = {}
     for index, folder in enumerate(shard_folders):
         found = sorted(p.parent for p in Path(folder).glob(f"*/{GENERATED_SEQUENCES}/"))
         if len(found) != 1:
@@ -127,17 +127,13 @@ def gather_generated_shards(shard_folders: Sequence[str | Path], output_folder: 
         for parquet in sorted((strategy_folder / GENERATED_SEQUENCES).glob("*.parquet")):
             shutil.copy2(parquet, target / f"shard-{index:05d}-{parquet.name}")
         summary_path = strategy_folder / "generation_summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-        shard_summaries.append(summary)
-        for name, value in summary.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                totals[name] = totals.get(name, 0) + value
+        shard_summaries.append(json.loads(summary_path.read_text()) if summary_path.exists() else {})
     if len(strategies) > 1:
         raise ValueError(f"shards were generated with different strategies: {sorted(strategies)}")
     merged = {
         "strategy": next(iter(strategies), None),
         "num_shards": len(shard_summaries),
-        **{f"total_{k}": v for k, v in sorted(totals.items())},
+        **combine_shard_figures(shard_summaries),
         "shards": shard_summaries,
     }
     (out / "generation_summary.json").write_text(json.dumps(merged, indent=2))
@@ -159,6 +155,31 @@ def database_target(target: str, environ: Mapping[str, str] | None = None) -> st
     return url
 
 
+def combine_shard_figures(summaries: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Top-level numbers of the shards' summaries: counts (integers) summed as ``total_<name>``,
+    rates and fractions (floats) averaged as ``mean_<name>``, weighted by each shard's ``patients``."""
+    names = sorted(
+        {k for s in summaries for k, v in s.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    )
+    out: dict[str, float] = {}
+    for name in names:
+        present = [
+            s for s in summaries if isinstance(s.get(name), int | float) and not isinstance(s.get(name), bool)
+        ]
+        if all(isinstance(s[name], int) for s in present):
+            out[f"total_{name}"] = sum(s[name] for s in present)
+            continue
+        weights = [s.get("patients", 1) or 0 for s in present]
+        total = sum(weights)
+        values = [float(s[name]) for s in present]
+        out[f"mean_{name}"] = (
+            sum(w * v for w, v in zip(weights, values, strict=True)) / total
+            if total
+            else sum(values) / len(values)
+        )
+    return out
+
+
 def spark_uri(uri: str) -> str:
     """An artifact URI as Spark's Hadoop file systems spell it (``minio://``/``s3://`` → ``s3a://``)."""
     for scheme in ("minio://", "s3://"):
@@ -173,7 +194,6 @@ def run_restore_step(
     prepared: tuple[str, str],
     restored: tuple[str, str],
     operator: SparkOperatorSettings,
-    run_hint: str,
     api_client: Any = None,
 ) -> Path | None:
     """Restore OMOP from the gathered sequences with local Spark or a SparkApplication.
@@ -184,7 +204,6 @@ def run_restore_step(
         prepared: (local path, URI) of the prepared Dataset (its ``omop_vocab``).
         restored: (local path, URI) of the output Dataset.
         operator: The SparkApplication's namespace and sizes (used in operator mode).
-        run_hint: Makes the SparkApplication's name unique.
         api_client: A Kubernetes ``ApiClient``; by default the in-cluster configuration.
 
     Returns:
@@ -204,7 +223,8 @@ def run_restore_step(
         spark_uri(restored[1]),
         spark_uri(f"{prepared[1]}/{VOCABULARY}"),
         operator=operator,
-        run_hint=run_hint,
+        # unique per output location (so per run and task), and the same on a retry of the task
+        run_hint=hashlib.sha256(restored[1].encode()).hexdigest()[:12],
         api_client=api_client,
     )
     report = Path(restored[0]) / "restore_report.json"
