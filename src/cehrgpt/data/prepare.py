@@ -47,7 +47,7 @@ REQUIRED_DOMAINS = frozenset(DEFAULT_DOMAINS)
 
 
 class PrepareError(ValueError):
-    """Bad input to the ETL (bad option, missing or malformed OMOP data)."""
+    """A bad option given to the ETL (bad OMOP data raises :class:`OmopSourceError`)."""
 
 
 def _cdm_columns(table: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -236,7 +236,7 @@ def read_inputs(spark: SparkSession, source: OmopSource, domains: Sequence[str])
         if isinstance(table, OmopSourceError):
             log.warning("treating %s as absent: %s", name, table)
             absent[name] = f"unusable: {table}"
-            unusable_rows[name] = _raw_count(spark, source, name)
+            unusable_rows[name] = source.raw_row_count(spark, name)
         else:
             usable[name] = table
 
@@ -311,7 +311,19 @@ def _run(
 
     for df in (persons, visits, tagged, sequences):
         df.unpersist()
+    return _report(inputs, person_reasons, visit_reasons, event_reasons, stats, deaths_read, vocab_rows)
 
+
+def _report(
+    inputs: OmopInputs,
+    person_reasons: dict[str, int],
+    visit_reasons: dict[str, int],
+    event_reasons: dict[tuple[str, str], int],
+    stats: dict[str, Any],
+    deaths_read: int | None,
+    vocab_rows: dict[str, int],
+) -> dict[str, Any]:
+    """The report's body: what was read, kept, dropped (and why), invented and written."""
     tables_read: dict[str, int] = {
         "person": sum(person_reasons.values()),
         "visit_occurrence": sum(visit_reasons.values()),
@@ -366,16 +378,6 @@ def _run(
         "tokens_written": stats["tokens"],
         "vocabulary_rows": vocab_rows,
     }
-
-
-def _raw_count(spark: SparkSession, source: OmopSource, name: str) -> int | None:
-    """Rows in a table that cannot be used (so the report says what was skipped); None if absent."""
-    if not source.has_table(name):
-        return None
-    try:
-        return source._raw_table(spark, name, None).count()
-    except Exception:  # the table is already known to be broken; the count is informative only
-        return None
 
 
 def _write_vocab(table: DataFrame, path: Path) -> int:

@@ -103,6 +103,15 @@ class OmopSource(ABC):
     def has_table(self, name: str) -> bool:
         return name.lower() in self.table_names()
 
+    def raw_row_count(self, spark: SparkSession, name: str) -> int | None:
+        """Rows in a table as stored, even one unusable as CDM; None when absent or unreadable."""
+        if not self.has_table(name):
+            return None
+        try:
+            return self._raw_table(spark, name.lower(), None).count()
+        except Exception:  # the table is already known to be broken: the count is informative only
+            return None
+
     def read_table(
         self,
         spark: SparkSession,
