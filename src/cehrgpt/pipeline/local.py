@@ -146,6 +146,10 @@ def run_end_to_end_locally(
         warnings.filterwarnings(
             "ignore", message="You may be attemping to run a task", category=RuntimeWarning
         )
+        # resources, accelerators and display names are for the cluster; kfp.local says so for every task
+        warnings.filterwarnings(
+            "ignore", message=".*have no effect in the current local runner", category=UserWarning
+        )
         pipeline(**arguments)
     wall = time.time() - started
     run_folder = _newest_run(pipeline_root, pipeline.name, started)
