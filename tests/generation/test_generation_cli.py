@@ -298,3 +298,40 @@ def test_unreadable_demographic_file_fails_clearly(model_folder, tmp_path, capsy
     )
     assert err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_distribution_prompts_end_to_end(model_folder, demographic_folder, tmp_path):
+    from conftest import PROMPTS
+
+    assert main(_argv(model_folder, demographic_folder, tmp_path, prompt_source="distribution")) == 0
+    year_age = {tuple(p[:2]) for p in PROMPTS}
+    gender_race = {tuple(p[2:]) for p in PROMPTS}
+    for tokens in _read(tmp_path).column("concept_ids").to_pylist():
+        assert tuple(tokens[:2]) in year_age and tuple(tokens[2:4]) in gender_race
+        assert grammar.is_valid(tokens)
+
+
+def test_cuda_asked_for_without_a_gpu_fails_clearly(
+    model_folder, demographic_folder, tmp_path, capsys, monkeypatch
+):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert (
+        main(_argv(model_folder, demographic_folder, tmp_path / "out", device="cuda", dtype="bfloat16")) == 2
+    )
+    assert capsys.readouterr().err == "error: --device cuda asked for, but no CUDA device is available\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_explicit_cpu_float32(model_folder, demographic_folder, tmp_path):
+    assert (
+        main(
+            _argv(
+                model_folder, demographic_folder, tmp_path, device="cpu", dtype="float32", num_of_patients=3
+            )
+        )
+        == 0
+    )
+    shard = json.loads((tmp_path / "top_p10000" / "generation_summary.json").read_text())["shards"][0]
+    assert (shard["device"], shard["dtype"], shard["patients"]) == ("cpu", "float32", 3)
