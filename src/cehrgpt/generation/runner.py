@@ -54,7 +54,14 @@ class GenerationInputError(ValueError):
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Everything one shard needs; the command-line flags, one field each."""
+    """Everything one shard needs; the command-line flags, one field each.
+
+    ``min_num_of_concepts`` counts clinical events (tokens of kind CONCEPT; visit
+    types, discharges and gaps do not count). A patient with fewer, or with
+    ``drop_long_sequences`` one that reached the context window without ``[END]``,
+    is rejected and its slot decodes a fresh prompt (reject-and-retry), so the
+    output still holds exactly ``num_of_patients``; rejections are counted in the summary.
+    """
 
     model_folder: str
     output_folder: str
