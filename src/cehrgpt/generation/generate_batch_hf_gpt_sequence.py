@@ -35,7 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_of_patients", type=int, required=True, help="patients in the whole run, over all shards"
     )
     p.add_argument("--batch_size", type=int, default=16, help="rows decoded together")
-    p.add_argument("--buffer_size", type=int, default=128, help="patients per output parquet file")
+    p.add_argument(
+        "--buffer_size",
+        type=int,
+        default=128,
+        help="patients per output parquet file; each file is decoded on its own (exact restarts), "
+        "so keep it several times --batch_size",
+    )
     p.add_argument(
         "--context_window", type=int, help="total sequence length, prompt included (default: the model's)"
     )
