@@ -868,10 +868,10 @@ def restore(
 
 
 def _write_all(outputs: dict[str, DataFrame], folder: str) -> None:
-    """Write every table, a few Spark jobs at a time (small tables leave cores idle otherwise)."""
+    """Write every table as concurrent Spark jobs (one small table alone leaves cores idle)."""
     with (
         tqdm(total=len(outputs), desc="restore: writing tables", unit="table") as progress,
-        ThreadPoolExecutor(max_workers=4) as pool,
+        ThreadPoolExecutor(max_workers=len(outputs)) as pool,
     ):
         jobs = {
             pool.submit(frame.write.mode("overwrite").parquet, f"{folder}/{name}"): name
