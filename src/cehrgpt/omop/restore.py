@@ -2,9 +2,11 @@
 
 ``python -m cehrgpt.omop.restore --patient_sequence_folder P --omop_folder O --source_omop_folder V``
 reads ``P/*.parquet`` (``person_id``, ``concept_ids``), decodes every patient
-with :func:`cehrgpt.omop.decode.decode_patient` inside ``mapInArrow``, sends
-each clinical concept to the table of its vocabulary domain and writes
-``O/<table>/`` as parquet, exactly the CDM 5.4 columns in CDM order:
+inside ``mapInArrow`` (grammar-valid patients with the vectorised
+:func:`cehrgpt.omop.decode.decode_arrow`, the rest with the reference
+:func:`cehrgpt.omop.decode.decode_patient`), sends each clinical concept to the
+table of its vocabulary domain and writes ``O/<table>/`` as parquet, exactly the
+CDM 5.4 columns in CDM order:
 
 - integer → ``bigint`` (int64) for every integer field, ids and concept ids
   alike (one rule, and generated ids do not fit ``int``); date → ``date``;
@@ -12,10 +14,12 @@ each clinical concept to the table of its vocabulary domain and writes
 - type concepts: condition, measurement, observation, device 32817 (EHR),
   drug 38000177, procedure 38000178, visit 44818702, death 32823,
   observation_period 44814725;
-- ids: ``id = file_base + row_index * stride + position + 1`` from the input
-  file (sorted by path), the row in that file and the token position, so they
-  are unique across every table, file and shard and the same on every rerun;
-  ``observation_period_id`` = ``person_id`` (one period per person);
+- ids: ``(file index << 43) + (row in file << 20) + token position + 1``, with
+  the input files sorted by path, so they are unique across every table, file
+  and shard and the same on every rerun (limits: 2^20 files, 2^23 rows per
+  file, 2^20 tokens per sequence); ``observation_period_id`` = ``person_id``;
+- a repeated ``person_id``: the first row (by file, then row) is restored, the
+  later ones are rejected (``duplicate_person``);
 - ``O/rejected/``: ``person_id, position, token, reason`` for every token that
   could not be placed (reasons: :class:`cehrgpt.omop.decode.Reason`);
 - ``O/restore_report.json``: input patients, patients restored and why the
@@ -23,8 +27,8 @@ each clinical concept to the table of its vocabulary domain and writes
   accounting ``input == placed + structural + rejected``, checked before the
   output is published.
 
-Output appears only when the job succeeded: tables are written under
-``O/_tmp_<run>/``, then moved into place with the Hadoop FileSystem API (so
+Output appears only when the job succeeded: tables (and the decoded records
+they are cut from) are written under ``O/_tmp_<run>/``, then moved into place with the Hadoop FileSystem API (so
 ``gs://`` and ``s3a://`` work), and ``O/_SUCCESS`` is written last. A failed
 run leaves the previous output as it was; consumers should check ``_SUCCESS``.
 Every path may be a local path or an object-store URI.
