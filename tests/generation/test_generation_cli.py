@@ -193,7 +193,7 @@ def test_distribution_prompts_take_gender_and_race_from_another_patient():
 
 
 def test_prompts_outside_the_vocabulary_or_malformed_are_skipped_and_counted(tmp_path):
-    from conftest import write_sequences
+    from generation_fixtures import write_sequences
 
     write_sequences(
         tmp_path,
@@ -218,7 +218,7 @@ def _bad_demographic_file(tmp_path: Path) -> Path:
 
 
 def _empty_demographic_folder(tmp_path: Path) -> Path:
-    from conftest import write_sequences
+    from generation_fixtures import write_sequences
 
     return write_sequences(tmp_path / "empty", [])
 
@@ -301,7 +301,7 @@ def test_unreadable_demographic_file_fails_clearly(model_folder, tmp_path, capsy
 
 
 def test_distribution_prompts_end_to_end(model_folder, demographic_folder, tmp_path):
-    from conftest import PROMPTS
+    from generation_fixtures import PROMPTS
 
     assert main(_argv(model_folder, demographic_folder, tmp_path, prompt_source="distribution")) == 0
     year_age = {tuple(p[:2]) for p in PROMPTS}

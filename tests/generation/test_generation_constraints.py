@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from generation_fixtures import PATIENTS, tiny_model
 from transformers import LogitsProcessorList
 
 from cehrgpt import grammar
@@ -13,7 +14,6 @@ from cehrgpt.generation.engine import ContinuousBatchDecoder
 from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
 from cehrgpt.grammar import TokenKind
 from cehrgpt.models.tokenizer import decode_ids, encode_sequence, token_kinds
-from conftest import PATIENTS, tiny_model
 
 
 def _allowed_tokens(tokenizer, prefix: list[str], context_window: int) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from generation_fixtures import PATIENTS, tiny_model
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from cehrgpt import grammar
@@ -12,7 +13,6 @@ from cehrgpt.generation import engine
 from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor
 from cehrgpt.generation.engine import ContinuousBatchDecoder, GenerationError
 from cehrgpt.models.tokenizer import encode_sequence, token_kinds
-from conftest import PATIENTS, tiny_model
 
 
 class RecordScores(LogitsProcessor):
