@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv with every extra (development install)
 
-demo: venv ## run the main job on the embedded Eunomia demo data into local_outputs/demo
-	$(PY) -m cehrgpt.demo --output_folder local_outputs/demo
+demo: venv ## run the end_to_end pipeline (kfp.local) on the embedded Eunomia demo data into local_outputs/demo
+	$(PY) -m cehrgpt.demo --output_root local_outputs/demo
 
 test: venv ## run every test
 	$(PY) -m pytest -q
