@@ -23,6 +23,7 @@ def restored_omop(tmp_path: Path) -> Path:
     (folder / "rejected" / "part-0.json").write_text('{"person_id": 9}\n')
     (folder / "restore_report.json").write_text("{}\n")
     (folder / "person" / "_SUCCESS").write_text("")
+    (folder / "_SUCCESS").write_text("")  # the restore job writes it last
     return folder
 
 

@@ -66,6 +66,16 @@ def test_bad_inputs_are_refused_before_any_database_work(restored_omop, setup, t
         find_tables(restored_omop, tables)
 
 
+def test_unfinished_restore_output_is_refused(restored_omop):
+    (restored_omop / "_SUCCESS").unlink()
+    with pytest.raises(UploadError) as error:
+        find_tables(restored_omop)
+    assert str(error.value) == (
+        f"{restored_omop} is restore output without its _SUCCESS marker (found restore_report.json, "
+        "rejected): the restore job did not finish; rerun it before uploading"
+    )
+
+
 def test_missing_or_empty_input_folder(tmp_path):
     with pytest.raises(
         UploadError, match=r"input folder .*nowhere does not exist; expected the restore job's"

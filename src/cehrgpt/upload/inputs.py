@@ -38,7 +38,8 @@ def find_tables(input_folder: str | os.PathLike[str], tables: list[str] | None =
         tables: Upload only these (each must be present); None uploads every table folder found.
 
     Raises:
-        UploadError: The folder is missing or holds no table, a folder is not a CDM table,
+        UploadError: The folder is missing or holds no table, it is an unfinished restore (no ``_SUCCESS``),
+            a folder is not a CDM table,
             a table has no parquet file, a file is unreadable, or its columns or types do not fit the CDM.
     """
     folder = Path(input_folder)
@@ -46,6 +47,12 @@ def find_tables(input_folder: str | os.PathLike[str], tables: list[str] | None =
         raise UploadError(
             f"input folder {folder} does not exist; expected the restore job's restored_omop folder "
             "with one parquet folder per CDM table"
+        )
+    restore_traces = [name for name in ("restore_report.json", "rejected") if (folder / name).exists()]
+    if restore_traces and not (folder / "_SUCCESS").exists():
+        raise UploadError(
+            f"{folder} is restore output without its _SUCCESS marker (found {', '.join(restore_traces)}): "
+            "the restore job did not finish; rerun it before uploading"
         )
     present = {
         p.name.lower(): p
