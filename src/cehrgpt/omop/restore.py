@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 import uuid
@@ -820,8 +819,6 @@ def restore(
     """
     started = time.perf_counter()
     own_session = spark is None and SparkSession.getActiveSession() is None
-    # Python workers must run this interpreter (it has cehrgpt); spark-submit's setting wins on a cluster
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if shuffle_partitions is None and (spark_master or "").startswith("local"):
         shuffle_partitions = 8  # Spark's 200 is for clusters; locally it is mostly task overhead
     session = spark or get_spark(
