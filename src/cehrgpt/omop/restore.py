@@ -824,6 +824,7 @@ def restore(
     session = spark or get_spark(
         "cehrgpt-omop-restore", master=spark_master, shuffle_partitions=shuffle_partitions
     )
+    session_started = time.perf_counter()
     files = _Files(session, omop_folder)
     run = f"_tmp_{uuid.uuid4().hex[:12]}"
     try:
@@ -855,6 +856,7 @@ def restore(
             omop_folder=omop_folder,
             source_omop_folder=source_omop_folder,
             seconds=round(time.perf_counter() - started, 3),
+            spark_startup_seconds=round(session_started - started, 3),
         )
         files.delete(SUCCESS)
         for name in outputs:
