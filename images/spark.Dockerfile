@@ -26,12 +26,20 @@ COPY --from=wheel /wheels /wheels
 COPY images/kfp-runtime.txt images/constraints.txt /tmp/
 # versions pinned by constraints.txt and kfp-runtime.txt
 # hadolint ignore=DL3013
-# pyspark must be the Spark of the base image; s3a/gcs connectors come with the gcs and s3 extras' clients
+# pyspark must be the Spark of the base image (SPARK_HOME=/opt/spark, so its jars folder is the one used)
 RUN WHEEL="$(ls /wheels/cehrgpt_pipelines-*.whl)" \
  && pip install --no-cache-dir -c /tmp/constraints.txt "${WHEEL}[spark,k8s,gcs,s3]" "pyspark==4.0.1" \
  && pip install --no-cache-dir --no-deps -r /tmp/kfp-runtime.txt \
  && rm -rf /wheels /tmp/kfp-runtime.txt /tmp/constraints.txt \
  && python -c "import cehrgpt.omop.restore"
+# Hadoop connectors for s3a:// and gs:// paths (the Python gcs/s3 extras do not give Spark one).
+# hadoop-aws must match Spark 4.0.1's Hadoop (3.4.1) and the AWS SDK it was built with (2.24.6).
+ARG HADOOP_AWS_VERSION=3.4.1
+ARG AWS_SDK_BUNDLE_VERSION=2.24.6
+ARG GCS_CONNECTOR_VERSION=hadoop3-2.2.21
+ADD --chmod=644 https://repo1.maven.org/maven2/org/apache/hadoop/hadoop-aws/${HADOOP_AWS_VERSION}/hadoop-aws-${HADOOP_AWS_VERSION}.jar /opt/spark/jars/
+ADD --chmod=644 https://repo1.maven.org/maven2/software/amazon/awssdk/bundle/${AWS_SDK_BUNDLE_VERSION}/bundle-${AWS_SDK_BUNDLE_VERSION}.jar /opt/spark/jars/
+ADD --chmod=644 https://repo1.maven.org/maven2/com/google/cloud/bigdataoss/gcs-connector/${GCS_CONNECTOR_VERSION}/gcs-connector-${GCS_CONNECTOR_VERSION}-shaded.jar /opt/spark/jars/
 # the base image's non-root spark user
 USER 185
 WORKDIR /opt/spark/work-dir

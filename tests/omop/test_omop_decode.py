@@ -395,3 +395,32 @@ def test_vectorised_decoder_equals_the_reference_on_valid_patients_and_leaves_th
     tokens = fast.event["token"]
     assert {t for t, c in zip(tokens, fast.event["concept_id"], strict=True) if c == 0} == {"0"}
     assert all(t == str(c) for t, c in zip(tokens, fast.event["concept_id"], strict=True) if c)
+
+
+def test_sequence_beyond_the_id_layout_is_rejected_whole_and_its_neighbour_kept():
+    from cehrgpt.omop.restore import POSITION_BITS, REJECTION, TALLY, decode_batches
+
+    too_long = PROMPT.split() + ["[VS]", "9202"] + ["1"] * ((1 << POSITION_BITS) - 7) + ["[VE]"]
+    assert len(too_long) == 1 << POSITION_BITS
+    batch = pa.record_batch(
+        {
+            "person_id": pa.array([8, 9], pa.int64()),
+            "concept_ids": pa.array([too_long, f"{PROMPT} [VS] 9202 1 [VE]".split()], pa.list_(pa.string())),
+            "file_path": ["file:/in/a.parquet"] * 2,
+            "row_index": pa.array([0, 1], pa.int64()),
+        }
+    )
+    vocabulary = (np.array([1], np.int64), np.array([0], np.int8))
+    records = pa.Table.from_batches(
+        decode_batches(iter([batch]), {"file:/in/a.parquet": 0}, frozenset(), vocabulary)
+    ).to_pydict()
+    rows = list(
+        zip(records["record"], records["person_id"], records["reason"], records["position"], strict=True)
+    )
+    rejected = [
+        (person, reason, position) for record, person, reason, position in rows if record == REJECTION
+    ]
+    assert rejected == [(8, "sequence_too_long", p) for p in range(1 << POSITION_BITS)]
+    tallies = sorted((person, reason) for record, person, reason, _ in rows if record == TALLY)
+    assert tallies == [(8, "sequence_too_long"), (9, None)]
+    assert {person for record, person, _, _ in rows if record not in (REJECTION, TALLY)} == {9}
