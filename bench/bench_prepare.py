@@ -28,13 +28,11 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--conf spark.ui.showConsoleProgress=false pyspark-shell")
 
 import duckdb

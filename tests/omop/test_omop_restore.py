@@ -355,3 +355,39 @@ def test_help_exits_zero(capsys):
 
 def test_restore_error_is_a_value_error():
     assert issubclass(RestoreError, ValueError)
+
+
+def test_condition_era_merges_occurrences_at_most_30_days_apart(spark, tmp_path):
+    text = (
+        "year:2001 age:12 8532 8527 [VS] 9202 101 102 [VE] D10 [VS] 9202 101 [VE] "
+        "D31 [VS] 9202 101 [VE] D32 [VS] 9202 101 [VE]"
+    )
+    seq = write_sequences(tmp_path / "seq", [("a", 1, text)])
+    vocab = write_vocabulary(tmp_path / "vocab", {101: "Condition", 102: "Condition", 9202: "Visit"})
+    out = tmp_path / "omop"
+    assert main(["--patient_sequence_folder", str(seq), "--omop_folder", str(out),
+                 "--source_omop_folder", str(vocab), "--condition_era"]) == 0  # fmt: skip
+    eras = pick(
+        rows(spark, out, "condition_era"),
+        "condition_era_id", "condition_concept_id", "condition_era_start_date", "condition_era_end_date",
+        "condition_occurrence_count", "person_id",
+    )  # fmt: skip
+    # 101 on Jan 1, Jan 11, Feb 11 (30 days after Jan 11's end: same era), Mar 15 (31 days: a new era)
+    assert eras == [
+        (7, 101, date(2001, 1, 1), date(2001, 2, 12), 3, 1),
+        (8, 102, date(2001, 1, 1), date(2001, 1, 2), 1, 1),
+        (23, 101, date(2001, 3, 15), date(2001, 3, 16), 1, 1),
+    ]
+    frame = spark.read.parquet(str(out / "condition_era"))
+    fields = cdm_fields("condition_era")
+    assert [(c.name, c.dataType) for c in frame.schema.fields] == [
+        (f.name, spark_type(f.datatype)) for f in fields
+    ]
+    report = json.loads((out / "restore_report.json").read_text())
+    assert report["rows"]["condition_era"] == 3 and report["rows"]["condition_occurrence"] == 5
+
+
+def test_condition_era_is_not_written_unless_asked(restored):
+    root, report = restored
+    assert not (root / "omop" / "condition_era").exists()
+    assert "condition_era" not in report["rows"]

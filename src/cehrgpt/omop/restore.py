@@ -50,7 +50,7 @@ from urllib.parse import unquote
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
@@ -80,6 +80,8 @@ TABLES = (
     "death",
     "observation_period",
 )
+CONDITION_ERA = "condition_era"
+ERA_PERSISTENCE_DAYS = 30  # OHDSI's persistence window between conditions of one era
 REJECTED = "rejected"
 REPORT = "restore_report.json"
 SUCCESS = "_SUCCESS"
@@ -681,6 +683,52 @@ def observation_period_table(decoded: DataFrame) -> DataFrame:
     )
 
 
+def condition_era_table(decoded: DataFrame) -> DataFrame:
+    """OHDSI condition eras: per person and condition concept, occurrences at most 30 days apart.
+
+    An occurrence lasts from its start date to the day after (a generated condition has no end
+    date, which OHDSI's era script also fills with start + 1 day). An era starts where an
+    occurrence starts more than :data:`ERA_PERSISTENCE_DAYS` after every earlier one has ended,
+    and ends on its last end; ``condition_era_id`` is the era's smallest occurrence id.
+    """
+    conditions = decoded.where(
+        (F.col("record") == EVENT) & (F.col("table") == EVENT_TABLE_NAMES.index("condition_occurrence"))
+    ).select(
+        "person_id",
+        "concept_id",
+        "record_id",
+        F.col("start_date").alias("start"),
+        F.date_add("start_date", 1).alias("end"),
+    )
+    order = Window.partitionBy("person_id", "concept_id").orderBy("start", "record_id")
+    ended_before = F.max("end").over(order.rowsBetween(Window.unboundedPreceding, -1))
+    opens = F.when(
+        ended_before.isNull() | (F.col("start") > F.date_add(ended_before, ERA_PERSISTENCE_DAYS)), 1
+    ).otherwise(0)
+    numbered = conditions.withColumn("opens", opens).withColumn(
+        "era", F.sum("opens").over(order.rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    )
+    eras = numbered.groupBy("person_id", "concept_id", "era").agg(
+        F.min("record_id").alias("id"),
+        F.min("start").alias("start"),
+        F.max("end").alias("end"),
+        F.count("*").alias("occurrences"),
+    )
+    return eras.select(
+        *cdm_select(
+            CONDITION_ERA,
+            {
+                "condition_era_id": F.col("id"),
+                "person_id": F.col("person_id"),
+                "condition_concept_id": F.col("concept_id"),
+                "condition_era_start_date": F.col("start"),
+                "condition_era_end_date": F.col("end"),
+                "condition_occurrence_count": F.col("occurrences"),
+            },
+        )
+    )
+
+
 REJECTED_SCHEMA = T.StructType(
     [
         T.StructField("person_id", T.LongType()),
@@ -800,6 +848,7 @@ def restore(
     spark: SparkSession | None = None,
     spark_master: str | None = None,
     shuffle_partitions: int | None = None,
+    condition_era: bool = False,
 ) -> dict[str, Any]:
     """Restore CDM 5.4 tables from patient sequences; see the module docstring for the layout.
 
@@ -810,6 +859,7 @@ def restore(
         spark: a session to use; by default the active one, else one started (and stopped) here.
         spark_master: e.g. ``local[4]``; None keeps spark-submit's master.
         shuffle_partitions: ``spark.sql.shuffle.partitions`` for a session started here.
+        condition_era: also derive ``condition_era`` (:func:`condition_era_table`).
 
     Returns:
         The report also written to ``omop_folder/restore_report.json``.
@@ -846,11 +896,13 @@ def restore(
             **{table: event_table(decoded, table) for table in EVENT_TABLE_NAMES},
             "death": death_table(decoded),
             "observation_period": observation_period_table(decoded),
+            **({CONDITION_ERA: condition_era_table(decoded)} if condition_era else {}),
             REJECTED: rejected_table(decoded),
         }
         _write_all(outputs, f"{files.root}/{run}")
         log.info("tables written in %.1fs", time.perf_counter() - started)
-        report = _report(session, decoded, f"{files.root}/{run}")
+        derived = ("observation_period", *([CONDITION_ERA] if condition_era else []))
+        report = _report(session, decoded, f"{files.root}/{run}", derived)
         report.update(
             patient_sequence_folder=patient_sequence_folder,
             omop_folder=omop_folder,
@@ -886,8 +938,12 @@ def _write_all(outputs: dict[str, DataFrame], folder: str) -> None:
             progress.update()
 
 
-def _report(spark: SparkSession, decoded: DataFrame, folder: str) -> dict[str, Any]:
-    """Counts per table and reason, and the token and patient accounting, which must add up."""
+def _report(spark: SparkSession, decoded: DataFrame, folder: str, derived: tuple[str, ...]) -> dict[str, Any]:
+    """Counts per table and reason, and the token and patient accounting, which must add up.
+
+    ``derived`` tables (observation_period, condition_era) hold no tokens; their rows are counted
+    from what was written.
+    """
     records: dict[tuple[int, str | None, int | None], Any] = {
         (r["record"], r["reason"], r["table"]): r
         for r in decoded.groupBy("record", "reason", "table")
@@ -912,7 +968,7 @@ def _report(spark: SparkSession, decoded: DataFrame, folder: str) -> dict[str, A
         "visit_occurrence": rows_of(VISIT),
         **{t: rows_of(EVENT, i) for i, t in enumerate(EVENT_TABLE_NAMES)},
         "death": rows_of(DEATH),
-        "observation_period": spark.read.parquet(f"{folder}/observation_period").count(),
+        **{table: spark.read.parquet(f"{folder}/{table}").count() for table in derived},
     }
     rejected: dict[str, int] = {}
     not_restored: dict[str, int] = {}
@@ -991,6 +1047,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="spark.sql.shuffle.partitions",
     )
+    parser.add_argument(
+        "--condition_era",
+        "--condition-era",
+        action="store_true",
+        help="also write condition_era (OHDSI eras, 30-day persistence window)",
+    )
     return parser
 
 
@@ -1004,6 +1066,7 @@ def main(argv: list[str] | None = None) -> int:
             args.source_omop_folder,
             spark_master=args.spark_master,
             shuffle_partitions=args.shuffle_partitions,
+            condition_era=args.condition_era,
         )
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)
