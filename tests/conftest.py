@@ -39,3 +39,40 @@ def eunomia_sequences(tmp_path_factory, spark, eunomia_duckdb) -> Path:
     out = tmp_path_factory.mktemp("eunomia_prepare") / "out"
     prepare(str(eunomia_duckdb), str(out), spark=spark, seed=42, test_fraction=0.1)
     return out
+
+
+@pytest.fixture(scope="session")
+def spark_submit(tmp_path_factory):
+    """Run a stage's module file under ``spark-submit``, as a Spark-operator driver does, with ``s3a://``
+    and ``gs://`` served from the local disk by the stand-in connector ``object_store/BucketFileSystem.java``
+    (the real connectors cannot be downloaded here). Returns ``run(script, args, cwd)``."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pyspark
+
+    spark_home = Path(pyspark.__file__).parent
+    source = Path(__file__).parent / "object_store" / "BucketFileSystem.java"
+    classes = tmp_path_factory.mktemp("bucket_fs")
+    javac = shutil.which("javac")
+    assert javac, "the JDK's javac is needed to build the stand-in object-store connector"
+    subprocess.run([javac, "-cp", f"{spark_home}/jars/*", "-d", str(classes), str(source)], check=True)
+    jar = classes / "bucket-fs.jar"
+    subprocess.run(["jar", "cf", str(jar), "-C", str(classes), "cehrgpt"], check=True)
+
+    def run(script: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        command = [
+            str(spark_home / "bin" / "spark-submit"),
+            "--master", "local[2]",
+            "--jars", str(jar),
+            "--conf", "spark.hadoop.fs.s3a.impl=cehrgpt.test.BucketFileSystem",
+            "--conf", "spark.hadoop.fs.gs.impl=cehrgpt.test.BucketFileSystem",
+            "--conf", f"spark.pyspark.python={sys.executable}",
+            "--conf", f"spark.pyspark.driver.python={sys.executable}",
+            script,
+            *args,
+        ]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
+
+    return run

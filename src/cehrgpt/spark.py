@@ -1,4 +1,5 @@
-"""One way to get a Spark session: local[*] on a laptop, whatever spark-submit set on a cluster."""
+"""One way to get a Spark session (local[*] on a laptop, whatever spark-submit set on a cluster), and
+one way to move, mark and delete output folders on local disks and object stores alike."""
 
 from __future__ import annotations
 
@@ -36,3 +37,59 @@ def get_spark(
     if shuffle_partitions:
         builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
     return builder.getOrCreate()
+
+
+class HadoopFiles:
+    """Files under one folder through Spark's Hadoop FileSystem, so ``gs://``, ``s3a://`` and local paths
+    all work: what the stages use to publish output only once it is complete."""
+
+    def __init__(self, spark: SparkSession, root: str):
+        jvm = spark.sparkContext._jvm
+        assert jvm is not None
+        self._path = jvm.org.apache.hadoop.fs.Path
+        self.root = root.rstrip("/") or "/"
+        self.fs = self._path(self.root).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        if self.fs.getScheme() == "file":  # the raw local disk: no .crc files beside what is written here
+            self.fs = self.fs.getRawFileSystem()
+
+    def path(self, name: str):
+        return self._path(f"{self.root}/{name}" if name else self.root)
+
+    def exists(self, name: str = "") -> bool:
+        return bool(self.fs.exists(self.path(name)))
+
+    def mkdirs(self, name: str = "") -> None:
+        self.fs.mkdirs(self.path(name))
+
+    def delete(self, name: str) -> None:
+        if self.fs.exists(self.path(name)):
+            self.fs.delete(self.path(name), True)
+
+    def move(self, source: str, target: str) -> None:
+        """Replace ``target`` with ``source`` (a rename; on object stores, a copy then a delete)."""
+        self.delete(target)
+        if not self.fs.rename(self.path(source), self.path(target)):
+            raise OSError(f"cannot move {self.root}/{source} to {self.root}/{target}")
+
+    def write_text(self, name: str, text: str) -> None:
+        stream = self.fs.create(self.path(name), True)
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+
+    def children(self, name: str = "") -> list[str]:
+        if not self.fs.exists(self.path(name)):
+            return []
+        return [status.getPath().getName() for status in self.fs.listStatus(self.path(name))]
+
+
+def parent_and_name(folder: str) -> tuple[str, str]:
+    """``s3a://b/runs/out`` → (``s3a://b/runs``, ``out``); ``out`` → (``.``, ``out``); ``/out`` → (``/``, ``out``)."""
+    stripped = folder.rstrip("/")
+    parent, slash, name = stripped.rpartition("/")
+    if not name or parent.endswith(":/"):  # "", "/", "s3a://bucket"
+        raise ValueError(f"{folder!r}: expected a folder below a root or bucket")
+    if not slash:
+        return ".", name
+    return parent or "/", name

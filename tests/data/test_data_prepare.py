@@ -372,3 +372,45 @@ def test_eunomia_report_matches_direct_sql_counts(eunomia_sequences, eunomia_duc
     assert sum(row["num_of_visits"] for row in train + test) == report["visits"]["written"]
     assert sum(row["num_of_concepts"] for row in train + test) == report["tokens_written"]
     assert (eunomia_sequences / "omop_vocab" / "concept").is_dir()
+
+
+def test_spark_submit_writes_to_an_object_store_uri_and_replaces_it(spark, spark_submit, tmp_path):
+    """As a Spark-operator driver runs it: ``spark-submit prepare.py`` with ``--output_folder s3a://...``."""
+    import cehrgpt.data.prepare as prepare_module
+
+    source = write_csv(tmp_path / "omop", tiny_omop())
+    options = ["--test_fraction", "0", "--seed", "1", "--domains", "condition,drug,procedure"]
+    expected = prepare(str(source), str(tmp_path / "local"), spark=spark, test_fraction=0, seed=1,
+                       domains="condition,drug,procedure")  # fmt: skip
+    out = tmp_path / "bucket" / "out"
+    out.mkdir(parents=True)
+    (out / "stale.txt").write_text("from an older run")
+    work = tmp_path / "cwd"
+    work.mkdir()
+
+    args = ["--omop_source", str(source), "--output_folder", f"s3a://cdm{out}", *options]
+    result = spark_submit(prepare_module.__file__, args, work)
+
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["omop_vocab", "patient_sequence", "prepare_report.json"]
+    assert sorted(p.name for p in (tmp_path / "bucket").iterdir()) == ["out"]  # no staging left behind
+    assert list(work.iterdir()) == []
+    for split in ("train", "test"):
+        written = pq.read_table(out / "patient_sequence" / split)
+        local = pq.read_table(tmp_path / "local" / "patient_sequence" / split)
+        assert written.schema == local.schema and written.to_pylist() == local.to_pylist(), split
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["output_folder"] == f"s3a://cdm{out}"
+    timings = {"seconds", "events_per_second", "output_folder"}
+    assert {k: v for k, v in report.items() if k not in timings} == {
+        k: v for k, v in expected.items() if k not in timings
+    }
+    assert report["vocabulary_rows"]["concept"] == len(pq.read_table(out / "omop_vocab" / "concept"))
+
+
+def test_bucket_root_as_output_folder_fails_with_one_line(tmp_path, capsys):
+    source = write_csv(tmp_path / "omop", tiny_omop())
+    assert main(["--omop_source", str(source), "--output_folder", "s3a://bucket"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --output_folder 's3a://bucket': expected a folder below a root or bucket\n"
+    )

@@ -1,40 +1,20 @@
 """The restore job as the Spark operator runs it: ``spark-submit restore.py`` on object-store URIs.
 
-The real s3a and gs connectors cannot be downloaded here, so a stand-in Hadoop FileSystem
-(``object_store/BucketFileSystem.java``, compiled here with the JDK's ``javac``) serves
-``s3a://`` and ``gs://`` from the local disk. Every read, write, rename and delete the job does
-then goes through a non-local scheme, which a local-only code path (``os``, ``pathlib``) would fail.
+``s3a://`` and ``gs://`` are served from the local disk by the stand-in connector of the
+``spark_submit`` fixture, so every read, write, rename and delete the job does goes through a
+non-local scheme, which a local-only code path (``os``, ``pathlib``) would fail.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pyspark
-import pytest
 from omop_restore_data import SEQUENCES, write_sequences, write_vocabulary
 
 import cehrgpt.omop.restore as restore_module
 from cehrgpt.omop.restore import REJECTED, TABLES, restore
-
-SOURCE = Path(__file__).parent / "object_store" / "BucketFileSystem.java"
-SPARK_HOME = Path(pyspark.__file__).parent
-
-
-@pytest.fixture(scope="module")
-def bucket_fs_jar(tmp_path_factory) -> Path:
-    classes = tmp_path_factory.mktemp("bucket_fs")
-    javac = shutil.which("javac")
-    assert javac, "the JDK's javac is needed to build the stand-in object-store connector"
-    subprocess.run([javac, "-cp", f"{SPARK_HOME}/jars/*", "-d", str(classes), str(SOURCE)], check=True)
-    jar = classes / "bucket-fs.jar"
-    subprocess.run(["jar", "cf", str(jar), "-C", str(classes), "cehrgpt"], check=True)
-    return jar
 
 
 def table_rows(folder: Path, table: str) -> list[dict]:
@@ -42,34 +22,20 @@ def table_rows(folder: Path, table: str) -> list[dict]:
     return sorted(rows, key=lambda r: json.dumps(r, default=str, sort_keys=True))
 
 
-def spark_submit(
-    jar: Path, sequences: str, omop: str, vocabulary: str, cwd: Path
-) -> subprocess.CompletedProcess:
-    command = [
-        str(SPARK_HOME / "bin" / "spark-submit"),
-        "--master", "local[2]",
-        "--jars", str(jar),
-        "--conf", "spark.hadoop.fs.s3a.impl=cehrgpt.test.BucketFileSystem",
-        "--conf", "spark.hadoop.fs.gs.impl=cehrgpt.test.BucketFileSystem",
-        "--conf", f"spark.pyspark.python={sys.executable}",
-        "--conf", f"spark.pyspark.driver.python={sys.executable}",
-        restore_module.__file__,
-        "--patient_sequence_folder", sequences,
-        "--omop_folder", omop,
-        "--source_omop_folder", vocabulary,
-    ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
+def restore_submit(spark_submit, sequences: str, omop: str, vocabulary: str, cwd: Path):
+    args = ["--patient_sequence_folder", sequences, "--omop_folder", omop, "--source_omop_folder", vocabulary]
+    return spark_submit(restore_module.__file__, args, cwd)
 
 
-def test_spark_submit_restores_from_and_to_object_store_uris(spark, bucket_fs_jar, tmp_path):
+def test_spark_submit_restores_from_and_to_object_store_uris(spark, spark_submit, tmp_path):
     seq = write_sequences(tmp_path / "seq", SEQUENCES)
     vocab = write_vocabulary(tmp_path / "vocab")
     expected = restore(str(seq), str(tmp_path / "local"), str(vocab), spark=spark)
     work = tmp_path / "cwd"
     work.mkdir()
 
-    result = spark_submit(
-        bucket_fs_jar,
+    result = restore_submit(
+        spark_submit,
         f"s3a://sequences{seq}",
         f"s3a://cdm{tmp_path}/omop",
         f"gs://vocabulary{vocab}",
@@ -99,10 +65,10 @@ def test_spark_submit_restores_from_and_to_object_store_uris(spark, bucket_fs_ja
         assert table_rows(out, table) == table_rows(tmp_path / "local", table), table
 
 
-def test_spark_submit_unreadable_object_store_vocabulary_fails_with_one_line(bucket_fs_jar, tmp_path):
+def test_spark_submit_unreadable_object_store_vocabulary_fails_with_one_line(spark_submit, tmp_path):
     seq = write_sequences(tmp_path / "seq", SEQUENCES[:1])
-    result = spark_submit(
-        bucket_fs_jar,
+    result = restore_submit(
+        spark_submit,
         f"s3a://sequences{seq}",
         f"s3a://cdm{tmp_path}/omop",
         f"gs://vocabulary{tmp_path}/missing",

@@ -223,7 +223,6 @@ _ARROW_SCHEMA = pa.schema(
         ("orphan_events", pa.int32()),
     ]
 )
-SEQUENCE_ARROW_SCHEMA = pa.schema(list(_ARROW_SCHEMA)[:8])
 
 
 def _sequences_of_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

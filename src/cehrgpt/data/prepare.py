@@ -1,7 +1,8 @@
 """``python -m cehrgpt.data.prepare``: OMOP CDM → CEHR-GPT patient sequences (a PySpark job).
 
 Writes, all at once (into a temporary sibling folder renamed at the end, so a
-failed run leaves nothing that looks complete, and a rerun replaces the old output)::
+failed run leaves nothing that looks complete, and a rerun replaces the old output;
+OUT may be a local path or a Hadoop URI such as ``gs://`` or ``s3a://``)::
 
     OUT/patient_sequence/train/*.parquet   OUT/patient_sequence/test/*.parquet
     OUT/omop_vocab/concept/ (+ concept_relationship, concept_ancestor when present)
@@ -15,26 +16,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm
 
 from cehrgpt.data import events as ev
-from cehrgpt.data.events import DEFAULT_DOMAINS, EVENT_DOMAINS, SEQUENCE_ARROW_SCHEMA, SEQUENCE_COLUMNS
+from cehrgpt.data.events import DEFAULT_DOMAINS, EVENT_DOMAINS, SEQUENCE_COLUMNS
 from cehrgpt.omop.cdm import cdm_fields
 from cehrgpt.omop.source import OmopSource, OmopSourceError, TableRequest, open_omop_source
-from cehrgpt.spark import get_spark
+from cehrgpt.spark import HadoopFiles, get_spark, parent_and_name
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +99,7 @@ def prepare(
     Args:
         omop_source: a folder of parquet/CSV tables, a DuckDB file or a SQLAlchemy URL.
         output_folder: where ``patient_sequence/``, ``omop_vocab/`` and ``prepare_report.json`` go
-            (replaced as a whole when the run succeeds).
+            (replaced as a whole when the run succeeds): a path or a Hadoop URI.
         test_fraction: the share of persons put in ``test`` (unless ``patient_splits`` says otherwise).
         seed: makes the train/test split reproducible.
         min_event_date: ``YYYY-MM-DD``; events before it are dropped and counted.
@@ -120,20 +118,24 @@ def prepare(
     started = time.perf_counter()
     chosen = _parse_domains(domains)
     _check_options(test_fraction, min_event_date)
-    out = Path(output_folder)
+    try:
+        parent, name = parent_and_name(output_folder)
+    except ValueError as error:
+        raise PrepareError(f"--output_folder {error}") from None
     source = open_omop_source(omop_source)
     if spark is None:
         spark = get_spark("cehrgpt-prepare", spark_master, shuffle_partitions)
         if shuffle_partitions is None and (spark.sparkContext.master or "").startswith("local"):
             # Spark's 200 shuffle partitions are sized for clusters; on one machine they cost more than the work.
             spark.conf.set("spark.sql.shuffle.partitions", str(local_shuffle_partitions(spark)))
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    files = HadoopFiles(spark, parent)
+    staging = f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    files.mkdirs()
     try:
-        report = _run(spark, source, staging, chosen, test_fraction, seed, min_event_date)
+        report = _run(spark, source, f"{files.root}/{staging}", chosen, test_fraction, seed, min_event_date)
         report.update(
             omop_source=_describe(omop_source),
-            output_folder=str(out),
+            output_folder=output_folder,
             options={
                 "test_fraction": test_fraction,
                 "seed": seed,
@@ -144,13 +146,10 @@ def prepare(
         )
         events_kept = report["events"]["kept"]
         report["events_per_second"] = round(events_kept / max(report["seconds"], 1e-9), 1)
-        (staging / REPORT_NAME).write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        files.write_text(f"{staging}/{REPORT_NAME}", json.dumps(report, indent=2, sort_keys=False) + "\n")
+        files.move(staging, name)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        files.delete(staging)
     return report
 
 
@@ -263,7 +262,7 @@ def read_inputs(spark: SparkSession, source: OmopSource, domains: Sequence[str])
 def _run(
     spark: SparkSession,
     source: OmopSource,
-    staging: Path,
+    staging: str,
     domains: tuple[str, ...],
     test_fraction: float,
     seed: int,
@@ -297,11 +296,11 @@ def _run(
         deaths_read = inputs.death.count() if inputs.death is not None else None
         steps.update()
 
-        _write_sequences(sequences, staging / "patient_sequence")
+        _write_sequences(sequences, f"{staging}/patient_sequence")
         steps.update()
 
         vocab_rows = {
-            name: _write_vocab(table, staging / "omop_vocab" / name)
+            name: _write_vocab(table, f"{staging}/omop_vocab/{name}")
             for name, table in inputs.vocabulary.items()
         }
         steps.update()
@@ -377,14 +376,11 @@ def _report(
     }
 
 
-def _write_vocab(table: DataFrame, path: Path) -> int:
-    table.write.mode("overwrite").parquet(str(path))
-    return _parquet_rows(path)
-
-
-def _parquet_rows(path: Path) -> int:
-    """Rows in a parquet folder, from the file footers (no Spark job)."""
-    return sum(pq.read_metadata(f).num_rows for f in path.glob("*.parquet"))
+def _write_vocab(table: DataFrame, path: str) -> int:
+    """Write one vocabulary table; its rows are counted while writing (no second Spark job)."""
+    rows = Observation("rows")
+    table.observe(rows, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(path)
+    return int(rows.get["rows"])
 
 
 _STAT_COLUMNS = (
@@ -427,19 +423,17 @@ def _sequence_stats(sequences: DataFrame) -> dict[str, Any]:
     return stats
 
 
-def _write_sequences(sequences: DataFrame, folder: Path) -> None:
+def _write_sequences(sequences: DataFrame, folder: str) -> None:
     """``folder/train`` and ``folder/test`` in one Spark job; an empty split still gets a schema-only file."""
-    partitioned = folder / "_by_split"
-    sequences.select(*SEQUENCE_COLUMNS, "split").write.partitionBy("split").parquet(str(partitioned))
+    columns = sequences.select(*SEQUENCE_COLUMNS)
+    sequences.select(*SEQUENCE_COLUMNS, "split").write.partitionBy("split").parquet(f"{folder}/_by_split")
+    files = HadoopFiles(sequences.sparkSession, folder)
     for split in ("train", "test"):
-        written = partitioned / f"split={split}"
-        target = folder / split
-        if written.is_dir():
-            written.rename(target)
+        if files.exists(f"_by_split/split={split}"):
+            files.move(f"_by_split/split={split}", split)
         else:
-            target.mkdir(parents=True)
-            pq.write_table(SEQUENCE_ARROW_SCHEMA.empty_table(), target / "part-00000-empty.parquet")
-    shutil.rmtree(partitioned)
+            sequences.sparkSession.createDataFrame([], columns.schema).write.parquet(f"{folder}/{split}")
+    files.delete("_by_split")
 
 
 def _parser() -> argparse.ArgumentParser:

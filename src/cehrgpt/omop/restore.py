@@ -60,7 +60,7 @@ from cehrgpt.grammar import PROMPT_LENGTH
 from cehrgpt.omop.cdm import cdm_fields
 from cehrgpt.omop.decode import ArrowDecoded, DecodedPatient, Reason, Rejection, decode_arrow, decode_patient
 from cehrgpt.omop.source import OmopSourceError, open_omop_source, spark_type
-from cehrgpt.spark import get_spark
+from cehrgpt.spark import HadoopFiles, get_spark
 
 log = logging.getLogger(__name__)
 
@@ -744,47 +744,6 @@ def rejected_table(decoded: DataFrame) -> DataFrame:
     return decoded.where(F.col("record") == REJECTION).select(*columns)
 
 
-# --- writing with a success marker --------------------------------------------------------------------------
-
-
-class _Files:
-    """The Hadoop FileSystem of one folder, so moves and markers work on local disks and object stores."""
-
-    def __init__(self, spark: SparkSession, root: str):
-        jvm = spark.sparkContext._jvm
-        assert jvm is not None
-        self._path = jvm.org.apache.hadoop.fs.Path
-        self.root = root.rstrip("/")
-        self.fs = self._path(self.root).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-
-    def path(self, name: str):
-        return self._path(f"{self.root}/{name}")
-
-    def exists(self, name: str) -> bool:
-        return bool(self.fs.exists(self.path(name)))
-
-    def delete(self, name: str) -> None:
-        if self.fs.exists(self.path(name)):
-            self.fs.delete(self.path(name), True)
-
-    def move(self, source: str, target: str) -> None:
-        self.delete(target)
-        if not self.fs.rename(self.path(source), self.path(target)):
-            raise OSError(f"cannot move {self.root}/{source} to {self.root}/{target}")
-
-    def write_text(self, name: str, text: str) -> None:
-        stream = self.fs.create(self.path(name), True)
-        try:
-            stream.write(bytearray(text.encode("utf-8")))
-        finally:
-            stream.close()
-
-    def children(self) -> list[str]:
-        if not self.fs.exists(self._path(self.root)):
-            return []
-        return [status.getPath().getName() for status in self.fs.listStatus(self._path(self.root))]
-
-
 # --- the job ------------------------------------------------------------------------------------------------
 
 
@@ -875,7 +834,7 @@ def restore(
         "cehrgpt-omop-restore", master=spark_master, shuffle_partitions=shuffle_partitions
     )
     session_started = time.perf_counter()
-    files = _Files(session, omop_folder)
+    files = HadoopFiles(session, omop_folder)
     run = f"_tmp_{uuid.uuid4().hex[:12]}"
     try:
         sequences = read_sequences(session, patient_sequence_folder)

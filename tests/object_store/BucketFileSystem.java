@@ -9,7 +9,7 @@ import org.apache.hadoop.fs.RawLocalFileSystem;
 
 /**
  * A stand-in object-store connector for tests: serves {@code s3a://bucket/<absolute local path>} (or any
- * scheme it is registered for with {@code fs.<scheme>.impl}) from the local disk. The restore job then
+ * scheme it is registered for with {@code fs.<scheme>.impl}) from the local disk. A job under test then
  * meets a non-local scheme on every path it reads, writes, renames and deletes, exactly as with the real
  * s3a or gs connectors, which cannot be downloaded on the test machine. Statuses carry no owner or
  * permissions, as an object store's do.
