@@ -25,9 +25,7 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import original_converter
@@ -83,11 +81,7 @@ def measure_restore(input_folder: Path, vocabulary: Path, cores: int, output: Pa
     command = [sys.executable, "-m", "cehrgpt.omop.restore", "--patient_sequence_folder", str(input_folder),
                "--omop_folder", str(output), "--source_omop_folder", str(vocabulary),
                "--spark_master", f"local[{cores}]"]  # fmt: skip
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"restore failed:\n{result.stderr[-3000:]}")
+    wall = original_converter.timed_run(command, "restore")
     report = json.loads((output / "restore_report.json").read_text())
     inside = report["seconds"] - report["spark_startup_seconds"]
     return {"wall": wall, "inside": inside, "persons": report["patients_restored"]}

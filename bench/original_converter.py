@@ -88,13 +88,19 @@ def run(input_folder: Path, output: Path, concept_folder: Path, cores: int, whee
     shutil.rmtree(output, ignore_errors=True)
     command = [sys.executable, "-S", __file__, str(input_folder), str(output), str(concept_folder), str(cores),
                str(site), sysconfig.get_paths()["purelib"]]  # fmt: skip
+    wall = timed_run(command, "the original converter")
+    summary = json.loads((output / "summary.json").read_text())
+    return {"wall": wall, "inside": summary["seconds"], "persons": summary["persons"]}
+
+
+def timed_run(command: list[str], what: str) -> float:
+    """Wall seconds of a subprocess that must succeed."""
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if result.returncode != 0:
-        raise SystemExit(f"the original converter failed:\n{result.stderr[-3000:]}")
-    summary = json.loads((output / "summary.json").read_text())
-    return {"wall": wall, "inside": summary["seconds"], "persons": summary["persons"]}
+        raise SystemExit(f"{what} failed:\n{result.stderr[-3000:]}")
+    return wall
 
 
 def _stand_in_modules() -> None:
