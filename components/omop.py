@@ -20,6 +20,8 @@ def restore_omop_tables(
     executor_memory: str,
     ttl_seconds: int,
     timeout_seconds: int,
+    minio_endpoint: str,
+    minio_credentials_secret: str,
     restored: Output[Dataset],
     metrics: Output[Metrics],
 ):
@@ -38,6 +40,8 @@ def restore_omop_tables(
         executor_memory: Memory per executor.
         ttl_seconds: The operator deletes the finished application after this long.
         timeout_seconds: Fail the task when the application has not completed after this long.
+        minio_endpoint: S3 endpoint of Kubeflow's MinIO store, for the application's s3a paths.
+        minio_credentials_secret: Secret with the store's ``accesskey`` and ``secretkey``.
         restored: One parquet folder per CDM table, rejected/ and restore_report.json.
         metrics: Rows per table and rejections per reason.
     """
@@ -54,6 +58,8 @@ def restore_omop_tables(
         executor_memory=executor_memory,
         ttl_seconds=ttl_seconds,
         timeout_s=timeout_seconds,
+        minio_endpoint=minio_endpoint,
+        minio_credentials_secret=minio_credentials_secret,
     )
     report_path = run_restore_step(
         spark_mode,

@@ -8,6 +8,7 @@ Generation flags keep the seed's names; the training ones are prefixed ``train_`
 from kfp import dsl
 
 from cehrgpt.pipeline.images import SPARK_IMAGE
+from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET
 from pipelines.synthetic_data import ATTRIBUTE_CONFIG_IN_IMAGE, DEFAULT_GPU_TOLERATIONS, add_synthesis_steps
 from pipelines.training import add_training_steps
 
@@ -50,6 +51,8 @@ def end_to_end(
     spark_executor_memory: str = "8g",
     spark_ttl_seconds: int = 3600,
     spark_timeout_seconds: int = 21600,
+    minio_endpoint: str = KFP_MINIO_ENDPOINT,
+    minio_credentials_secret: str = KFP_MINIO_SECRET,
     attribute_config: str = ATTRIBUTE_CONFIG_IN_IMAGE,
     n_iterations: int = 10,
     num_of_samples: int = 10000,
@@ -99,6 +102,8 @@ def end_to_end(
         spark_executor_memory: Memory per executor.
         spark_ttl_seconds: The operator deletes the finished application after this long.
         spark_timeout_seconds: Fail the restore when it has not completed after this long.
+        minio_endpoint: S3 endpoint of Kubeflow's MinIO artifact store (used when artifacts are on it).
+        minio_credentials_secret: Secret with the MinIO ``accesskey`` and ``secretkey``.
         attribute_config: Attribute-inference YAML (a path inside the CPU image).
         n_iterations: Repetitions of each sampled privacy analysis.
         num_of_samples: Patients per repetition.
@@ -153,6 +158,8 @@ def end_to_end(
         spark_executor_memory=spark_executor_memory,
         spark_ttl_seconds=spark_ttl_seconds,
         spark_timeout_seconds=spark_timeout_seconds,
+        minio_endpoint=minio_endpoint,
+        minio_credentials_secret=minio_credentials_secret,
         attribute_config=attribute_config,
         n_iterations=n_iterations,
         num_of_samples=num_of_samples,

@@ -26,6 +26,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Model
 
 from cehrgpt.pipeline.images import SPARK_IMAGE
+from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET
 from pipelines.training import DEFAULT_GPU_TOLERATIONS, GPU_RESOURCE
 
 PIPELINE_NAME = "cehrgpt-synthetic-data"
@@ -75,6 +76,8 @@ def add_synthesis_steps(
     spark_executor_memory,
     spark_ttl_seconds,
     spark_timeout_seconds,
+    minio_endpoint,
+    minio_credentials_secret,
     attribute_config,
     n_iterations,
     num_of_samples,
@@ -141,6 +144,8 @@ def add_synthesis_steps(
         executor_memory=spark_executor_memory,
         ttl_seconds=spark_ttl_seconds,
         timeout_seconds=spark_timeout_seconds,
+        minio_endpoint=minio_endpoint,
+        minio_credentials_secret=minio_credentials_secret,
     )
     restore.set_display_name("4. restore OMOP (Spark)").set_caching_options(True)
     _resources(restore, "2", "8Gi", "4", "16Gi")
@@ -220,6 +225,8 @@ def synthetic_data(
     spark_executor_memory: str = "8g",
     spark_ttl_seconds: int = 3600,
     spark_timeout_seconds: int = 21600,
+    minio_endpoint: str = KFP_MINIO_ENDPOINT,
+    minio_credentials_secret: str = KFP_MINIO_SECRET,
     attribute_config: str = ATTRIBUTE_CONFIG_IN_IMAGE,
     n_iterations: int = 10,
     num_of_samples: int = 10000,
@@ -263,6 +270,8 @@ def synthetic_data(
         spark_executor_memory: Memory per executor.
         spark_ttl_seconds: The operator deletes the finished application after this long.
         spark_timeout_seconds: Fail the restore when it has not completed after this long.
+        minio_endpoint: S3 endpoint of Kubeflow's MinIO artifact store (used when artifacts are on it).
+        minio_credentials_secret: Secret with the MinIO ``accesskey`` and ``secretkey``.
         attribute_config: Attribute-inference YAML (a path inside the CPU image).
         n_iterations: Repetitions of each sampled privacy analysis.
         num_of_samples: Patients per repetition.
@@ -308,6 +317,8 @@ def synthetic_data(
         spark_executor_memory=spark_executor_memory,
         spark_ttl_seconds=spark_ttl_seconds,
         spark_timeout_seconds=spark_timeout_seconds,
+        minio_endpoint=minio_endpoint,
+        minio_credentials_secret=minio_credentials_secret,
         attribute_config=attribute_config,
         n_iterations=n_iterations,
         num_of_samples=num_of_samples,

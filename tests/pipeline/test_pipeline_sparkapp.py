@@ -11,6 +11,8 @@ import pytest
 from pipeline_http_stubs import SparkOperatorStub, serve
 
 from cehrgpt.pipeline.sparkapp import (
+    KFP_MINIO_ENDPOINT,
+    KFP_MINIO_SECRET,
     RESTORE_MAIN_FILE,
     SparkApplicationError,
     SparkApplicationTimeout,
@@ -180,6 +182,42 @@ def test_restore_in_operator_mode_passes_the_uris_to_the_job(sparkapp_schema):
     assert stub.created["metadata"]["namespace"] == "team-a"
 
 
+@pytest.mark.parametrize("on_minio", [True, False])
+def test_minio_endpoint_and_credentials_reach_driver_and_executors_only_for_minio_paths(
+    sparkapp_schema, on_minio
+):
+    stub = SparkOperatorStub(["COMPLETED"])
+    settings = SparkOperatorSettings(
+        namespace="team-a",
+        poll_s=0,
+        minio_endpoint="https://minio.example.org:9000",
+        minio_credentials_secret="mlpipeline-minio-artifact",
+        spark_conf={"spark.hadoop.fs.s3a.path.style.access": "false"},  # the user's own setting wins
+    )
+    with serve(stub) as (url, _):
+        restore_omop("operator", "s3a://b/seq", "s3a://b/omop", "s3a://b/vocab", settings,
+                     api_client=_client(url), on_minio=on_minio)  # fmt: skip
+    jsonschema.validate(stub.created, sparkapp_schema)
+    spec = stub.created["spec"]
+    s3a = {k: v for k, v in spec["sparkConf"].items() if k.startswith("spark.hadoop.fs.s3a.")}
+    if not on_minio:
+        assert s3a == {"spark.hadoop.fs.s3a.path.style.access": "false"}
+        assert "env" not in spec["driver"] and "env" not in spec["executor"]
+        return
+    assert s3a == {
+        "spark.hadoop.fs.s3a.endpoint": "https://minio.example.org:9000",
+        "spark.hadoop.fs.s3a.path.style.access": "false",
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": "true",
+    }
+    expected_env = [
+        {"name": "AWS_ACCESS_KEY_ID",
+         "valueFrom": {"secretKeyRef": {"name": "mlpipeline-minio-artifact", "key": "accesskey"}}},
+        {"name": "AWS_SECRET_ACCESS_KEY",
+         "valueFrom": {"secretKeyRef": {"name": "mlpipeline-minio-artifact", "key": "secretkey"}}},
+    ]  # fmt: skip
+    assert spec["driver"]["env"] == expected_env and spec["executor"]["env"] == expected_env
+
+
 def test_restore_rejects_an_unknown_mode():
     with pytest.raises(SparkApplicationError, match="spark_mode must be one of operator, local, got 'yarn'"):
         restore_omop("yarn", "a", "b", "c")
@@ -198,9 +236,18 @@ def test_restore_step_in_operator_mode_uses_uris_and_reads_the_report_back(tmp_p
             ("/local/seq", "minio://mlpipeline/run/seq"),
             ("/local/prep", "minio://mlpipeline/run/prep"),
             (str(tmp_path / "pod" / "restored"), str(bucket / "restored")),
-            SparkOperatorSettings(namespace="team-a", poll_s=0),
+            SparkOperatorSettings(
+                namespace="team-a",
+                poll_s=0,
+                minio_endpoint=KFP_MINIO_ENDPOINT,
+                minio_credentials_secret=KFP_MINIO_SECRET,
+            ),
             api_client=_client(url),
         )
+    assert (
+        stub.created["spec"]["sparkConf"]["spark.hadoop.fs.s3a.endpoint"]
+        == "http://minio-service.kubeflow:9000"
+    )
     assert stub.created["spec"]["arguments"] == [
         "--patient_sequence_folder", "s3a://mlpipeline/run/seq/generated_sequences",
         "--omop_folder", str(bucket / "restored"),

@@ -61,6 +61,7 @@ def build_spark_application(
     spark_version: str = SPARK_VERSION,
     spark_conf: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
+    secret_env: dict[str, tuple[str, str]] | None = None,
     labels: dict[str, str] | None = None,
     image_pull_policy: str = "IfNotPresent",
 ) -> dict[str, Any]:
@@ -82,6 +83,7 @@ def build_spark_application(
         spark_version: Spark version of the image.
         spark_conf: Extra ``spark.*`` settings.
         env: Environment variables for driver and executors.
+        secret_env: Environment variables for driver and executors from Secrets: name → (secret, key).
         labels: Labels for the application and its pods.
         image_pull_policy: ``Always``, ``IfNotPresent`` or ``Never``.
 
@@ -107,7 +109,11 @@ def build_spark_application(
         if not _QUANTITY.match(str(memory)):
             raise SparkApplicationError(f"{what} must be a Spark memory size such as '4g', got {memory!r}")
     pod_labels = {"app.kubernetes.io/part-of": "cehrgpt", **(labels or {})}
-    env_vars = [{"name": k, "value": v} for k, v in sorted((env or {}).items())]
+    env_vars: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted((env or {}).items())]
+    env_vars += [
+        {"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for k, (secret, key) in sorted((secret_env or {}).items())
+    ]
     role: dict[str, Any] = {"labels": pod_labels}
     if env_vars:
         role["env"] = env_vars
@@ -229,6 +235,37 @@ class SparkOperatorSettings:
     timeout_s: float = 6 * 3600
     poll_s: float = 10.0
     spark_conf: dict[str, str] = field(default_factory=dict)
+    #: For ``minio://`` artifacts (Kubeflow's default store): its S3 endpoint, and the Secret holding
+    #: its ``accesskey`` and ``secretkey``; applied only when a path is on MinIO.
+    minio_endpoint: str = ""
+    minio_credentials_secret: str = ""
+
+
+#: Kubeflow Pipelines' defaults for its MinIO artifact store (the ``kfp-launcher`` ConfigMap can change them).
+KFP_MINIO_ENDPOINT = "http://minio-service.kubeflow:9000"
+KFP_MINIO_SECRET = "mlpipeline-minio-artifact"
+
+
+def minio_access(endpoint: str, credentials_secret: str) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """The Spark settings and Secret-backed environment that let s3a read and write a MinIO store.
+
+    s3a reads ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` from the environment (its default
+    credential chain), so the keys never appear in the manifest.
+    """
+    spark_conf: dict[str, str] = {}
+    if endpoint:
+        spark_conf = {
+            "spark.hadoop.fs.s3a.endpoint": endpoint,
+            "spark.hadoop.fs.s3a.path.style.access": "true",
+            "spark.hadoop.fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https://")).lower(),
+        }
+    secret_env: dict[str, tuple[str, str]] = {}
+    if credentials_secret:
+        secret_env = {
+            "AWS_ACCESS_KEY_ID": (credentials_secret, "accesskey"),
+            "AWS_SECRET_ACCESS_KEY": (credentials_secret, "secretkey"),
+        }
+    return spark_conf, secret_env
 
 
 #: Where Kubernetes tells a pod its own namespace.
@@ -263,6 +300,7 @@ def restore_omop(
     operator: SparkOperatorSettings | None = None,
     run_hint: str = "run",
     api_client: Any = None,
+    on_minio: bool = False,
 ) -> dict[str, Any]:
     """Run ``cehrgpt.omop.restore`` in-process (``local``) or as a SparkApplication (``operator``).
 
@@ -274,6 +312,7 @@ def restore_omop(
         operator: Namespace and sizes of the application; required in operator mode.
         run_hint: Makes the application name unique (e.g. the run id).
         api_client: A Kubernetes ``ApiClient``; by default the in-cluster configuration.
+        on_minio: the paths are on Kubeflow's MinIO store: apply the operator's MinIO settings.
 
     Returns:
         ``{"spark_mode": ..., ...}``: the application's final status in operator mode.
@@ -302,6 +341,9 @@ def restore_omop(
         raise SparkApplicationError(
             "spark_mode 'operator' needs the operator settings (namespace, image, sizes)"
         )
+    minio_conf, secret_env = (
+        minio_access(operator.minio_endpoint, operator.minio_credentials_secret) if on_minio else ({}, {})
+    )
     manifest = build_spark_application(
         name=application_name(run_hint),
         namespace=operator.namespace or pod_namespace(),
@@ -315,7 +357,8 @@ def restore_omop(
         executor_memory=operator.executor_memory,
         service_account=operator.service_account,
         ttl_seconds=operator.ttl_seconds,
-        spark_conf=operator.spark_conf,
+        spark_conf={**minio_conf, **operator.spark_conf},
+        secret_env=secret_env,
     )
     if api_client is None:
         from kubernetes import client, config

@@ -223,6 +223,7 @@ def run_restore_step(
         spark_uri(restored[1]),
         spark_uri(f"{prepared[1]}/{VOCABULARY}"),
         operator=operator,
+        on_minio=any(uri.startswith("minio://") for _, uri in (sequences, prepared, restored)),
         # unique per output location (so per run and task), and the same on a retry of the task
         run_hint=hashlib.sha256(restored[1].encode()).hexdigest()[:12],
         api_client=api_client,
