@@ -13,7 +13,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cehrgpt.pipeline.sparkapp import RESTORE_MAIN_FILE
+from cehrgpt.pipeline.sparkapp import (
+    KFP_MINIO_ENDPOINT,
+    KFP_MINIO_SECRET,
+    RESTORE_MAIN_FILE,
+    build_spark_application,
+    minio_access,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -115,6 +121,18 @@ def test_example_sparkapplication_matches_the_crd_and_the_image_layout():
     app = _documents(MANIFESTS / "examples" / "sparkapplication-restore.yaml")[0]
     jsonschema.validate(app, schema)
     assert app["spec"]["mainApplicationFile"] == RESTORE_MAIN_FILE
+    # exactly what the restore step submits for artifacts on Kubeflow's MinIO store
+    spark_conf, secret_env = minio_access(KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET)
+    submitted = build_spark_application(
+        name=app["metadata"]["name"],
+        namespace="any",
+        image=app["spec"]["image"],
+        main_application_file=RESTORE_MAIN_FILE,
+        arguments=app["spec"]["arguments"],
+        spark_conf=spark_conf,
+        secret_env=secret_env,
+    )
+    assert app["spec"] == submitted["spec"]
 
 
 @pytest.mark.parametrize("name", ["gpu", "spark", "cpu"])
@@ -132,6 +150,20 @@ def test_each_image_installs_only_its_stage_extras():
         for name in ("gpu", "spark", "cpu")
     }
     assert extras == {"gpu": "torch", "spark": "spark,k8s,gcs,s3", "cpu": "analysis,db,k8s,gcs,s3"}
+
+
+def test_spark_image_carries_the_s3a_and_gs_connectors():
+    text = (REPO / "images" / "spark.Dockerfile").read_text()
+    jars = [line.split()[-2].rsplit("/", 1)[-1] for line in text.splitlines() if line.startswith("ADD ")]
+    assert jars == [
+        "hadoop-aws-${HADOOP_AWS_VERSION}.jar",
+        "bundle-${AWS_SDK_BUNDLE_VERSION}.jar",
+        "gcs-connector-${GCS_CONNECTOR_VERSION}-shaded.jar",
+    ]
+    assert all(
+        line.split()[-1] == "/opt/spark/jars/" for line in text.splitlines() if line.startswith("ADD ")
+    )
+    assert "ARG HADOOP_AWS_VERSION=3.4.1" in text  # the Hadoop of Spark 4.0.1, which the image pins
 
 
 def test_hadolint_passes():
