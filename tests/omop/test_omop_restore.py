@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from omop_restore_data import SEQUENCES, write_sequences, write_vocabulary
+from omop_restore_data import CONCEPTS, SEQUENCES, write_sequences, write_vocabulary
 from pyspark.sql import functions as F
 
 from cehrgpt.omop.cdm import cdm_fields, primary_key
@@ -264,6 +264,23 @@ def test_hadoop_uris_work_for_every_path(spark, tmp_path):
     report = restore(f"file://{seq}", f"file://{tmp_path}/omop", f"file://{vocab}", spark=spark)
     assert report["rows"]["measurement"] == 1
     assert (tmp_path / "omop" / "_SUCCESS").exists()
+
+
+def test_vocabulary_from_a_duckdb_file_gives_the_same_tables(spark, restored, tmp_path):
+    import duckdb
+
+    root, expected = restored
+    vocabulary = tmp_path / "vocab.duckdb"
+    with duckdb.connect(str(vocabulary)) as db:
+        db.execute("CREATE TABLE concept (concept_id BIGINT, concept_name VARCHAR, domain_id VARCHAR)")
+        db.executemany("INSERT INTO concept VALUES (?, ?, ?)", [(c, f"c{c}", d) for c, d in CONCEPTS.items()])
+    report = restore(str(root / "seq"), str(tmp_path / "omop"), str(vocabulary), spark=spark)
+    ignored = {"seconds", "spark_startup_seconds", "omop_folder", "source_omop_folder"}
+    assert {k: v for k, v in report.items() if k not in ignored} == {
+        k: v for k, v in expected.items() if k not in ignored
+    }
+    for table in (*TABLES, REJECTED):
+        assert rows(spark, tmp_path / "omop", table) == rows(spark, root / "omop", table), table
 
 
 def _run_main(argv: list[str], capsys) -> tuple[int, str]:
