@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -160,3 +161,65 @@ def test_help(capsys):
         fidelity.main(["--help"])
     assert exited.value.code == 0
     assert "--min_pair_support" in capsys.readouterr().out
+
+
+def _profile_as_multisets(profile: fidelity.SequenceProfile) -> dict:
+    """The profile with order removed: the metrics compare distributions, not patient or visit order."""
+    visits, concepts = profile.visit_concepts
+    per_visit: dict[int, list[int]] = {v: [] for v in range(profile.visit_count)}
+    for v, c in zip(visits.tolist(), concepts.tolist(), strict=True):
+        per_visit[v].append(c)
+    return {
+        "patients": sorted(
+            zip(
+                profile.lengths.tolist(),
+                profile.visits_per_patient.tolist(),
+                profile.ages.tolist(),
+                profile.genders,
+                profile.races,
+                strict=True,
+            )
+        ),
+        "patient_concepts": sorted(profile.patient_concepts.tolist()),
+        "visit_types": sorted(profile.visit_types),
+        "gaps": sorted(profile.days_between_visits.tolist()),
+        "stays": sorted(profile.inpatient_stay_days.tolist()),
+        "visit_concepts": sorted(tuple(sorted(c)) for c in per_visit.values()),
+        "excluded": (profile.excluded, profile.exclusion_reasons),
+    }
+
+
+EDGE_CASES = [
+    # unknown visit type and gender, a same-day gap, a 3-year gap, a 0 concept
+    ["year:2001", "age:12", "Gender/0", "Race/0", "[VS]", "Visit/0", "101", "0", "[VE]", "D0",
+     "[VS]", "9202", "0", "[VE]", "LT", "[VS]", "9202", "102", "101", "[VE]", "[END]"],
+    ["year:2001", "age:12", "8507", "8527", "[VS]", "9202", "[VE]"],  # an empty visit breaks the grammar
+    # two inpatient stays with discharges, then death after a gap
+    ["year:1990", "age:40", "8532", "8527", "[VS]", "9201", "101", "i-D2", "102", "i-D1", "103", "8536",
+     "[VE]", "D30", "[VS]", "262", "104", "0", "[VE]", "D7", "[VS]", "[DEATH]", "[VE]"],
+    ["year:2010", "age:0", "8507", "8516", "[VS]", "[DEATH]", "[VE]"],  # death as the only visit
+    ["[START]", "year:2000", "age:1", "8507", "8527", "[VS]", "9202", "101", "[VE]"],  # reference path
+    ["year:2000", "age:52", "8532", "8527", "[VS]", "9202"],  # truncated: excluded when checked
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("check_grammar", [True, False])
+def test_vectorised_profile_equals_the_reference_path(check_grammar):
+    sequences = REAL + SYNTHETIC + EDGE_CASES
+    fast = fidelity.profile_sequences(sequences, check_grammar)
+    reference = fidelity.profile_sequences(sequences, check_grammar, vectorised=False)
+    assert _profile_as_multisets(fast) == _profile_as_multisets(reference)
+    assert sorted(fast.days_between_visits.tolist()) == [0, 7, 10, 20, 30, 1095]
+    assert sorted(fast.inpatient_stay_days.tolist()) == [0, 3, 3]
+
+
+def test_vectorised_profile_equals_the_reference_path_on_eunomia(eunomia_sequences):
+    import pyarrow.parquet as pq
+
+    tokens = pq.read_table(eunomia_sequences / "patient_sequence" / "train", columns=["concept_ids"])
+    sequences = tokens.column("concept_ids").combine_chunks()
+    assert fidelity.decode_arrow(sequences, np.ones(len(sequences), bool)).decoded.all()  # all vectorised
+    fast = fidelity.profile_sequences(sequences, True)
+    reference = fidelity.profile_sequences(sequences, True, vectorised=False)
+    assert len(fast) == len(sequences) and fast.excluded == 0
+    assert _profile_as_multisets(fast) == _profile_as_multisets(reference)

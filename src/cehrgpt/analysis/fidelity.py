@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import scipy.sparse as sp
 from scipy import stats
@@ -40,6 +42,7 @@ from cehrgpt import grammar
 from cehrgpt.analysis.features import sample_indices
 from cehrgpt.analysis.io import AnalysisError, format_table, read_sequence_folder, warn, write_outputs
 from cehrgpt.grammar import TokenKind
+from cehrgpt.omop.decode import ArrowDecoded, decode_arrow
 
 DEFAULT_MIN_PAIR_SUPPORT = 5
 AGE_BAND_YEARS = 10
@@ -58,8 +61,9 @@ class SequenceProfile:
     visit_types: list[int]
     days_between_visits: np.ndarray
     inpatient_stay_days: np.ndarray
-    patient_concepts: list[set[int]]
-    visit_concepts: list[set[int]]
+    patient_concepts: np.ndarray  # one concept id per (patient, distinct concept of that patient)
+    visit_concepts: tuple[np.ndarray, np.ndarray]  # (visit index, concept id) per distinct concept of a visit
+    visit_count: int
     excluded: int
     exclusion_reasons: dict[str, int]
 
@@ -67,23 +71,148 @@ class SequenceProfile:
         return len(self.lengths)
 
 
-def profile_sequences(token_lists: list[list[str]], check_grammar: bool) -> SequenceProfile:
-    """Read every sequence once with :func:`grammar.assign_kinds` and collect the fidelity statistics."""
-    lengths, visits, ages, genders, races = [], [], [], [], []
-    visit_types: list[int] = []
-    gaps: list[int] = []
-    stays: list[int] = []
-    patient_concepts: list[set[int]] = []
-    visit_concepts: list[set[int]] = []
-    reasons: Counter[str] = Counter()
+@dataclass
+class _Tally:
+    """The per-patient, per-visit and per-gap values of :class:`SequenceProfile`, as they are collected."""
+
+    lengths: list[int]
+    visits: list[int]
+    ages: list[int]
+    genders: list[int]
+    races: list[int]
+    visit_types: list[int]
+    gaps: list[int]
+    stays: list[int]
+    patient_concepts: list[np.ndarray]
+    visit_of_concepts: list[np.ndarray]
+    visit_concepts: list[np.ndarray]
+    visit_count: int
+    reasons: Counter[str]
+
+
+def profile_sequences(
+    token_lists: list[list[str]] | pa.ListArray, check_grammar: bool, vectorised: bool = True
+) -> SequenceProfile:
+    """Collect the fidelity statistics of every sequence.
+
+    Grammar-valid patients go through the restore's vectorised decoder
+    (:func:`cehrgpt.omop.decode.decode_arrow`), the rest one by one over
+    :func:`grammar.assign_kinds`; both give the same values (a test checks).
+    With ``check_grammar``, patients that break the grammar are excluded and counted by reason.
+    ``vectorised=False`` takes the reference path for every patient.
+    """
+    sequences = (
+        token_lists
+        if isinstance(token_lists, pa.ListArray)
+        else pa.array(list(token_lists), pa.list_(pa.string()))
+    )
+    tally = _Tally([], [], [], [], [], [], [], [], [], [], [], 0, Counter())
+    fast = decode_arrow(sequences, np.full(len(sequences), vectorised))
+    _tally_decoded(sequences, fast, tally)
+    slow = np.flatnonzero(~fast.decoded)
+    if len(slow):
+        _tally_one_by_one(sequences.take(pa.array(slow)).to_pylist(), check_grammar, tally)
+    return SequenceProfile(
+        lengths=np.asarray(tally.lengths),
+        visits_per_patient=np.asarray(tally.visits),
+        ages=np.asarray(tally.ages),
+        genders=tally.genders,
+        races=tally.races,
+        visit_types=tally.visit_types,
+        days_between_visits=np.asarray(tally.gaps),
+        inpatient_stay_days=np.asarray(tally.stays),
+        patient_concepts=_concatenated(tally.patient_concepts),
+        visit_concepts=(_concatenated(tally.visit_of_concepts), _concatenated(tally.visit_concepts)),
+        visit_count=tally.visit_count,
+        excluded=sum(tally.reasons.values()),
+        exclusion_reasons=dict(tally.reasons),
+    )
+
+
+def _concatenated(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values and how often each occurs, by sorting (numpy's hashing ``unique`` is
+    several times slower on millions of ids)."""
+    ordered = np.sort(values.astype(np.int64, copy=False))
+    if not len(ordered):
+        return ordered, np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    return ordered[starts], np.diff(np.append(starts, len(ordered)))
+
+
+def _distinct_pairs(groups: np.ndarray, concepts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group, concept) pairs with repeats removed (concept ids are below 2^32, as OMOP's are)."""
+    keys, _ = _distinct((groups.astype(np.int64) << 32) | concepts.astype(np.int64))
+    return keys >> 32, keys & 0xFFFFFFFF
+
+
+def _tally_decoded(sequences: pa.ListArray, fast: ArrowDecoded, tally: _Tally) -> None:
+    """The statistics of the patients ``decode_arrow`` decoded, from its records, without a Python token loop."""
+    rows = np.flatnonzero(fast.decoded)
+    if not len(rows):
+        return
+    slot = np.full(len(fast.decoded), -1, np.int64)  # batch row → index among the decoded rows
+    slot[rows] = np.arange(len(rows))
+    lengths = pc.list_value_length(sequences).to_numpy(zero_copy_only=False)
+    age_tokens = pc.list_element(sequences.take(pa.array(rows)), 1).to_pylist()
+    ages: dict[str, int] = {}
+    for token in set(age_tokens):
+        age = grammar.prompt_age(token)
+        assert age is not None, token  # a decoded patient has a valid prompt
+        ages[token] = age
+    person = fast.person
+    by_row = np.argsort(person["row"])
+    visit, event, death = fast.visit, fast.event, fast.death
+    order = np.lexsort((visit["position"], visit["row"]))
+    v_row, v_position = visit["row"][order], visit["position"][order]
+    v_start, v_end, v_type = (
+        visit["start_day"][order],
+        visit["end_day"][order],
+        visit["visit_concept_id"][order],
+    )
+    same_patient = v_row[1:] == v_row[:-1]
+    gaps = (v_start[1:] - v_end[:-1])[same_patient]
+    if len(death["row"]):  # the gap before [VS] [DEATH] [VE], counted from the last visit's end
+        last = (
+            np.searchsorted(v_row * (1 << 32) + v_position, death["row"] * (1 << 32) + death["position"]) - 1
+        )
+        has_visit = (last >= 0) & (v_row[np.maximum(last, 0)] == death["row"])
+        gaps = np.concatenate([gaps, (death["day"] - v_end[np.maximum(last, 0)])[has_visit]])
+    inpatient = np.isin(v_type, list(grammar.INPATIENT_VISIT_CONCEPT_IDS))
+    concept = event["concept_id"] != 0
+    visit_index = np.searchsorted(
+        v_row * (1 << 32) + v_position, event["row"] * (1 << 32) + event["visit_position"]
+    )
+    tally.lengths += lengths[rows].tolist()
+    tally.visits += np.bincount(slot[v_row], minlength=len(rows)).tolist()
+    tally.ages += [ages[token] for token in age_tokens]
+    tally.genders += person["gender_concept_id"][by_row].tolist()
+    tally.races += person["race_concept_id"][by_row].tolist()
+    tally.visit_types += v_type.tolist()
+    tally.gaps += gaps.tolist()
+    tally.stays += (v_end - v_start)[inpatient].tolist()
+    tally.patient_concepts.append(
+        _distinct_pairs(slot[event["row"][concept]], event["concept_id"][concept])[1]
+    )
+    visits, concepts = _distinct_pairs(visit_index[concept], event["concept_id"][concept])
+    tally.visit_of_concepts.append(visits + tally.visit_count)
+    tally.visit_concepts.append(concepts)
+    tally.visit_count += len(v_row)
+
+
+def _tally_one_by_one(token_lists: list[list[str]], check_grammar: bool, tally: _Tally) -> None:
+    """The reference path: one patient at a time over :func:`grammar.assign_kinds`."""
     for tokens in tqdm(token_lists, desc="reading sequences", unit="patient", leave=False):
         if check_grammar and (violation := grammar.first_violation(tokens)) is not None:
-            reasons[violation[1].split(" in state")[0]] += 1
+            tally.reasons[violation[1].split(" in state")[0]] += 1
             continue
         kinds = grammar.assign_kinds(tokens)
         age = grammar.prompt_age(tokens[1]) if len(tokens) >= grammar.PROMPT_LENGTH else None
         if age is None or kinds[2] != TokenKind.GENDER or kinds[3] != TokenKind.RACE:
-            reasons["no demographic prompt"] += 1
+            tally.reasons["no demographic prompt"] += 1
             continue
         concepts: set[int] = set()
         current: set[int] | None = None
@@ -92,7 +221,7 @@ def profile_sequences(token_lists: list[list[str]], check_grammar: bool) -> Sequ
         for token, kind in zip(tokens, kinds, strict=True):
             if kind in (TokenKind.VISIT_TYPE, TokenKind.INPATIENT_VISIT_TYPE):
                 n_visits += 1
-                visit_types.append(grammar.concept_id_of(token) or 0)
+                tally.visit_types.append(grammar.concept_id_of(token) or 0)
                 current = set()
                 stay = 0 if kind == TokenKind.INPATIENT_VISIT_TYPE else None
             elif kind == TokenKind.CONCEPT and current is not None:
@@ -103,33 +232,21 @@ def profile_sequences(token_lists: list[list[str]], check_grammar: bool) -> Sequ
             elif kind == TokenKind.INPATIENT_GAP and stay is not None:
                 stay += grammar.inpatient_gap_days(token) or 0
             elif kind == TokenKind.GAP:
-                gaps.append(grammar.gap_days(token) or 0)
+                tally.gaps.append(grammar.gap_days(token) or 0)
             elif kind == TokenKind.VISIT_END:
                 if current is not None:
-                    visit_concepts.append(current)
+                    tally.visit_of_concepts.append(np.full(len(current), tally.visit_count))
+                    tally.visit_concepts.append(np.fromiter(current, np.int64, len(current)))
+                    tally.visit_count += 1
                 if stay is not None:
-                    stays.append(stay)
+                    tally.stays.append(stay)
                 current, stay = None, None
-        lengths.append(len(tokens))
-        visits.append(n_visits)
-        ages.append(age)
-        genders.append(grammar.concept_id_of(tokens[2]) or 0)
-        races.append(grammar.concept_id_of(tokens[3]) or 0)
-        patient_concepts.append(concepts)
-    return SequenceProfile(
-        lengths=np.asarray(lengths),
-        visits_per_patient=np.asarray(visits),
-        ages=np.asarray(ages),
-        genders=genders,
-        races=races,
-        visit_types=visit_types,
-        days_between_visits=np.asarray(gaps),
-        inpatient_stay_days=np.asarray(stays),
-        patient_concepts=patient_concepts,
-        visit_concepts=visit_concepts,
-        excluded=sum(reasons.values()),
-        exclusion_reasons=dict(reasons),
-    )
+        tally.lengths.append(len(tokens))
+        tally.visits.append(n_visits)
+        tally.ages.append(age)
+        tally.genders.append(grammar.concept_id_of(tokens[2]) or 0)
+        tally.races.append(grammar.concept_id_of(tokens[3]) or 0)
+        tally.patient_concepts.append(np.fromiter(concepts, np.int64, len(concepts)))
 
 
 def r_squared(real: np.ndarray, synthetic: np.ndarray) -> float:
@@ -162,28 +279,28 @@ def ks_statistic(real: np.ndarray, synthetic: np.ndarray) -> float:
 
 def concept_prevalence(real: SequenceProfile, synthetic: SequenceProfile) -> pd.DataFrame:
     """Share of real and of synthetic patients having each concept (union of both sets)."""
-    real_counts = Counter(c for concepts in real.patient_concepts for c in concepts)
-    synthetic_counts = Counter(c for concepts in synthetic.patient_concepts for c in concepts)
-    ids = sorted(real_counts.keys() | synthetic_counts.keys())
+    ids, _ = _distinct(np.concatenate([real.patient_concepts, synthetic.patient_concepts]))
+
+    def shares(profile: SequenceProfile) -> np.ndarray:
+        present, counts = _distinct(profile.patient_concepts)
+        out = np.zeros(len(ids))
+        out[np.searchsorted(ids, present)] = counts
+        return out / len(profile)
+
     return pd.DataFrame(
-        {
-            "concept_id": np.asarray(ids, dtype=np.int64),
-            "real_prevalence": [real_counts[c] / len(real) for c in ids],
-            "synthetic_prevalence": [synthetic_counts[c] / len(synthetic) for c in ids],
-        }
+        {"concept_id": ids, "real_prevalence": shares(real), "synthetic_prevalence": shares(synthetic)}
     )
 
 
-def _pair_rates(visits: list[set[int]], index: dict[int, int]) -> sp.csr_matrix:
-    """Upper-triangular counts of visits holding both concepts of each pair (concepts mapped by ``index``)."""
-    rows, cols = [], []
-    for v, concepts in enumerate(visits):
-        for c in concepts:
-            if c in index:
-                rows.append(v)
-                cols.append(index[c])
+def _pair_rates(profile: SequenceProfile, concepts: np.ndarray) -> sp.csr_matrix:
+    """Upper-triangular counts of visits holding both concepts of each pair, over the sorted ``concepts``."""
+    visits, ids = profile.visit_concepts
+    column = np.searchsorted(concepts, ids)
+    known = column < len(concepts)
+    known[known] = concepts[column[known]] == ids[known]
     incidence = sp.csr_matrix(
-        (np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(len(visits), len(index))
+        (np.ones(int(known.sum())), (visits[known], column[known])),
+        shape=(profile.visit_count, len(concepts)),
     )
     return sp.triu(incidence.T @ incidence, k=1).tocsr()
 
@@ -192,20 +309,18 @@ def cooccurrence(
     real: SequenceProfile, synthetic: SequenceProfile, min_pair_support: int
 ) -> tuple[pd.DataFrame, float]:
     """Within-visit pair rates for pairs seen in ≥ ``min_pair_support`` real visits, and their R²."""
-    concepts = sorted({c for v in real.visit_concepts for c in v})
-    index = {c: i for i, c in enumerate(concepts)}
-    real_counts = _pair_rates(real.visit_concepts, index).tocoo()
+    ids, _ = _distinct(real.visit_concepts[1])
+    real_counts = _pair_rates(real, ids).tocoo()
     keep = real_counts.data >= min_pair_support
     a, b = real_counts.row[keep], real_counts.col[keep]
-    synthetic_counts = _pair_rates(synthetic.visit_concepts, index).tocsr()
+    synthetic_counts = _pair_rates(synthetic, ids).tocsr()
     synthetic_values = np.asarray(synthetic_counts[a, b]).reshape(-1) if len(a) else np.zeros(0)
-    ids = np.asarray(concepts, dtype=np.int64)
     pairs = pd.DataFrame(
         {
             "concept_id_a": ids[a] if len(a) else np.zeros(0, dtype=np.int64),
             "concept_id_b": ids[b] if len(b) else np.zeros(0, dtype=np.int64),
-            "real_rate": real_counts.data[keep] / max(len(real.visit_concepts), 1),
-            "synthetic_rate": synthetic_values / max(len(synthetic.visit_concepts), 1),
+            "real_rate": real_counts.data[keep] / max(real.visit_count, 1),
+            "synthetic_rate": synthetic_values / max(synthetic.visit_count, 1),
         }
     )
     return pairs, r_squared(pairs["real_rate"].to_numpy(), pairs["synthetic_rate"].to_numpy())
@@ -323,10 +438,10 @@ def _plots(real: SequenceProfile, synthetic: SequenceProfile, prevalence: pd.Dat
     def bars(title, a, b):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         keys = sorted(set(a) | set(b), key=str)
-        pa, pb = Counter(a), Counter(b)
+        count_a, count_b = Counter(a), Counter(b)
         x = np.arange(len(keys))
-        ax.bar(x - 0.2, [pa[k] / max(len(a), 1) for k in keys], 0.4, label="real")
-        ax.bar(x + 0.2, [pb[k] / max(len(b), 1) for k in keys], 0.4, label="synthetic")
+        ax.bar(x - 0.2, [count_a[k] / max(len(a), 1) for k in keys], 0.4, label="real")
+        ax.bar(x + 0.2, [count_b[k] / max(len(b), 1) for k in keys], 0.4, label="synthetic")
         ax.set_xticks(x, [str(k) for k in keys], rotation=45, fontsize=7)
         ax.set(title=title)
         ax.legend()
@@ -372,13 +487,13 @@ def render_report(metrics: Mapping[str, float], images: list[str], title: str) -
 
 def _read_tokens(
     folder: str, role: str, max_patients: int | None, rng: np.random.Generator
-) -> list[list[str]]:
+) -> pa.ListArray:
     frame = read_sequence_folder(folder, role)
     if "is_valid" in frame.columns:
         frame = frame[frame["is_valid"].fillna(True).astype(bool)]
     if max_patients is not None and len(frame) > max_patients:
         frame = frame.iloc[np.sort(sample_indices(rng, len(frame), max_patients))]
-    return [list(t) for t in frame["concept_ids"]]
+    return pa.array(frame["concept_ids"].to_numpy(), pa.list_(pa.string()))
 
 
 def run_fidelity(
