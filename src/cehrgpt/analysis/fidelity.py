@@ -485,9 +485,7 @@ def render_report(metrics: Mapping[str, float], images: list[str], title: str) -
     )
 
 
-def _read_tokens(
-    folder: str, role: str, max_patients: int | None, rng: np.random.Generator
-) -> pa.ListArray:
+def _read_tokens(folder: str, role: str, max_patients: int | None, rng: np.random.Generator) -> pa.ListArray:
     frame = read_sequence_folder(folder, role)
     if "is_valid" in frame.columns:
         frame = frame[frame["is_valid"].fillna(True).astype(bool)]
