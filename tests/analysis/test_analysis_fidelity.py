@@ -223,3 +223,10 @@ def test_vectorised_profile_equals_the_reference_path_on_eunomia(eunomia_sequenc
     reference = fidelity.profile_sequences(sequences, True, vectorised=False)
     assert len(fast) == len(sequences) and fast.excluded == 0
     assert _profile_as_multisets(fast) == _profile_as_multisets(reference)
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_a_concept_id_beyond_32_bits_is_a_clear_error(vectorised):
+    patient = ["year:2000", "age:30", "8507", "8527", "[VS]", "9202", "5000000000", "[VE]", "[END]"]
+    with pytest.raises(fidelity.AnalysisError, match=r"^concept id 5000000000 is outside 0 \.\. 2\^32 - 1"):
+        fidelity.profile_sequences([patient], False, vectorised=vectorised)

@@ -121,7 +121,7 @@ def profile_sequences(
         visit_types=tally.visit_types,
         days_between_visits=np.asarray(tally.gaps),
         inpatient_stay_days=np.asarray(tally.stays),
-        patient_concepts=_concatenated(tally.patient_concepts),
+        patient_concepts=_check_concept_ids(_concatenated(tally.patient_concepts)),
         visit_concepts=(_concatenated(tally.visit_of_concepts), _concatenated(tally.visit_concepts)),
         visit_count=tally.visit_count,
         excluded=sum(tally.reasons.values()),
@@ -143,8 +143,19 @@ def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[starts], np.diff(np.append(starts, len(ordered)))
 
 
+def _check_concept_ids(concepts: np.ndarray) -> np.ndarray:
+    outside = concepts[(concepts < 0) | (concepts >= 1 << 32)]
+    if len(outside):
+        raise AnalysisError(f"concept id {outside[0]} is outside 0 .. 2^32 - 1, which the report supports")
+    return concepts
+
+
 def _distinct_pairs(groups: np.ndarray, concepts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(group, concept) pairs with repeats removed (concept ids are below 2^32, as OMOP's are)."""
+    if len(concepts) and (concepts.min() < 0 or concepts.max() >= 1 << 32):
+        raise AnalysisError(
+            f"concept id {concepts.max()} is outside 0 .. 2^32 - 1, which the report supports"
+        )
     keys, _ = _distinct((groups.astype(np.int64) << 32) | concepts.astype(np.int64))
     return keys >> 32, keys & 0xFFFFFFFF
 
