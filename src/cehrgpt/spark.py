@@ -55,7 +55,7 @@ class HadoopFiles:
     def path(self, name: str):
         return self._path(f"{self.root}/{name}" if name else self.root)
 
-    def exists(self, name: str = "") -> bool:
+    def exists(self, name: str) -> bool:
         return bool(self.fs.exists(self.path(name)))
 
     def mkdirs(self, name: str = "") -> None:
@@ -78,10 +78,10 @@ class HadoopFiles:
         finally:
             stream.close()
 
-    def children(self, name: str = "") -> list[str]:
-        if not self.fs.exists(self.path(name)):
+    def children(self) -> list[str]:
+        if not self.fs.exists(self.path("")):
             return []
-        return [status.getPath().getName() for status in self.fs.listStatus(self.path(name))]
+        return [status.getPath().getName() for status in self.fs.listStatus(self.path(""))]
 
 
 def parent_and_name(folder: str) -> tuple[str, str]:

@@ -26,7 +26,7 @@ import io
 import sys
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,19 +75,19 @@ class SequenceProfile:
 class _Tally:
     """The per-patient, per-visit and per-gap values of :class:`SequenceProfile`, as they are collected."""
 
-    lengths: list[int]
-    visits: list[int]
-    ages: list[int]
-    genders: list[int]
-    races: list[int]
-    visit_types: list[int]
-    gaps: list[int]
-    stays: list[int]
-    patient_concepts: list[np.ndarray]
-    visit_of_concepts: list[np.ndarray]
-    visit_concepts: list[np.ndarray]
-    visit_count: int
-    reasons: Counter[str]
+    lengths: list[int] = field(default_factory=list)
+    visits: list[int] = field(default_factory=list)
+    ages: list[int] = field(default_factory=list)
+    genders: list[int] = field(default_factory=list)
+    races: list[int] = field(default_factory=list)
+    visit_types: list[int] = field(default_factory=list)
+    gaps: list[int] = field(default_factory=list)
+    stays: list[int] = field(default_factory=list)
+    patient_concepts: list[np.ndarray] = field(default_factory=list)
+    visit_of_concepts: list[np.ndarray] = field(default_factory=list)
+    visit_concepts: list[np.ndarray] = field(default_factory=list)
+    visit_count: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
 
 
 def profile_sequences(
@@ -106,7 +106,7 @@ def profile_sequences(
         if isinstance(token_lists, pa.ListArray)
         else pa.array(list(token_lists), pa.list_(pa.string()))
     )
-    tally = _Tally([], [], [], [], [], [], [], [], [], [], [], 0, Counter())
+    tally = _Tally()
     fast = decode_arrow(sequences, np.full(len(sequences), vectorised))
     _tally_decoded(sequences, fast, tally)
     slow = np.flatnonzero(~fast.decoded)
@@ -152,10 +152,7 @@ def _check_concept_ids(concepts: np.ndarray) -> np.ndarray:
 
 def _distinct_pairs(groups: np.ndarray, concepts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(group, concept) pairs with repeats removed (concept ids are below 2^32, as OMOP's are)."""
-    if len(concepts) and (concepts.min() < 0 or concepts.max() >= 1 << 32):
-        raise AnalysisError(
-            f"concept id {concepts.max()} is outside 0 .. 2^32 - 1, which the report supports"
-        )
+    _check_concept_ids(concepts)
     keys, _ = _distinct((groups.astype(np.int64) << 32) | concepts.astype(np.int64))
     return keys >> 32, keys & 0xFFFFFFFF
 
@@ -186,17 +183,14 @@ def _tally_decoded(sequences: pa.ListArray, fast: ArrowDecoded, tally: _Tally) -
     )
     same_patient = v_row[1:] == v_row[:-1]
     gaps = (v_start[1:] - v_end[:-1])[same_patient]
+    visit_keys = v_row * (1 << 32) + v_position  # sorted: visits are ordered by row, then position
     if len(death["row"]):  # the gap before [VS] [DEATH] [VE], counted from the last visit's end
-        last = (
-            np.searchsorted(v_row * (1 << 32) + v_position, death["row"] * (1 << 32) + death["position"]) - 1
-        )
+        last = np.searchsorted(visit_keys, death["row"] * (1 << 32) + death["position"]) - 1
         has_visit = (last >= 0) & (v_row[np.maximum(last, 0)] == death["row"])
         gaps = np.concatenate([gaps, (death["day"] - v_end[np.maximum(last, 0)])[has_visit]])
     inpatient = np.isin(v_type, list(grammar.INPATIENT_VISIT_CONCEPT_IDS))
     concept = event["concept_id"] != 0
-    visit_index = np.searchsorted(
-        v_row * (1 << 32) + v_position, event["row"] * (1 << 32) + event["visit_position"]
-    )
+    visit_index = np.searchsorted(visit_keys, event["row"] * (1 << 32) + event["visit_position"])
     tally.lengths += lengths[rows].tolist()
     tally.visits += np.bincount(slot[v_row], minlength=len(rows)).tolist()
     tally.ages += [ages[token] for token in age_tokens]
@@ -513,22 +507,26 @@ def run_fidelity(
     min_pair_support: int = DEFAULT_MIN_PAIR_SUPPORT,
     max_patients: int | None = None,
     seed: int = 0,
+    vectorised: bool = True,
 ) -> dict[str, float]:
     """Compare the folders, write ``metrics.json``, the tables and ``report.html``; returns the metrics.
 
-    ``max_patients`` caps each set by a seeded random sample (None: every patient).
+    ``max_patients`` caps each set by a seeded random sample (None: every patient);
+    ``vectorised`` is passed to :func:`profile_sequences` (False: the reference path, for the benchmark).
     """
     if min_pair_support < 1:
         raise AnalysisError(f"--min_pair_support {min_pair_support}; expected a positive number of visits")
     rng = np.random.default_rng(seed)
     domains = read_domains(vocab_folder)
-    real = profile_sequences(_read_tokens(real_data_folder, "real_data_folder", max_patients, rng), False)
+    real = profile_sequences(
+        _read_tokens(real_data_folder, "real_data_folder", max_patients, rng), False, vectorised
+    )
     if len(real) == 0:
         raise AnalysisError(
             f"--real_data_folder {real_data_folder!r} holds no patient with a readable prompt"
         )
     synthetic = profile_sequences(
-        _read_tokens(synthetic_data_folder, "synthetic_data_folder", max_patients, rng), True
+        _read_tokens(synthetic_data_folder, "synthetic_data_folder", max_patients, rng), True, vectorised
     )
     if len(synthetic) == 0:
         raise AnalysisError(

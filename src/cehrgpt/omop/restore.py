@@ -81,6 +81,8 @@ TABLES = (
     "observation_period",
 )
 CONDITION_ERA = "condition_era"
+#: Tables derived from the placed rows: they hold no tokens, so the report counts what was written.
+DERIVED_TABLES = ("observation_period", CONDITION_ERA)
 ERA_PERSISTENCE_DAYS = 30  # OHDSI's persistence window between conditions of one era
 REJECTED = "rejected"
 REPORT = "restore_report.json"
@@ -860,7 +862,7 @@ def restore(
         }
         _write_all(outputs, f"{files.root}/{run}")
         log.info("tables written in %.1fs", time.perf_counter() - started)
-        derived = ("observation_period", *([CONDITION_ERA] if condition_era else []))
+        derived = tuple(table for table in outputs if table in DERIVED_TABLES)
         report = _report(session, decoded, f"{files.root}/{run}", derived)
         report.update(
             patient_sequence_folder=patient_sequence_folder,
@@ -900,8 +902,8 @@ def _write_all(outputs: dict[str, DataFrame], folder: str) -> None:
 def _report(spark: SparkSession, decoded: DataFrame, folder: str, derived: tuple[str, ...]) -> dict[str, Any]:
     """Counts per table and reason, and the token and patient accounting, which must add up.
 
-    ``derived`` tables (observation_period, condition_era) hold no tokens; their rows are counted
-    from what was written.
+    ``derived`` tables (:data:`DERIVED_TABLES` written by this run) hold no tokens; their rows are
+    counted from what was written.
     """
     records: dict[tuple[int, str | None, int | None], Any] = {
         (r["record"], r["reason"], r["table"]): r
