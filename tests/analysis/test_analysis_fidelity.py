@@ -230,3 +230,55 @@ def test_a_concept_id_beyond_32_bits_is_a_clear_error(vectorised):
     patient = ["year:2000", "age:30", "8507", "8527", "[VS]", "9202", "5000000000", "[VE]", "[END]"]
     with pytest.raises(fidelity.AnalysisError, match=r"^concept id 5000000000 is outside 0 \.\. 2\^32 - 1"):
         fidelity.profile_sequences([patient], False, vectorised=vectorised)
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+@pytest.mark.parametrize("check_grammar", [True, False])
+def test_a_null_sequence_or_token_is_excluded_and_counted(vectorised, check_grammar):
+    with_null_token = [*REAL[1][:6], None, *REAL[1][6:]]
+    profile = fidelity.profile_sequences(
+        [None, REAL[1], with_null_token], check_grammar, vectorised, {"is_valid is false": 2}
+    )
+    assert len(profile) == 1 and profile.lengths.tolist() == [9]
+    assert profile.excluded == 4
+    assert profile.exclusion_reasons == {"is_valid is false": 2, "null sequence": 1, "null token": 1}
+
+
+def test_all_invalid_synthetic_rows_report_the_true_excluded_count(report, tmp_path, capsys):
+    argv, out = report
+    folder = tmp_path / "all_invalid"
+    folder.mkdir()
+    rows = [SYNTHETIC[0]] * 7 + [None] * 2 + [SYNTHETIC[2]]
+    pd.DataFrame(
+        {"person_id": range(10), "concept_ids": rows, "is_valid": [False] * 7 + [None] * 3}
+    ).to_parquet(folder / "part-0.parquet", index=False)
+    argv = list(argv)
+    argv[argv.index("--synthetic_data_folder") + 1] = str(folder)
+    assert fidelity.main(argv) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: --synthetic_data_folder {str(folder)!r} holds no parseable patient (10 row(s) excluded: "
+        "is_valid is false: 7, null sequence: 2, sequence ends: 1); expected grammar-valid sequences"
+    )
+    assert not out.exists()
+
+
+def test_null_synthetic_rows_are_excluded_from_the_report(report, tmp_path, capsys):
+    argv, out = report
+    folder = tmp_path / "with_nulls"
+    folder.mkdir()
+    pd.DataFrame({"person_id": range(4), "concept_ids": [*SYNTHETIC, None]}).to_parquet(
+        folder / "part-0.parquet", index=False
+    )
+    argv = list(argv)
+    argv[argv.index("--synthetic_data_folder") + 1] = str(folder)
+    assert fidelity.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fidelity_num_synthetic_patients"] == 2
+    assert metrics["fidelity_num_synthetic_excluded"] == 2
+    assert json.loads((out / "summary.json").read_text())["synthetic_exclusion_reasons"] == {
+        "null sequence": 1,
+        "sequence ends": 1,
+    }
+    assert "warning: --synthetic_data_folder: 2 row(s) excluded: null sequence: 1, sequence ends: 1" in (
+        capsys.readouterr().err
+    )

@@ -91,14 +91,19 @@ class _Tally:
 
 
 def profile_sequences(
-    token_lists: list[list[str]] | pa.ListArray, check_grammar: bool, vectorised: bool = True
+    token_lists: list[list[str]] | pa.ListArray,
+    check_grammar: bool,
+    vectorised: bool = True,
+    excluded_before: Mapping[str, int] | None = None,
 ) -> SequenceProfile:
     """Collect the fidelity statistics of every sequence.
 
     Grammar-valid patients go through the restore's vectorised decoder
     (:func:`cehrgpt.omop.decode.decode_arrow`), the rest one by one over
     :func:`grammar.assign_kinds`; both give the same values (a test checks).
-    With ``check_grammar``, patients that break the grammar are excluded and counted by reason.
+    A null sequence, or one holding a null token, is excluded and counted; with
+    ``check_grammar``, so are patients that break the grammar, by reason.
+    ``excluded_before`` adds the rows the reader already left out (``is_valid`` false).
     ``vectorised=False`` takes the reference path for every patient.
     """
     sequences = (
@@ -107,6 +112,8 @@ def profile_sequences(
         else pa.array(list(token_lists), pa.list_(pa.string()))
     )
     tally = _Tally()
+    tally.reasons.update(excluded_before or {})
+    sequences = _without_nulls(sequences, tally)
     fast = decode_arrow(sequences, np.full(len(sequences), vectorised))
     _tally_decoded(sequences, fast, tally)
     slow = np.flatnonzero(~fast.decoded)
@@ -127,6 +134,20 @@ def profile_sequences(
         excluded=sum(tally.reasons.values()),
         exclusion_reasons=dict(tally.reasons),
     )
+
+
+def _without_nulls(sequences: pa.ListArray, tally: _Tally) -> pa.ListArray:
+    """``sequences`` less its null rows and rows holding a null token, which are counted by reason."""
+    null_row = pc.is_null(sequences).to_numpy(zero_copy_only=False)
+    null_token = pc.is_null(pc.list_flatten(sequences)).to_numpy(zero_copy_only=False)
+    has_null_token = np.zeros(len(sequences), bool)
+    has_null_token[pc.list_parent_indices(sequences).to_numpy(zero_copy_only=False)[null_token]] = True
+    if null_row.any():
+        tally.reasons["null sequence"] += int(null_row.sum())
+    if has_null_token.any():
+        tally.reasons["null token"] += int(has_null_token.sum())
+    bad = null_row | has_null_token
+    return sequences.filter(pa.array(~bad)) if bad.any() else sequences
 
 
 def _concatenated(parts: list[np.ndarray]) -> np.ndarray:
@@ -401,6 +422,7 @@ def fidelity_metrics(
             "fidelity_num_real_patients": len(real),
             "fidelity_num_synthetic_patients": len(synthetic),
             "fidelity_num_synthetic_excluded": synthetic.excluded,
+            "fidelity_num_real_excluded": real.excluded,
         }
     )
     return metrics, prevalence, pairs
@@ -490,13 +512,38 @@ def render_report(metrics: Mapping[str, float], images: list[str], title: str) -
     )
 
 
-def _read_tokens(folder: str, role: str, max_patients: int | None, rng: np.random.Generator) -> pa.ListArray:
+def _read_tokens(
+    folder: str, role: str, max_patients: int | None, rng: np.random.Generator
+) -> tuple[pa.ListArray, dict[str, int]]:
+    """The (sampled) sequences of a folder, and the rows left out because ``is_valid`` is false."""
     frame = read_sequence_folder(folder, role)
+    excluded: dict[str, int] = {}
     if "is_valid" in frame.columns:
-        frame = frame[frame["is_valid"].fillna(True).astype(bool)]
+        valid = ~frame["is_valid"].eq(False)  # null counts as valid
+        if not valid.all():
+            excluded["is_valid is false"] = int((~valid).sum())
+        frame = frame[valid]
     if max_patients is not None and len(frame) > max_patients:
         frame = frame.iloc[np.sort(sample_indices(rng, len(frame), max_patients))]
-    return pa.array(frame["concept_ids"].to_numpy(), pa.list_(pa.string()))
+    return pa.array(frame["concept_ids"].to_numpy(), pa.list_(pa.string())), excluded
+
+
+def _profile_folder(
+    folder: str,
+    role: str,
+    max_patients: int | None,
+    rng: np.random.Generator,
+    check_grammar: bool,
+    vectorised: bool,
+) -> SequenceProfile:
+    tokens, excluded = _read_tokens(folder, role, max_patients, rng)
+    return profile_sequences(tokens, check_grammar, vectorised, excluded)
+
+
+def _reasons(profile: SequenceProfile) -> str:
+    """``N row(s) excluded: reason: count, ...`` for a message."""
+    listed = ", ".join(f"{reason}: {count}" for reason, count in sorted(profile.exclusion_reasons.items()))
+    return f"{profile.excluded} row(s) excluded: {listed or 'none'}"
 
 
 def run_fidelity(
@@ -518,25 +565,23 @@ def run_fidelity(
         raise AnalysisError(f"--min_pair_support {min_pair_support}; expected a positive number of visits")
     rng = np.random.default_rng(seed)
     domains = read_domains(vocab_folder)
-    real = profile_sequences(
-        _read_tokens(real_data_folder, "real_data_folder", max_patients, rng), False, vectorised
-    )
+    real = _profile_folder(real_data_folder, "real_data_folder", max_patients, rng, False, vectorised)
     if len(real) == 0:
         raise AnalysisError(
-            f"--real_data_folder {real_data_folder!r} holds no patient with a readable prompt"
+            f"--real_data_folder {real_data_folder!r} holds no patient with a readable prompt ({_reasons(real)})"
         )
-    synthetic = profile_sequences(
-        _read_tokens(synthetic_data_folder, "synthetic_data_folder", max_patients, rng), True, vectorised
+    synthetic = _profile_folder(
+        synthetic_data_folder, "synthetic_data_folder", max_patients, rng, True, vectorised
     )
     if len(synthetic) == 0:
         raise AnalysisError(
             f"--synthetic_data_folder {synthetic_data_folder!r} holds no parseable patient "
-            f"({synthetic.excluded} row(s) excluded: {synthetic.exclusion_reasons}); expected grammar-valid sequences"
+            f"({_reasons(synthetic)}); expected grammar-valid sequences"
         )
+    if real.excluded:
+        warn(f"--real_data_folder: {_reasons(real)}")
     if synthetic.excluded:
-        warn(
-            f"--synthetic_data_folder: {synthetic.excluded} row(s) that are not whole patients were excluded"
-        )
+        warn(f"--synthetic_data_folder: {_reasons(synthetic)} (not whole patients)")
     metrics, prevalence, pairs = fidelity_metrics(real, synthetic, domains, min_pair_support)
     report = render_report(metrics, _plots(real, synthetic, prevalence, pairs), "Synthetic data fidelity")
     summary = {
@@ -547,6 +592,7 @@ def run_fidelity(
         "vocab_folder": vocab_folder,
         "min_pair_support": min_pair_support,
         "synthetic_exclusion_reasons": synthetic.exclusion_reasons,
+        "real_exclusion_reasons": real.exclusion_reasons,
     }
     write_outputs(
         output_folder,
