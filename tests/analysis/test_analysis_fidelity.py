@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from analysis_sequences import patient_tokens
 
 from cehrgpt.analysis import fidelity
 
@@ -89,6 +91,13 @@ def test_fidelity_metrics_by_hand(report, capsys):
     assert metrics["fidelity_prevalence_mean_abs_diff"] == pytest.approx(1 / 3)
     assert metrics["fidelity_prevalence_r2"] == pytest.approx(-2.0)
     assert metrics["fidelity_prevalence_pearson"] == pytest.approx(0.5)
+    # ranks real [3, 1.5, 1.5], synthetic [2.5, 2.5, 1]: centred [1, -½, -½]·[½, ½, -1] / 1.5 = ½
+    assert metrics["fidelity_prevalence_spearman"] == pytest.approx(0.5)
+    # concept tokens real 101×3, 102, 103 (8536 is a discharge) → p = [.6, .2, .2];
+    # synthetic 101×2, 102×3 → q = [.4, .6, 1e-10 (103 missing)]
+    assert metrics["fidelity_prevalence_kl"] == pytest.approx(
+        0.6 * math.log(0.6 / 0.4) + 0.2 * math.log(0.2 / 0.6) + 0.2 * math.log(0.2 / 1e-10)
+    )
     # per domain: Condition {101} equal; Drug {102} ½ apart; 103 is not in the vocabulary: Unknown, ½ apart
     assert metrics["fidelity_prevalence_mean_abs_diff_condition"] == 0.0
     assert metrics["fidelity_prevalence_mean_abs_diff_drug"] == 0.5
@@ -96,7 +105,12 @@ def test_fidelity_metrics_by_hand(report, capsys):
     assert metrics["fidelity_prevalence_r2_condition"] is None  # one concept: R² undefined
     # pairs in real visits {101,102}, {101,103}, {101}: both at rate ⅓ (constant -> R² undefined)
     assert metrics["fidelity_cooccurrence_pairs"] == 2
+    assert metrics["fidelity_cooccurrence_synthetic_only_pairs"] == 0
     assert metrics["fidelity_cooccurrence_r2"] is None
+    # pair counts real (101,102): 1, (101,103): 1; synthetic (101,102): 2 of 2 → q = [1, 1e-10]
+    assert metrics["fidelity_cooccurrence_kl"] == pytest.approx(
+        0.5 * math.log(0.5) + 0.5 * math.log(0.5 / 1e-10)
+    )
     # lengths real {18, 9} vs synthetic {10, 15}: the ECDFs differ by ½ on [9, 10)
     assert metrics["fidelity_sequence_length_ks"] == 0.5
     assert metrics["fidelity_visits_per_patient_ks"] == 0.0  # {2, 1} vs {1, 2}
@@ -127,7 +141,10 @@ def test_report_is_self_contained_html(report):
 def test_support_floor_drops_rare_pairs(report):
     argv, out = report
     assert fidelity.main([*argv[:-1], "2"]) == 0
-    assert json.loads((out / "metrics.json").read_text())["fidelity_cooccurrence_pairs"] == 0
+    # each real pair is in one real visit; (101,102) is in two synthetic visits, so it stays
+    assert json.loads((out / "metrics.json").read_text())["fidelity_cooccurrence_pairs"] == 1
+    pairs = pd.read_parquet(out / "cooccurrence.parquet")
+    assert pairs[["concept_id_a", "concept_id_b"]].values.tolist() == [[101, 102]]
 
 
 @pytest.mark.parametrize(
@@ -181,6 +198,7 @@ def _profile_as_multisets(profile: fidelity.SequenceProfile) -> dict:
             )
         ),
         "patient_concepts": sorted(profile.patient_concepts.tolist()),
+        "concept_tokens": sorted(profile.concept_tokens.tolist()),
         "visit_types": sorted(profile.visit_types),
         "gaps": sorted(profile.days_between_visits.tolist()),
         "stays": sorted(profile.inpatient_stay_days.tolist()),
@@ -191,7 +209,7 @@ def _profile_as_multisets(profile: fidelity.SequenceProfile) -> dict:
 
 EDGE_CASES = [
     # unknown visit type and gender, a same-day gap, a 3-year gap, a 0 concept
-    ["year:2001", "age:12", "Gender/0", "Race/0", "[VS]", "Visit/0", "101", "0", "[VE]", "D0",
+    ["year:2001", "age:12", "Gender/0", "Race/0", "[VS]", "Visit/0", "101", "0", "101", "[VE]", "D0",
      "[VS]", "9202", "0", "[VE]", "LT", "[VS]", "9202", "102", "101", "[VE]", "[END]"],
     ["year:2001", "age:12", "8507", "8527", "[VS]", "9202", "[VE]"],  # an empty visit breaks the grammar
     # two inpatient stays with discharges, then death after a gap
@@ -282,3 +300,54 @@ def test_null_synthetic_rows_are_excluded_from_the_report(report, tmp_path, caps
     assert "warning: --synthetic_data_folder: 2 row(s) excluded: null sequence: 1, sequence ends: 1" in (
         capsys.readouterr().err
     )
+
+
+# One visit per patient. Real visits {1,2,3}, {1,2}, {4}; synthetic {1,2}, {1,4}, {2,3}, {5}: the model
+# invents the pair (1,4) and the concept 5.
+REAL_VISITS = [patient_tokens(40, [1, 2, 3]), patient_tokens(40, [1, 2]), patient_tokens(40, [4])]
+SYNTHETIC_VISITS = [patient_tokens(40, c) for c in ([1, 2], [1, 4], [2, 3], [5])]
+
+
+@pytest.mark.parametrize("vectorised", [True, False])
+def test_invented_pairs_count_and_the_original_measures(vectorised):
+    real = fidelity.profile_sequences(REAL_VISITS, False, vectorised)
+    synthetic = fidelity.profile_sequences(SYNTHETIC_VISITS, True, vectorised)
+    metrics, _, pairs = fidelity.fidelity_metrics(real, synthetic, min_pair_support=1)
+    # union of pairs (1,2), (1,3), (1,4), (2,3): real rates [⅔, ⅓, 0, ⅓], synthetic [¼, 0, ¼, ¼];
+    # mean real ⅓, Σ(real - mean)² = 2/9, Σ(synthetic - real)² = (25 + 16 + 9 + 1)/144 = 51/144
+    assert pairs[["concept_id_a", "concept_id_b"]].values.tolist() == [[1, 2], [1, 3], [1, 4], [2, 3]]
+    assert pairs["real_rate"].tolist() == pytest.approx([2 / 3, 1 / 3, 0, 1 / 3])
+    assert pairs["synthetic_rate"].tolist() == pytest.approx([1 / 4, 0, 1 / 4, 1 / 4])
+    assert metrics["fidelity_cooccurrence_r2"] == pytest.approx(1 - (51 / 144) / (2 / 9))
+    assert metrics["fidelity_cooccurrence_pairs"] == 4
+    assert metrics["fidelity_cooccurrence_synthetic_only_pairs"] == 1
+    # pair probabilities real (1,2) 2/4, (1,3) 1/4, (2,3) 1/4; synthetic (1,2) ⅓, (1,3) missing, (2,3) ⅓
+    assert metrics["fidelity_cooccurrence_kl"] == pytest.approx(
+        0.5 * math.log(0.5 / (1 / 3)) + 0.25 * math.log(0.25 / 1e-10) + 0.25 * math.log(0.25 / (1 / 3))
+    )
+    # concept tokens real 1,2,2,1,3,4 → [2, 2, 1, 1]/6; synthetic [2, 2, 1, 1, 1]/7: every ratio is 7/6
+    assert metrics["fidelity_prevalence_kl"] == pytest.approx(math.log(7 / 6))
+    # prevalence real [⅔, ⅔, ⅓, ⅓, 0], synthetic [½, ½, ¼, ¼, ¼]: ranks [4.5, 4.5, 2.5, 2.5, 1] and
+    # [4.5, 4.5, 2, 2, 2], centred products 7.5 over norms 3 · √7.5
+    assert metrics["fidelity_prevalence_spearman"] == pytest.approx(math.sqrt(7.5) / 3)
+
+
+def test_the_support_floor_applies_to_either_set():
+    real = fidelity.profile_sequences(REAL_VISITS, False)
+    synthetic = fidelity.profile_sequences([*SYNTHETIC_VISITS, patient_tokens(40, [1, 4])], True)
+    _, _, pairs = fidelity.fidelity_metrics(real, synthetic, min_pair_support=2)
+    # (1,2) is in 2 real visits, (1,4) in 2 synthetic ones (none real); (1,3), (2,3) in one of each
+    assert pairs[["concept_id_a", "concept_id_b"]].values.tolist() == [[1, 2], [1, 4]]
+    assert pairs["real_rate"].tolist() == pytest.approx([2 / 3, 0])
+    assert pairs["synthetic_rate"].tolist() == pytest.approx([1 / 5, 2 / 5])
+
+
+def test_kl_divergence_by_hand():
+    # p = [¾, ¼]; q = [3/6, 1e-10]: the synthetic total (6) includes a key the real set lacks
+    assert fidelity.kl_divergence(np.array([3, 1]), np.array([3, 0]), 6) == pytest.approx(
+        0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 1e-10)
+    )
+    assert fidelity.kl_divergence(np.array([2, 2]), np.array([5, 5]), 10) == 0.0
+    assert math.isnan(fidelity.kl_divergence(np.zeros(0), np.zeros(0), 0))
+    # no synthetic key at all: every q is 1e-10
+    assert fidelity.kl_divergence(np.array([1]), np.array([0]), 0) == pytest.approx(math.log(1e10))

@@ -3,10 +3,15 @@
 Compares a real and a synthetic sequence folder (synthetic rows that are not
 whole patients under :mod:`cehrgpt.grammar` are excluded and counted) on:
 
-- concept prevalence (share of patients having each concept): R², Pearson r and
-  mean absolute difference, overall and per OMOP domain (``--vocab_folder``);
+- concept prevalence (share of patients having each concept): R², Pearson r,
+  Spearman ρ and mean absolute difference, overall and per OMOP domain (``--vocab_folder``);
 - within-visit co-occurrence (share of visits holding both concepts of a pair):
-  R² over the pairs seen in at least ``--min_pair_support`` real visits;
+  R² over the pairs seen in at least ``--min_pair_support`` real *or* synthetic
+  visits (a pair the model invents counts), and how many of those only synthetic visits hold;
+- the original CEHR-GPT's own measures, to compare like for like: ``fidelity_prevalence_kl``,
+  KL(real‖synthetic) of concept probabilities (a concept's tokens / all concept tokens; demographic
+  and visit-type tokens are not concepts here), and ``fidelity_cooccurrence_kl``, the same formula on
+  within-visit pair probabilities (see :func:`kl_divergence` and :func:`cooccurrence`);
 - sequence length and visits per patient: Kolmogorov–Smirnov statistic;
 - age at the first event (10-year bands), gender, race: total variation distance;
 - days between visits and inpatient length of stay: KS statistic;
@@ -45,6 +50,7 @@ from cehrgpt.grammar import TokenKind
 from cehrgpt.omop.decode import ArrowDecoded, decode_arrow
 
 DEFAULT_MIN_PAIR_SUPPORT = 5
+KL_MISSING_PROBABILITY = 1e-10  # the original CEHR-GPT's probability for a key the synthetic set lacks
 AGE_BAND_YEARS = 10
 UNKNOWN_DOMAIN = "Unknown"
 
@@ -62,6 +68,7 @@ class SequenceProfile:
     days_between_visits: np.ndarray
     inpatient_stay_days: np.ndarray
     patient_concepts: np.ndarray  # one concept id per (patient, distinct concept of that patient)
+    concept_tokens: np.ndarray  # one concept id per concept token, repeats kept (for the token-level KL)
     visit_concepts: tuple[np.ndarray, np.ndarray]  # (visit index, concept id) per distinct concept of a visit
     visit_count: int
     excluded: int
@@ -84,6 +91,7 @@ class _Tally:
     gaps: list[int] = field(default_factory=list)
     stays: list[int] = field(default_factory=list)
     patient_concepts: list[np.ndarray] = field(default_factory=list)
+    concept_tokens: list[np.ndarray] = field(default_factory=list)
     visit_of_concepts: list[np.ndarray] = field(default_factory=list)
     visit_concepts: list[np.ndarray] = field(default_factory=list)
     visit_count: int = 0
@@ -129,6 +137,7 @@ def profile_sequences(
         days_between_visits=np.asarray(tally.gaps),
         inpatient_stay_days=np.asarray(tally.stays),
         patient_concepts=_check_concept_ids(_concatenated(tally.patient_concepts)),
+        concept_tokens=_concatenated(tally.concept_tokens),
         visit_concepts=(_concatenated(tally.visit_of_concepts), _concatenated(tally.visit_concepts)),
         visit_count=tally.visit_count,
         excluded=sum(tally.reasons.values()),
@@ -223,6 +232,7 @@ def _tally_decoded(sequences: pa.ListArray, fast: ArrowDecoded, tally: _Tally) -
     tally.patient_concepts.append(
         _distinct_pairs(slot[event["row"][concept]], event["concept_id"][concept])[1]
     )
+    tally.concept_tokens.append(event["concept_id"][concept])
     visits, concepts = _distinct_pairs(visit_index[concept], event["concept_id"][concept])
     tally.visit_of_concepts.append(visits + tally.visit_count)
     tally.visit_concepts.append(concepts)
@@ -241,6 +251,7 @@ def _tally_one_by_one(token_lists: list[list[str]], check_grammar: bool, tally: 
             tally.reasons["no demographic prompt"] += 1
             continue
         concepts: set[int] = set()
+        tokens_of_concepts: list[int] = []
         current: set[int] | None = None
         stay: int | None = None
         n_visits = 0
@@ -255,6 +266,7 @@ def _tally_one_by_one(token_lists: list[list[str]], check_grammar: bool, tally: 
                 if concept:
                     current.add(concept)
                     concepts.add(concept)
+                    tokens_of_concepts.append(concept)
             elif kind == TokenKind.INPATIENT_GAP and stay is not None:
                 stay += grammar.inpatient_gap_days(token) or 0
             elif kind == TokenKind.GAP:
@@ -273,6 +285,7 @@ def _tally_one_by_one(token_lists: list[list[str]], check_grammar: bool, tally: 
         tally.genders.append(grammar.concept_id_of(tokens[2]) or 0)
         tally.races.append(grammar.concept_id_of(tokens[3]) or 0)
         tally.patient_concepts.append(np.fromiter(concepts, np.int64, len(concepts)))
+        tally.concept_tokens.append(np.asarray(tokens_of_concepts, np.int64))
 
 
 def r_squared(real: np.ndarray, synthetic: np.ndarray) -> float:
@@ -287,6 +300,47 @@ def pearson(real: np.ndarray, synthetic: np.ndarray) -> float:
     if len(real) < 2 or np.std(real) == 0 or np.std(synthetic) == 0:
         return float("nan")
     return float(np.corrcoef(real, synthetic)[0, 1])
+
+
+def spearman(real: np.ndarray, synthetic: np.ndarray) -> float:
+    """Rank correlation: does the synthetic set order concepts as the real one does (NaN if either is constant)."""
+    if len(real) < 2 or np.std(real) == 0 or np.std(synthetic) == 0:
+        return float("nan")
+    return float(stats.spearmanr(real, synthetic).statistic)
+
+
+def kl_divergence(real_counts: np.ndarray, synthetic_counts: np.ndarray, synthetic_total: float) -> float:
+    """KL(real‖synthetic) in nats, as the original CEHR-GPT computes it for its concept distributions.
+
+    ``real_counts`` are the counts of every key seen in the real set, ``synthetic_counts`` the synthetic
+    counts of the same keys (0 where the synthetic set lacks one) and ``synthetic_total`` the synthetic
+    count over all its keys (those the real set lacks included). With p = real / Σ real and
+    q = synthetic / synthetic_total, the result is Σ p · ln(p / q), where q is taken as
+    :data:`KL_MISSING_PROBABILITY` for a key the synthetic set lacks (NaN when the real set is empty).
+    """
+    real_total = float(np.sum(real_counts))
+    if real_total == 0:
+        return float("nan")
+    p = np.asarray(real_counts, np.float64) / real_total
+    q = np.asarray(synthetic_counts, np.float64) / synthetic_total if synthetic_total else np.zeros(len(p))
+    q = np.where(q > 0, q, KL_MISSING_PROBABILITY)
+    seen = p > 0
+    return float(np.sum(p[seen] * np.log(p[seen] / q[seen])))
+
+
+def concept_token_kl(real: SequenceProfile, synthetic: SequenceProfile) -> float:
+    """:func:`kl_divergence` of concept probabilities: a concept's tokens / all concept tokens of the set."""
+    ids, real_counts = _distinct(real.concept_tokens)
+    synthetic_ids, counts = _distinct(synthetic.concept_tokens)
+    return kl_divergence(real_counts, _counts_of(ids, synthetic_ids, counts), len(synthetic.concept_tokens))
+
+
+def _counts_of(keys: np.ndarray, sorted_keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``counts`` (of ``sorted_keys``) looked up for ``keys``; 0 for a key not among them."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), np.int64)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return np.where(sorted_keys[at] == keys, counts[at], 0)
 
 
 def total_variation(real: list, synthetic: list) -> float:
@@ -331,25 +385,52 @@ def _pair_rates(profile: SequenceProfile, concepts: np.ndarray) -> sp.csr_matrix
     return sp.triu(incidence.T @ incidence, k=1).tocsr()
 
 
-def cooccurrence(
-    real: SequenceProfile, synthetic: SequenceProfile, min_pair_support: int
-) -> tuple[pd.DataFrame, float]:
-    """Within-visit pair rates for pairs seen in ≥ ``min_pair_support`` real visits, and their R²."""
-    ids, _ = _distinct(real.visit_concepts[1])
-    real_counts = _pair_rates(real, ids).tocoo()
-    keep = real_counts.data >= min_pair_support
-    a, b = real_counts.row[keep], real_counts.col[keep]
-    synthetic_counts = _pair_rates(synthetic, ids).tocsr()
-    synthetic_values = np.asarray(synthetic_counts[a, b]).reshape(-1) if len(a) else np.zeros(0)
+@dataclass
+class Cooccurrence:
+    """The within-visit pair comparison: the pair table and its summary numbers."""
+
+    pairs: pd.DataFrame  # concept_id_a < concept_id_b, real_rate, synthetic_rate
+    r2: float
+    synthetic_only_pairs: int  # pairs of the table no real visit holds (invented by the model)
+    kl: float
+
+
+def _values_at(matrix: sp.csr_matrix, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    return np.asarray(matrix[rows, columns]).reshape(-1) if len(rows) else np.zeros(0)
+
+
+def cooccurrence(real: SequenceProfile, synthetic: SequenceProfile, min_pair_support: int) -> Cooccurrence:
+    """Compare the within-visit pair rates of the two sets.
+
+    A pair's rate is the share of a set's visits holding both its concepts. The table and R² cover the
+    pairs seen in ≥ ``min_pair_support`` real visits *or* ≥ ``min_pair_support`` synthetic visits, so a
+    pair the model invents counts against it. The KL is :func:`kl_divergence` over every pair (no support
+    floor) of the pair probabilities: visits holding the pair / Σ of that count over all pairs of the set.
+    """
+    ids, _ = _distinct(np.concatenate([real.visit_concepts[1], synthetic.visit_concepts[1]]))
+    real_counts, synthetic_counts = _pair_rates(real, ids), _pair_rates(synthetic, ids)
+    support = real_counts.maximum(synthetic_counts).tocoo()
+    keep = support.data >= min_pair_support
+    order = np.lexsort((support.col[keep], support.row[keep]))
+    a, b = support.row[keep][order], support.col[keep][order]
+    real_values, synthetic_values = _values_at(real_counts, a, b), _values_at(synthetic_counts, a, b)
     pairs = pd.DataFrame(
         {
-            "concept_id_a": ids[a] if len(a) else np.zeros(0, dtype=np.int64),
-            "concept_id_b": ids[b] if len(b) else np.zeros(0, dtype=np.int64),
-            "real_rate": real_counts.data[keep] / max(real.visit_count, 1),
+            "concept_id_a": ids[a].astype(np.int64),
+            "concept_id_b": ids[b].astype(np.int64),
+            "real_rate": real_values / max(real.visit_count, 1),
             "synthetic_rate": synthetic_values / max(synthetic.visit_count, 1),
         }
     )
-    return pairs, r_squared(pairs["real_rate"].to_numpy(), pairs["synthetic_rate"].to_numpy())
+    seen = real_counts.tocoo()
+    return Cooccurrence(
+        pairs=pairs,
+        r2=r_squared(pairs["real_rate"].to_numpy(), pairs["synthetic_rate"].to_numpy()),
+        synthetic_only_pairs=int(np.sum(real_values == 0)),
+        kl=kl_divergence(
+            seen.data, _values_at(synthetic_counts, seen.row, seen.col), float(synthetic_counts.sum())
+        ),
+    )
 
 
 def read_domains(vocab_folder: str | None) -> dict[int, str]:
@@ -390,7 +471,9 @@ def fidelity_metrics(
     metrics: dict[str, float] = {
         "fidelity_prevalence_r2": r_squared(r, s),
         "fidelity_prevalence_pearson": pearson(r, s),
+        "fidelity_prevalence_spearman": spearman(r, s),
         "fidelity_prevalence_mean_abs_diff": float(np.mean(np.abs(r - s))) if len(r) else float("nan"),
+        "fidelity_prevalence_kl": concept_token_kl(real, synthetic),
     }
     if domains:
         for domain, part in prevalence.groupby("domain_id"):
@@ -398,13 +481,16 @@ def fidelity_metrics(
             pr, ps = part["real_prevalence"].to_numpy(), part["synthetic_prevalence"].to_numpy()
             metrics[f"fidelity_prevalence_r2_{name}"] = r_squared(pr, ps)
             metrics[f"fidelity_prevalence_pearson_{name}"] = pearson(pr, ps)
+            metrics[f"fidelity_prevalence_spearman_{name}"] = spearman(pr, ps)
             metrics[f"fidelity_prevalence_mean_abs_diff_{name}"] = float(np.mean(np.abs(pr - ps)))
-    pairs, pair_r2 = cooccurrence(real, synthetic, min_pair_support)
+    pairs = cooccurrence(real, synthetic, min_pair_support)
     age_band = lambda ages: [int(a) // AGE_BAND_YEARS for a in ages]  # noqa: E731
     metrics.update(
         {
-            "fidelity_cooccurrence_r2": pair_r2,
-            "fidelity_cooccurrence_pairs": len(pairs),
+            "fidelity_cooccurrence_r2": pairs.r2,
+            "fidelity_cooccurrence_pairs": len(pairs.pairs),
+            "fidelity_cooccurrence_synthetic_only_pairs": pairs.synthetic_only_pairs,
+            "fidelity_cooccurrence_kl": pairs.kl,
             "fidelity_sequence_length_ks": ks_statistic(real.lengths, synthetic.lengths),
             "fidelity_visits_per_patient_ks": ks_statistic(
                 real.visits_per_patient, synthetic.visits_per_patient
@@ -425,7 +511,7 @@ def fidelity_metrics(
             "fidelity_num_real_excluded": real.excluded,
         }
     )
-    return metrics, prevalence, pairs
+    return metrics, prevalence, pairs.pairs
 
 
 # --- the HTML report ----------------------------------------------------------------------------------------
@@ -496,6 +582,17 @@ def _plots(real: SequenceProfile, synthetic: SequenceProfile, prevalence: pd.Dat
     return encoded
 
 
+METRIC_NOTES = {
+    "fidelity_prevalence_spearman": "rank correlation of per-concept patient shares (1: same order)",
+    "fidelity_cooccurrence_r2": "over pairs seen in enough real or synthetic visits; invented pairs count",
+    "fidelity_prevalence_kl": (
+        "the original CEHR-GPT's KL(real‖synthetic), nats, of concept token probabilities; 0 is identical, "
+        "a concept the synthetic set lacks counts at probability 1e-10"
+    ),
+    "fidelity_cooccurrence_kl": "the same KL on within-visit pair probabilities, over every pair",
+}
+
+
 def render_report(metrics: Mapping[str, float], images: list[str], title: str) -> str:
     """A self-contained HTML page: the metrics table and the plots as embedded PNGs."""
     rows = "".join(
@@ -503,12 +600,16 @@ def render_report(metrics: Mapping[str, float], images: list[str], title: str) -
         for k, v in metrics.items()
     )
     plots = "".join(f'<img alt="plot" src="data:image/png;base64,{png}">' for png in images)
+    notes = "".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in METRIC_NOTES.items() if k in metrics
+    )
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:2em}}"
         "table{border-collapse:collapse}td{border:1px solid #ccc;padding:2px 8px}"
         "img{margin:6px;border:1px solid #eee}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><h2>Metrics</h2><table>{rows}</table><h2>Plots</h2>{plots}</body></html>"
+        f"<h1>{html.escape(title)}</h1><h2>Metrics</h2><table>{rows}</table><ul>{notes}</ul>"
+        f"<h2>Plots</h2>{plots}</body></html>"
     )
 
 
