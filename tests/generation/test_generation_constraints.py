@@ -115,7 +115,7 @@ def test_processor_rejects_too_small_window(tokenizer):
 def _generate(tokenizer, model, context_window, batch_size, count, seed, constrained=True, sampling=None):
     kinds = token_kinds(tokenizer)
     constraint = GrammarConstrainedLogitsProcessor(kinds, context_window) if constrained else None
-    processors = build_logits_processors(sampling or SamplingConfig(), constraint)
+    processors = build_logits_processors(sampling or SamplingConfig(), constraint, kinds)
     prompts = torch.tensor([encode_sequence(tokenizer, p) for p in (q.split()[:4] for q in PATIENTS)])
     rng = np.random.default_rng(seed)
     decoder = ContinuousBatchDecoder(

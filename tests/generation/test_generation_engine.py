@@ -49,7 +49,8 @@ def test_spliced_rows_see_exactly_their_own_tokens(tokenizer, monkeypatch):
     prompts, rng = _prompts(tokenizer), np.random.default_rng(0)
     result = decoder.run(8, lambda k: prompts[rng.integers(0, 4, k)])
     assert len(result.sequences) == 8
-    pad = model.config.vocab_size
+    pad = tokenizer.convert_tokens_to_ids(grammar.PAD)
+    assert pad == 0 and model.config.pad_token_id is None  # the decoder's fallback: [PAD] is id 0
     checked = dead = 0
     for history, scores, alive in recorder.calls:
         dead += int((~alive).sum())

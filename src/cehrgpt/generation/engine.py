@@ -121,6 +121,8 @@ class ContinuousBatchDecoder:
         end_token_id: the token that ends a patient.
         batch_size: rows decoded together.
         generator: the seeded generator every token is drawn with.
+        pad_token_id: the ``[PAD]`` id the history is left-padded with (default: the model config's,
+            else 0, where this project's tokenizers put ``[PAD]``).
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class ContinuousBatchDecoder:
         end_token_id: int,
         batch_size: int,
         generator: torch.Generator,
+        pad_token_id: int | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -150,7 +153,9 @@ class ContinuousBatchDecoder:
         self.generator = generator
         self.device = next(model.parameters()).device
         self._cache_kw = _cache_argument(model)
-        self._pad_id = int(model.config.vocab_size)  # out of range: ignored by the repetition penalty
+        if pad_token_id is None:
+            pad_token_id = getattr(model.config, "pad_token_id", None)
+        self._pad_id = 0 if pad_token_id is None else int(pad_token_id)  # a real token id
         self.alive = torch.ones(0, dtype=torch.bool)  # which batch rows hold a patient still being decoded
 
     def _forward(self, input_ids, cache, attention_mask=None, position_ids=None) -> torch.Tensor:

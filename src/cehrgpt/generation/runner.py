@@ -288,11 +288,12 @@ def generate(settings: GenerationSettings) -> dict:
         )
         decoder = ContinuousBatchDecoder(
             model,
-            build_logits_processors(s.sampling, constraint),
+            build_logits_processors(s.sampling, constraint, kinds),
             context_window,
             end_id,
             s.batch_size,
             generator,
+            pad_token_id=vocab[grammar.PAD],
         )
         file_tokens = 0
 

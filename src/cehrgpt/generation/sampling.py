@@ -1,26 +1,34 @@
-"""Sampling settings and the one factory that turns them into transformers' own processors and warpers."""
+"""Sampling settings and the one factory that turns them into logits processors and warpers.
+
+The warpers are transformers' own; the repetition penalty is ours
+(:class:`ConceptRepetitionPenaltyLogitsProcessor`): transformers' penalises every
+token already in the history, which would push down ``[VS]``, ``[VE]``, gaps and
+visit types, the tokens every patient repeats by design.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from transformers import (
     EpsilonLogitsWarper,
     LogitsProcessor,
     LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
+from cehrgpt import grammar
 from cehrgpt.generation.naming import (
     STRATEGIES,
     TOP_K_STRATEGY,
     TOP_P_STRATEGY,
     strategy_folder_name,
 )
+from cehrgpt.grammar import TokenKind
 
 
 @dataclass(frozen=True)
@@ -67,17 +75,65 @@ class SamplingConfig:
         return strategy_folder_name(**asdict(self))
 
 
+class ConceptRepetitionPenaltyLogitsProcessor(LogitsProcessor):
+    """The CTRL repetition penalty (as transformers applies it), on clinical concept tokens only.
+
+    A token id of kind CONCEPT that the row has already generated after its prompt has its
+    score divided by ``penalty`` (multiplied when negative). Every other token, ``[VS]``,
+    ``[VE]``, gaps, visit types, discharges, specials, is left as it is, and the prompt's
+    tokens are not counted as repeats. The history may be left-padded with the ``[PAD]`` id
+    (the id of kind PAD); pads are not counted as prompt tokens.
+
+    Args:
+        penalty: above 1 discourages repeats, below 1 encourages them.
+        token_kinds: the :class:`~cehrgpt.grammar.TokenKind` of every token id, shape ``[vocab_size]``.
+        prompt_length: tokens at the start of each row that are the prompt.
+    """
+
+    def __init__(self, penalty: float, token_kinds: np.ndarray, prompt_length: int = grammar.PROMPT_LENGTH):
+        if not penalty > 0.0:
+            raise ValueError(f"repetition_penalty must be positive, got {penalty}")
+        kinds = np.asarray(token_kinds)
+        self.penalty = float(penalty)
+        self.prompt_length = prompt_length
+        self._concept = torch.from_numpy(kinds == TokenKind.CONCEPT)
+        pads = np.flatnonzero(kinds == TokenKind.PAD)
+        self.pad_token_id = int(pads[0]) if len(pads) else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        vocab = scores.shape[-1]
+        concept = torch.zeros(vocab, dtype=torch.bool, device=scores.device)
+        known = min(vocab, len(self._concept))
+        concept[:known] = self._concept[:known].to(scores.device)
+        in_range = (input_ids >= 0) & (input_ids < vocab)
+        ids = input_ids.clamp(0, vocab - 1)
+        real = in_range if self.pad_token_id is None else in_range & (input_ids != self.pad_token_id)
+        after_prompt = real.long().cumsum(dim=1) > self.prompt_length
+        counted = (real & after_prompt & concept[ids]).long()
+        seen = (
+            torch.zeros(scores.shape, dtype=torch.long, device=scores.device).scatter_add_(1, ids, counted)
+            > 0
+        )
+        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        return torch.where(seen, penalised, scores)  # type: ignore[return-value]
+
+
 def build_logits_processors(
-    config: SamplingConfig, constraint: LogitsProcessor | None = None
+    config: SamplingConfig,
+    constraint: LogitsProcessor | None = None,
+    token_kinds: np.ndarray | None = None,
 ) -> LogitsProcessorList:
     """The processors in the order ``model.generate`` applies them: penalty, constraint, then the warpers.
 
     The grammar constraint comes before the warpers so that top-p and top-k
-    renormalise over the allowed tokens only.
+    renormalise over the allowed tokens only. ``token_kinds`` (per vocabulary id) tells
+    the repetition penalty which tokens are concepts; it is needed when the penalty is not 1.
     """
     processors = LogitsProcessorList()
     if config.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(penalty=config.repetition_penalty))
+        if token_kinds is None:
+            raise ValueError("a repetition penalty other than 1 needs the vocabulary's token kinds")
+        processors.append(ConceptRepetitionPenaltyLogitsProcessor(config.repetition_penalty, token_kinds))
     if constraint is not None:
         processors.append(constraint)
     if config.temperature != 1.0:
