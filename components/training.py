@@ -18,6 +18,7 @@ def train_model(
     seed: int,
     model: Output[Model],
     metrics: Output[Metrics],
+    min_concept_patients: int = 10,
 ):
     """Train the tokenizer and a GPT-2 CEHR-GPT model on the training sequences.
 
@@ -30,6 +31,8 @@ def train_model(
         learning_rate: Peak learning rate (0: the preset's).
         context_window: Tokens per training window (0: the preset's).
         seed: Seed of initialisation and data order.
+        min_concept_patients: Leave out concepts seen in fewer training patients (small-cell
+            suppression, default 10; 1 keeps every concept).
         model: The Hugging Face model folder with tokenizer and training_metrics.json.
         metrics: Losses, perplexities and throughput of training_metrics.json.
     """
@@ -46,6 +49,7 @@ def train_model(
         learning_rate=learning_rate or None,
         context_window=context_window or None,
         seed=seed,
+        min_concept_patients=min_concept_patients,
     )
     run_stage("train", main, argv)
     log_metrics_json(f"{model.path}/training_metrics.json", metrics)

@@ -25,6 +25,7 @@ def end_to_end(
     train_batch_size: int = 0,
     learning_rate: float = 0.0,
     train_context_window: int = 0,
+    min_concept_patients: int = 10,
     num_of_patients: int = 128,
     num_shards: int = 1,
     batch_size: int = 16,
@@ -76,6 +77,8 @@ def end_to_end(
         train_batch_size: Training batch size (0: the preset's).
         learning_rate: Peak learning rate (0: the preset's).
         train_context_window: Tokens per training window (0: the preset's).
+        min_concept_patients: Leave out of the vocabulary concepts seen in fewer training patients
+            (small-cell suppression; 1 keeps every concept).
         num_of_patients: Synthetic patients to generate, exactly, over all shards.
         num_shards: Generation pods, one GPU each (at most 8 run at once).
         batch_size: Sequences decoded together per generation pod.
@@ -128,6 +131,7 @@ def end_to_end(
         seed=seed,
         gpu_node_selector=gpu_node_selector,
         gpu_tolerations=gpu_tolerations,
+        min_concept_patients=min_concept_patients,
     )
     add_synthesis_steps(
         train.outputs["model"],

@@ -27,6 +27,7 @@ def add_training_steps(
     seed,
     gpu_node_selector,
     gpu_tolerations,
+    min_concept_patients,
 ):
     """Add steps 1-2 to the pipeline being defined; returns (prepare task, train task)."""
     prepare = prepare_sequences(omop_source=omop_source, test_fraction=test_fraction, seed=seed)
@@ -42,6 +43,7 @@ def add_training_steps(
         learning_rate=learning_rate,
         context_window=context_window,
         seed=seed,
+        min_concept_patients=min_concept_patients,
     )
     train.set_display_name("2. train CEHR-GPT (1 GPU)").set_caching_options(True)
     train.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
@@ -64,6 +66,7 @@ def training(
     seed: int = 42,
     gpu_node_selector: dict = {},  # noqa: B006 (a pipeline default, never mutated)
     gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
+    min_concept_patients: int = 10,
 ):
     """Prepare patient sequences from an OMOP CDM database and train a CEHR-GPT model on them.
 
@@ -79,6 +82,8 @@ def training(
         seed: Seed of the split, initialisation and data order.
         gpu_node_selector: Node labels for the training pod.
         gpu_tolerations: Tolerations for the training pod (default: the nvidia.com/gpu taint).
+        min_concept_patients: Leave out of the vocabulary concepts seen in fewer training patients
+            (small-cell suppression; 1 keeps every concept).
     """
     add_training_steps(
         omop_source=omop_source,
@@ -92,4 +97,5 @@ def training(
         seed=seed,
         gpu_node_selector=gpu_node_selector,
         gpu_tolerations=gpu_tolerations,
+        min_concept_patients=min_concept_patients,
     )

@@ -22,7 +22,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    tok, _ = build_tokenizer([p.split() for p in PATIENTS])
+    tok, _ = build_tokenizer([p.split() for p in PATIENTS], min_concept_patients=1)
     return tok
 
 

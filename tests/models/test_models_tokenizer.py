@@ -31,14 +31,14 @@ PATIENTS = [
 
 
 def test_special_tokens_take_ids_zero_to_six_in_grammar_order():
-    tokenizer, _ = build_tokenizer(PATIENTS)
+    tokenizer, _ = build_tokenizer(PATIENTS, min_concept_patients=1)
     assert tokenizer.convert_ids_to_tokens(list(range(7))) == list(grammar.SPECIAL_TOKENS)
     assert (tokenizer.pad_token, tokenizer.eos_token, tokenizer.unk_token) == ("[PAD]", "[END]", "[OOV]")
     assert (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.eos_token_id) == (0, 1, 3)
 
 
 def test_tokens_to_ids_to_tokens_is_exact():
-    tokenizer, _ = build_tokenizer(PATIENTS)
+    tokenizer, _ = build_tokenizer(PATIENTS, min_concept_patients=1)
     for tokens in PATIENTS:
         ids = encode_sequence(tokenizer, tokens)
         assert len(ids) == len(tokens)
@@ -47,7 +47,7 @@ def test_tokens_to_ids_to_tokens_is_exact():
 
 
 def test_vocabulary_orders_tokens_by_frequency_then_spelling():
-    tokenizer, stats = build_tokenizer(PATIENTS)
+    tokenizer, stats = build_tokenizer(PATIENTS, min_concept_patients=1)
     vocab = tokenizer.get_vocab()
     # 380378 occurs 4 times, [VE] is special; the next most frequent ordinary tokens follow.
     assert vocab["380378"] == 7
@@ -55,7 +55,7 @@ def test_vocabulary_orders_tokens_by_frequency_then_spelling():
 
 
 def test_unknown_tokens_and_ids_become_oov():
-    tokenizer, _ = build_tokenizer(PATIENTS)
+    tokenizer, _ = build_tokenizer(PATIENTS, min_concept_patients=1)
     assert encode_sequence(tokenizer, ["year:2001", "999999", "year:1850"]) == [
         tokenizer.get_vocab()["year:2001"],
         1,
@@ -144,7 +144,7 @@ def test_a_token_takes_its_most_frequent_kind_and_is_then_never_filtered():
 
 def test_unrecognised_spellings_are_left_out_and_counted():
     patients = [[*PATIENTS[0][:-1], "garbage", "[VE]"]]
-    tokenizer, stats = build_tokenizer(patients)
+    tokenizer, stats = build_tokenizer(patients, min_concept_patients=1)
     assert "garbage" not in tokenizer.get_vocab()
     assert stats["unrecognised_tokens_left_out"] == 1
 
@@ -174,6 +174,21 @@ def test_saved_folder_loads_with_autotokenizer_and_keeps_metadata(tmp_path):
 def test_loading_a_folder_without_a_tokenizer_names_the_folder(tmp_path):
     with pytest.raises(TokenizerError, match=r"no tokenizer in .*expected tokenizer\.json"):
         load_tokenizer(tmp_path / "missing")
+
+
+def test_concepts_of_fewer_than_ten_patients_are_left_out_by_default():
+    # 4356 in 10 patients, 4021 in 9: small cells (below 10) are suppressed unless asked otherwise
+    patients = [
+        ["year:2001", "age:12", "8532", "8527", "[VS]", "9202", "4356", *(["4021"] if i < 9 else []), "[VE]"]
+        for i in range(10)
+    ]
+    tokenizer, stats = build_tokenizer(patients)
+    assert "4356" in tokenizer.get_vocab() and "4021" not in tokenizer.get_vocab()
+    assert (stats["min_concept_patients"], stats["concepts_seen"], stats["concepts_left_out_rare"]) == (
+        10,
+        2,
+        1,
+    )
 
 
 def test_min_concept_patients_below_one_is_rejected():

@@ -155,6 +155,17 @@ def test_restore_takes_the_spark_mode_and_sizes(fresh):
     assert restore["executor_instances"] == {"componentInputParameter": "spark_executor_instances"}
 
 
+@pytest.mark.parametrize("name", ["training", "end_to_end"])
+def test_small_cell_suppression_is_a_training_parameter(fresh, name):
+    from cehrgpt.models.tokenizer import DEFAULT_MIN_CONCEPT_PATIENTS
+
+    spec, _ = _load(fresh, name)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["min_concept_patients"]["defaultValue"] == DEFAULT_MIN_CONCEPT_PATIENTS == 10
+    train = spec["root"]["dag"]["tasks"]["train-model"]["inputs"]["parameters"]
+    assert train["min_concept_patients"] == {"componentInputParameter": "min_concept_patients"}
+
+
 def test_seed_flags_are_pipeline_parameters(fresh):
     spec, _ = _load(fresh, "synthetic_data")
     params = spec["root"]["inputDefinitions"]["parameters"]

@@ -32,6 +32,7 @@ TINY = {
     "eval_steps": 0,
     "save_steps": 4,
     "seed": 7,
+    "min_concept_patients": 1,  # 24 hand-made patients: keep every concept
 }
 
 
@@ -164,7 +165,7 @@ def test_checkpoints_keep_the_last_two(trained):
 
 
 def test_rare_concepts_never_reach_the_model_vocabulary(data_folder, tmp_path):
-    metrics = train(data_folder, tmp_path / "m", max_steps=1, min_concept_patients=7, **TINY)
+    metrics = train(data_folder, tmp_path / "m", max_steps=1, **{**TINY, "min_concept_patients": 7})
     vocab = AutoTokenizer.from_pretrained(tmp_path / "m").get_vocab()
     # 4000..4003 are each in 6 of 24 training patients; 4100..4102 in at least 8.
     assert not {"4000", "4001", "4002", "4003"} & set(vocab)
@@ -181,6 +182,8 @@ def test_cli_trains_and_prints_both_perplexities(data_folder, tmp_path, capsys):
     assert main(_cli(data_folder, tmp_path / "cli", "--max_steps", "2")) == 0
     printed = capsys.readouterr().out
     assert "validation perplexity" in printed and "unigram baseline" in printed
+    # 7 concepts (4000..4003, 4100..4102), TINY keeps them all
+    assert "tokenizer: 0 of 7 concepts left out (seen in fewer than 1 training patients)" in printed
     assert (tmp_path / "cli" / "training_metrics.json").is_file()
 
 

@@ -24,6 +24,13 @@ def test_small_and_base_train_by_epochs():
     assert (base.n_layer, base.n_embd, base.max_steps) == (12, 768, None)
 
 
+def test_small_cells_are_suppressed_by_default():
+    assert (
+        resolve_settings("tiny").min_concept_patients == resolve_settings("base").min_concept_patients == 10
+    )
+    assert resolve_settings("tiny", min_concept_patients=1).min_concept_patients == 1
+
+
 def test_none_overrides_keep_the_preset_value():
     assert resolve_settings("tiny", batch_size=None).batch_size == 16
 

@@ -9,8 +9,9 @@ masks by kind and the OMOP restore maps concepts back. The same metadata also
 rides in the tokenizer's init kwargs, so a plain ``save_pretrained`` keeps it.
 
 Privacy by construction: a clinical concept seen in fewer than
-``min_concept_patients`` distinct training patients is left out of the
-vocabulary, so the model can never emit it.
+``min_concept_patients`` distinct training patients (default
+:data:`DEFAULT_MIN_CONCEPT_PATIENTS`, the usual small-cell suppression threshold)
+is left out of the vocabulary, so the model can never emit it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cehrgpt.grammar import TokenKind
 
 METADATA_FILE = "token_metadata.json"
 METADATA_FORMAT = "cehrgpt-token-metadata/1"
+DEFAULT_MIN_CONCEPT_PATIENTS = 10  # small cells suppressed by default; 1 keeps every concept
 _METADATA_KWARG = "token_metadata"
 
 # Spellings the generator may need to open or close a visit even when training data never used them.
@@ -46,14 +48,15 @@ class TokenizerError(ValueError):
 
 
 def build_tokenizer(
-    sequences: Iterable[Sequence[str]], min_concept_patients: int = 1
+    sequences: Iterable[Sequence[str]], min_concept_patients: int = DEFAULT_MIN_CONCEPT_PATIENTS
 ) -> tuple[PreTrainedTokenizerBase, dict]:
     """Build the word-level tokenizer from training sequences (one token list per patient).
 
     Args:
         sequences: The training patients' token lists (the ``concept_ids`` column).
         min_concept_patients: A clinical concept (kind CONCEPT) seen in fewer distinct
-            patients than this is left out; every other token is always kept.
+            patients than this is left out (default 10; 1 keeps them all); every other token is
+            always kept.
 
     Returns:
         The tokenizer (specials first, ids 0..6 in ``grammar.SPECIAL_TOKENS`` order, then

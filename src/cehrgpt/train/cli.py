@@ -9,7 +9,7 @@ import sys
 from accelerate import PartialState
 
 from cehrgpt.models.gpt import PRESETS
-from cehrgpt.models.tokenizer import TokenizerError
+from cehrgpt.models.tokenizer import DEFAULT_MIN_CONCEPT_PATIENTS, TokenizerError
 from cehrgpt.train.data import DataFolderError
 from cehrgpt.train.trainer import TrainError, train
 
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--min_concept_patients",
         type=int,
-        help="leave out concepts seen in fewer training patients (default 1)",
+        help=f"leave out concepts seen in fewer training patients (default {DEFAULT_MIN_CONCEPT_PATIENTS}; 1 keeps all)",
     )
     parser.add_argument(
         "--eval_steps", type=int, help="validate every N steps, 0 = only at the end (default 500)"
@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         f"validation perplexity {metrics['validation_perplexity']:.2f} "
         f"(unigram baseline {metrics['unigram_baseline_perplexity']:.2f}), "
         f"{metrics['steps']} steps, {metrics['tokens_per_second']} tokens/s, {metrics['wall_time_seconds']}s"
+    )
+    built = metrics["tokenizer"]
+    print(
+        f"tokenizer: {built['concepts_left_out_rare']} of {built['concepts_seen']} concepts left out "
+        f"(seen in fewer than {built['min_concept_patients']} training patients)"
     )
     return 0
 

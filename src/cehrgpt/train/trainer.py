@@ -38,7 +38,13 @@ from tqdm.auto import tqdm
 
 from cehrgpt import grammar
 from cehrgpt.models.gpt import PRESETS, generation_config, gpt2_config
-from cehrgpt.models.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, token_metadata
+from cehrgpt.models.tokenizer import (
+    DEFAULT_MIN_CONCEPT_PATIENTS,
+    build_tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    token_metadata,
+)
 from cehrgpt.train.data import (
     IGNORE_INDEX,
     LengthGroupedSampler,
@@ -82,7 +88,7 @@ class TrainSettings:
     dropout: float = 0.1
     seed: int = 42
     resume: bool = False
-    min_concept_patients: int = 1
+    min_concept_patients: int = DEFAULT_MIN_CONCEPT_PATIENTS
     eval_steps: int = 500
     logging_steps: int = 50
     save_steps: int = 500
