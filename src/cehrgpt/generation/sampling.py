@@ -97,14 +97,22 @@ class ConceptRepetitionPenaltyLogitsProcessor(LogitsProcessor):
         self.penalty = float(penalty)
         self.prompt_length = prompt_length
         self._concept = torch.from_numpy(kinds == TokenKind.CONCEPT)
+        self._mask: torch.Tensor | None = None
         pads = np.flatnonzero(kinds == TokenKind.PAD)
         self.pad_token_id = int(pads[0]) if len(pads) else None
 
+    def _concept_mask(self, vocab: int, device: torch.device) -> torch.Tensor:
+        """The concept mask sized to the scores' width, on their device (built once per width/device)."""
+        if self._mask is None or self._mask.shape[0] != vocab or self._mask.device != device:
+            mask = torch.zeros(vocab, dtype=torch.bool)
+            known = min(vocab, len(self._concept))
+            mask[:known] = self._concept[:known]
+            self._mask = mask.to(device)
+        return self._mask
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         vocab = scores.shape[-1]
-        concept = torch.zeros(vocab, dtype=torch.bool, device=scores.device)
-        known = min(vocab, len(self._concept))
-        concept[:known] = self._concept[:known].to(scores.device)
+        concept = self._concept_mask(vocab, scores.device)
         in_range = (input_ids >= 0) & (input_ids < vocab)
         ids = input_ids.clamp(0, vocab - 1)
         real = in_range if self.pad_token_id is None else in_range & (input_ids != self.pad_token_id)
