@@ -491,6 +491,16 @@ def convert_folder(
     return Conversion(model=model, tokenizer=tokenizer, report=report, warnings=warnings)
 
 
+def check_output_folder(output: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output folder unless ``overwrite`` (checked before converting and before writing).
+
+    Raises:
+        ConversionError: it exists, is not empty and ``overwrite`` is off.
+    """
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+        raise ConversionError([f"output folder {str(output)!r} exists and is not empty; pass --overwrite"])
+
+
 def write_converted(
     conversion: Conversion, output_folder: str | os.PathLike, overwrite: bool = False
 ) -> Path:
@@ -504,8 +514,7 @@ def write_converted(
     from cehrgpt.models.tokenizer import save_tokenizer
 
     output = Path(output_folder)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise ConversionError([f"output folder {str(output)!r} exists and is not empty; pass --overwrite"])
+    check_output_folder(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -546,12 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, print_line: Callable[[str], None] = print) -> int:
     args = build_parser().parse_args(argv)
     output = Path(args.output_folder)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
-        print(
-            f"error: output folder {str(output)!r} exists and is not empty; pass --overwrite", file=sys.stderr
-        )
-        return 2
     try:
+        check_output_folder(output, args.overwrite)
         conversion = convert_folder(args.model_folder, args.tokenizer_folder, args.demographic_data_path)
         for warning in conversion.warnings:
             print(f"warning: {warning}", file=sys.stderr)
