@@ -42,7 +42,7 @@ def test_each_blocking_option_is_refused(capsys, tmp_path, option):
     errors = _refused(capsys, tmp_path, model, tokenizer)
     assert len(errors) == 1
     key = {"qwen2": "backbone", "llama_mlp": "decoder_mlp"}.get(option, option)
-    assert f"blocking option {key}=" in errors[0]
+    assert errors[0].startswith(f"error: {model / 'config.json'}: blocking option {key}=")
 
 
 def test_every_blocking_option_is_named_at_once(capsys, tmp_path):
@@ -82,15 +82,18 @@ def test_unknown_and_missing_weights_are_both_named(capsys, tmp_path):
     edit_weights(model, drop=("cehrgpt.h.1.mlp.c_fc.bias",), add={"cehrgpt.wpe.weight": torch.zeros(32, 16)})
     errors = _refused(capsys, tmp_path, model, tokenizer)
     assert len(errors) == 2
-    assert "unknown weight(s) cehrgpt.wpe.weight" in errors[0]
-    assert "missing weight(s) cehrgpt.h.1.mlp.c_fc.bias" in errors[1]
+    weights = model / "model.safetensors"
+    assert errors[0] == f"error: {weights}: unknown weight(s) cehrgpt.wpe.weight"
+    assert errors[1] == f"error: {weights}: missing weight(s) cehrgpt.h.1.mlp.c_fc.bias"
 
 
 def test_a_misshapen_weight_is_refused(capsys, tmp_path):
     model, tokenizer = copy_model(tmp_path)
     edit_weights(model, add={"cehrgpt.ln_f.bias": torch.zeros(15)})
     errors = _refused(capsys, tmp_path, model, tokenizer)
-    assert errors == [f"error: {model}: weight cehrgpt.ln_f.bias has shape (15,); expected (16,)"]
+    assert errors == [
+        f"error: {model / 'model.safetensors'}: weight cehrgpt.ln_f.bias has shape (15,); expected (16,)"
+    ]
 
 
 def test_a_corrupt_weights_file_is_one_line(capsys, tmp_path):

@@ -347,8 +347,8 @@ def is_original_model_folder(model_folder: str | os.PathLike) -> bool:
         return False
 
 
-def _read_weights(model_folder: Path) -> dict[str, torch.Tensor]:
-    """The weights of ``model.safetensors`` (or ``pytorch_model.bin``, read with ``weights_only``; never unpickled)."""
+def _read_weights(model_folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The weights file and the weights of ``model.safetensors`` (or ``pytorch_model.bin``, read with ``weights_only``; never unpickled)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -356,14 +356,14 @@ def _read_weights(model_folder: Path) -> dict[str, torch.Tensor]:
     bin_path = model_folder / "pytorch_model.bin"
     if safetensors_path.is_file():
         try:
-            return load_file(safetensors_path)
+            return safetensors_path, load_file(safetensors_path)
         except (SafetensorError, OSError, ValueError) as exc:
             raise ConversionError(
                 [f"{str(safetensors_path)!r} is not a readable safetensors file: {exc}"]
             ) from exc
     if bin_path.is_file():
         try:
-            return torch.load(bin_path, map_location="cpu", weights_only=True)
+            return bin_path, torch.load(bin_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a damaged or unsafe file
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConversionError([f"{str(bin_path)!r} is not a readable weights file: {first}"]) from exc
@@ -424,10 +424,10 @@ def convert_folder(
     config = read_original_config(model_folder)
     problems = check_original_config(config)
     if problems:  # the rest needs the fields checked here
-        raise ConversionError([f"{model_folder}: {p}" for p in problems])
-    weights = _read_weights(model_folder)
+        raise ConversionError([f"{model_folder / 'config.json'}: {p}" for p in problems])
+    weights_file, weights = _read_weights(model_folder)
     state, problems, dropped = convert_weights(config, weights)
-    problems = [f"{model_folder}: {p}" for p in problems]
+    problems = [f"{weights_file}: {p}" for p in problems]
     vocab: dict[str, int] = {}
     try:
         vocab = _read_original_vocabulary(tokenizer_folder)
