@@ -101,3 +101,26 @@ def test_a_refused_original_model_writes_nothing(demographics, tmp_path, capsys)
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 4 and all(e.startswith("error: ") and "blocking option" in e for e in errors)
     assert not out.exists()
+
+
+def test_fidelity_and_privacy_take_generated_and_original_layout_sequences(demographics, tmp_path, capsys):
+    from cehrgpt.analysis import fidelity
+    from cehrgpt.analysis.privacy import member_inference
+
+    model, tokenizer = FIXTURES / "default" / "model", FIXTURES / "default" / "tokenizer"
+    out = tmp_path / "gen"
+    assert main(_argv(model, tokenizer, demographics, out, 0)) == 0
+    synthetic = out / "top_k12_temp_15000" / "generated_sequences"
+    code = fidelity.main(
+        ["--real_data_folder", str(demographics), "--synthetic_data_folder", str(synthetic),
+         "--output_folder", str(tmp_path / "fidelity")]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "fidelity" / "metrics.json").is_file()
+    code = member_inference.main(
+        ["--training_data_folder", str(demographics), "--evaluation_data_folder", str(demographics),
+         "--synthetic_data_folder", str(synthetic), "--tokenizer_path", str(tokenizer),
+         "--output_folder", str(tmp_path / "mia"), "--num_of_samples", "3"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "mia" / "metrics.json").is_file()
