@@ -9,6 +9,8 @@ import torch
 from original_cehrgpt_fixtures import (
     FIXTURES,
     MODELS,
+    copy_model,
+    edit_vocabulary,
     expected,
     fixture_sequences,
     original_vocabulary,
@@ -154,3 +156,11 @@ def test_reader_takes_the_original_patient_sequence_layout(tmp_path):
     assert list(frame.columns) == ["person_id", "concept_ids"]
     assert frame["person_id"].tolist() == [101, 102, 103]
     assert [list(s) for s in frame["concept_ids"]] == sequences
+
+
+def test_a_vocabulary_without_start_converts_without_growing(tmp_path):
+    model, tokenizer = copy_model(tmp_path)
+    edit_vocabulary(tokenizer, rename={"[START]": "[BOS]"})
+    conversion = convert.convert_folder(model, tokenizer)
+    assert len(conversion.tokenizer) == conversion.model.config.vocab_size == 33
+    assert conversion.tokenizer.bos_token is None

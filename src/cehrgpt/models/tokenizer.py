@@ -181,12 +181,17 @@ def _wrap(vocab: dict[str, int], metadata: dict) -> PreTrainedTokenizerBase:
 
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=grammar.OOV))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # only specials the vocabulary holds: naming an absent one would add it as a new token (a converted
+    # original vocabulary need not hold [START])
+    specials = {
+        "unk_token": grammar.OOV,
+        "pad_token": grammar.PAD,
+        "eos_token": grammar.END,
+        "bos_token": grammar.START,
+    }
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        unk_token=grammar.OOV,
-        pad_token=grammar.PAD,
-        eos_token=grammar.END,
-        bos_token=grammar.START,
+        **{name: token for name, token in specials.items() if token in vocab},
         **{_METADATA_KWARG: metadata},
     )
 
