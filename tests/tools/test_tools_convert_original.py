@@ -164,3 +164,16 @@ def test_a_vocabulary_without_start_converts_without_growing(tmp_path):
     conversion = convert.convert_folder(model, tokenizer)
     assert len(conversion.tokenizer) == conversion.model.config.vocab_size == 33
     assert conversion.tokenizer.bos_token is None
+
+
+def test_weights_saved_as_pytorch_model_bin_convert_the_same(tmp_path):
+    from safetensors.torch import load_file
+
+    model, tokenizer = copy_model(tmp_path)
+    weights = model / "model.safetensors"
+    torch.save(load_file(weights), model / "pytorch_model.bin")
+    weights.unlink()
+    converted_bin = convert.convert_folder(model, tokenizer).model
+    for seq, want in expected("default"):
+        with torch.no_grad():
+            assert torch.allclose(converted_bin(input_ids=seq[None]).logits[0], want, atol=TOLERANCE, rtol=0)
