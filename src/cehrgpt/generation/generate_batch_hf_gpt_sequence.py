@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generate(settings_from_args(args))
     except (GenerationInputError, GenerationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         return 2
     return 0
 

@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -135,6 +136,10 @@ def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def _say(line: str) -> None:
+    tqdm.write(line, file=sys.stderr)
+
+
 def _draw_prompt_tensor(pool, rng: np.random.Generator, count: int) -> torch.Tensor:
     return torch.from_numpy(pool.draw(rng, count))
 
@@ -206,27 +211,28 @@ def generate(settings: GenerationSettings) -> dict:
         GenerationError: the acceptance rule could not be met.
     """
     import transformers
-    from transformers import AutoModelForCausalLM
 
-    from cehrgpt.models.tokenizer import TokenizerError, load_tokenizer, token_kinds
+    from cehrgpt.models.loading import ModelFolderError, load_for_generation
+    from cehrgpt.models.tokenizer import token_kinds
 
     _check(settings)
     s = settings
     if not s.show_progress:
         transformers.utils.logging.disable_progress_bar()
     started = time.perf_counter()
+    device = _resolve_device(s.device)
+    dtype = _resolve_dtype(s.dtype, device)
     try:
-        tokenizer = load_tokenizer(s.tokenizer_folder or s.model_folder)
-    except (TokenizerError, OSError) as exc:
+        model, tokenizer = load_for_generation(
+            s.model_folder, s.tokenizer_folder, s.demographic_data_path, dtype, say=_say
+        )
+    except ModelFolderError as exc:
         raise GenerationInputError(str(exc)) from exc
     vocab = tokenizer.get_vocab()
     tokens_by_id = [""] * len(vocab)
     for token, i in vocab.items():
         tokens_by_id[i] = token
     kinds = token_kinds(tokenizer)
-    device = _resolve_device(s.device)
-    dtype = _resolve_dtype(s.dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(s.model_folder, dtype=dtype)
     model = model.to(device).eval()  # type: ignore[arg-type]
     n_positions = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     context_window = s.context_window or n_positions

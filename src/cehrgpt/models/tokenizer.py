@@ -20,6 +20,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,24 +68,14 @@ def build_tokenizer(
     """
     if min_concept_patients < 1:
         raise ValueError(f"min_concept_patients must be >= 1, got {min_concept_patients}")
-    occurrences: Counter[str] = Counter()
-    patients: Counter[str] = Counter()
-    kind_votes: dict[str, Counter[TokenKind]] = {}
-    num_patients = 0
-    for tokens in sequences:
-        num_patients += 1
-        tokens = list(tokens)
-        occurrences.update(tokens)
-        patients.update(set(tokens))
-        for token, kind in zip(tokens, grammar.assign_kinds(tokens), strict=True):
-            if grammar.syntactic_kind(token) is None:
-                kind_votes.setdefault(token, Counter())[kind] += 1
+    roles = count_token_roles(sequences)
+    occurrences, patients = roles.occurrences, roles.patients
+    num_patients = roles.num_patients
 
     kinds: dict[str, TokenKind] = {}
     unrecognised = rare = concepts_seen = 0
     for token in occurrences:
-        fixed = grammar.syntactic_kind(token)
-        kind = _most_frequent_kind(kind_votes[token]) if fixed is None else fixed
+        kind = roles.kind_of(token)
         if kind == TokenKind.OOV:
             unrecognised += int(token != grammar.OOV)
             continue
@@ -103,13 +94,6 @@ def build_tokenizer(
         (t for t in kinds if t not in grammar.SPECIAL_TOKENS), key=lambda t: (-occurrences[t], t)
     )
     vocab = {token: i for i, token in enumerate([*grammar.SPECIAL_TOKENS, *ordinary])}
-    metadata = {
-        "format": METADATA_FORMAT,
-        "min_concept_patients": min_concept_patients,
-        "tokens": {
-            token: {"kind": kinds[token].name, "concept_id": grammar.concept_id_of(token)} for token in vocab
-        },
-    }
     stats = {
         "num_patients": num_patients,
         "num_tokens": sum(occurrences.values()),
@@ -121,7 +105,73 @@ def build_tokenizer(
         "unrecognised_tokens_left_out": unrecognised,
         "tokens_by_kind": dict(sorted(Counter(k.name for k in kinds.values()).items())),
     }
-    return _wrap(vocab, metadata), stats
+    return tokenizer_from_vocabulary(vocab, kinds, min_concept_patients), stats
+
+
+def tokenizer_from_vocabulary(
+    vocab: dict[str, int], kinds: dict[str, TokenKind], min_concept_patients: int | None
+) -> PreTrainedTokenizerBase:
+    """The word-level tokenizer over ``vocab`` (token -> id) carrying each token's kind and concept id.
+
+    ``min_concept_patients`` is recorded as built with (None: the vocabulary came from elsewhere).
+    """
+    metadata = {
+        "format": METADATA_FORMAT,
+        "min_concept_patients": min_concept_patients,
+        "tokens": {
+            token: {"kind": kinds[token].name, "concept_id": grammar.concept_id_of(token)} for token in vocab
+        },
+    }
+    return _wrap(vocab, metadata)
+
+
+@dataclass
+class TokenRoles:
+    """Where tokens appear in real sequences: what the tokenizer builder and the model converter read roles from.
+
+    A concept-like token (a bare concept id, ``Gender/0``...) has no kind of its own: it is a gender, race,
+    visit type, discharge or clinical concept by where it stands, so each occurrence votes for a kind and
+    the most frequent one wins.
+    """
+
+    occurrences: Counter[str] = field(default_factory=Counter)
+    patients: Counter[str] = field(default_factory=Counter)
+    kind_votes: dict[str, Counter[TokenKind]] = field(default_factory=dict)
+    num_patients: int = 0
+
+    def kind_of(self, token: str) -> TokenKind:
+        """The token's kind: fixed by its spelling, else its most frequent role, else :func:`default_kind`."""
+        votes = self.kind_votes.get(token)
+        if grammar.syntactic_kind(token) is None and votes:
+            return _most_frequent_kind(votes)
+        return default_kind(token)
+
+    def role_defaulted(self, token: str) -> bool:
+        """True for a concept-like token never seen in the sequences (its kind is the default)."""
+        return grammar.syntactic_kind(token) is None and not self.kind_votes.get(token)
+
+
+def count_token_roles(sequences: Iterable[Sequence[str]]) -> TokenRoles:
+    """Count, over patients' token lists, each token's occurrences, patients and positional kinds."""
+    roles = TokenRoles()
+    for tokens in sequences:
+        roles.num_patients += 1
+        tokens = list(tokens)
+        roles.occurrences.update(tokens)
+        roles.patients.update(set(tokens))
+        for token, kind in zip(tokens, grammar.assign_kinds(tokens), strict=True):
+            if grammar.syntactic_kind(token) is None:
+                roles.kind_votes.setdefault(token, Counter())[kind] += 1
+    return roles
+
+
+def default_kind(token: str) -> TokenKind:
+    """The kind of a vocabulary token never seen in sequences: its fixed kind, an always-kept unknown
+    spelling's kind, else a clinical concept."""
+    fixed = grammar.syntactic_kind(token)
+    if fixed is not None:
+        return fixed
+    return _ALWAYS_KEPT.get(token, TokenKind.CONCEPT)
 
 
 def _most_frequent_kind(votes: Counter[TokenKind]) -> TokenKind:
@@ -134,12 +184,17 @@ def _wrap(vocab: dict[str, int], metadata: dict) -> PreTrainedTokenizerBase:
 
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=grammar.OOV))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # only specials the vocabulary holds: naming an absent one would add it as a new token (a converted
+    # original vocabulary need not hold [START])
+    specials = {
+        "unk_token": grammar.OOV,
+        "pad_token": grammar.PAD,
+        "eos_token": grammar.END,
+        "bos_token": grammar.START,
+    }
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        unk_token=grammar.OOV,
-        pad_token=grammar.PAD,
-        eos_token=grammar.END,
-        bos_token=grammar.START,
+        **{name: token for name, token in specials.items() if token in vocab},
         **{_METADATA_KWARG: metadata},
     )
 
