@@ -25,7 +25,6 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
