@@ -22,7 +22,7 @@ generated sets and analysis outputs are kept under ``bench/out/quality`` (delete
 
 On CPU, generation dominates: a briefly trained ``tiny`` writes long patients at a few hundred tokens/s
 per core (about 100 on 2 cores shared with other jobs), so as many patients as Eunomia's training set
-(2,155) take about an hour per model idle; cap them or use a GPU.
+(2,154) take about an hour per model idle; cap them or use a GPU.
 """
 
 from __future__ import annotations
@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows.append(row)
         print(f"{steps} steps: " + "; ".join(notes), flush=True)
+        print(f"{steps} steps: " + ", ".join(f"{k} {shown(row[k])}" for k in COLUMNS), flush=True)
 
     header = ["steps", "val. perplexity", "patients", *COLUMNS]
     print("\n| " + " | ".join(header) + " |")
