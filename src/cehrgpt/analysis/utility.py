@@ -136,9 +136,11 @@ def split_first_year(frame: pd.DataFrame) -> TaskCohort:
     in_follow_up = known & (offset >= HISTORY_DAYS)
 
     by_row = np.searchsorted(person["row"], eligible)
-    first_year = (first_day[eligible].astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64)) + 1970
+    first_visit_year = (
+        first_day[eligible].astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64)
+    ) + 1970
     # the first visit is on Jan 1 of the prompt year, so this is the prompt's age token
-    ages = (first_year - person["year_of_birth"][by_row]).astype(np.float64)
+    ages = (first_visit_year - person["year_of_birth"][by_row]).astype(np.float64)
     person_ids = frame["person_id"].to_numpy()[eligible].astype(np.int64)
 
     def patients(mask: np.ndarray) -> PatientSet:
