@@ -9,9 +9,18 @@ from components.data import prepare_sequences
 from components.training import train_model
 from kfp import dsl, kubernetes
 
+from cehrgpt.pipeline.sparkapp import POD_NAME_ENV, POD_UID_ENV
+
 PIPELINE_NAME = "cehrgpt-training"
 GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_GPU_TOLERATIONS = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def expose_pod_identity(task):
+    """Give a SparkApplication launcher its own pod's name and uid (the downward API), for the ownerReference."""
+    kubernetes.use_field_path_as_env(task, env_name=POD_NAME_ENV, field_path="metadata.name")
+    kubernetes.use_field_path_as_env(task, env_name=POD_UID_ENV, field_path="metadata.uid")
+    return task
 
 
 def add_training_steps(

@@ -155,6 +155,15 @@ def test_restore_takes_the_spark_mode_and_sizes(fresh):
     assert restore["executor_instances"] == {"componentInputParameter": "spark_executor_instances"}
 
 
+@pytest.mark.parametrize("name", ["synthetic_data", "end_to_end"])
+def test_spark_application_launchers_know_their_own_pod(fresh, name):
+    _, platform = _load(fresh, name)
+    assert platform["exec-restore-omop-tables"]["fieldPathAsEnv"] == [
+        {"fieldPath": "metadata.name", "name": "CEHRGPT_POD_NAME"},
+        {"fieldPath": "metadata.uid", "name": "CEHRGPT_POD_UID"},
+    ]
+
+
 def test_seed_flags_are_pipeline_parameters(fresh):
     spec, _ = _load(fresh, "synthetic_data")
     params = spec["root"]["inputDefinitions"]["parameters"]

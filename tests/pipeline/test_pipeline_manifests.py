@@ -57,13 +57,84 @@ def test_base_objects_are_valid_kubernetes():
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
-def test_the_run_may_manage_sparkapplications_and_the_driver_its_executors():
-    objects = _by_kind_name(_kustomization_objects(MANIFESTS / "base"))
-    launcher = objects[("Role", "cehrgpt-sparkapplication-launcher")]["rules"][0]
-    assert launcher["apiGroups"] == ["sparkoperator.k8s.io"] and launcher["resources"] == [
-        "sparkapplications"
+def _verbs_used(calls: list[tuple[str, str, bytes]]) -> set[tuple[str, str, str]]:
+    """(API group, resource, RBAC verb) of each request the launcher made to the stubbed API."""
+    verb = {"POST": "create", "GET": "get", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
+    used = set()
+    for method, path, _ in calls:
+        parts = path.split("?")[0].strip("/").split("/")
+        if parts[0] == "api":  # /api/v1/namespaces/ns/<resource>/<name>[/<subresource>]
+            group, rest = "", parts[4:]
+        else:  # /apis/<group>/<version>/namespaces/ns/<resource>[/<name>[/<subresource>]]
+            group, rest = parts[1], parts[5:]
+        resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+        used.add((group, resource, verb[method]))
+    return used
+
+
+def test_the_launcher_role_grants_exactly_the_verbs_the_code_uses():
+    """A tour of every launcher path against the stubbed API: uid lookup, adopt, replace, failure log, delete."""
+    from kubernetes import client
+    from pipeline_http_stubs import SparkOperatorStub, serve
+
+    from cehrgpt.pipeline.sparkapp import (
+        SPEC_ANNOTATION,
+        SparkApplicationError,
+        run_spark_application,
+        spec_fingerprint,
+    )
+
+    def manifest():
+        return build_spark_application("app", "ns", "img", RESTORE_MAIN_FILE, [])
+
+    def previous(state):
+        app = manifest()
+        app["metadata"]["annotations"] = {SPEC_ANNOTATION: spec_fingerprint(app)}
+        return {**app, "status": {"applicationState": {"state": state}}}
+
+    calls: list = []
+    for existing, final in (
+        ({"app": previous("RUNNING")}, "COMPLETED"),
+        ({"app": previous("FAILED")}, "FAILED"),
+    ):
+        stub = SparkOperatorStub(
+            [final], existing=existing, pods={"pod": "uid"}, pod_logs={"app-driver": "x\n"}
+        )
+        configuration = client.Configuration()
+        with serve(stub) as (url, seen):
+            configuration.host = url
+            args = (manifest(), client.ApiClient(configuration))
+            kwargs = {"poll_s": 0, "sleep": lambda s: None, "environ": {"KFP_POD_NAME": "pod"}}
+            if final == "FAILED":
+                with pytest.raises(SparkApplicationError, match="driver log"):
+                    run_spark_application(*args, **kwargs)
+            else:
+                run_spark_application(*args, **kwargs)
+        calls += seen
+    used = _verbs_used(calls)
+    role = _by_kind_name(_kustomization_objects(MANIFESTS / "base"))[
+        ("Role", "cehrgpt-sparkapplication-launcher")
     ]
-    assert {"create", "get", "list", "watch", "delete"} <= set(launcher["verbs"])
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert (
+        used
+        == granted
+        == {
+            ("sparkoperator.k8s.io", "sparkapplications", "create"),
+            ("sparkoperator.k8s.io", "sparkapplications", "get"),
+            ("sparkoperator.k8s.io", "sparkapplications", "patch"),
+            ("sparkoperator.k8s.io", "sparkapplications", "delete"),
+            ("", "pods", "get"),
+            ("", "pods/log", "get"),
+        }
+    )
+    objects = _by_kind_name(_kustomization_objects(MANIFESTS / "base"))
     binding = objects[("RoleBinding", "cehrgpt-sparkapplication-launcher")]
     assert (
         binding["subjects"][0]["name"] == "default-editor"
