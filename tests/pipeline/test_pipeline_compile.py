@@ -164,6 +164,32 @@ def test_spark_application_launchers_know_their_own_pod(fresh, name):
     ]
 
 
+@pytest.mark.parametrize("name", ["training", "end_to_end"])
+def test_prepare_takes_its_spark_mode_and_the_source_secret_never_a_password(fresh, name):
+    spec, platform = _load(fresh, name)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["prepare_spark_mode"]["defaultValue"] == "operator"
+    assert params["omop_source_secret"]["defaultValue"] == "cehrgpt-omop-source"
+    prepare = spec["root"]["dag"]["tasks"]["prepare-sequences"]["inputs"]["parameters"]
+    assert prepare["spark_mode"] == {"componentInputParameter": "prepare_spark_mode"}
+    assert prepare["executor_instances"] == {"componentInputParameter": "spark_executor_instances"}
+    assert platform["exec-prepare-sequences"]["secretAsEnv"] == [
+        {
+            "keyToEnv": [
+                {"envVar": "CEHRGPT_OMOP_URL", "secretKey": "url"},
+                {"envVar": "CEHRGPT_OMOP_PASSWORD", "secretKey": "password"},
+            ],
+            "optional": True,  # a folder or bucket source needs no Secret
+            "secretNameParameter": {"componentInputParameter": "omop_source_secret"},
+        }
+    ]
+    assert [e["name"] for e in platform["exec-prepare-sequences"]["fieldPathAsEnv"]] == [
+        "CEHRGPT_POD_NAME",
+        "CEHRGPT_POD_UID",
+    ]
+    assert not any("password" in p.lower() for p in params)
+
+
 def test_seed_flags_are_pipeline_parameters(fresh):
     spec, _ = _load(fresh, "synthetic_data")
     params = spec["root"]["inputDefinitions"]["parameters"]

@@ -15,6 +15,7 @@ from pipeline_http_stubs import DROP, SparkOperatorStub, serve
 from cehrgpt.pipeline.sparkapp import (
     KFP_MINIO_ENDPOINT,
     KFP_MINIO_SECRET,
+    PREPARE_MAIN_FILE,
     REPLACE_ATTEMPTS,
     RESTORE_MAIN_FILE,
     SPEC_ANNOTATION,
@@ -447,3 +448,79 @@ def test_sigterm_deletes_the_application():
     assert str(e.value) == f"SIGTERM: SparkApplication kubeflow-user/{NAME} deleted before it finished"
     assert stub.deleted == [NAME]
     assert signal.getsignal(signal.SIGTERM) == before  # the pod's own handler is back
+
+
+# --- prepare as a SparkApplication (the same builder and launcher as the restore) ------------------------------
+
+
+def _prepare_in_operator_mode(environ, omop_source="postgresql+psycopg://reader@cdm-db:5432/cdm"):
+    """prepare's step in operator mode against the stub, its report read back from a local 'bucket'."""
+    from cehrgpt.pipeline.steps import run_prepare_step
+
+    stub = SparkOperatorStub(["SUBMITTED", "RUNNING", "COMPLETED"])
+    with serve(stub) as (url, _):
+        report = run_prepare_step(
+            "operator",
+            omop_source,
+            ("/pod/prepared", "minio://mlpipeline/v2/artifacts/run-1/prepare/prepared"),
+            test_fraction=0.2,
+            seed=7,
+            operator=SparkOperatorSettings(
+                namespace="team-a", executor_instances=6, executor_memory="16g", poll_s=0,
+                minio_endpoint=KFP_MINIO_ENDPOINT, minio_credentials_secret=KFP_MINIO_SECRET,
+            ),
+            omop_source_secret="cehrgpt-omop-source",
+            api_client=_client(url),
+            environ=environ,
+        )  # fmt: skip
+    return stub, report
+
+
+def test_prepare_in_operator_mode_submits_the_prepare_job_valid_against_the_crd(sparkapp_schema):
+    stub, report = _prepare_in_operator_mode({"CEHRGPT_OMOP_PASSWORD": "from-the-secret"})
+    jsonschema.validate(stub.created, sparkapp_schema)
+    spec = stub.created["spec"]
+    assert spec["mainApplicationFile"] == PREPARE_MAIN_FILE and PREPARE_MAIN_FILE.endswith(
+        "cehrgpt/data/prepare.py"
+    )
+    assert spec["arguments"] == [
+        "--omop_source", "postgresql+psycopg://reader@cdm-db:5432/cdm",
+        "--output_folder", "s3a://mlpipeline/v2/artifacts/run-1/prepare/prepared",
+        "--test_fraction", "0.2", "--seed", "7",
+    ]  # fmt: skip
+    assert (spec["executor"]["instances"], spec["executor"]["memory"]) == (6, "16g")
+    assert re.fullmatch(r"cehrgpt-prepare-[0-9a-f]{12}", stub.created["metadata"]["name"])
+    # the password reaches the driver from the Secret (only the keys this pod got), never as an argument
+    secret_env = [e for e in spec["driver"]["env"] if e["name"].startswith("CEHRGPT_")]
+    assert secret_env == [
+        {"name": "CEHRGPT_OMOP_PASSWORD",
+         "valueFrom": {"secretKeyRef": {"name": "cehrgpt-omop-source", "key": "password"}}},
+    ]  # fmt: skip
+    assert "from-the-secret" not in json.dumps(stub.created)
+    assert spec["sparkConf"]["spark.hadoop.fs.s3a.endpoint"] == KFP_MINIO_ENDPOINT
+    assert report is None  # the report could not be read back from the (absent) MinIO store: a warning only
+    assert stub.deleted == [stub.created["metadata"]["name"]]
+
+
+def test_prepare_without_the_secret_gives_the_driver_no_secret_env():
+    stub, _ = _prepare_in_operator_mode({}, omop_source="gs://omop-bucket/cdm")
+    assert [e["name"] for e in stub.created["spec"]["driver"]["env"]] == [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ]
+    assert stub.created["spec"]["arguments"][:2] == ["--omop_source", "gs://omop-bucket/cdm"]
+
+
+def test_prepare_refuses_a_password_in_its_parameter_and_an_unknown_mode(tmp_path):
+    from cehrgpt.pipeline.steps import StageFailed, run_prepare_step
+
+    with pytest.raises(StageFailed) as e:
+        run_prepare_step("local", "postgresql://reader:hunter2@db/cdm", (str(tmp_path / "out"), ""),
+                         test_fraction=0.1, seed=1)  # fmt: skip
+    assert str(e.value) == (
+        "omop_source holds a password; pass the URL without it and put the password in the Secret "
+        "named by omop_source_secret (key password)"
+    )
+    with pytest.raises(StageFailed, match="prepare_spark_mode must be operator or local, got 'yarn'"):
+        run_prepare_step("yarn", "/omop", (str(tmp_path / "out"), ""), test_fraction=0.1, seed=1)
+    assert not (tmp_path / "out").exists()

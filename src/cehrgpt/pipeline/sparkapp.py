@@ -1,9 +1,9 @@
-"""Run the OMOP restore as a Spark-operator ``SparkApplication``, or in-process with local Spark.
+"""Run the project's Spark jobs (OMOP restore, prepare) as Spark-operator ``SparkApplication``s, or in-process.
 
-On a cluster the restore job is too big for the pipeline pod, so the restore
-component asks the Spark operator (``sparkoperator.k8s.io/v1beta2``) to run
-``cehrgpt/omop/restore.py`` from the project's Spark image, waits for it and
-deletes it. :func:`build_spark_application` is pure (a manifest dict);
+On a cluster these jobs are too big for the pipeline pod, so the restore and
+prepare components ask the Spark operator (``sparkoperator.k8s.io/v1beta2``) to run
+``cehrgpt/omop/restore.py`` or ``cehrgpt/data/prepare.py`` from the project's Spark
+image, wait for it and delete it. :func:`build_spark_application` is pure (a manifest dict);
 :func:`run_spark_application` is the only code that talks to Kubernetes.
 """
 
@@ -33,6 +33,8 @@ PLURAL = "sparkapplications"
 
 #: Where the Spark image (images/spark.Dockerfile) installs the restore job.
 RESTORE_MAIN_FILE = "local:///opt/cehrgpt/venv/lib/python3.11/site-packages/cehrgpt/omop/restore.py"
+#: Where the Spark image installs the prepare job (OMOP CDM → patient sequences).
+PREPARE_MAIN_FILE = "local:///opt/cehrgpt/venv/lib/python3.11/site-packages/cehrgpt/data/prepare.py"
 #: The version of Spark the Spark image carries (images/spark.Dockerfile).
 SPARK_VERSION = "4.0.1"
 
@@ -648,18 +650,55 @@ def restore_omop(
         return {"spark_mode": "local"}
     if spark_mode != "operator":
         raise SparkApplicationError(f"spark_mode must be one of {', '.join(SPARK_MODES)}, got {spark_mode!r}")
+    status = submit_spark_job(
+        RESTORE_MAIN_FILE,
+        arguments,
+        operator,
+        application_name(run_hint),
+        api_client=api_client,
+        on_minio=on_minio,
+    )
+    return {"spark_mode": "operator", "application": application_name(run_hint), "status": status}
+
+
+def submit_spark_job(
+    main_application_file: str,
+    arguments: Sequence[str],
+    operator: SparkOperatorSettings | None,
+    name: str,
+    api_client: Any = None,
+    on_minio: bool = False,
+    secret_env: dict[str, tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Run one of the project's Spark jobs (restore, prepare) as a SparkApplication and wait for it.
+
+    Args:
+        main_application_file: The job inside the Spark image (:data:`RESTORE_MAIN_FILE`, :data:`PREPARE_MAIN_FILE`).
+        arguments: The job's command line (URIs, never a password).
+        operator: Namespace and sizes of the application.
+        name: The application's name (:func:`application_name`).
+        api_client: A Kubernetes ``ApiClient``; by default the in-cluster configuration.
+        on_minio: the paths are on Kubeflow's MinIO store: apply the operator's MinIO settings.
+        secret_env: More environment from Secrets for driver and executors: name → (secret, key).
+
+    Returns:
+        The application's final status.
+
+    Raises:
+        SparkApplicationError: no settings, or the application failed.
+    """
     if operator is None:
         raise SparkApplicationError(
             "spark_mode 'operator' needs the operator settings (namespace, image, sizes)"
         )
-    minio_conf, secret_env = (
+    minio_conf, minio_env = (
         minio_access(operator.minio_endpoint, operator.minio_credentials_secret) if on_minio else ({}, {})
     )
     manifest = build_spark_application(
-        name=application_name(run_hint),
+        name=name,
         namespace=operator.namespace or pod_namespace(),
         image=operator.image,
-        main_application_file=RESTORE_MAIN_FILE,
+        main_application_file=main_application_file,
         arguments=arguments,
         driver_cores=operator.driver_cores,
         driver_memory=operator.driver_memory,
@@ -669,12 +708,11 @@ def restore_omop(
         service_account=operator.service_account,
         ttl_seconds=operator.ttl_seconds,
         spark_conf={**minio_conf, **operator.spark_conf},
-        secret_env=secret_env,
+        secret_env={**minio_env, **(secret_env or {})},
     )
     if api_client is None:
         from kubernetes import client, config
 
         config.load_incluster_config()
         api_client = client.ApiClient()
-    status = run_spark_application(manifest, api_client, timeout_s=operator.timeout_s, poll_s=operator.poll_s)
-    return {"spark_mode": "operator", "application": manifest["metadata"]["name"], "status": status}
+    return run_spark_application(manifest, api_client, timeout_s=operator.timeout_s, poll_s=operator.poll_s)

@@ -18,8 +18,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cehrgpt.pipeline.sparkapp import SparkOperatorSettings, restore_omop
+from cehrgpt.pipeline.sparkapp import (
+    PREPARE_MAIN_FILE,
+    SparkOperatorSettings,
+    application_name,
+    restore_omop,
+    submit_spark_job,
+)
 from cehrgpt.pipeline.stores import open_store
+from cehrgpt.redaction import scrub_urls
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +65,7 @@ def run_stage(name: str, entry_point: Callable[[list[str]], int], argv: Sequence
     Raises:
         StageFailed: the exit code was not 0.
     """
-    logger.info("%s %s", name, " ".join(argv))
+    logger.info("%s %s", name, scrub_urls(" ".join(argv)))
     code = entry_point(list(argv))
     if code != 0:
         raise StageFailed(f"stage {name} exited with code {code}")
@@ -228,11 +235,101 @@ def run_restore_step(
         run_hint=hashlib.sha256(restored[1].encode()).hexdigest()[:12],
         api_client=api_client,
     )
-    report = Path(restored[0]) / "restore_report.json"
+    return _report_copy(restored, "restore_report.json")
+
+
+def _report_copy(output: tuple[str, str], name: str) -> Path | None:
+    """A local copy of a report a SparkApplication wrote next to its output (read through the store's URI)."""
+    report = Path(output[0]) / name
     try:
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_bytes(open_store(restored[1]).read_bytes("restore_report.json"))
-    except Exception as e:  # the restore succeeded; only its figures are missing from the run's metrics
-        logger.warning("could not read restore_report.json back from %s: %s", restored[1], e)
+        report.write_bytes(open_store(output[1]).read_bytes(name))
+    except Exception as e:  # the job succeeded; only its figures are missing from the run's metrics
+        logger.warning("could not read %s back from %s: %s", name, output[1], e)
         return None
     return report
+
+
+#: Environment of the prepare task filled from the OMOP source's Secret (keys ``url`` and ``password``).
+OMOP_SOURCE_SECRET_KEYS = {"url": "CEHRGPT_OMOP_URL", "password": "CEHRGPT_OMOP_PASSWORD"}
+
+
+def check_no_password(omop_source: str) -> None:
+    """Refuse a pipeline parameter carrying a password: Kubeflow shows and stores parameters.
+
+    Raises:
+        StageFailed: the URL has a password.
+    """
+    if scrub_urls(omop_source) != omop_source:
+        raise StageFailed(
+            "omop_source holds a password; pass the URL without it and put the password in the Secret "
+            "named by omop_source_secret (key password)"
+        )
+
+
+def run_prepare_step(
+    spark_mode: str,
+    omop_source: str,
+    prepared: tuple[str, str],
+    *,
+    test_fraction: float,
+    seed: int,
+    operator: SparkOperatorSettings | None = None,
+    omop_source_secret: str = "",
+    api_client: Any = None,
+    environ: Mapping[str, str] | None = None,
+) -> Path | None:
+    """Prepare patient sequences with local Spark in this pod or as a SparkApplication.
+
+    Args:
+        spark_mode: ``local`` or ``operator``.
+        omop_source: A folder, DuckDB file, URI or SQLAlchemy URL without password; empty: the Secret's url.
+        prepared: (local path, URI) of the output Dataset.
+        test_fraction: Share of persons held out.
+        seed: Seed of the split.
+        operator: The SparkApplication's namespace and sizes (operator mode).
+        omop_source_secret: The Secret holding the source's url/password; in operator mode the
+            application's driver gets the keys this pod got (``CEHRGPT_OMOP_URL``/``_PASSWORD``).
+        api_client: A Kubernetes ``ApiClient``; by default the in-cluster configuration.
+        environ: This pod's environment (``os.environ`` by default).
+
+    Returns:
+        A local copy of ``prepare_report.json`` to log, or None when it cannot be read back.
+
+    Raises:
+        StageFailed: a password in ``omop_source``, a bad mode, or the job failed.
+    """
+    check_no_password(omop_source)
+    environ = os.environ if environ is None else environ
+    options = {"test_fraction": test_fraction, "seed": seed}
+    if spark_mode == "local":
+        from cehrgpt.data.prepare import main as prepare_main
+
+        run_stage(
+            "prepare",
+            prepare_main,
+            flags(omop_source=omop_source or None, output_folder=prepared[0], **options),
+        )
+        return Path(prepared[0]) / "prepare_report.json"
+    if spark_mode != "operator":
+        raise StageFailed(f"prepare_spark_mode must be operator or local, got {spark_mode!r}")
+    secret_env = {
+        variable: (omop_source_secret, key)
+        for key, variable in OMOP_SOURCE_SECRET_KEYS.items()
+        if omop_source_secret and environ.get(variable)  # only keys the Secret has (it is optional)
+    }
+    arguments = flags(
+        omop_source=spark_uri(omop_source) or None, output_folder=spark_uri(prepared[1]), **options
+    )
+    logger.info("prepare as a SparkApplication: %s", scrub_urls(" ".join(arguments)))
+    submit_spark_job(
+        PREPARE_MAIN_FILE,
+        arguments,
+        operator,
+        # unique per output location (so per run and task), and the same on a retry of the task
+        application_name(hashlib.sha256(prepared[1].encode()).hexdigest()[:12], prefix="cehrgpt-prepare"),
+        api_client=api_client,
+        on_minio=any(uri.startswith("minio://") for uri in (prepared[1], omop_source)),
+        secret_env=secret_env,
+    )
+    return _report_copy(prepared, "prepare_report.json")
