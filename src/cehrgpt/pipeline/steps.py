@@ -85,11 +85,55 @@ def flatten_metrics(report: Mapping[str, Any], prefix: str = "") -> dict[str, fl
     return out
 
 
-def log_metrics_json(report_path: str | Path, metrics: Any, prefix: str = "") -> dict[str, float]:
-    """Log every number of a JSON report on a Kubeflow ``Metrics`` artifact, and save them in its file.
+#: What the Kubeflow Metrics panel shows of each analysis (metric names ``<analysis>_<name>``): its headline
+#: metrics. Counts and settings (samples, iterations, patients used, thresholds applied) stay in the
+#: analysis's ``metrics.json`` and in the Metrics artifact's file, where the gate and ``pipeline compare`` read
+#: them. Names of other steps (prepare's counts, the restore's rows, ...) are all shown.
+HEADLINE_METRICS: dict[str, frozenset[str]] = {
+    "aia": frozenset(
+        {"aia_f1_advantage", "aia_f1_lift_over_holdout", "aia_f1_synthetic_train", "aia_f1_train_train"}
+    ),
+    "mia": frozenset({"mia_f1_above_chance", "mia_auc", "mia_advantage"}),
+    "nnaa": frozenset({"nnaa_privacy_loss", "nnaa_aa_train", "nnaa_aa_test"}),
+    "reid": frozenset({"reid_risk"}),
+    "memorization": frozenset(
+        {
+            "memorization_copy_share_train",
+            "memorization_copy_excess",
+            "memorization_dcr_closer_to_train_share",
+        }
+    ),
+    "utility": frozenset({"utility_tstr_auroc_mean", "utility_trtr_auroc_mean", "utility_auroc_gap_mean"}),
+    "fidelity": frozenset(
+        {
+            "fidelity_prevalence_r2",
+            "fidelity_prevalence_pearson",
+            "fidelity_prevalence_kl",
+            "fidelity_cooccurrence_r2",
+            "fidelity_cooccurrence_kl",
+            "fidelity_age_tvd",
+            "fidelity_gender_tvd",
+            "fidelity_sequence_length_ks",
+        }
+    ),
+    "quality": frozenset(
+        {"quality_checks", "quality_checks_passed", "quality_checks_failed", "quality_checks_not_applicable"}
+    ),
+}
 
-    Kubeflow shows what ``log_metric`` records; the file (flat name → number)
-    is what ``cehrgpt pipeline compare`` reads back from the pipeline root.
+
+def shown_in_metrics_panel(name: str) -> bool:
+    """An analysis's metric only when it is a headline (:data:`HEADLINE_METRICS`); any other step's always."""
+    analysis = name.split("_", 1)[0] if "_" in name else ""
+    headlines = HEADLINE_METRICS.get(analysis)
+    return headlines is None or name in headlines
+
+
+def log_metrics_json(report_path: str | Path, metrics: Any, prefix: str = "") -> dict[str, float]:
+    """Log a JSON report's headline numbers on a Kubeflow ``Metrics`` artifact, and save all of them in its file.
+
+    Kubeflow shows what ``log_metric`` records (:func:`shown_in_metrics_panel`); the file
+    (flat name → number, every number) is what ``cehrgpt pipeline compare`` reads back from the pipeline root.
 
     Args:
         report_path: A stage's ``metrics.json`` or report.
@@ -97,11 +141,12 @@ def log_metrics_json(report_path: str | Path, metrics: Any, prefix: str = "") ->
         prefix: Put before every name.
 
     Returns:
-        The logged metrics.
+        Every metric of the report (the file's content).
     """
     values = flatten_metrics(json.loads(Path(report_path).read_text()), prefix)
     for name, value in values.items():
-        metrics.log_metric(name, value)
+        if shown_in_metrics_panel(name):
+            metrics.log_metric(name, value)
     Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics.path).write_text(json.dumps(values, indent=2, sort_keys=True))
     return values
