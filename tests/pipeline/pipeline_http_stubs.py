@@ -15,8 +15,13 @@ Route = Callable[[str, str, bytes], tuple[int, Any]]
 
 
 @contextmanager
-def serve(route: Route) -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
-    """Serve ``route(method, path, body) -> (status, json body | bytes)``; yields (base URL, request log)."""
+def serve(
+    route: Route, headers: list[dict[str, str]] | None = None
+) -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
+    """Serve ``route(method, path, body) -> (status, json body | bytes)``; yields (base URL, request log).
+
+    ``headers``, when given, receives each request's headers (in the order of the log).
+    """
     calls: list[tuple[str, str, bytes]] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -24,6 +29,8 @@ def serve(route: Route) -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             calls.append((self.command, self.path, body))
+            if headers is not None:
+                headers.append(dict(self.headers))
             status, payload = route(self.command, self.path, body)
             if payload == "drop":  # a connection error: no answer at all
                 self.close_connection = True

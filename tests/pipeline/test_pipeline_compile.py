@@ -229,3 +229,31 @@ def test_cli_compile_outside_the_repository_fails_clearly(tmp_path, capsys):
         "run from the repository root or pass --repo_root\n"
     )
     assert not (tmp_path / "out" / "training.yaml").exists()
+
+
+def test_the_ci_workflow_compiles_fails_on_stale_yaml_and_uploads_versions_from_main():
+    """.github/workflows/pipelines.yml (actionlint checks its syntax in `make lint` and in the workflow itself)."""
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "pipelines.yml").read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
+    assert triggers["push"] == {"branches": ["main"]} and "pull_request" in triggers
+    assert workflow["permissions"] == {"contents": "read"}
+    steps = workflow["jobs"]["compile"]["steps"]
+    runs = [step.get("run", "") for step in steps]
+    order = [
+        next(i for i, run in enumerate(runs) if needle in run)
+        for needle in (
+            "make compile",
+            "actionlint",
+            "git diff --exit-code pipelines/compiled",
+            "--upload_only",
+        )
+    ]
+    assert order == sorted(order)
+    upload = steps[order[-1]]
+    assert upload["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    assert upload["env"] == {"KFP_HOST": "${{ secrets.KFP_HOST }}", "KFP_TOKEN": "${{ secrets.KFP_TOKEN }}"}
+    assert '--version_name "$(basename "$package" .yaml)-${GITHUB_SHA::12}"' in upload["run"]
+    assert "$KFP_TOKEN" not in upload["run"]  # the token reaches the client from the environment only
+    assert all(
+        "if" not in step for step in steps[: order[-1]]
+    )  # compile and the stale check run on every event
