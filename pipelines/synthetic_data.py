@@ -27,7 +27,7 @@ from kfp.dsl import Dataset, Model
 
 from cehrgpt.pipeline.images import SPARK_IMAGE
 from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET
-from pipelines.training import DEFAULT_GPU_TOLERATIONS, GPU_RESOURCE
+from pipelines.training import DEFAULT_GPU_TOLERATIONS, GPU_RESOURCE, expose_pod_identity
 
 PIPELINE_NAME = "cehrgpt-synthetic-data"
 #: Generation pods running at once: the GPUs one run may hold. Kubeflow needs a literal here.
@@ -149,6 +149,7 @@ def add_synthesis_steps(
     )
     restore.set_display_name("4. restore OMOP (Spark)").set_caching_options(True)
     _resources(restore, "2", "8Gi", "4", "16Gi")
+    expose_pod_identity(restore)
 
     samples = {"n_iterations": n_iterations, "num_of_samples": num_of_samples, "seed": seed}
     aia = attribute_inference(

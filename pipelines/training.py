@@ -1,7 +1,7 @@
 """Pipeline ``training``: OMOP CDM → patient sequences → a CEHR-GPT model trained on one GPU.
 
 Steps:
-    1. prepare the patient sequences and the vocabulary (Spark in the pod);
+    1. prepare the patient sequences and the vocabulary (a SparkApplication, or Spark in the pod);
     2. train the tokenizer and the model on one GPU.
 """
 
@@ -9,14 +9,58 @@ from components.data import prepare_sequences
 from components.training import train_model
 from kfp import dsl, kubernetes
 
+from cehrgpt.pipeline.images import SPARK_IMAGE
+from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET, POD_NAME_ENV, POD_UID_ENV
+from cehrgpt.pipeline.steps import OMOP_SOURCE_SECRET_KEYS
+
 PIPELINE_NAME = "cehrgpt-training"
 GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_GPU_TOLERATIONS = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
 
 
+def expose_pod_identity(task):
+    """Give a SparkApplication launcher its own pod's name and uid (the downward API), for the ownerReference."""
+    kubernetes.use_field_path_as_env(task, env_name=POD_NAME_ENV, field_path="metadata.name")
+    kubernetes.use_field_path_as_env(task, env_name=POD_UID_ENV, field_path="metadata.uid")
+    return task
+
+
+def spark_application_settings(
+    *,
+    spark_namespace,
+    spark_image,
+    spark_driver_cores,
+    spark_driver_memory,
+    spark_executor_instances,
+    spark_executor_cores,
+    spark_executor_memory,
+    spark_ttl_seconds,
+    spark_timeout_seconds,
+    minio_endpoint,
+    minio_credentials_secret,
+):
+    """The pipeline's Spark-operator parameters as the prepare component's arguments."""
+    return {
+        "namespace": spark_namespace,
+        "spark_image": spark_image,
+        "driver_cores": spark_driver_cores,
+        "driver_memory": spark_driver_memory,
+        "executor_instances": spark_executor_instances,
+        "executor_cores": spark_executor_cores,
+        "executor_memory": spark_executor_memory,
+        "ttl_seconds": spark_ttl_seconds,
+        "timeout_seconds": spark_timeout_seconds,
+        "minio_endpoint": minio_endpoint,
+        "minio_credentials_secret": minio_credentials_secret,
+    }
+
+
 def add_training_steps(
     *,
     omop_source,
+    omop_source_secret,
+    prepare_spark_mode,
+    spark_settings,
     test_fraction,
     preset,
     max_steps,
@@ -30,9 +74,21 @@ def add_training_steps(
     min_concept_patients,
 ):
     """Add steps 1-2 to the pipeline being defined; returns (prepare task, train task)."""
-    prepare = prepare_sequences(omop_source=omop_source, test_fraction=test_fraction, seed=seed)
+    prepare = prepare_sequences(
+        omop_source=omop_source,
+        omop_source_secret=omop_source_secret,
+        test_fraction=test_fraction,
+        seed=seed,
+        spark_mode=prepare_spark_mode,
+        **spark_settings,
+    )
     prepare.set_display_name("1. prepare patient sequences").set_caching_options(True)
     prepare.set_cpu_request("4").set_cpu_limit("8").set_memory_request("16Gi").set_memory_limit("32Gi")
+    # the source's url and password from a Secret, never a parameter; optional, for folder sources
+    kubernetes.use_secret_as_env(
+        prepare, secret_name=omop_source_secret, secret_key_to_env=OMOP_SOURCE_SECRET_KEYS, optional=True
+    )
+    expose_pod_identity(prepare)
 
     train = train_model(
         prepared=prepare.outputs["prepared"],
@@ -56,6 +112,8 @@ def add_training_steps(
 @dsl.pipeline(name=PIPELINE_NAME)
 def training(
     omop_source: str,
+    omop_source_secret: str = "cehrgpt-omop-source",
+    prepare_spark_mode: str = "operator",
     test_fraction: float = 0.2,
     preset: str = "small",
     max_steps: int = 0,
@@ -67,11 +125,25 @@ def training(
     gpu_node_selector: dict = {},  # noqa: B006 (a pipeline default, never mutated)
     gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
     min_concept_patients: int = 10,
+    spark_namespace: str = "",
+    spark_image: str = SPARK_IMAGE,
+    spark_driver_cores: int = 1,
+    spark_driver_memory: str = "4g",
+    spark_executor_instances: int = 2,
+    spark_executor_cores: int = 2,
+    spark_executor_memory: str = "8g",
+    spark_ttl_seconds: int = 3600,
+    spark_timeout_seconds: int = 21600,
+    minio_endpoint: str = KFP_MINIO_ENDPOINT,
+    minio_credentials_secret: str = KFP_MINIO_SECRET,
 ):
     """Prepare patient sequences from an OMOP CDM database and train a CEHR-GPT model on them.
 
     Args:
-        omop_source: Folder of parquet/CSV tables, a DuckDB file or a SQLAlchemy URL (read only).
+        omop_source: Folder of parquet/CSV tables, a DuckDB file or a SQLAlchemy URL without password
+            (read only); empty: the url of ``omop_source_secret``.
+        omop_source_secret: Kubernetes Secret (optional) with the source's ``url`` and ``password``.
+        prepare_spark_mode: operator (prepare as a SparkApplication) or local (Spark inside the prepare pod).
         test_fraction: Share of persons held out.
         preset: Model size: tiny, small or base.
         max_steps: Training steps (0: the preset's).
@@ -84,9 +156,35 @@ def training(
         gpu_tolerations: Tolerations for the training pod (default: the nvidia.com/gpu taint).
         min_concept_patients: Leave out of the vocabulary concepts seen in fewer training patients
             (small-cell suppression; 1 keeps every concept).
+        spark_namespace: Namespace of prepare's SparkApplication (empty: the run's own namespace).
+        spark_image: Image of the SparkApplication.
+        spark_driver_cores: Driver cores.
+        spark_driver_memory: Driver memory.
+        spark_executor_instances: Executors.
+        spark_executor_cores: Cores per executor.
+        spark_executor_memory: Memory per executor.
+        spark_ttl_seconds: The operator deletes the finished application after this long.
+        spark_timeout_seconds: Fail prepare when it has not completed after this long.
+        minio_endpoint: S3 endpoint of Kubeflow's MinIO artifact store (used when artifacts are on it).
+        minio_credentials_secret: Secret with the MinIO ``accesskey`` and ``secretkey``.
     """
     add_training_steps(
         omop_source=omop_source,
+        omop_source_secret=omop_source_secret,
+        prepare_spark_mode=prepare_spark_mode,
+        spark_settings=spark_application_settings(
+            spark_namespace=spark_namespace,
+            spark_image=spark_image,
+            spark_driver_cores=spark_driver_cores,
+            spark_driver_memory=spark_driver_memory,
+            spark_executor_instances=spark_executor_instances,
+            spark_executor_cores=spark_executor_cores,
+            spark_executor_memory=spark_executor_memory,
+            spark_ttl_seconds=spark_ttl_seconds,
+            spark_timeout_seconds=spark_timeout_seconds,
+            minio_endpoint=minio_endpoint,
+            minio_credentials_secret=minio_credentials_secret,
+        ),
         test_fraction=test_fraction,
         preset=preset,
         max_steps=max_steps,

@@ -12,6 +12,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     submit_.add_argument(
         "--pipeline_name", help="name of the uploaded pipeline (default: the pipeline's own)"
     )
+    submit_.add_argument(
+        "--version_name",
+        help="with --upload_only: name of the new version (default: the pipeline's name and a hash of the YAML)",
+    )
+    submit_.add_argument(
+        "--token_env",
+        default="KFP_TOKEN",
+        help="environment variable holding a bearer token for the host, if set (default: %(default)s; "
+        "a token is never a command-line value)",
+    )
 
     compare = actions.add_parser("compare", help="print the metrics of several runs side by side")
     compare.add_argument(
@@ -91,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 namespace=args.namespace,
                 upload_only=args.upload_only,
                 pipeline_name=args.pipeline_name,
+                version_name=args.version_name,
+                token=os.environ.get(args.token_env) or None,
             )
             print(" ".join(f"{k}={v}" for k, v in result.items()))
         else:

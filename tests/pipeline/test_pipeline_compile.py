@@ -164,6 +164,39 @@ def test_small_cell_suppression_is_a_training_parameter(fresh, name):
     assert params["min_concept_patients"]["defaultValue"] == DEFAULT_MIN_CONCEPT_PATIENTS == 10
     train = spec["root"]["dag"]["tasks"]["train-model"]["inputs"]["parameters"]
     assert train["min_concept_patients"] == {"componentInputParameter": "min_concept_patients"}
+@pytest.mark.parametrize("name", ["synthetic_data", "end_to_end"])
+def test_spark_application_launchers_know_their_own_pod(fresh, name):
+    _, platform = _load(fresh, name)
+    assert platform["exec-restore-omop-tables"]["fieldPathAsEnv"] == [
+        {"fieldPath": "metadata.name", "name": "CEHRGPT_POD_NAME"},
+        {"fieldPath": "metadata.uid", "name": "CEHRGPT_POD_UID"},
+    ]
+
+
+@pytest.mark.parametrize("name", ["training", "end_to_end"])
+def test_prepare_takes_its_spark_mode_and_the_source_secret_never_a_password(fresh, name):
+    spec, platform = _load(fresh, name)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["prepare_spark_mode"]["defaultValue"] == "operator"
+    assert params["omop_source_secret"]["defaultValue"] == "cehrgpt-omop-source"
+    prepare = spec["root"]["dag"]["tasks"]["prepare-sequences"]["inputs"]["parameters"]
+    assert prepare["spark_mode"] == {"componentInputParameter": "prepare_spark_mode"}
+    assert prepare["executor_instances"] == {"componentInputParameter": "spark_executor_instances"}
+    assert platform["exec-prepare-sequences"]["secretAsEnv"] == [
+        {
+            "keyToEnv": [
+                {"envVar": "CEHRGPT_OMOP_URL", "secretKey": "url"},
+                {"envVar": "CEHRGPT_OMOP_PASSWORD", "secretKey": "password"},
+            ],
+            "optional": True,  # a folder or bucket source needs no Secret
+            "secretNameParameter": {"componentInputParameter": "omop_source_secret"},
+        }
+    ]
+    assert [e["name"] for e in platform["exec-prepare-sequences"]["fieldPathAsEnv"]] == [
+        "CEHRGPT_POD_NAME",
+        "CEHRGPT_POD_UID",
+    ]
+    assert not any("password" in p.lower() for p in params)
 
 
 def test_seed_flags_are_pipeline_parameters(fresh):
@@ -205,3 +238,31 @@ def test_cli_compile_outside_the_repository_fails_clearly(tmp_path, capsys):
         "run from the repository root or pass --repo_root\n"
     )
     assert not (tmp_path / "out" / "training.yaml").exists()
+
+
+def test_the_ci_workflow_compiles_fails_on_stale_yaml_and_uploads_versions_from_main():
+    """.github/workflows/pipelines.yml (actionlint checks its syntax in `make lint` and in the workflow itself)."""
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "pipelines.yml").read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
+    assert triggers["push"] == {"branches": ["main"]} and "pull_request" in triggers
+    assert workflow["permissions"] == {"contents": "read"}
+    steps = workflow["jobs"]["compile"]["steps"]
+    runs = [step.get("run", "") for step in steps]
+    order = [
+        next(i for i, run in enumerate(runs) if needle in run)
+        for needle in (
+            "make compile",
+            "actionlint",
+            "git diff --exit-code pipelines/compiled",
+            "--upload_only",
+        )
+    ]
+    assert order == sorted(order)
+    upload = steps[order[-1]]
+    assert upload["if"] == "github.event_name == 'push' && github.ref == 'refs/heads/main'"
+    assert upload["env"] == {"KFP_HOST": "${{ secrets.KFP_HOST }}", "KFP_TOKEN": "${{ secrets.KFP_TOKEN }}"}
+    assert '--version_name "$(basename "$package" .yaml)-${GITHUB_SHA::12}"' in upload["run"]
+    assert "$KFP_TOKEN" not in upload["run"]  # the token reaches the client from the environment only
+    assert all(
+        "if" not in step for step in steps[: order[-1]]
+    )  # compile and the stale check run on every event

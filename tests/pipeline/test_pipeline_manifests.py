@@ -50,20 +50,90 @@ def test_base_objects_are_valid_kubernetes():
         ("Role", "cehrgpt-sparkapplication-launcher"),
         ("RoleBinding", "cehrgpt-spark-driver"),
         ("RoleBinding", "cehrgpt-sparkapplication-launcher"),
-        ("Secret", "cehrgpt-database"),
         ("ServiceAccount", "cehrgpt-spark-driver"),
-    ]
+    ]  # no Secret: a placeholder password must not be applied by accident
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
-def test_the_run_may_manage_sparkapplications_and_the_driver_its_executors():
-    objects = _by_kind_name(_kustomization_objects(MANIFESTS / "base"))
-    launcher = objects[("Role", "cehrgpt-sparkapplication-launcher")]["rules"][0]
-    assert launcher["apiGroups"] == ["sparkoperator.k8s.io"] and launcher["resources"] == [
-        "sparkapplications"
+def _verbs_used(calls: list[tuple[str, str, bytes]]) -> set[tuple[str, str, str]]:
+    """(API group, resource, RBAC verb) of each request the launcher made to the stubbed API."""
+    verb = {"POST": "create", "GET": "get", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
+    used = set()
+    for method, path, _ in calls:
+        parts = path.split("?")[0].strip("/").split("/")
+        if parts[0] == "api":  # /api/v1/namespaces/ns/<resource>/<name>[/<subresource>]
+            group, rest = "", parts[4:]
+        else:  # /apis/<group>/<version>/namespaces/ns/<resource>[/<name>[/<subresource>]]
+            group, rest = parts[1], parts[5:]
+        resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+        used.add((group, resource, verb[method]))
+    return used
+
+
+def test_the_launcher_role_grants_exactly_the_verbs_the_code_uses():
+    """A tour of every launcher path against the stubbed API: uid lookup, adopt, replace, failure log, delete."""
+    from kubernetes import client
+    from pipeline_http_stubs import SparkOperatorStub, serve
+
+    from cehrgpt.pipeline.sparkapp import (
+        SPEC_ANNOTATION,
+        SparkApplicationError,
+        run_spark_application,
+        spec_fingerprint,
+    )
+
+    def manifest():
+        return build_spark_application("app", "ns", "img", RESTORE_MAIN_FILE, [])
+
+    def previous(state):
+        app = manifest()
+        app["metadata"]["annotations"] = {SPEC_ANNOTATION: spec_fingerprint(app)}
+        return {**app, "status": {"applicationState": {"state": state}}}
+
+    calls: list = []
+    for existing, final in (
+        ({"app": previous("RUNNING")}, "COMPLETED"),
+        ({"app": previous("FAILED")}, "FAILED"),
+    ):
+        stub = SparkOperatorStub(
+            [final], existing=existing, pods={"pod": "uid"}, pod_logs={"app-driver": "x\n"}
+        )
+        configuration = client.Configuration()
+        with serve(stub) as (url, seen):
+            configuration.host = url
+            args = (manifest(), client.ApiClient(configuration))
+            kwargs = {"poll_s": 0, "sleep": lambda s: None, "environ": {"KFP_POD_NAME": "pod"}}
+            if final == "FAILED":
+                with pytest.raises(SparkApplicationError, match="driver log"):
+                    run_spark_application(*args, **kwargs)
+            else:
+                run_spark_application(*args, **kwargs)
+        calls += seen
+    used = _verbs_used(calls)
+    role = _by_kind_name(_kustomization_objects(MANIFESTS / "base"))[
+        ("Role", "cehrgpt-sparkapplication-launcher")
     ]
-    assert {"create", "get", "list", "watch", "delete"} <= set(launcher["verbs"])
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert (
+        used
+        == granted
+        == {
+            ("sparkoperator.k8s.io", "sparkapplications", "create"),
+            ("sparkoperator.k8s.io", "sparkapplications", "get"),
+            ("sparkoperator.k8s.io", "sparkapplications", "patch"),
+            ("sparkoperator.k8s.io", "sparkapplications", "delete"),
+            ("", "pods", "get"),
+            ("", "pods/log", "get"),
+        }
+    )
+    objects = _by_kind_name(_kustomization_objects(MANIFESTS / "base"))
     binding = objects[("RoleBinding", "cehrgpt-sparkapplication-launcher")]
     assert (
         binding["subjects"][0]["name"] == "default-editor"
@@ -73,15 +143,32 @@ def test_the_run_may_manage_sparkapplications_and_the_driver_its_executors():
     assert objects[("RoleBinding", "cehrgpt-spark-driver")]["subjects"][0]["name"] == "cehrgpt-spark-driver"
 
 
-def test_the_secret_template_has_the_keys_the_upload_step_reads():
+@pytest.mark.parametrize(
+    ("example", "secret_name", "keys"),
+    [("database-secret.yaml", "cehrgpt-database", "DATABASE_SECRET_KEYS"),
+     ("omop-source-secret.yaml", "cehrgpt-omop-source", "OMOP_SOURCE_SECRET_KEYS")],
+)  # fmt: skip
+def test_the_secret_examples_have_the_keys_the_steps_read(example, secret_name, keys):
     import importlib
 
     from cehrgpt.pipeline.compile import load_pipeline
 
     load_pipeline("synthetic_data", REPO)  # puts the repository root on sys.path
-    secret_keys = importlib.import_module("pipelines.synthetic_data").DATABASE_SECRET_KEYS
-    secret = _by_kind_name(_kustomization_objects(MANIFESTS / "base"))[("Secret", "cehrgpt-database")]
+    secret_keys = {
+        "DATABASE_SECRET_KEYS": lambda: (
+            importlib.import_module("pipelines.synthetic_data").DATABASE_SECRET_KEYS
+        ),
+        "OMOP_SOURCE_SECRET_KEYS": lambda: (
+            importlib.import_module("cehrgpt.pipeline.steps").OMOP_SOURCE_SECRET_KEYS
+        ),
+    }[keys]()
+    secret = _documents(MANIFESTS / "examples" / example)[0]
+    kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
+    assert secret["metadata"]["name"] == secret_name
     assert set(secret["stringData"]) == set(secret_keys) == {"url", "password"}
+    assert (
+        "@" in secret["stringData"]["url"] and ":CHANGE" not in secret["stringData"]["url"]
+    )  # no password in url
 
 
 def test_gpu_example_and_overlay_patch_are_valid():
@@ -133,6 +220,38 @@ def test_example_sparkapplication_matches_the_crd_and_the_image_layout():
         secret_env=secret_env,
     )
     assert app["spec"] == submitted["spec"]
+
+
+def test_example_prepare_application_is_what_the_prepare_step_submits():
+    """manifests/examples/sparkapplication-prepare.yaml against run_prepare_step in operator mode (stubbed API)."""
+    from kubernetes import client
+    from pipeline_http_stubs import SparkOperatorStub, serve
+
+    from cehrgpt.pipeline.sparkapp import SparkOperatorSettings
+    from cehrgpt.pipeline.steps import run_prepare_step
+
+    schema = json.loads((Path(__file__).parent / "data" / "sparkapplication_v1beta2_schema.json").read_text())
+    app = _documents(MANIFESTS / "examples" / "sparkapplication-prepare.yaml")[0]
+    jsonschema.validate(app, schema)
+    args = dict(zip(app["spec"]["arguments"][::2], app["spec"]["arguments"][1::2], strict=True))
+    stub = SparkOperatorStub(["COMPLETED"])
+    configuration = client.Configuration()
+    with serve(stub) as (url, _):
+        configuration.host = url
+        run_prepare_step(
+            "operator",
+            args["--omop_source"],
+            ("/pod/prepared", "minio://" + args["--output_folder"].removeprefix("s3a://")),
+            test_fraction=float(args["--test_fraction"]),
+            seed=int(args["--seed"]),
+            operator=SparkOperatorSettings(namespace="any", poll_s=0, minio_endpoint=KFP_MINIO_ENDPOINT,
+                                           minio_credentials_secret=KFP_MINIO_SECRET),
+            omop_source_secret="cehrgpt-omop-source",
+            api_client=client.ApiClient(configuration),
+            environ={"CEHRGPT_OMOP_URL": "set", "CEHRGPT_OMOP_PASSWORD": "set"},  # the Secret has both keys
+        )  # fmt: skip
+    assert app["spec"] == stub.created["spec"]
+    assert app["metadata"]["labels"] == stub.created["metadata"]["labels"]
 
 
 @pytest.mark.parametrize("name", ["gpu", "spark", "cpu"])

@@ -9,6 +9,7 @@ import pytest
 from kfp.dsl import Metrics
 
 from cehrgpt.pipeline.steps import (
+    HEADLINE_METRICS,
     StageFailed,
     database_target,
     flags,
@@ -16,6 +17,7 @@ from cehrgpt.pipeline.steps import (
     gather_generated_shards,
     log_metrics_json,
     run_stage,
+    shown_in_metrics_panel,
     spark_uri,
 )
 
@@ -130,3 +132,33 @@ def test_shard_counts_are_summed_and_fractions_weighted_by_patients():
         "mean_valid_fraction": 0.875,
         "mean_tokens_per_second": 15.0,
     }
+
+
+def test_the_metrics_panel_shows_an_analysis_headlines_and_the_file_keeps_everything(tmp_path):
+    report = tmp_path / "metrics.json"
+    report.write_text(json.dumps({
+        "mia_auc": 0.51, "mia_advantage": 0.02, "mia_num_of_samples": 500, "mia_n_iterations": 2,
+        "reid_risk": 0.03, "reid_num_population_patients": 40, "rows": {"person": 10},
+    }))  # fmt: skip
+    metrics = Metrics(name="metrics", uri=str(tmp_path / "task" / "metrics"))
+    everything = log_metrics_json(report, metrics)
+    assert metrics.metadata == {"mia_auc": 0.51, "mia_advantage": 0.02, "reid_risk": 0.03, "rows.person": 10}
+    assert json.loads((tmp_path / "task" / "metrics").read_text()) == everything
+    assert everything["mia_num_of_samples"] == 500 and everything["reid_num_population_patients"] == 40
+
+
+def test_every_headline_the_analyses_report_is_in_the_allowlist():
+    headlines = set().union(*HEADLINE_METRICS.values())
+    expected = {  # the names the analyses write (privacy, utility, fidelity, quality)
+        "memorization_copy_share_train", "memorization_copy_excess", "memorization_dcr_closer_to_train_share",
+        "mia_auc", "mia_advantage", "mia_f1_above_chance", "aia_f1_lift_over_holdout", "aia_f1_advantage",
+        "nnaa_privacy_loss", "reid_risk",
+        "utility_tstr_auroc_mean", "utility_trtr_auroc_mean", "utility_auroc_gap_mean",
+        "fidelity_prevalence_kl", "fidelity_cooccurrence_kl",
+        "quality_checks", "quality_checks_passed", "quality_checks_failed",
+    }  # fmt: skip
+    assert expected <= headlines
+    assert all(shown_in_metrics_panel(name) for name in headlines)
+    assert not any(
+        shown_in_metrics_panel(n) for n in ("mia_n_iterations", "aia_num_of_samples", "utility_num_tasks")
+    )

@@ -329,3 +329,21 @@ def test_compare_reads_runs_by_id_from_a_kubeflow_host(tmp_path, capsys):
         )
         assert main(["pipeline", "compare", "run-0", "--host", url]) == 2
         assert capsys.readouterr().err == f"error: cannot read run run-0 from {url}: 404\n"
+
+
+def test_ci_upload_names_the_version_after_the_commit_and_sends_the_token(monkeypatch, capsys):
+    """What .github/workflows/pipelines.yml runs on the main branch, against the stubbed KFP API."""
+    monkeypatch.setenv("KFP_TOKEN", "ci-token-123")
+    headers: list[dict[str, str]] = []
+    with serve(KubeflowStub(existing_pipeline="cehrgpt-training"), headers) as (url, calls):
+        argv = ["pipeline", "submit", str(TRAINING), "--host", url, "--upload_only",
+                "--version_name", "training-0123456789ab"]  # fmt: skip
+        assert main(argv) == 0
+    assert capsys.readouterr().out.strip().endswith("pipeline_id=p-7 version_id=v-2")
+    upload = [(path, h) for (_, path, _), h in zip(calls, headers, strict=True) if "upload_version" in path]
+    assert len(upload) == 1
+    query = parse_qs(urlparse(upload[0][0]).query)
+    assert query["name"] == ["training-0123456789ab"] and query["pipelineid"] == ["p-7"]
+    assert headers and all(
+        {k.lower(): v for k, v in h.items()}["authorization"] == "Bearer ci-token-123" for h in headers
+    )

@@ -31,7 +31,13 @@ from tqdm import tqdm
 from cehrgpt.data import events as ev
 from cehrgpt.data.events import DEFAULT_DOMAINS, EVENT_DOMAINS, SEQUENCE_COLUMNS
 from cehrgpt.omop.cdm import cdm_fields
-from cehrgpt.omop.source import OmopSource, OmopSourceError, TableRequest, open_omop_source
+from cehrgpt.omop.source import (
+    OmopSource,
+    OmopSourceError,
+    TableRequest,
+    open_omop_source,
+    resolve_omop_source,
+)
 from cehrgpt.spark import HadoopFiles, get_spark, parent_and_name
 
 log = logging.getLogger(__name__)
@@ -442,7 +448,10 @@ def _parser() -> argparse.ArgumentParser:
         description="OMOP CDM -> CEHR-GPT patient sequences (train/test parquet), vocabulary and a report.",
     )
     parser.add_argument(
-        "--omop_source", required=True, help="folder (parquet/CSV), DuckDB file or SQLAlchemy URL"
+        "--omop_source",
+        default="",
+        help="folder (parquet/CSV), DuckDB file or SQLAlchemy URL (default: $CEHRGPT_OMOP_URL); "
+        "a URL without a password gets $CEHRGPT_OMOP_PASSWORD",
     )
     parser.add_argument("--output_folder", required=True)
     parser.add_argument("--test_fraction", type=float, default=0.1)
@@ -468,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         report = prepare(
-            args.omop_source,
+            resolve_omop_source(args.omop_source),
             args.output_folder,
             test_fraction=args.test_fraction,
             seed=args.seed,

@@ -467,6 +467,40 @@ def _redacted(url: str) -> str:
         return url.split("://", 1)[0] + "://…"
 
 
+#: Where the pipeline puts the OMOP source's Secret (keys ``url`` and ``password``; kfp-kubernetes
+#: ``use_secret_as_env``), so the URL's password is never a pipeline parameter.
+OMOP_URL_ENV_VAR = "CEHRGPT_OMOP_URL"
+OMOP_PASSWORD_ENV_VAR = "CEHRGPT_OMOP_PASSWORD"
+
+
+def resolve_omop_source(spec: str, environ: Mapping[str, str] | None = None) -> str:
+    """The source to open: ``spec``, else ``$CEHRGPT_OMOP_URL``; a URL without a password gets ``$CEHRGPT_OMOP_PASSWORD``.
+
+    The result may hold a password: open it, never print it (:func:`_redacted` does).
+
+    Raises:
+        OmopSourceError: neither ``spec`` nor the variable names a source.
+    """
+    environ = os.environ if environ is None else environ
+    text = str(spec or environ.get(OMOP_URL_ENV_VAR, "")).strip()
+    if not text:
+        raise OmopSourceError(
+            f"omop source: none given; pass --omop_source or set ${OMOP_URL_ENV_VAR} (the Secret's url key)"
+        )
+    password = environ.get(OMOP_PASSWORD_ENV_VAR)
+    if "://" in text and password:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(text)
+        except ArgumentError:
+            raise OmopSourceError(f"omop source: {_redacted(text)} is not a SQLAlchemy URL") from None
+        if url.password is None:
+            text = url.set(password=password).render_as_string(hide_password=False)
+    return text
+
+
 def open_omop_source(spec: str | os.PathLike[str]) -> OmopSource:
     """Open an OMOP database for reading.
 

@@ -39,6 +39,7 @@ LOCAL_DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "dtype": "float32",
     "spark_mode": "local",
+    "prepare_spark_mode": "local",
     "n_iterations": 2,
     "num_of_samples": 500,
     "upload": True,

@@ -18,8 +18,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cehrgpt.pipeline.sparkapp import SparkOperatorSettings, restore_omop
+from cehrgpt.pipeline.sparkapp import (
+    PREPARE_MAIN_FILE,
+    SparkOperatorSettings,
+    application_name,
+    restore_omop,
+    submit_spark_job,
+)
 from cehrgpt.pipeline.stores import open_store
+from cehrgpt.redaction import scrub_urls
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +65,7 @@ def run_stage(name: str, entry_point: Callable[[list[str]], int], argv: Sequence
     Raises:
         StageFailed: the exit code was not 0.
     """
-    logger.info("%s %s", name, " ".join(argv))
+    logger.info("%s %s", name, scrub_urls(" ".join(argv)))
     code = entry_point(list(argv))
     if code != 0:
         raise StageFailed(f"stage {name} exited with code {code}")
@@ -78,11 +85,55 @@ def flatten_metrics(report: Mapping[str, Any], prefix: str = "") -> dict[str, fl
     return out
 
 
-def log_metrics_json(report_path: str | Path, metrics: Any, prefix: str = "") -> dict[str, float]:
-    """Log every number of a JSON report on a Kubeflow ``Metrics`` artifact, and save them in its file.
+#: What the Kubeflow Metrics panel shows of each analysis (metric names ``<analysis>_<name>``): its headline
+#: metrics. Counts and settings (samples, iterations, patients used, thresholds applied) stay in the
+#: analysis's ``metrics.json`` and in the Metrics artifact's file, where the gate and ``pipeline compare`` read
+#: them. Names of other steps (prepare's counts, the restore's rows, ...) are all shown.
+HEADLINE_METRICS: dict[str, frozenset[str]] = {
+    "aia": frozenset(
+        {"aia_f1_advantage", "aia_f1_lift_over_holdout", "aia_f1_synthetic_train", "aia_f1_train_train"}
+    ),
+    "mia": frozenset({"mia_f1_above_chance", "mia_auc", "mia_advantage"}),
+    "nnaa": frozenset({"nnaa_privacy_loss", "nnaa_aa_train", "nnaa_aa_test"}),
+    "reid": frozenset({"reid_risk"}),
+    "memorization": frozenset(
+        {
+            "memorization_copy_share_train",
+            "memorization_copy_excess",
+            "memorization_dcr_closer_to_train_share",
+        }
+    ),
+    "utility": frozenset({"utility_tstr_auroc_mean", "utility_trtr_auroc_mean", "utility_auroc_gap_mean"}),
+    "fidelity": frozenset(
+        {
+            "fidelity_prevalence_r2",
+            "fidelity_prevalence_pearson",
+            "fidelity_prevalence_kl",
+            "fidelity_cooccurrence_r2",
+            "fidelity_cooccurrence_kl",
+            "fidelity_age_tvd",
+            "fidelity_gender_tvd",
+            "fidelity_sequence_length_ks",
+        }
+    ),
+    "quality": frozenset(
+        {"quality_checks", "quality_checks_passed", "quality_checks_failed", "quality_checks_not_applicable"}
+    ),
+}
 
-    Kubeflow shows what ``log_metric`` records; the file (flat name → number)
-    is what ``cehrgpt pipeline compare`` reads back from the pipeline root.
+
+def shown_in_metrics_panel(name: str) -> bool:
+    """An analysis's metric only when it is a headline (:data:`HEADLINE_METRICS`); any other step's always."""
+    analysis = name.split("_", 1)[0] if "_" in name else ""
+    headlines = HEADLINE_METRICS.get(analysis)
+    return headlines is None or name in headlines
+
+
+def log_metrics_json(report_path: str | Path, metrics: Any, prefix: str = "") -> dict[str, float]:
+    """Log a JSON report's headline numbers on a Kubeflow ``Metrics`` artifact, and save all of them in its file.
+
+    Kubeflow shows what ``log_metric`` records (:func:`shown_in_metrics_panel`); the file
+    (flat name → number, every number) is what ``cehrgpt pipeline compare`` reads back from the pipeline root.
 
     Args:
         report_path: A stage's ``metrics.json`` or report.
@@ -90,11 +141,12 @@ def log_metrics_json(report_path: str | Path, metrics: Any, prefix: str = "") ->
         prefix: Put before every name.
 
     Returns:
-        The logged metrics.
+        Every metric of the report (the file's content).
     """
     values = flatten_metrics(json.loads(Path(report_path).read_text()), prefix)
     for name, value in values.items():
-        metrics.log_metric(name, value)
+        if shown_in_metrics_panel(name):
+            metrics.log_metric(name, value)
     Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics.path).write_text(json.dumps(values, indent=2, sort_keys=True))
     return values
@@ -228,11 +280,101 @@ def run_restore_step(
         run_hint=hashlib.sha256(restored[1].encode()).hexdigest()[:12],
         api_client=api_client,
     )
-    report = Path(restored[0]) / "restore_report.json"
+    return _report_copy(restored, "restore_report.json")
+
+
+def _report_copy(output: tuple[str, str], name: str) -> Path | None:
+    """A local copy of a report a SparkApplication wrote next to its output (read through the store's URI)."""
+    report = Path(output[0]) / name
     try:
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_bytes(open_store(restored[1]).read_bytes("restore_report.json"))
-    except Exception as e:  # the restore succeeded; only its figures are missing from the run's metrics
-        logger.warning("could not read restore_report.json back from %s: %s", restored[1], e)
+        report.write_bytes(open_store(output[1]).read_bytes(name))
+    except Exception as e:  # the job succeeded; only its figures are missing from the run's metrics
+        logger.warning("could not read %s back from %s: %s", name, output[1], e)
         return None
     return report
+
+
+#: Environment of the prepare task filled from the OMOP source's Secret (keys ``url`` and ``password``).
+OMOP_SOURCE_SECRET_KEYS = {"url": "CEHRGPT_OMOP_URL", "password": "CEHRGPT_OMOP_PASSWORD"}
+
+
+def check_no_password(omop_source: str) -> None:
+    """Refuse a pipeline parameter carrying a password: Kubeflow shows and stores parameters.
+
+    Raises:
+        StageFailed: the URL has a password.
+    """
+    if scrub_urls(omop_source) != omop_source:
+        raise StageFailed(
+            "omop_source holds a password; pass the URL without it and put the password in the Secret "
+            "named by omop_source_secret (key password)"
+        )
+
+
+def run_prepare_step(
+    spark_mode: str,
+    omop_source: str,
+    prepared: tuple[str, str],
+    *,
+    test_fraction: float,
+    seed: int,
+    operator: SparkOperatorSettings | None = None,
+    omop_source_secret: str = "",
+    api_client: Any = None,
+    environ: Mapping[str, str] | None = None,
+) -> Path | None:
+    """Prepare patient sequences with local Spark in this pod or as a SparkApplication.
+
+    Args:
+        spark_mode: ``local`` or ``operator``.
+        omop_source: A folder, DuckDB file, URI or SQLAlchemy URL without password; empty: the Secret's url.
+        prepared: (local path, URI) of the output Dataset.
+        test_fraction: Share of persons held out.
+        seed: Seed of the split.
+        operator: The SparkApplication's namespace and sizes (operator mode).
+        omop_source_secret: The Secret holding the source's url/password; in operator mode the
+            application's driver gets the keys this pod got (``CEHRGPT_OMOP_URL``/``_PASSWORD``).
+        api_client: A Kubernetes ``ApiClient``; by default the in-cluster configuration.
+        environ: This pod's environment (``os.environ`` by default).
+
+    Returns:
+        A local copy of ``prepare_report.json`` to log, or None when it cannot be read back.
+
+    Raises:
+        StageFailed: a password in ``omop_source``, a bad mode, or the job failed.
+    """
+    check_no_password(omop_source)
+    environ = os.environ if environ is None else environ
+    options = {"test_fraction": test_fraction, "seed": seed}
+    if spark_mode == "local":
+        from cehrgpt.data.prepare import main as prepare_main
+
+        run_stage(
+            "prepare",
+            prepare_main,
+            flags(omop_source=omop_source or None, output_folder=prepared[0], **options),
+        )
+        return Path(prepared[0]) / "prepare_report.json"
+    if spark_mode != "operator":
+        raise StageFailed(f"prepare_spark_mode must be operator or local, got {spark_mode!r}")
+    secret_env = {
+        variable: (omop_source_secret, key)
+        for key, variable in OMOP_SOURCE_SECRET_KEYS.items()
+        if omop_source_secret and environ.get(variable)  # only keys the Secret has (it is optional)
+    }
+    arguments = flags(
+        omop_source=spark_uri(omop_source) or None, output_folder=spark_uri(prepared[1]), **options
+    )
+    logger.info("prepare as a SparkApplication: %s", scrub_urls(" ".join(arguments)))
+    submit_spark_job(
+        PREPARE_MAIN_FILE,
+        arguments,
+        operator,
+        # unique per output location (so per run and task), and the same on a retry of the task
+        application_name(hashlib.sha256(prepared[1].encode()).hexdigest()[:12], prefix="cehrgpt-prepare"),
+        api_client=api_client,
+        on_minio=any(uri.startswith("minio://") for uri in (prepared[1], omop_source)),
+        secret_env=secret_env,
+    )
+    return _report_copy(prepared, "prepare_report.json")

@@ -87,6 +87,8 @@ def submit(
     namespace: str | None = None,
     upload_only: bool = False,
     pipeline_name: str | None = None,
+    version_name: str | None = None,
+    token: str | None = None,
     client: Any = None,
 ) -> dict[str, str]:
     """Run a compiled pipeline in an experiment, or only upload it as a pipeline (a new version if it exists).
@@ -100,6 +102,9 @@ def submit(
         namespace: Kubeflow profile namespace (multi-user installations).
         upload_only: Upload the pipeline instead of running it.
         pipeline_name: Name of the uploaded pipeline (default: the pipeline's own).
+        version_name: Name of the new version when the pipeline exists (default: the pipeline's name and
+            a hash of the YAML); CI names it after the commit.
+        token: A bearer token for the host (e.g. a service-account token), sent as ``Authorization``.
         client: A ``kfp.Client`` (made from ``host`` by default).
 
     Returns:
@@ -116,14 +121,14 @@ def submit(
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "This client only works with", FutureWarning)
-            client = kfp.Client(host=host, namespace=namespace)
+            client = kfp.Client(host=host, namespace=namespace, existing_token=token or None)
     try:
         if upload_only:
             existing = client.get_pipeline_id(name)
             if existing:
                 version = client.upload_pipeline_version(
                     str(package_path),
-                    pipeline_version_name=f"{name}-{_digest(package_path)}",
+                    pipeline_version_name=version_name or f"{name}-{_digest(package_path)}",
                     pipeline_id=existing,
                 )
                 return {"pipeline_id": existing, "version_id": version.pipeline_version_id}

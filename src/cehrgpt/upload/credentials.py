@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import configparser
 import os
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import SplitResult, parse_qsl, quote, quote_plus, urlsplit
@@ -26,13 +25,14 @@ from urllib.parse import SplitResult, parse_qsl, quote, quote_plus, urlsplit
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from cehrgpt.redaction import REDACTED
+from cehrgpt.redaction import scrub_urls as scrub_urls  # re-exported for the upload
 from cehrgpt.upload.errors import UploadError
 
 PASSWORD_ENV_VAR = "CEHRGPT_DB_PASSWORD"
 MSSQL_ODBC_DRIVER = "ODBC Driver 18 for SQL Server"
 FREETDS_ODBC_DRIVER = "FreeTDS"
 FREETDS_TDS_VERSION = "7.4"  # the first TDS version that carries DATETIME2 as a date-time, not a string
-REDACTED = "***"
 
 # SQLAlchemy URL schemes without a driver, given the driver we ship.
 _DEFAULT_DRIVERS = {
@@ -368,11 +368,3 @@ def _mysql_url(text: str) -> URL:
         database=parts.path.lstrip("/") or None,
         query={"charset": "utf8mb4"},
     )
-
-
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
-
-
-def scrub_urls(text: str) -> str:
-    """Hide any ``scheme://user:password@`` password left in a free-text message."""
-    return _URL_PASSWORD.sub(rf"\g<1>{REDACTED}@", text)

@@ -1,0 +1,59 @@
+"""The OMOP source's password (from the Secret or on the command line) never reaches a report or a log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from data_omop_fixtures import drop_postgres_schema, tiny_omop, write_postgres
+
+from cehrgpt.omop.source import OmopSourceError, resolve_omop_source
+
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"  # trusts any password, so one can be given
+PASSWORD = "S3cr3t-pw-4711"
+
+
+def test_the_source_comes_from_the_secret_when_the_parameter_is_empty():
+    env = {"CEHRGPT_OMOP_URL": "postgresql+psycopg://reader@db/cdm", "CEHRGPT_OMOP_PASSWORD": "p@ss"}
+    assert resolve_omop_source("", env) == "postgresql+psycopg://reader:p%40ss@db/cdm"
+    assert resolve_omop_source("mysql+pymysql://r@other/cdm", env) == "mysql+pymysql://r:p%40ss@other/cdm"
+    assert resolve_omop_source("mysql+pymysql://r:own@other/cdm", env) == "mysql+pymysql://r:own@other/cdm"
+    assert resolve_omop_source("/data/omop", env) == "/data/omop"  # a folder has no password
+    with pytest.raises(OmopSourceError) as e:
+        resolve_omop_source("", {})
+    assert str(e.value) == (
+        "omop source: none given; pass --omop_source or set $CEHRGPT_OMOP_URL (the Secret's url key)"
+    )
+
+
+@pytest.mark.parametrize("password_from", ["secret", "command_line"])
+def test_prepare_report_and_log_mask_the_password(
+    spark, tmp_path, monkeypatch, caplog, capsys, password_from
+):
+    from cehrgpt.pipeline.steps import run_prepare_step, run_stage
+
+    schema = f"prepare_secret_{password_from}"
+    url = write_postgres(POSTGRES, schema, tiny_omop())
+    out = tmp_path / "prepared"
+    caplog.set_level(logging.DEBUG)
+    try:
+        if password_from == "secret":  # the pipeline: url and password from the Secret, the parameter empty
+            monkeypatch.setenv("CEHRGPT_OMOP_URL", url)
+            monkeypatch.setenv("CEHRGPT_OMOP_PASSWORD", PASSWORD)
+            run_prepare_step("local", "", (str(out), str(out)), test_fraction=0.0, seed=1)
+        else:  # a user running the stage with the password in the URL
+            from cehrgpt.data.prepare import main
+
+            with_password = url.replace("postgres@", f"postgres:{PASSWORD}@")
+            run_stage("prepare", main, ["--omop_source", with_password, "--output_folder", str(out)])
+    finally:
+        drop_postgres_schema(POSTGRES, schema)
+    report_text = (out / "prepare_report.json").read_text()
+    assert json.loads(report_text)["omop_source"] == (
+        f"postgresql+psycopg://postgres:***@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+    )
+    captured = capsys.readouterr()
+    logged = caplog.text + captured.out + captured.err
+    assert "prepare " in caplog.text  # run_stage's line is there, masked
+    assert PASSWORD not in report_text and PASSWORD not in logged
