@@ -32,7 +32,7 @@ from pipelines.training import DEFAULT_GPU_TOLERATIONS, GPU_RESOURCE, expose_pod
 PIPELINE_NAME = "cehrgpt-synthetic-data"
 #: Generation pods running at once: the GPUs one run may hold. Kubeflow needs a literal here.
 MAX_PARALLEL_GENERATION_PODS = 8
-#: Secret keys → environment of the upload task (see manifests/base/database-secret.yaml).
+#: Secret keys → environment of the upload task (see manifests/examples/database-secret.yaml).
 DATABASE_SECRET_KEYS = {"url": "CEHRGPT_DB_URL", "password": "CEHRGPT_DB_PASSWORD"}
 ATTRIBUTE_CONFIG_IN_IMAGE = "/opt/cehrgpt/analysis/privacy/attribute_inference_config.yml"
 

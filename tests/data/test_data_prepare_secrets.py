@@ -57,3 +57,14 @@ def test_prepare_report_and_log_mask_the_password(
     logged = caplog.text + captured.out + captured.err
     assert "prepare " in caplog.text  # run_stage's line is there, masked
     assert PASSWORD not in report_text and PASSWORD not in logged
+
+
+def test_prepare_without_a_source_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    from cehrgpt.data.prepare import main
+
+    monkeypatch.delenv("CEHRGPT_OMOP_URL", raising=False)
+    assert main(["--output_folder", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        "error: omop source: none given; pass --omop_source or set $CEHRGPT_OMOP_URL (the Secret's url key)\n"
+    )
+    assert not (tmp_path / "out").exists()

@@ -524,3 +524,17 @@ def test_prepare_refuses_a_password_in_its_parameter_and_an_unknown_mode(tmp_pat
     with pytest.raises(StageFailed, match="prepare_spark_mode must be operator or local, got 'yarn'"):
         run_prepare_step("yarn", "/omop", (str(tmp_path / "out"), ""), test_fraction=0.1, seed=1)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_application_in_another_namespace_than_the_launcher_gets_no_owner(tmp_path, monkeypatch):
+    from cehrgpt.pipeline import sparkapp
+
+    (tmp_path / "namespace").write_text("kubeflow-other\n")  # the launcher pod's namespace
+    monkeypatch.setattr(sparkapp, "POD_NAMESPACE_FILE", tmp_path / "namespace")
+    stub = SparkOperatorStub(["COMPLETED"])
+    _run(stub)  # the application goes to kubeflow-user: an owner there cannot be the launcher pod
+    assert "ownerReferences" not in stub.created["metadata"]
+    (tmp_path / "namespace").write_text("kubeflow-user\n")
+    stub = SparkOperatorStub(["COMPLETED"])
+    _run(stub)
+    assert stub.created["metadata"]["ownerReferences"] == [OWNER_NEW]
