@@ -46,7 +46,6 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "quality"
-STRATEGY = "TopPStrategy"
 
 # column → (analysis module, metric in its metrics.json)
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -104,7 +103,10 @@ def generated_sequences(
         if generation.main(argv) != 0:
             raise SystemExit(f"generation with {model} failed")
         done.write_text("")
-    return folder / STRATEGY / "generated_sequences"
+    (sequences,) = folder.glob(
+        "*/generated_sequences"
+    )  # <output_folder>/<strategy folder>/generated_sequences
+    return sequences
 
 
 def run_analysis(module_name: str, argv: list[str], output: Path) -> tuple[dict | None, str]:
