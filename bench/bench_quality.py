@@ -18,11 +18,15 @@ generated sets and analysis outputs are kept under ``bench/out/quality`` (delete
 ``--fresh`` retrains and regenerates).
 
     python bench/bench_quality.py --device cuda                 # 30 / 100 / 300 steps, generation on a GPU
+    python bench/bench_quality.py --prepare_only                # on a machine with Java, before a GPU
+                                                                # machine without it (carry bench/out/quality/eunomia)
     python bench/bench_quality.py --device cpu --max_patients 500   # CPU only, capped
 
-On CPU, generation dominates: a briefly trained ``tiny`` writes long patients at a few hundred tokens/s
-per core (about 100 on 2 cores shared with other jobs), so as many patients as Eunomia's training set
-(2,154) take about an hour per model idle; cap them or use a GPU.
+CPU times, estimated from the README's training and generation figures on 2 idle cores: training about
+2 s per step (30 + 100 + 300 steps ≈ 15 min), generating Eunomia's 2,154 training patients about 3–5 min
+per model at batch 256, the analyses under a minute per model: about 30 min in all. On 2 cores shared with
+other jobs (load average ~20) it was 30–45 s per step and ~30–100 tokens/s: there cap the patients or use
+a GPU.
 """
 
 from __future__ import annotations
@@ -46,7 +50,6 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "quality"
-STRATEGY = "TopPStrategy"
 
 # column → (analysis module, metric in its metrics.json)
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -104,7 +107,10 @@ def generated_sequences(
         if generation.main(argv) != 0:
             raise SystemExit(f"generation with {model} failed")
         done.write_text("")
-    return folder / STRATEGY / "generated_sequences"
+    (sequences,) = folder.glob(
+        "*/generated_sequences"
+    )  # <output_folder>/<strategy folder>/generated_sequences
+    return sequences
 
 
 def run_analysis(module_name: str, argv: list[str], output: Path) -> tuple[dict | None, str]:
@@ -173,11 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", type=int, default=0, help="seed of the split, training, generation, analyses"
     )
     parser.add_argument("--fresh", action="store_true", help="retrain and regenerate even if kept")
+    parser.add_argument(
+        "--prepare_only", action="store_true", help="only prepare Eunomia (needs Java), e.g. before a GPU run"
+    )
     args = parser.parse_args(argv)
 
     machine = f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
     print(f"machine: {machine}; load average (1 min) at start {os.getloadavg()[0]:.1f}", flush=True)
     data = prepared_sequences(OUT / "eunomia", seed=42)
+    if args.prepare_only:
+        print(f"prepared {data}")
+        return 0
     training_patients = pq.read_table(data / "train", columns=["person_id"]).num_rows
     patients = min(training_patients, args.max_patients or training_patients)
     if patients < training_patients:
