@@ -41,7 +41,7 @@ from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor
 from cehrgpt.generation.engine import ContinuousBatchDecoder
 from cehrgpt.generation.prompts import build_prompt_pool, read_prompt_tokens
 from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
-from cehrgpt.models.tokenizer import load_tokenizer, token_kinds
+from cehrgpt.models.tokenizer import load_tokenizer, vocabulary_token_kinds
 
 
 def ensure_model(
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens_by_id = [""] * len(vocab)
     for token, i in vocab.items():
         tokens_by_id[i] = token
-    kinds = token_kinds(tokenizer)
+    kinds = vocabulary_token_kinds(tokenizer)
     args.end_id, args.pad_id = vocab[grammar.END], vocab[grammar.PAD]
     dtype = getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(args.device).eval()
