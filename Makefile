@@ -33,7 +33,7 @@ $(VENV)/.installed-kfp: pyproject.toml
 demo: venv ## run the end_to_end pipeline (kfp.local) on the embedded Eunomia demo data into local_outputs/demo
 	$(PY) -m cehrgpt.demo --output_root local_outputs/demo
 
-test: venv ## run every test
+test: venv ## run every test (database tests use the local PostgreSQL and MariaDB unless CEHRGPT_TEST_POSTGRES_URL/CEHRGPT_TEST_MARIADB_URL name others; the summary names any skipped and why)
 	$(PY) -m pytest -q
 
 lint: venv ## ruff, a type check, hadolint on the Dockerfiles, actionlint on the CI workflows

@@ -41,7 +41,7 @@ from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor
 from cehrgpt.generation.engine import ContinuousBatchDecoder
 from cehrgpt.generation.prompts import build_prompt_pool, read_prompt_tokens
 from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
-from cehrgpt.models.tokenizer import load_tokenizer, token_kinds
+from cehrgpt.models.tokenizer import load_tokenizer, vocabulary_token_kinds
 
 
 def ensure_model(
@@ -56,6 +56,7 @@ def ensure_model(
         eunomia = eunomia_path()
         print(f"preparing Eunomia sequences into {data.parent} (once)", flush=True)
         argv = ["--omop_source", str(eunomia), "--output_folder", str(data.parent), "--seed", "0"]
+        argv += ["--test_fraction", "0.1"]  # the split the README figures were measured with
         if prepare.main([*argv, "--spark_master", "local[2]"]) != 0:
             raise SystemExit("error: preparing the Eunomia sequences failed")
     model = Path(model_folder) if model_folder else cache / f"model_tiny_{train_steps}steps"
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens_by_id = [""] * len(vocab)
     for token, i in vocab.items():
         tokens_by_id[i] = token
-    kinds = token_kinds(tokenizer)
+    kinds = vocabulary_token_kinds(tokenizer)
     args.end_id, args.pad_id = vocab[grammar.END], vocab[grammar.PAD]
     dtype = getattr(torch, args.dtype)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(args.device).eval()

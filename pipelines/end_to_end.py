@@ -7,6 +7,7 @@ Generation flags keep the seed's names; the training ones are prefixed ``train_`
 
 from kfp import dsl
 
+from cehrgpt.data import DEFAULT_TEST_FRACTION
 from cehrgpt.pipeline.images import SPARK_IMAGE
 from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET
 from pipelines.synthetic_data import ATTRIBUTE_CONFIG_IN_IMAGE, DEFAULT_GPU_TOLERATIONS, add_synthesis_steps
@@ -20,7 +21,7 @@ def end_to_end(
     omop_source: str,
     omop_source_secret: str = "cehrgpt-omop-source",
     prepare_spark_mode: str = "operator",
-    test_fraction: float = 0.2,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     preset: str = "small",
     max_steps: int = 0,
     epochs: int = 0,

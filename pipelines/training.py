@@ -9,6 +9,7 @@ from components.data import prepare_sequences
 from components.training import train_model
 from kfp import dsl, kubernetes
 
+from cehrgpt.data import DEFAULT_TEST_FRACTION
 from cehrgpt.pipeline.images import SPARK_IMAGE
 from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET, POD_NAME_ENV, POD_UID_ENV
 from cehrgpt.pipeline.steps import OMOP_SOURCE_SECRET_KEYS
@@ -114,7 +115,7 @@ def training(
     omop_source: str,
     omop_source_secret: str = "cehrgpt-omop-source",
     prepare_spark_mode: str = "operator",
-    test_fraction: float = 0.2,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     preset: str = "small",
     max_steps: int = 0,
     epochs: int = 0,

@@ -5,12 +5,13 @@
 #       --source-omop-folder=V [--cpu-cores=N]
 #
 # Flags take "--flag=value" or "--flag value". Runs `$PYTHON -m cehrgpt.omop.restore`
-# (PYTHON defaults to `python` on PATH) on local[N]; N defaults to every core.
+# on local[N]; N defaults to every core. PYTHON defaults to `python` on PATH when it can
+# import cehrgpt, else to this repository's .venv/bin/python (no need to activate it).
 # Output: O/<table>/, O/rejected/, O/restore_report.json and, last, O/_SUCCESS.
 set -eu
 
 usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -64,7 +65,17 @@ case $cpu_cores in
     '' | *[!0-9]* | 0 | 0*) die "--cpu-cores must be a positive whole number, got '$cpu_cores'" ;;
 esac
 
-exec "${PYTHON:-python}" -m cehrgpt.omop.restore \
+# The interpreter: $PYTHON, else `python` when it can import cehrgpt, else the repository's .venv.
+if [ -n "${PYTHON:-}" ]; then
+    python=$PYTHON
+elif command -v python >/dev/null 2>&1 && python -c 'import cehrgpt' >/dev/null 2>&1; then
+    python=python
+else
+    python=$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/python
+    [ -x "$python" ] || die "no python that can import cehrgpt: activate a venv that has it, run 'make venv' in the repository, or set \$PYTHON"
+fi
+
+exec "$python" -m cehrgpt.omop.restore \
     --patient_sequence_folder "$patient_sequence_folder" \
     --omop_folder "$omop_folder" \
     --source_omop_folder "$source_omop_folder" \

@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Spark session per test run, the Eunomia demo database."""
+"""Shared fixtures: one local Spark session per test run, the Eunomia demo database, the database servers."""
 
 from __future__ import annotations
 
@@ -7,9 +7,29 @@ from pathlib import Path
 
 import pytest
 
+from server_urls import (
+    MARIADB_DEFAULT_URL,
+    MARIADB_URL_VARIABLE,
+    POSTGRES_DEFAULT_URL,
+    POSTGRES_URL_VARIABLE,
+    answering_server_url,
+)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The PostgreSQL test server ($CEHRGPT_TEST_POSTGRES_URL, else the local one); its tests skip, saying why, when it does not answer."""
+    return answering_server_url("PostgreSQL", POSTGRES_URL_VARIABLE, POSTGRES_DEFAULT_URL)
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> str:
+    """The MariaDB test server ($CEHRGPT_TEST_MARIADB_URL, else the local one); its tests skip, saying why, when it does not answer."""
+    return answering_server_url("MariaDB", MARIADB_URL_VARIABLE, MARIADB_DEFAULT_URL)
 
 
 @pytest.fixture(scope="session")

@@ -274,52 +274,24 @@ def step(state: GrammarState, kind: TokenKind) -> GrammarState | None:
     return _TRANSITIONS.get((state, kind))
 
 
-def _close_costs() -> dict[GrammarState, int]:
-    """Fewest tokens from each state to a closed state, never passing through [DEATH].
-
-    The constrained decoder uses these to close a visit before the context
-    window runs out; a death must never be invented just because room is short.
-    """
-    cost = {s: 0 for s in CLOSED_STATES}
-    changed = True
-    while changed:
-        changed = False
-        for (state, kind), nxt in _TRANSITIONS.items():
-            if kind == TokenKind.DEATH or nxt not in cost:
-                continue
-            if cost[nxt] + 1 < cost.get(state, 1 << 30):
-                cost[state] = cost[nxt] + 1
-                changed = True
-    return cost
-
-
-_CLOSE_COST = _close_costs()
-UNREACHABLE = 1 << 20
-
-
-def close_cost(state: GrammarState) -> int:
-    return _CLOSE_COST.get(state, UNREACHABLE)
-
-
 @dataclass(frozen=True)
 class TransitionTables:
     """The grammar as arrays, for vectorised masking on a device.
 
     ``next_state[s, k]`` is the state after a token of kind ``k`` in state ``s``,
-    or -1 where forbidden; ``close_cost[s]`` is the fewest tokens from ``s`` to a
-    state where the sequence may stop.
+    or -1 where forbidden. The fewest tokens from a state to one where the
+    sequence may stop depend on the kinds a vocabulary has: see
+    :func:`cehrgpt.generation.constraints.reachable_close_costs`.
     """
 
     next_state: np.ndarray  # int64 [num_states, num_kinds]
-    close_cost: np.ndarray  # int64 [num_states]
 
 
 def transition_tables() -> TransitionTables:
     next_state = np.full((len(GrammarState), len(TokenKind)), -1, dtype=np.int64)
     for (state, kind), nxt in _TRANSITIONS.items():
         next_state[state, kind] = nxt
-    costs = np.array([close_cost(s) for s in GrammarState], dtype=np.int64)
-    return TransitionTables(next_state=next_state, close_cost=costs)
+    return TransitionTables(next_state=next_state)
 
 
 def first_violation(tokens: Sequence[str]) -> tuple[int, str] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -198,6 +199,28 @@ def test_config_naming_unknown_concepts(folders, tmp_path, capsys):
     cfg.write_text(yaml.safe_dump({"common_attributes": [101, 999], "sensitive_attributes": [201]}))
     line = run_and_error(attribute_inference, aia_argv(folders, attribute_config=cfg), capsys)
     assert "common_attributes names 1 concept(s) unknown to the data and vocabulary (999)" in line
+
+
+@pytest.mark.parametrize("module,argv", [(attribute_inference, aia_argv), (reid_inference, reid_argv)])
+def test_a_config_naming_unknown_concepts_names_the_command_that_derives_one(
+    folders, tmp_path, capsys, monkeypatch, module, argv
+):
+    cfg = tmp_path / "bad.yml"
+    cfg.write_text(yaml.safe_dump({"common_attributes": [101, 999], "sensitive_attributes": [201]}))
+    line = run_and_error(module, argv(folders, attribute_config=cfg), capsys)
+    command = (
+        f"python -m cehrgpt.analysis.privacy.config --training_data_folder {folders['train']} "
+        "--output attribute_config.yml"
+    )
+    assert line == (
+        f"error: --attribute_config '{cfg}': common_attributes names 1 concept(s) unknown to the data and "
+        "vocabulary (999); expected concept ids that occur in the patient sequences; "
+        f"derive a config from this training data with `{command}`"
+    )
+    monkeypatch.chdir(tmp_path)  # the command, as the user would run it, writes a config the analysis accepts
+    small_data = ["--num_common", "1", "--num_sensitive", "2", "--min_sensitive_patients", "1"]
+    assert config.main([*shlex.split(command)[3:], *small_data]) == 0
+    assert module.main(argv(folders, attribute_config=tmp_path / "attribute_config.yml")) == 0
 
 
 @pytest.mark.parametrize(

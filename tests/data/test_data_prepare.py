@@ -133,13 +133,11 @@ def test_report_counts_every_dropped_row(tiny_csv_output):
     ]
 
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
 @pytest.mark.parametrize("layout", ["parquet", "duckdb", "csv_upper_case", "csv_cdm53", "postgres_url"])
-def test_every_source_layout_gives_identical_output(spark, tmp_path, tiny_csv_output, layout):
-    if layout == "postgres_url":
-        source = write_postgres(POSTGRES, "data_prepare_test", tiny_omop())
+def test_every_source_layout_gives_identical_output(request, spark, tmp_path, tiny_csv_output, layout):
+    if layout == "postgres_url":  # the server from the postgres_url fixture (skipped, saying why, when down)
+        postgres_url = request.getfixturevalue("postgres_url")
+        source = write_postgres(postgres_url, "data_prepare_test", tiny_omop())
     elif layout == "parquet":
         source = write_parquet(tmp_path / "omop", tiny_omop())
     elif layout == "duckdb":
@@ -152,7 +150,7 @@ def test_every_source_layout_gives_identical_output(spark, tmp_path, tiny_csv_ou
         _run(spark, source, tmp_path / "out")
     finally:
         if layout == "postgres_url":
-            drop_postgres_schema(POSTGRES, "data_prepare_test")
+            drop_postgres_schema(postgres_url, "data_prepare_test")
     assert _rows(tmp_path / "out", "train") == _rows(tiny_csv_output, "train")
     assert _rows(tmp_path / "out", "test") == []
 
@@ -414,3 +412,18 @@ def test_bucket_root_as_output_folder_fails_with_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "error: --output_folder 's3a://bucket': expected a folder below a root or bucket\n"
     )
+
+
+def test_the_test_fraction_defaults_to_one_value_everywhere(capsys):
+    import inspect
+
+    from cehrgpt.data import DEFAULT_TEST_FRACTION
+    from cehrgpt.pipeline.local import LOCAL_DEFAULTS
+
+    assert DEFAULT_TEST_FRACTION == 0.2
+    assert inspect.signature(prepare).parameters["test_fraction"].default == DEFAULT_TEST_FRACTION
+    assert LOCAL_DEFAULTS["test_fraction"] == DEFAULT_TEST_FRACTION
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "share of persons held out as the test split (default: 0.2, as in the pipelines)" in help_text

@@ -10,7 +10,6 @@ from data_omop_fixtures import drop_postgres_schema, tiny_omop, write_postgres
 
 from cehrgpt.omop.source import OmopSourceError, resolve_omop_source
 
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"  # trusts any password, so one can be given
 PASSWORD = "S3cr3t-pw-4711"
 
 
@@ -29,12 +28,13 @@ def test_the_source_comes_from_the_secret_when_the_parameter_is_empty():
 
 @pytest.mark.parametrize("password_from", ["secret", "command_line"])
 def test_prepare_report_and_log_mask_the_password(
-    spark, tmp_path, monkeypatch, caplog, capsys, password_from
+    spark, tmp_path, monkeypatch, caplog, capsys, postgres_url, password_from
 ):
+    """Needs a server whose user ``postgres`` trusts any password (the local test server does)."""
     from cehrgpt.pipeline.steps import run_prepare_step, run_stage
 
     schema = f"prepare_secret_{password_from}"
-    url = write_postgres(POSTGRES, schema, tiny_omop())
+    url = write_postgres(postgres_url, schema, tiny_omop())
     out = tmp_path / "prepared"
     caplog.set_level(logging.DEBUG)
     try:
@@ -48,11 +48,10 @@ def test_prepare_report_and_log_mask_the_password(
             with_password = url.replace("postgres@", f"postgres:{PASSWORD}@")
             run_stage("prepare", main, ["--omop_source", with_password, "--output_folder", str(out)])
     finally:
-        drop_postgres_schema(POSTGRES, schema)
+        drop_postgres_schema(postgres_url, schema)
     report_text = (out / "prepare_report.json").read_text()
-    assert json.loads(report_text)["omop_source"] == (
-        f"postgresql+psycopg://postgres:***@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-    )
+    # with the local server: postgresql+psycopg://postgres:***@127.0.0.1:5432/test?options=-csearch_path%3D<schema>
+    assert json.loads(report_text)["omop_source"] == url.replace("postgres@", "postgres:***@")
     captured = capsys.readouterr()
     logged = caplog.text + captured.out + captured.err
     assert "prepare " in caplog.text  # run_stage's line is there, masked

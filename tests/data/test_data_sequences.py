@@ -7,14 +7,8 @@ from datetime import date
 import pytest
 
 from cehrgpt import grammar
-from cehrgpt.data.sequences import (
-    Visit,
-    age_in_years,
-    birth_date,
-    date_to_day,
-    patient_sequence,
-    visits_from_events,
-)
+from cehrgpt.data.sequences import Visit, birth_date, patient_sequence, visits_from_events
+from cehrgpt.dates import age_in_years, date_to_day
 
 
 def day(y: int, m: int, d: int) -> int:

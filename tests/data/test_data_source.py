@@ -68,10 +68,10 @@ def test_every_layout_reads_the_same_typed_rows(spark, tmp_path, layout):
     assert sorted(tuple(r) for r in df.collect()) == EXPECTED_VISITS
 
 
-def test_sqlalchemy_url_reads_a_postgres_table(spark):
+def test_sqlalchemy_url_reads_a_postgres_table(spark, postgres_url):
     import sqlalchemy as sa
 
-    base = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    base = postgres_url
     engine = sa.create_engine(base)
     with engine.begin() as connection:
         connection.execute(sa.text("drop schema if exists data_src_test cascade"))

@@ -9,16 +9,20 @@ from generation_fixtures import PATIENTS, tiny_model
 from transformers import LogitsProcessorList
 
 from cehrgpt import grammar
-from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor, minimum_context_window
+from cehrgpt.generation.constraints import (
+    GrammarConstrainedLogitsProcessor,
+    minimum_context_window,
+    reachable_close_costs,
+)
 from cehrgpt.generation.engine import ContinuousBatchDecoder
 from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
-from cehrgpt.grammar import TokenKind
-from cehrgpt.models.tokenizer import decode_ids, encode_sequence, token_kinds
+from cehrgpt.grammar import GrammarState, TokenKind
+from cehrgpt.models.tokenizer import decode_ids, encode_sequence, vocabulary_token_kinds
 
 
 def _allowed_tokens(tokenizer, prefix: list[str], context_window: int) -> set[str]:
     """The tokens the constraint lets through after ``prefix``."""
-    kinds = token_kinds(tokenizer)
+    kinds = vocabulary_token_kinds(tokenizer)
     processor = GrammarConstrainedLogitsProcessor(kinds, context_window)
     prompt = torch.tensor([encode_sequence(tokenizer, prefix[:4])])
     scores = torch.zeros(1, len(tokenizer))
@@ -31,11 +35,33 @@ def _allowed_tokens(tokenizer, prefix: list[str], context_window: int) -> set[st
 
 
 def _of_kind(tokenizer, *kinds: TokenKind) -> set[str]:
-    k = token_kinds(tokenizer)
+    k = vocabulary_token_kinds(tokenizer)
     return set(decode_ids(tokenizer, np.flatnonzero(np.isin(k, [int(x) for x in kinds])).tolist()))
 
 
 PROMPT = ["year:2001", "age:12", "8532", "8527"]
+
+
+def test_close_costs_with_every_kind_never_pass_through_death():
+    costs = reachable_close_costs(grammar.transition_tables().next_state, {int(k) for k in TokenKind})
+    assert costs[GrammarState.BETWEEN_VISITS] == 0
+    assert costs[GrammarState.OUTPATIENT] == 1
+    assert costs[GrammarState.INPATIENT] == 2  # discharge, [VE]
+    assert costs[GrammarState.INPATIENT_AFTER_GAP] == 3
+    assert costs[GrammarState.VISIT_OPENED] == 3  # visit type, concept, [VE] — not [DEATH] [VE]
+    assert costs[GrammarState.BEFORE_VISIT] == 4
+    assert costs[GrammarState.DEATH_OPENED] == 1
+    assert costs[GrammarState.PROMPT_YEAR] == 8
+
+
+def test_close_costs_follow_the_kinds_the_vocabulary_has():
+    every_kind = {int(k) for k in TokenKind}
+    next_state = grammar.transition_tables().next_state
+    no_outpatient = reachable_close_costs(next_state, every_kind - {int(TokenKind.VISIT_TYPE)})
+    assert no_outpatient[GrammarState.VISIT_OPENED] == 4  # inpatient type, concept, discharge, [VE]
+    no_discharge = reachable_close_costs(next_state, every_kind - {int(TokenKind.DISCHARGE)})
+    assert no_discharge[GrammarState.INPATIENT] == 1 << 30  # an inpatient visit can never close
+    assert no_discharge[GrammarState.VISIT_OPENED] == 3
 
 
 def test_after_prompt_only_a_visit_start(tokenizer):
@@ -90,7 +116,7 @@ def test_no_visit_opened_without_room_to_close_it_and_no_death_invented(tokenize
 
 
 def test_minimum_context_window(tokenizer):
-    assert minimum_context_window(token_kinds(tokenizer)) == 8
+    assert minimum_context_window(vocabulary_token_kinds(tokenizer)) == 8
 
 
 @pytest.mark.parametrize(
@@ -109,11 +135,11 @@ def test_processor_rejects_bad_inputs(kinds, window, message):
 
 def test_processor_rejects_too_small_window(tokenizer):
     with pytest.raises(ValueError, match=r"context_window 7 is too small .* expected at least 8"):
-        GrammarConstrainedLogitsProcessor(token_kinds(tokenizer), 7)
+        GrammarConstrainedLogitsProcessor(vocabulary_token_kinds(tokenizer), 7)
 
 
 def _generate(tokenizer, model, context_window, batch_size, count, seed, constrained=True, sampling=None):
-    kinds = token_kinds(tokenizer)
+    kinds = vocabulary_token_kinds(tokenizer)
     constraint = GrammarConstrainedLogitsProcessor(kinds, context_window) if constrained else None
     processors = build_logits_processors(sampling or SamplingConfig(), constraint, kinds)
     prompts = torch.tensor([encode_sequence(tokenizer, p) for p in (q.split()[:4] for q in PATIENTS)])
@@ -161,7 +187,7 @@ def test_without_constraint_a_random_model_breaks_the_grammar(tokenizer):
 
 def test_one_processor_serves_successive_generate_calls(tokenizer):
     model = tiny_model(len(tokenizer), n_positions=64, seed=5)
-    constraint = GrammarConstrainedLogitsProcessor(token_kinds(tokenizer), 20)
+    constraint = GrammarConstrainedLogitsProcessor(vocabulary_token_kinds(tokenizer), 20)
     prompts = torch.tensor([encode_sequence(tokenizer, p.split()[:4]) for p in PATIENTS])
     end, pad = tokenizer.convert_tokens_to_ids(grammar.END), tokenizer.convert_tokens_to_ids(grammar.PAD)
     torch.manual_seed(0)

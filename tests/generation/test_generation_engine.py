@@ -12,7 +12,7 @@ from cehrgpt import grammar
 from cehrgpt.generation import engine
 from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor
 from cehrgpt.generation.engine import ContinuousBatchDecoder, GenerationError
-from cehrgpt.models.tokenizer import encode_sequence, token_kinds
+from cehrgpt.models.tokenizer import encode_sequence, vocabulary_token_kinds
 
 
 class RecordScores(LogitsProcessor):
@@ -43,7 +43,7 @@ def test_spliced_rows_see_exactly_their_own_tokens(tokenizer, monkeypatch):
     monkeypatch.setattr(engine, "COMPACT_EVERY", 2)  # compact often, so that path is checked too
     model = tiny_model(len(tokenizer), n_positions=64, seed=7)
     recorder = RecordScores()
-    constraint = GrammarConstrainedLogitsProcessor(token_kinds(tokenizer), 20)
+    constraint = GrammarConstrainedLogitsProcessor(vocabulary_token_kinds(tokenizer), 20)
     decoder = _decoder(tokenizer, model, LogitsProcessorList([recorder, constraint]), 20, 3)
     recorder.decoder = decoder
     prompts, rng = _prompts(tokenizer), np.random.default_rng(0)
@@ -65,7 +65,7 @@ def test_spliced_rows_see_exactly_their_own_tokens(tokenizer, monkeypatch):
 
 def test_exact_count_and_every_sequence_ends_or_fills_the_window(tokenizer):
     model = tiny_model(len(tokenizer), n_positions=64, seed=1)
-    constraint = GrammarConstrainedLogitsProcessor(token_kinds(tokenizer), 16)
+    constraint = GrammarConstrainedLogitsProcessor(vocabulary_token_kinds(tokenizer), 16)
     decoder = _decoder(tokenizer, model, LogitsProcessorList([constraint]), 16, 4)
     prompts, rng = _prompts(tokenizer), np.random.default_rng(1)
     result = decoder.run(13, lambda k: prompts[rng.integers(0, 4, k)])
@@ -80,7 +80,7 @@ def test_same_seed_same_sequences_other_seed_other_sequences(tokenizer):
     model = tiny_model(len(tokenizer), n_positions=64, seed=2)
 
     def run(seed):
-        constraint = GrammarConstrainedLogitsProcessor(token_kinds(tokenizer), 24)
+        constraint = GrammarConstrainedLogitsProcessor(vocabulary_token_kinds(tokenizer), 24)
         decoder = _decoder(tokenizer, model, LogitsProcessorList([constraint]), 24, 5, seed=seed)
         prompts, rng = _prompts(tokenizer), np.random.default_rng(seed)
         return decoder.run(9, lambda k: prompts[rng.integers(0, 4, k)]).sequences
@@ -91,7 +91,7 @@ def test_same_seed_same_sequences_other_seed_other_sequences(tokenizer):
 
 def test_rejected_rows_are_retried_until_the_count_is_met(tokenizer):
     model = tiny_model(len(tokenizer), n_positions=64, seed=3)
-    constraint = GrammarConstrainedLogitsProcessor(token_kinds(tokenizer), 24)
+    constraint = GrammarConstrainedLogitsProcessor(vocabulary_token_kinds(tokenizer), 24)
     decoder = _decoder(tokenizer, model, LogitsProcessorList([constraint]), 24, 4)
     prompts, rng = _prompts(tokenizer), np.random.default_rng(3)
     seen = []

@@ -20,7 +20,7 @@ from cehrgpt.generation.sampling import (
     build_logits_processors,
 )
 from cehrgpt.grammar import TokenKind
-from cehrgpt.models.tokenizer import encode_sequence, token_kinds
+from cehrgpt.models.tokenizer import encode_sequence, vocabulary_token_kinds
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -28,7 +28,7 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def test_only_concepts_generated_after_the_prompt_are_penalised(tokenizer):
-    kinds = token_kinds(tokenizer)
+    kinds = vocabulary_token_kinds(tokenizer)
     penalty = ConceptRepetitionPenaltyLogitsProcessor(2.0, kinds)
     # row 0: left pad, prompt, then a visit repeating [VS] [VE] and a gap, with concepts 380378 and 201826
     row0 = _ids(tokenizer, "[PAD] [PAD] year:2001 age:12 8532 8527 [VS] 9202 380378 [VE] D7 [VS] 9202 201826")
@@ -55,7 +55,7 @@ def test_only_concepts_generated_after_the_prompt_are_penalised(tokenizer):
 
 
 def test_a_penalty_of_one_changes_nothing_and_a_vocabulary_wider_model_is_handled(tokenizer):
-    kinds = token_kinds(tokenizer)
+    kinds = vocabulary_token_kinds(tokenizer)
     history = torch.tensor([_ids(tokenizer, "year:2001 age:12 8532 8527 [VS] 9202 380378 [VE]")])
     scores = torch.randn(1, len(kinds) + 5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(ConceptRepetitionPenaltyLogitsProcessor(1.0, kinds)(history, scores.clone()), scores)
@@ -83,7 +83,7 @@ class _Record(LogitsProcessor):
 
 def test_the_engine_penalises_concept_logits_only(tokenizer):
     """A tiny model through the continuous-batching engine: scores before and after the penalty."""
-    kinds = token_kinds(tokenizer)
+    kinds = vocabulary_token_kinds(tokenizer)
     concept = torch.from_numpy(kinds == TokenKind.CONCEPT)
     before, after = _Record(), _Record()
     processors = LogitsProcessorList([before, ConceptRepetitionPenaltyLogitsProcessor(3.0, kinds), after])

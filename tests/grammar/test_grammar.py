@@ -92,16 +92,6 @@ def test_first_violation_names_position_and_reason(tokens, position, reason):
     assert g.first_violation(tokens) == (position, reason)
 
 
-def test_close_costs_never_pass_through_death():
-    assert g.close_cost(S.BETWEEN_VISITS) == 0
-    assert g.close_cost(S.OUTPATIENT) == 1
-    assert g.close_cost(S.INPATIENT) == 2  # discharge, [VE]
-    assert g.close_cost(S.INPATIENT_AFTER_GAP) == 3
-    assert g.close_cost(S.VISIT_OPENED) == 3  # visit type, concept, [VE] — not [DEATH] [VE]
-    assert g.close_cost(S.BEFORE_VISIT) == 4
-    assert g.close_cost(S.DEATH_OPENED) == 1
-
-
 def test_transition_tables_match_step():
     tables = g.transition_tables()
     assert tables.next_state.shape == (len(S), len(K))
@@ -109,5 +99,4 @@ def test_transition_tables_match_step():
         for kind in K:
             expected = g.step(state, kind)
             assert tables.next_state[state, kind] == (-1 if expected is None else expected)
-    assert tables.close_cost.dtype == np.int64
-    assert tables.close_cost[S.OUTPATIENT] == 1
+    assert tables.next_state.dtype == np.int64

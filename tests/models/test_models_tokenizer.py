@@ -19,7 +19,7 @@ from cehrgpt.models.tokenizer import (
     load_tokenizer,
     save_tokenizer,
     token_concept_ids,
-    token_kinds,
+    vocabulary_token_kinds,
 )
 
 # Three patients. 380378 is in all three, 4356 in two, 4021 and 8536 (a discharge) in one.
@@ -87,7 +87,7 @@ def test_rare_concepts_are_left_out_with_exact_counts():
 def test_kinds_and_concept_ids_exact_for_a_hand_made_vocabulary():
     tokenizer, _ = build_tokenizer(PATIENTS, min_concept_patients=2)
     vocab = tokenizer.get_vocab()
-    kinds = token_kinds(tokenizer)
+    kinds = vocabulary_token_kinds(tokenizer)
     concept_ids = token_concept_ids(tokenizer)
     expected = {
         "[PAD]": (K.PAD, -1),
@@ -135,7 +135,7 @@ def test_a_token_takes_its_most_frequent_kind_and_is_then_never_filtered():
     ]
     tokenizer, stats = build_tokenizer(patients, min_concept_patients=3)
     vocab = tokenizer.get_vocab()
-    kinds = token_kinds(tokenizer)
+    kinds = vocabulary_token_kinds(tokenizer)
     assert kinds[vocab["9201"]] == K.INPATIENT_VISIT_TYPE
     assert kinds[vocab["0"]] == K.DISCHARGE
     assert "4356" not in vocab
@@ -162,13 +162,15 @@ def test_saved_folder_loads_with_autotokenizer_and_keeps_metadata(tmp_path):
     assert plain.pad_token == "[PAD]" and plain.eos_token == "[END]"
 
     loaded = load_tokenizer(tmp_path)
-    np.testing.assert_array_equal(token_kinds(tmp_path), token_kinds(tokenizer))
+    np.testing.assert_array_equal(vocabulary_token_kinds(tmp_path), vocabulary_token_kinds(tokenizer))
     np.testing.assert_array_equal(token_concept_ids(loaded), token_concept_ids(tokenizer))
 
     # A plain save_pretrained of a loaded tokenizer still carries the metadata.
     again = tmp_path / "again"
     plain.save_pretrained(again)
-    np.testing.assert_array_equal(token_kinds(AutoTokenizer.from_pretrained(again)), token_kinds(tokenizer))
+    np.testing.assert_array_equal(
+        vocabulary_token_kinds(AutoTokenizer.from_pretrained(again)), vocabulary_token_kinds(tokenizer)
+    )
 
 
 def test_loading_a_folder_without_a_tokenizer_names_the_folder(tmp_path):

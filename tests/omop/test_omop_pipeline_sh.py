@@ -124,3 +124,61 @@ def test_real_run_with_the_seed_command_line(tmp_path):
     assert (report["input_patients"], report["patients_restored"]) == (2, 2)
     assert (out / "_SUCCESS").exists()
     assert "restored 2 of 2 patients" in result.stdout
+
+
+def _stub(path: Path, name: str, imports_cehrgpt: bool) -> Path:
+    """A stand-in python named ``name`` that can (or cannot) import cehrgpt and echoes its name and arguments."""
+    path.mkdir(parents=True, exist_ok=True)
+    stub = path / "python"
+    probe = "exit 0" if imports_cehrgpt else "exit 1"
+    stub.write_text(
+        f'#!/bin/sh\nif [ "$1" = "-c" ]; then {probe}; fi\n'
+        f"printf '%s\\n' {name}\n"
+        'for a in "$@"; do printf \'%s\\n\' "$a"; done\n'
+    )
+    stub.chmod(0o755)
+    return stub
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """A copy of the script in a stand-in repository checkout (its .venv is added per test)."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "omop_pipeline.sh").write_text(SCRIPT.read_text())
+    return repo
+
+
+@pytest.mark.parametrize(
+    "path_python_imports,has_venv,chosen",
+    [(True, True, "path-python"), (False, True, "venv-python"), (True, False, "path-python")],
+)
+def test_without_python_set_the_script_picks_an_interpreter_that_imports_cehrgpt(
+    tmp_path, checkout, path_python_imports, has_venv, chosen
+):
+    _stub(tmp_path / "bin", "path-python", path_python_imports)
+    if has_venv:
+        _stub(checkout / ".venv" / "bin", "venv-python", True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env["PATH"] = f"{tmp_path / 'bin'}:/usr/bin:/bin"
+    script = checkout / "scripts" / "omop_pipeline.sh"
+    args = ["--patient-sequence-folder=/in/gen sequences/", "--omop-folder=gs://bucket/omop"]
+    args += ["--source-omop-folder=/vocab", "--cpu-cores=10"]
+    result = subprocess.run(["dash", str(script), *args], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [chosen, *EXPECTED]
+
+
+def test_without_any_python_that_imports_cehrgpt_the_script_says_what_to_do(tmp_path, checkout):
+    _stub(tmp_path / "bin", "path-python", imports_cehrgpt=False)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env["PATH"] = f"{tmp_path / 'bin'}:/usr/bin:/bin"
+    script = checkout / "scripts" / "omop_pipeline.sh"
+    args = ["--patient-sequence-folder=p", "--omop-folder=o", "--source-omop-folder=v"]
+    result = subprocess.run(["sh", str(script), *args], capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: no python that can import cehrgpt: activate a venv that has it, "
+        "run 'make venv' in the repository, or set $PYTHON\n"
+    )
+    assert result.stdout == ""

@@ -164,6 +164,17 @@ def test_small_cell_suppression_is_a_training_parameter(fresh, name):
     assert params["min_concept_patients"]["defaultValue"] == DEFAULT_MIN_CONCEPT_PATIENTS == 10
     train = spec["root"]["dag"]["tasks"]["train-model"]["inputs"]["parameters"]
     assert train["min_concept_patients"] == {"componentInputParameter": "min_concept_patients"}
+
+
+@pytest.mark.parametrize("name", ["training", "end_to_end"])
+def test_the_test_fraction_default_is_the_command_lines(fresh, name):
+    from cehrgpt.data import DEFAULT_TEST_FRACTION
+
+    spec, _ = _load(fresh, name)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["test_fraction"]["defaultValue"] == DEFAULT_TEST_FRACTION == 0.2
+
+
 @pytest.mark.parametrize("name", ["synthetic_data", "end_to_end"])
 def test_spark_application_launchers_know_their_own_pod(fresh, name):
     _, platform = _load(fresh, name)

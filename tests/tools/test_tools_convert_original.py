@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 from cehrgpt.analysis.io import read_sequence_folder
 from cehrgpt.generation.engine import _cache_argument
 from cehrgpt.grammar import TokenKind
-from cehrgpt.models.tokenizer import load_tokenizer, token_kinds
+from cehrgpt.models.tokenizer import load_tokenizer, vocabulary_token_kinds
 from cehrgpt.tools import convert_original_model as convert
 
 TOLERANCE = 1e-4
@@ -115,7 +115,7 @@ def test_cli_writes_a_folder_loaded_like_a_native_model(tmp_path, capsys):
             assert torch.allclose(model(input_ids=seq[None]).logits[0], want, atol=TOLERANCE, rtol=0)
 
     vocab = tokenizer.get_vocab()
-    kinds = token_kinds(tokenizer)
+    kinds = vocabulary_token_kinds(tokenizer)
     roles = {token: TokenKind(kinds[vocab[token]]) for token in vocab}
     assert roles["8507"] == roles["8532"] == TokenKind.GENDER
     assert roles["8527"] == roles["8516"] == TokenKind.RACE

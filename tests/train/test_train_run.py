@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cehrgpt import grammar as g
-from cehrgpt.models.tokenizer import token_kinds
+from cehrgpt.models.tokenizer import vocabulary_token_kinds
 from cehrgpt.train import main, train
 from cehrgpt.train.data import IGNORE_INDEX, WindowDataset, collate_windows, encode_all, read_split
 
@@ -106,7 +106,7 @@ def test_output_folder_loads_with_auto_classes_and_reproduces_the_validation_los
     assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids(g.END) == 3
     assert model.generation_config.pad_token_id == tokenizer.convert_tokens_to_ids(g.PAD) == 0
     assert model.generation_config.bos_token_id in (None, 2)
-    assert token_kinds(out)[3] == g.TokenKind.END
+    assert vocabulary_token_kinds(out)[3] == g.TokenKind.END
     for name in (
         "config.json",
         "model.safetensors",

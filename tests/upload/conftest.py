@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
@@ -28,11 +27,9 @@ def restored_omop(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def postgres_schema():
+def postgres_schema(postgres_url):
     """A fresh PostgreSQL schema on the test server, dropped afterwards: (url, schema)."""
-    url = os.environ.get("CEHRGPT_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("CEHRGPT_TEST_POSTGRES_URL is not set (CI sets it to the local PostgreSQL server)")
+    url = postgres_url
     schema = f"t_{uuid.uuid4().hex[:12]}"
     engine = sa.create_engine(url)
     with engine.begin() as conn:
@@ -44,11 +41,9 @@ def postgres_schema():
 
 
 @pytest.fixture
-def mariadb_database():
+def mariadb_database(mariadb_url):
     """A fresh MariaDB database on the test server, dropped afterwards: (url, database)."""
-    url = os.environ.get("CEHRGPT_TEST_MARIADB_URL")
-    if not url:
-        pytest.skip("CEHRGPT_TEST_MARIADB_URL is not set (CI sets it to the local MariaDB server)")
+    url = mariadb_url
     database = f"t_{uuid.uuid4().hex[:12]}"
     engine = sa.create_engine(url)
     with engine.begin() as conn:

@@ -28,6 +28,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm
 
+from cehrgpt.data import DEFAULT_TEST_FRACTION
 from cehrgpt.data import events as ev
 from cehrgpt.data.events import DEFAULT_DOMAINS, EVENT_DOMAINS, SEQUENCE_COLUMNS
 from cehrgpt.omop.cdm import cdm_fields
@@ -92,7 +93,7 @@ def prepare(
     omop_source: str,
     output_folder: str,
     *,
-    test_fraction: float = 0.1,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     seed: int = 42,
     min_event_date: str | None = None,
     domains: Sequence[str] | str = DEFAULT_DOMAINS,
@@ -106,7 +107,8 @@ def prepare(
         omop_source: a folder of parquet/CSV tables, a DuckDB file or a SQLAlchemy URL.
         output_folder: where ``patient_sequence/``, ``omop_vocab/`` and ``prepare_report.json`` go
             (replaced as a whole when the run succeeds): a path or a Hadoop URI.
-        test_fraction: the share of persons put in ``test`` (unless ``patient_splits`` says otherwise).
+        test_fraction: the share of persons put in ``test`` (unless ``patient_splits`` says otherwise);
+            :data:`cehrgpt.data.DEFAULT_TEST_FRACTION` by default.
         seed: makes the train/test split reproducible.
         min_event_date: ``YYYY-MM-DD``; events before it are dropped and counted.
         domains: event domains to read (see :data:`cehrgpt.data.events.EVENT_DOMAINS`).
@@ -454,7 +456,12 @@ def _parser() -> argparse.ArgumentParser:
         "a URL without a password gets $CEHRGPT_OMOP_PASSWORD",
     )
     parser.add_argument("--output_folder", required=True)
-    parser.add_argument("--test_fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--test_fraction",
+        type=float,
+        default=DEFAULT_TEST_FRACTION,
+        help=f"share of persons held out as the test split (default: {DEFAULT_TEST_FRACTION}, as in the pipelines)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--min_event_date", default=None, help="YYYY-MM-DD; earlier events are dropped")
     parser.add_argument("--spark_master", default=None, help="default: spark-submit's master, else local[*]")

@@ -1,7 +1,7 @@
 """One patient's visits and events → one CEHR-GPT patient sequence (pure Python, no Spark).
 
 Every token is spelled by :mod:`cehrgpt.grammar`; this module only decides the
-order. Dates are whole days since 1970-01-01 ("epoch days") throughout.
+order. Dates are whole days since 1970-01-01 ("epoch days", :mod:`cehrgpt.dates`) throughout.
 
 Rules (also in docs/architecture.md):
 
@@ -27,28 +27,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
-from functools import lru_cache
 
 from cehrgpt import grammar
+from cehrgpt.dates import age_in_years, day_to_date
 
-EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 OUTSIDE_VISIT = "0"
 PROMPT_POSITION = -1
-
-
-@lru_cache(maxsize=65536)
-def day_to_date(day: int) -> date:
-    return date.fromordinal(EPOCH_ORDINAL + day)
-
-
-def date_to_day(value: date) -> int:
-    return value.toordinal() - EPOCH_ORDINAL
-
-
-def age_in_years(birth: date, day: int) -> int:
-    """Whole years between ``birth`` and epoch day ``day`` (the usual birthday rule)."""
-    on = day_to_date(day)
-    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
 
 
 def week_of(day: int) -> int:

@@ -23,8 +23,9 @@ _FORBIDDEN = 1 << 30
 def reachable_close_costs(next_state: np.ndarray, kinds_present: set[int]) -> np.ndarray:
     """Fewest tokens from each state to a closed state using only kinds the vocabulary has, never [DEATH].
 
-    Equal to ``grammar.transition_tables().close_cost`` when every kind is in the
-    vocabulary; larger (or unreachable) when a kind on the cheapest path is missing.
+    Larger than with a full vocabulary (or unreachable, ``1 << 30``) when a kind on the
+    cheapest path is missing. Never passing through [DEATH] is what keeps the decoder
+    from inventing a death just because the context window runs short.
     """
     usable = sorted(kinds_present - {int(TokenKind.DEATH)})
     cost = np.full(next_state.shape[0], _FORBIDDEN, dtype=np.int64)

@@ -213,7 +213,7 @@ def generate(settings: GenerationSettings) -> dict:
     import transformers
 
     from cehrgpt.models.loading import ModelFolderError, load_for_generation
-    from cehrgpt.models.tokenizer import token_kinds
+    from cehrgpt.models.tokenizer import vocabulary_token_kinds
 
     _check(settings)
     s = settings
@@ -232,7 +232,7 @@ def generate(settings: GenerationSettings) -> dict:
     tokens_by_id = [""] * len(vocab)
     for token, i in vocab.items():
         tokens_by_id[i] = token
-    kinds = token_kinds(tokenizer)
+    kinds = vocabulary_token_kinds(tokenizer)
     model = model.to(device).eval()  # type: ignore[arg-type]
     n_positions = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     context_window = s.context_window or n_positions

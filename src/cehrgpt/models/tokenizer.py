@@ -256,7 +256,7 @@ def _tokens_by_id(tokenizer: PreTrainedTokenizerBase) -> list[str | None]:
     return by_id
 
 
-def token_kinds(folder_or_tokenizer: str | os.PathLike | PreTrainedTokenizerBase) -> np.ndarray:
+def vocabulary_token_kinds(folder_or_tokenizer: str | os.PathLike | PreTrainedTokenizerBase) -> np.ndarray:
     """The :class:`TokenKind` value of every token id (int64, length = vocabulary size; unknown → OOV)."""
     tokenizer = _as_tokenizer(folder_or_tokenizer)
     entries = token_metadata(tokenizer)["tokens"]

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from cehrgpt.data import DEFAULT_TEST_FRACTION
 from cehrgpt.pipeline.compare import RunMetrics, collect_metrics, format_comparison
 from cehrgpt.pipeline.compile import load_pipeline
 from cehrgpt.pipeline.stores import LocalStore
@@ -28,7 +29,7 @@ PIPELINE_ROOT = "kfp_runs"
 
 #: Laptop-sized settings: a tiny model, CPU generation in two shards, local Spark, a DuckDB target.
 LOCAL_DEFAULTS: dict[str, Any] = {
-    "test_fraction": 0.2,
+    "test_fraction": DEFAULT_TEST_FRACTION,
     "preset": "tiny",
     "max_steps": 300,
     "num_of_patients": 256,

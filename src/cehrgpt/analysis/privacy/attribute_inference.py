@@ -23,6 +23,7 @@ Metrics: ``aia_{precision,recall,f1}_synthetic_train``, ``aia_{precision,recall,
 from __future__ import annotations
 
 import argparse
+import shlex
 
 import numpy as np
 import pandas as pd
@@ -70,15 +71,26 @@ def inference_scores(actual: sp.csr_matrix, guessed: sp.csr_matrix) -> tuple[flo
     return precision, recall, f1
 
 
-def check_config_concepts(space: FeatureSpace, config: dict[str, list[int]], source: str) -> None:
-    """Raise when the config names concepts that are not features (not in the data or the vocabulary)."""
+def check_config_concepts(
+    space: FeatureSpace, config: dict[str, list[int]], source: str, training_data_folder: str
+) -> None:
+    """Raise when the config names concepts that are not features (not in the data or the vocabulary).
+
+    The error names the command that derives a config from ``training_data_folder``: a config written
+    for another database (such as the shipped sample) rarely fits the user's own data.
+    """
     for key, concepts in config.items():
         unknown = space.unknown_concepts(concepts)
         if unknown:
             shown = ", ".join(map(str, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
+            derive = (
+                "python -m cehrgpt.analysis.privacy.config "
+                f"--training_data_folder {shlex.quote(str(training_data_folder))} --output attribute_config.yml"
+            )
             raise AnalysisError(
                 f"{source}: {key} names {len(unknown)} concept(s) unknown to the data and vocabulary "
-                f"({shown}); expected concept ids that occur in the patient sequences"
+                f"({shown}); expected concept ids that occur in the patient sequences; "
+                f"derive a config from this training data with `{derive}`"
             )
     overlap = sorted(set(config["common_attributes"]) & set(config["sensitive_attributes"]))
     if overlap:
@@ -163,7 +175,9 @@ def run_attribute_inference(
     """
     config = read_attribute_config(attribute_config)
     inputs = load_inputs(training_data_folder, synthetic_data_folder, evaluation_data_folder, tokenizer_path)
-    check_config_concepts(inputs.space, config, f"--attribute_config {attribute_config!r}")
+    check_config_concepts(
+        inputs.space, config, f"--attribute_config {attribute_config!r}", training_data_folder
+    )
     table, metrics = attribute_inference_analysis(
         inputs.training,
         inputs.synthetic,

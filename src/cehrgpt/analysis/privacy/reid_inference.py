@@ -196,7 +196,9 @@ def run_reid_inference(
     assert inputs.evaluation is not None
     if attribute_config:
         config = read_attribute_config(attribute_config)
-        check_config_concepts(inputs.space, config, f"--attribute_config {attribute_config!r}")
+        check_config_concepts(
+            inputs.space, config, f"--attribute_config {attribute_config!r}", training_data_folder
+        )
     else:
         config = default_attributes(inputs.training)
     table, metrics = reid_analysis(
