@@ -103,6 +103,10 @@ def test_membership_inference_reports_both_thresholds(folders):
     metrics = metrics_of(folders["out"])
     assert {"mia_f1_fixed_threshold", "mia_f1_median_threshold", "mia_f1_above_chance"} <= set(metrics)
     assert metrics["mia_fixed_threshold"] == 5.0
+    assert 0.0 <= metrics["mia_auc"] <= 1.0
+    curve = json.loads((folders["out"] / "roc_curve.json").read_text())
+    assert sorted(curve) == ["fpr", "threshold", "tpr"]
+    assert curve["fpr"][0] == 0.0 and curve["fpr"][-1] == 1.0 and curve["tpr"][-1] == 1.0
 
 
 def test_nearest_neighbor_inference_uses_the_seed_flags(folders):
@@ -144,9 +148,9 @@ def test_more_samples_than_exist_uses_all_and_says_so(folders, capsys):
     err = capsys.readouterr().err
     assert (
         "member_inference: --num_of_samples 100 exceeds the patients available "
-        "(training 8, evaluation 6, synthetic 5); using 5"
+        "(training 8, evaluation 6); using 6"
     ) in err
-    assert metrics_of(folders["out"])["mia_num_of_samples"] == 5
+    assert metrics_of(folders["out"])["mia_num_of_samples"] == 6
 
 
 def test_token_metadata_sets_the_feature_vocabulary(folders, tmp_path, capsys):

@@ -12,7 +12,12 @@ from cehrgpt.analysis.features import FeatureSpace, parse_patients
 from cehrgpt.analysis.io import AnalysisError
 from cehrgpt.analysis.privacy.attribute_inference import attribute_inference_analysis, inference_scores
 from cehrgpt.analysis.privacy.config import derive_attribute_config
-from cehrgpt.analysis.privacy.member_inference import chance_f1, classification_scores
+from cehrgpt.analysis.privacy.member_inference import (
+    chance_f1,
+    classification_scores,
+    membership_inference_analysis,
+    roc_metrics,
+)
 from cehrgpt.analysis.privacy.nearest_neighbor_inference import adversarial_accuracy, nnaa_analysis
 from cehrgpt.analysis.privacy.reid_inference import reid_analysis
 
@@ -55,6 +60,37 @@ def test_nnaa_of_an_exact_copy_is_all_ties():
     assert metrics["nnaa_tie_rate_train"] == 0.0
     assert metrics["nnaa_tie_rate_test"] == 1.0
     assert metrics["nnaa_num_of_samples"] == 2
+
+
+def test_roc_metrics_by_hand():
+    # members at distances 0, 0, 3; non-members at 1, 3, 5. Member-vs-non-member pairs: the two 0s beat
+    # all three (6), the 3 loses to 1, ties 3 (½), beats 5 (1): AUC = 7.5 / 9. ROC points (fpr, tpr):
+    # (0, 0), (0, ⅔) at d ≤ 0, (⅓, ⅔) at d ≤ 1, (⅔, 1) at d ≤ 3, (1, 1) at d ≤ 5.
+    metrics, curve = roc_metrics(np.array([1, 1, 1, 0, 0, 0]), np.array([0.0, 0.0, 3.0, 1.0, 3.0, 5.0]))
+    assert metrics["mia_auc"] == pytest.approx(7.5 / 9)
+    assert metrics["mia_tpr_at_fpr_0.01"] == pytest.approx(2 / 3)
+    assert metrics["mia_tpr_at_fpr_0.1"] == pytest.approx(2 / 3)
+    assert metrics["mia_advantage"] == pytest.approx(2 / 3)
+    assert curve["threshold"] == [-1.0, 0.0, 1.0, 3.0, 5.0]
+    assert curve["fpr"] == pytest.approx([0, 0, 1 / 3, 2 / 3, 1])
+    assert curve["tpr"] == pytest.approx([0, 2 / 3, 2 / 3, 1, 1])
+
+
+def test_membership_inference_looks_at_the_whole_synthetic_set():
+    # the release is the whole training set (20) while only 5 records per class are sampled: every member
+    # finds its twin (distance 0) and no non-member does, whatever synthetic patients a sample would miss
+    train = patients(*[patient_tokens(30 + i, [100 + i]) for i in range(20)])
+    held_out = patients(*[patient_tokens(30 + i, [200 + i]) for i in range(20)])
+    space = FeatureSpace.fit([train, held_out])
+    table, metrics, curve = membership_inference_analysis(
+        train, held_out, train, space, n_iterations=3, num_of_samples=5, seed=2
+    )
+    assert len(table) == 6
+    assert metrics["mia_auc"] == 1.0
+    assert metrics["mia_tpr_at_fpr_0.01"] == 1.0
+    assert metrics["mia_advantage"] == 1.0
+    assert metrics["mia_recall_median_threshold"] == pytest.approx(1.0)
+    assert curve["tpr"][1] == 1.0 and curve["fpr"][1] == 0.0
 
 
 def test_classification_scores_and_chance():
