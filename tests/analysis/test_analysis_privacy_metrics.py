@@ -116,6 +116,31 @@ def test_inference_scores_are_micro_averaged():
     assert f1 == pytest.approx(4 / 7)
 
 
+def test_attribute_inference_held_out_control_and_lift():
+    # common [101], sensitive [201, 202]; the release is the training set itself, so every look-alike is
+    # the patient (F1 1). Held-out control: t1 (30, M, 101) looks like h1 (31, M, 101) and guesses its
+    # {202} (wrong); t2 (50, F) looks like h2 (49, F) and guesses {201} (wrong): F1 0. Lift = 1 − 0.
+    train = patients(patient_tokens(30, [101, 201]), patient_tokens(50, [202], gender=8532))
+    held_out = patients(patient_tokens(31, [101, 202]), patient_tokens(49, [201], gender=8532))
+    space = FeatureSpace.fit([train, held_out])
+    table, metrics = attribute_inference_analysis(
+        train, train, space, [101], [201, 202], num_of_samples=2, seed=0, evaluation=held_out
+    )
+    assert table.columns.tolist()[-3:] == [
+        "Precision Holdout Train",
+        "Recall Holdout Train",
+        "F1 Holdout Train",
+    ]
+    assert metrics["aia_f1_synthetic_train"] == 1.0
+    assert metrics["aia_f1_holdout_train"] == 0.0
+    assert metrics["aia_f1_lift_over_holdout"] == 1.0
+    # the held-out patients as the release: the same attack as the control, no lift
+    _, metrics = attribute_inference_analysis(
+        train, held_out, space, [101], [201, 202], num_of_samples=2, seed=0, evaluation=held_out
+    )
+    assert metrics["aia_f1_lift_over_holdout"] == 0.0
+
+
 def test_attribute_inference_from_look_alikes():
     # common [101], sensitive [201, 202]
     # t1 (30, M, 101, 201) looks like s1 (30, M, 101, 201, 202): guesses {201, 202}, 1 correct
