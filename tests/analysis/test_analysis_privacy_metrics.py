@@ -159,9 +159,18 @@ def test_attribute_inference_from_look_alikes():
     assert metrics["aia_num_of_samples"] == 2
 
 
-REID_TRAIN = [patient_tokens(31, [101, 201]), patient_tokens(35, [201])]
-REID_EVAL = [patient_tokens(31, [202])]
-REID_SYNTHETIC = [patient_tokens(31, [101, 201])]
+# El Emam et al.'s example, by hand. Training (the population, n = N = 4), all ages in the 30s band:
+#   t1 (31, M, 101, 201)   t2 (31, M, 101, 202)   t3 (35, M, 201)   t4 (35, F, 202)
+# synthetic: s1 = t1, s2 (35, F, 301). Common (QI) concept 101, sensitive 201 and 202; λ′ = 0.615.
+# A held-out patient identical to t1 is not part of the population and changes nothing.
+REID_TRAIN = [
+    patient_tokens(31, [101, 201]),
+    patient_tokens(31, [101, 202]),
+    patient_tokens(35, [201]),
+    patient_tokens(35, [202], gender=8532),
+]
+REID_EVAL = [patient_tokens(31, [101, 201])]
+REID_SYNTHETIC = [patient_tokens(31, [101, 201]), patient_tokens(35, [301], gender=8532)]
 
 
 def reid(fraction: float):
@@ -172,28 +181,31 @@ def reid(fraction: float):
     )
 
 
-def test_reid_risk_over_every_generalisation():
-    # n = 2 training, N = 3 population, λ′ = 0.615; t1 (31, 101, 201), t2 (35, 201), e1 (31, 202), s1 = t1.
-    # "00" age band, 101 dropped: one class {t1, t2, e1, s1}; f = 2, F = 3; t1 and t2 share 201 with s1:
-    #      A = (1/3)(½ + ½)·0.615 = 0.205, B = (½)(⅓ + ⅓)·0.615 = 0.205
-    # "01" band, 101 kept: {t1, s1} and {t2, e1}; only t1 matched, f = F = 1:
-    #      A = (1/3)·0.615 = 0.205, B = (½)·0.615 = 0.3075
-    # "10" exact age, 101 dropped: {t1, e1, s1} and {t2}; t1 matched, f = 1, F = 2: A 0.205, B 0.15375
-    # "11" exact age, 101 kept: {t1, s1}, {e1}, {t2}: as "01"
-    table, metrics = reid(fraction=0.0)
+def test_reid_risk_per_el_emam_by_hand():
+    # "11" exact age, 101 kept: classes {t1, t2} (31 M 101), {t3}, {t4}. s1 falls in t1's class and shares
+    #      201 with t1 (I R = 1), not with t2 (202); s2 falls in t4's class and shares nothing.
+    #      Σ I R / f = ½ -> risk = 0.615 · ½ / 4 = 0.076875
+    # "10" exact age, 101 dropped: {t1, t2} (31 M), {t3} (35 M), {t4}: the same, 0.076875
+    # "01" age band, 101 kept: {t1, t2} (30s M 101), {t3} (30s M), {t4}: the same, 0.076875
+    # "00" age band, 101 dropped: {t1, t2, t3} (30s M), {t4}: s1 shares 201 with t1 and t3:
+    #      Σ = ⅓ + ⅓ -> risk = 0.615 · ⅔ / 4 = 0.1025, the riskiest
+    table, metrics = reid(fraction=0.001)
     assert table["Config"].tolist() == ["00", "01", "10", "11"]
-    assert table["A_term"].tolist() == pytest.approx([0.205, 0.205, 0.205, 0.205])
-    assert table["B_term"].tolist() == pytest.approx([0.205, 0.3075, 0.15375, 0.3075])
+    assert table["Risk"].tolist() == pytest.approx([0.1025, 0.076875, 0.076875, 0.076875])
+    assert table["A_term"].tolist() == table["B_term"].tolist()  # N = n, F_s = f_s
     assert table["Matched"].tolist() == [2, 1, 1, 1]
-    assert metrics["reid_risk"] == pytest.approx(0.3075)
-    assert metrics["reid_sensitive_match_threshold"] == 0
+    assert metrics["reid_risk"] == pytest.approx(0.1025)
+    assert metrics["reid_sensitive_match_threshold"] == 1  # at least one sensitive concept, always
+    assert metrics["reid_num_population_patients"] == 4
     assert metrics["reid_num_generalizations"] == 4
 
 
-def test_reid_threshold_is_relative_to_the_sensitive_concepts():
-    # fraction ½ of 2 sensitive concepts: learning something new needs more than 1 shared; none does
-    table, metrics = reid(fraction=0.5)
-    assert metrics["reid_sensitive_match_threshold"] == 1
+def test_reid_needs_a_shared_sensitive_concept():
+    # fraction 0 still needs one shared sensitive concept: the same risks as above
+    assert reid(fraction=0.0)[1]["reid_risk"] == pytest.approx(0.1025)
+    # fraction ¾ of 2 sensitive concepts: both needed (⌈1.5⌉); no look-alike shares both
+    table, metrics = reid(fraction=0.75)
+    assert metrics["reid_sensitive_match_threshold"] == 2
     assert metrics["reid_risk"] == 0.0
     assert table["Matched"].tolist() == [0, 0, 0, 0]
 

@@ -5,12 +5,30 @@ threshold (a metric's maximum), writes ``gate.json`` and exits non-zero with
 one line per breached threshold. A metric a threshold needs but no file holds
 is an error too: a gate that cannot see a risk must not pass it.
 
-Default thresholds (override with flags, or a yml mapping ``metric: max``
-where ``null`` switches a threshold off; flags win over the yml)::
+Default thresholds (override with ``--max_<metric>`` flags, or a yml mapping
+``metric: max`` where ``null`` switches a threshold off; flags win over the yml)::
 
-    reid_risk            0.09   re-identification risk (El Emam's common acceptance threshold)
-    nnaa_privacy_loss    0.05   NNAA privacy loss (AA_test − AA_train)
-    mia_f1_above_chance  0.1    membership-inference F1 above a coin with the same positive rate
+    memorization_copy_excess                 0.02  verbatim training patients beyond chance, as a share of
+                                                   the release (a 10% copy leak reads ≈ 0.1)
+    memorization_dcr_closer_to_train_share   0.6   share of the release nearer training than held-out
+                                                   records, at equal set sizes (0.5 = no memorisation)
+    mia_auc                                  0.6   membership-inference ROC AUC (0.5 = chance)
+    mia_f1_above_chance                      0.1   membership-inference F1 above a coin with the same rate
+    nnaa_privacy_loss                        0.05  NNAA privacy loss (AA_test − AA_train)
+    aia_f1_lift_over_holdout                 0.1   attribute-inference F1 beyond the held-out control
+    reid_risk                                0.09  re-identification risk (El Emam's common acceptance level)
+    utility_auroc_gap_mean                   off   TRTR − TSTR AUROC (set it to refuse useless data)
+
+Why these: the memorisation and membership metrics are all ≈ their chance value
+(0, 0.5, 0.5, 0, 0) for a release of unseen real patients, and rise with
+memorisation — a release that is 10% verbatim training patients breaches the
+copy excess (≈ 0.1), the training set itself breaches the copy excess, the
+DCR share, ``mia_auc``, ``mia_f1_above_chance`` and the NNAA loss at once. The
+margins above chance (0.02 of copies, 0.1 of AUC or share) leave room for the
+noise of a few hundred patients, so a release from a model that learned the
+population but not its patients passes. With fewer than ~100 held-out patients
+``mia_auc`` is noisy (its standard error is ≈ 0.03–0.06): read it with the copy
+excess. Each threshold is also a pipeline parameter (``max_<metric>``).
 """
 
 from __future__ import annotations
@@ -28,10 +46,15 @@ import yaml
 from cehrgpt.analysis.io import METRICS_FILE, AnalysisError
 
 GATE_FILE = "gate.json"
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "reid_risk": 0.09,
-    "nnaa_privacy_loss": 0.05,
+DEFAULT_THRESHOLDS: dict[str, float | None] = {
+    "memorization_copy_excess": 0.02,
+    "memorization_dcr_closer_to_train_share": 0.6,
+    "mia_auc": 0.6,
     "mia_f1_above_chance": 0.1,
+    "nnaa_privacy_loss": 0.05,
+    "aia_f1_lift_over_holdout": 0.1,
+    "reid_risk": 0.09,
+    "utility_auroc_gap_mean": None,
 }
 
 
@@ -138,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", nargs="+", required=True, help="analysis output folders or metrics.json")
     parser.add_argument("--thresholds", help="yml mapping metric: max (null switches one off)")
     for name, default in DEFAULT_THRESHOLDS.items():
-        parser.add_argument(f"--max_{name}", type=float, help=f"maximum {name} (default {default})")
+        shown = "off" if default is None else default
+        parser.add_argument(f"--max_{name}", type=float, help=f"maximum {name} (default {shown})")
     parser.add_argument(
         "--output_folder", help=f"where {GATE_FILE} goes (default: the folder holding all the --metrics)"
     )
