@@ -109,6 +109,23 @@ def test_membership_inference_reports_both_thresholds(folders):
     assert curve["fpr"][0] == 0.0 and curve["fpr"][-1] == 1.0 and curve["tpr"][-1] == 1.0
 
 
+def test_the_roc_curve_file_logs_on_a_kfp_classification_metrics_artifact(tmp_path):
+    from kfp.dsl import ClassificationMetrics
+
+    curve = {"fpr": [0.0, 0.0, 0.5, 1.0], "tpr": [0.0, 0.5, 1.0, 1.0], "threshold": [-1.0, 0.0, 2.0, 4.0]}
+    path = tmp_path / "roc_curve.json"
+    path.write_text(json.dumps(curve))
+    artifact = ClassificationMetrics(name="roc", uri=str(tmp_path / "roc"), metadata={})
+    assert member_inference.log_roc_curve_file(str(path), artifact, max_points=3) == 3
+    points = artifact.metadata["confidenceMetrics"]
+    # thinned evenly, first and last kept: points 0, 1 (of 1.5) and 3
+    assert [(p["falsePositiveRate"], p["recall"], p["confidenceThreshold"]) for p in points] == [
+        (0.0, 0.0, -1.0),
+        (0.0, 0.5, 0.0),
+        (1.0, 1.0, 4.0),
+    ]
+
+
 def test_nearest_neighbor_inference_uses_the_seed_flags(folders):
     argv = two_set_argv(folders, output_flag="metrics_folder")
     assert nearest_neighbor_inference.main(argv) == 0

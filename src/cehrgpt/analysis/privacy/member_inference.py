@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,6 +119,22 @@ def roc_metrics(labels: np.ndarray, distances: np.ndarray) -> tuple[dict[str, fl
     distance_thresholds = np.where(np.isfinite(thresholds), -thresholds, -1.0)  # the first point: nobody
     curve = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": distance_thresholds.tolist()}
     return metrics, curve
+
+
+def log_roc_curve_file(path: str, classification_metrics, max_points: int = 500) -> int:
+    """Log ``roc_curve.json`` on a Kubeflow ``ClassificationMetrics`` artifact; returns the points logged.
+
+    A curve over many records is thinned to ``max_points`` evenly spaced points (first and last kept)
+    so the UI stays responsive; the file keeps every point.
+    """
+    curve = json.loads(Path(path).read_text())
+    keep = np.unique(np.linspace(0, len(curve["fpr"]) - 1, min(max_points, len(curve["fpr"]))).astype(int))
+    classification_metrics.log_roc_curve(
+        [curve["fpr"][i] for i in keep],
+        [curve["tpr"][i] for i in keep],
+        [curve["threshold"][i] for i in keep],
+    )
+    return len(keep)
 
 
 def membership_inference_analysis(
