@@ -361,7 +361,7 @@ def privacy_gate(
         max_mia_f1_above_chance: Highest acceptable membership-inference F1 above chance.
         max_mia_auc: Highest acceptable membership-inference ROC AUC.
         max_memorization_copy_excess: Highest acceptable share of verbatim training copies beyond chance.
-        max_memorization_dcr_closer_to_train_share: Highest acceptable DCR closer-to-training share.
+        max_memorization_dcr_closer_to_train_share: Highest acceptable DCR closer-to-training share (1.0: no limit).
         max_aia_f1_lift_over_holdout: Highest acceptable attribute-inference F1 lift over held-out.
         max_utility_auroc_gap_mean: Highest acceptable TRTR − TSTR AUROC gap (1.0: no limit).
         verdict: gate.json, each threshold and the value it was checked against.

@@ -28,7 +28,7 @@ from components.omop import restore_omop_tables, upload_omop_tables
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Model
 
-from cehrgpt.analysis.gate import DEFAULT_THRESHOLDS
+from cehrgpt.analysis.gate import pipeline_default
 from cehrgpt.pipeline.images import SPARK_IMAGE
 from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET
 from pipelines.training import DEFAULT_GPU_TOLERATIONS, GPU_RESOURCE
@@ -39,8 +39,6 @@ MAX_PARALLEL_GENERATION_PODS = 8
 #: Secret keys → environment of the upload task (see manifests/base/database-secret.yaml).
 DATABASE_SECRET_KEYS = {"url": "CEHRGPT_DB_URL", "password": "CEHRGPT_DB_PASSWORD"}
 ATTRIBUTE_CONFIG_IN_IMAGE = "/opt/cehrgpt/analysis/privacy/attribute_inference_config.yml"
-#: The utility gap threshold's pipeline default: an AUROC gap never exceeds 1, so this is no limit.
-NO_UTILITY_LIMIT = 1.0
 
 
 def _resources(task, cpu: str, memory: str, cpu_limit: str | None = None, memory_limit: str | None = None):
@@ -256,13 +254,13 @@ def synthetic_data(
     max_reid_risk: float = 0.09,
     max_nnaa_privacy_loss: float = 0.05,
     max_mia_f1_above_chance: float = 0.1,
-    max_mia_auc: float = DEFAULT_THRESHOLDS["mia_auc"],
-    max_memorization_copy_excess: float = DEFAULT_THRESHOLDS["memorization_copy_excess"],
-    max_memorization_dcr_closer_to_train_share: float = DEFAULT_THRESHOLDS[
+    max_mia_auc: float = pipeline_default("mia_auc"),
+    max_memorization_copy_excess: float = pipeline_default("memorization_copy_excess"),
+    max_memorization_dcr_closer_to_train_share: float = pipeline_default(
         "memorization_dcr_closer_to_train_share"
-    ],
-    max_aia_f1_lift_over_holdout: float = DEFAULT_THRESHOLDS["aia_f1_lift_over_holdout"],
-    max_utility_auroc_gap_mean: float = NO_UTILITY_LIMIT,
+    ),
+    max_aia_f1_lift_over_holdout: float = pipeline_default("aia_f1_lift_over_holdout"),
+    max_utility_auroc_gap_mean: float = pipeline_default("utility_auroc_gap_mean"),
     utility_num_tasks: int = 10,
     upload: bool = False,
     upload_target: str = "",
@@ -312,7 +310,7 @@ def synthetic_data(
         max_mia_auc: Gate: highest acceptable membership-inference ROC AUC (0.5 = chance).
         max_memorization_copy_excess: Gate: highest acceptable share of verbatim training copies beyond chance.
         max_memorization_dcr_closer_to_train_share: Gate: highest acceptable share of synthetic patients
-            nearer a training than a held-out record, at equal set sizes (0.5 = no memorisation).
+            nearer a training than a held-out record, at equal set sizes (0.5 = no memorisation; 1.0: no limit).
         max_aia_f1_lift_over_holdout: Gate: highest acceptable attribute-inference F1 beyond the held-out control.
         max_utility_auroc_gap_mean: Gate: highest acceptable TRTR − TSTR AUROC gap (1.0: no limit).
         utility_num_tasks: Prediction tasks of the utility analysis.

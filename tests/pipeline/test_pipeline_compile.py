@@ -109,14 +109,14 @@ def test_privacy_and_fidelity_tasks_emit_metrics_and_feed_the_gate(fresh):
 
 @pytest.mark.parametrize("name", ["synthetic_data", "end_to_end"])
 def test_every_gate_threshold_is_a_pipeline_parameter_with_the_gate_default(fresh, name):
-    from cehrgpt.analysis.gate import DEFAULT_THRESHOLDS
+    from cehrgpt.analysis.gate import DEFAULT_THRESHOLDS, NO_LIMIT
 
     spec, _ = _load(fresh, name)
     params = spec["root"]["inputDefinitions"]["parameters"]
     gate_inputs = spec["root"]["dag"]["tasks"]["privacy-gate"]["inputs"]["parameters"]
     for metric, maximum in DEFAULT_THRESHOLDS.items():
         flag = f"max_{metric}"
-        assert params[flag]["defaultValue"] == (1.0 if maximum is None else maximum), flag
+        assert params[flag]["defaultValue"] == (NO_LIMIT if maximum is None else maximum), flag
         assert gate_inputs[flag] == {"componentInputParameter": flag}
     assert params["utility_num_tasks"]["defaultValue"] == 10
 
