@@ -158,17 +158,25 @@ def membership_inference_analysis(
     )
     rng = np.random.default_rng(seed)
     rows = []
+    samples = [
+        (sample_indices(rng, len(training), n), sample_indices(rng, len(evaluation), n))
+        for _ in range(n_iterations)
+    ]
+    # A record's distance to the whole synthetic set does not depend on the sample it is drawn in:
+    # each distinct sampled record is measured once, however many iterations draw it.
     s = space.encode(synthetic)
+    distance_of = []
+    for patients, column in ((training, 0), (evaluation, 1)):
+        drawn = np.unique(np.concatenate([pair[column] for pair in samples]))
+        found = nearest_neighbours(space.encode(patients.take(drawn)), s, chunk_size=chunk_size)
+        lookup = np.zeros(len(patients), dtype=np.float64)
+        lookup[drawn] = found.a_to_b_distance
+        distance_of.append(lookup)
     pooled_labels, pooled_distances = [], []
-    for iteration in tqdm(range(1, n_iterations + 1), desc="membership inference", unit="iteration"):
-        members = space.encode(training.take(sample_indices(rng, len(training), n)))
-        non_members = space.encode(evaluation.take(sample_indices(rng, len(evaluation), n)))
-        distances = np.concatenate(
-            [
-                nearest_neighbours(members, s, chunk_size=chunk_size).a_to_b_distance,
-                nearest_neighbours(non_members, s, chunk_size=chunk_size).a_to_b_distance,
-            ]
-        )
+    for iteration, (member_rows, non_member_rows) in enumerate(
+        tqdm(samples, desc="membership inference", unit="iteration"), start=1
+    ):
+        distances = np.concatenate([distance_of[0][member_rows], distance_of[1][non_member_rows]])
         labels = np.concatenate([np.ones(n, dtype=bool), np.zeros(n, dtype=bool)])
         pooled_labels.append(labels)
         pooled_distances.append(distances)
