@@ -10,11 +10,15 @@ Measured, on this machine:
 1. the nearest-neighbour kernel against a naive baseline (Python loop over
    pairs of dense vectors) at a small n, median of ``--repeats`` runs: the ratio;
 2. attribute inference, membership inference and NNAA with ``--num_of_samples``
-   (10,000) × ``--n_iterations`` (10), and re-identification over ``--num_of_samples``
-   training + as many held-out patients (targets: ≤ 120 s each, ≤ 300 s for re-id);
+   (10,000) × ``--n_iterations`` (10), the last two against the whole synthetic set
+   (10,000), re-identification over ``--num_of_samples`` training patients, and
+   memorisation of the whole synthetic set against training and held-out
+   (targets: memorisation and membership inference ≤ 60 s, the others ≤ 120 s,
+   re-identification ≤ 300 s); ``--only`` picks some of them;
 3. sequence parsing (patients per second), which every command pays once per set.
 
-Usage: ``python bench/bench_privacy.py [--num_of_samples 10000] [--n_iterations 10] [--baseline_n 600]``.
+Usage: ``python bench/bench_privacy.py [--num_of_samples 10000] [--n_iterations 10] [--baseline_n 600]
+[--only memorization member_inference]``.
 Writes ``bench/out/bench_privacy.json``.
 """
 
@@ -35,6 +39,7 @@ from cehrgpt import grammar
 from cehrgpt.analysis.features import FeatureSpace, nearest_neighbours, parse_patients
 from cehrgpt.analysis.privacy.attribute_inference import attribute_inference_analysis
 from cehrgpt.analysis.privacy.member_inference import membership_inference_analysis
+from cehrgpt.analysis.privacy.memorization import memorization_analysis
 from cehrgpt.analysis.privacy.nearest_neighbor_inference import nnaa_analysis
 from cehrgpt.analysis.privacy.reid_inference import default_attributes, reid_analysis
 
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="bench/out/bench_privacy.json")
+    parser.add_argument("--only", nargs="+", help="analyses to time (default: all)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     n = args.num_of_samples
@@ -168,17 +174,31 @@ def main(argv: list[str] | None = None) -> int:
         "reid_inference": lambda: reid_analysis(
             training, evaluation, synthetic, space, common, config["sensitive_attributes"]
         ),
+        "memorization": lambda: memorization_analysis(
+            training,
+            evaluation,
+            synthetic,
+            space,
+            *(
+                frames[name]["concept_ids"].iloc[patients.source_rows].reset_index(drop=True)
+                for name, patients in sets.items()
+            ),
+            seed=args.seed,
+        ),
     }
+    unknown = set(args.only or []) - set(analyses)
+    if unknown:
+        parser.error(f"--only {sorted(unknown)}: expected some of {sorted(analyses)}")
+    analyses = {name: run for name, run in analyses.items() if not args.only or name in args.only}
     results["load_average_before"] = os.getloadavg()[0]
     for name, run in analyses.items():
         seconds, cpu = timed(run, 1)
         results[f"{name}_seconds"] = seconds
         results[f"{name}_cpu_seconds"] = cpu
-        scope = (
-            f"{n} training + {n} held-out"
-            if name == "reid_inference"
-            else f"{n} samples x {args.n_iterations}"
-        )
+        scope = {
+            "reid_inference": f"{n} training patients",
+            "memorization": f"{n} synthetic vs {n} training + {n} held-out",
+        }.get(name, f"{n} samples x {args.n_iterations}")
         print(f"{name}: {seconds:.1f}s wall, {cpu:.1f}s CPU ({scope})")
     results["load_average_after"] = os.getloadavg()[0]
     loads = f"{results['load_average_before']:.1f} / {results['load_average_after']:.1f}"

@@ -1,7 +1,7 @@
 """Privacy analyses, fidelity report and the release gate."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from cehrgpt.pipeline.images import CPU_IMAGE
 
@@ -29,11 +29,12 @@ def attribute_inference(
         num_of_samples: Patients sampled per repetition.
         seed: Sampling seed.
         results: The analysis' tables and metrics.json.
-        metrics: Precision, recall and F1, synthetic-train vs train-train.
+        metrics: Precision, recall and F1, synthetic-train vs train-train and the held-out control's lift.
     """
     from cehrgpt.analysis.privacy.attribute_inference import main
     from cehrgpt.pipeline.steps import (
         GENERATED_SEQUENCES,
+        HELD_OUT_SEQUENCES,
         TRAIN_SEQUENCES,
         flags,
         log_metrics_json,
@@ -42,6 +43,7 @@ def attribute_inference(
 
     argv = flags(
         training_data_folder=f"{prepared.path}/{TRAIN_SEQUENCES}",
+        evaluation_data_folder=f"{prepared.path}/{HELD_OUT_SEQUENCES}",
         output_folder=results.path,
         synthetic_data_folder=f"{sequences.path}/{GENERATED_SEQUENCES}",
         tokenizer_path=model.path,
@@ -64,6 +66,7 @@ def member_inference(
     seed: int,
     results: Output[Dataset],
     metrics: Output[Metrics],
+    roc: Output[ClassificationMetrics],
 ):
     """Membership inference: are training patients closer to the synthetic set than held-out ones?
 
@@ -75,9 +78,10 @@ def member_inference(
         num_of_samples: Patients sampled per repetition.
         seed: Sampling seed.
         results: The analysis' tables and metrics.json.
-        metrics: Accuracy, precision, recall and F1 of the attack.
+        metrics: Accuracy, precision, recall, F1, ROC AUC and TPR at low FPR of the attack.
+        roc: The attack's ROC curve (distance to the nearest synthetic patient as the score).
     """
-    from cehrgpt.analysis.privacy.member_inference import main
+    from cehrgpt.analysis.privacy.member_inference import ROC_FILE, log_roc_curve_file, main
     from cehrgpt.pipeline.steps import (
         GENERATED_SEQUENCES,
         HELD_OUT_SEQUENCES,
@@ -99,6 +103,7 @@ def member_inference(
     )
     run_stage("member_inference", main, argv)
     log_metrics_json(f"{results.path}/metrics.json", metrics)
+    log_roc_curve_file(f"{results.path}/{ROC_FILE}", roc)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -236,15 +241,109 @@ def fidelity_report(
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def memorization(
+    prepared: Input[Dataset],
+    sequences: Input[Dataset],
+    model: Input[Model],
+    seed: int,
+    results: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Memorisation: synthetic patients that copy a training patient, and distances to closest records.
+
+    Args:
+        prepared: Output of prepare (training and held-out sequences).
+        sequences: The gathered generated sequences (the whole set is analysed).
+        model: The model folder (its tokenizer's concepts are the features).
+        seed: Seed of the training partition and samples.
+        results: metrics.json, memorized_patients.parquet, memorized_person_ids.csv, dcr.parquet.
+        metrics: Copy shares, copy excess, DCR closer-to-training share and 5th percentiles.
+    """
+    from cehrgpt.analysis.privacy.memorization import main
+    from cehrgpt.pipeline.steps import (
+        GENERATED_SEQUENCES,
+        HELD_OUT_SEQUENCES,
+        TRAIN_SEQUENCES,
+        flags,
+        log_metrics_json,
+        run_stage,
+    )
+
+    argv = flags(
+        training_data_folder=f"{prepared.path}/{TRAIN_SEQUENCES}",
+        evaluation_data_folder=f"{prepared.path}/{HELD_OUT_SEQUENCES}",
+        synthetic_data_folder=f"{sequences.path}/{GENERATED_SEQUENCES}",
+        output_folder=results.path,
+        tokenizer_path=model.path,
+        seed=seed,
+    )
+    run_stage("memorization", main, argv)
+    log_metrics_json(f"{results.path}/metrics.json", metrics)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def utility(
+    prepared: Input[Dataset],
+    sequences: Input[Dataset],
+    seed: int,
+    num_tasks: int,
+    results: Output[Dataset],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+):
+    """Utility: models trained on synthetic patients against models trained on real ones, tested on held-out.
+
+    Args:
+        prepared: Output of prepare (training and held-out sequences).
+        sequences: The gathered generated sequences.
+        seed: Seed of the tasks' models.
+        num_tasks: Prediction tasks drawn from the data.
+        results: metrics.json and report.html.
+        metrics: TSTR and TRTR AUROC means and their gap.
+        report: The HTML report, shown in the Kubeflow UI.
+    """
+    import shutil
+
+    from cehrgpt.analysis.utility import main
+    from cehrgpt.pipeline.steps import (
+        GENERATED_SEQUENCES,
+        HELD_OUT_SEQUENCES,
+        TRAIN_SEQUENCES,
+        flags,
+        log_metrics_json,
+        run_stage,
+    )
+
+    argv = flags(
+        training_data_folder=f"{prepared.path}/{TRAIN_SEQUENCES}",
+        evaluation_data_folder=f"{prepared.path}/{HELD_OUT_SEQUENCES}",
+        synthetic_data_folder=f"{sequences.path}/{GENERATED_SEQUENCES}",
+        output_folder=results.path,
+        seed=seed,
+        num_tasks=num_tasks,
+    )
+    run_stage("utility", main, argv)
+    log_metrics_json(f"{results.path}/metrics.json", metrics)
+    shutil.copyfile(f"{results.path}/report.html", report.path)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def privacy_gate(
     attribute_inference: Input[Dataset],
     member_inference: Input[Dataset],
     nearest_neighbor_inference: Input[Dataset],
     reid_inference: Input[Dataset],
     fidelity: Input[Dataset],
+    memorization: Input[Dataset],
+    utility: Input[Dataset],
     max_reid_risk: float,
     max_nnaa_privacy_loss: float,
     max_mia_f1_above_chance: float,
+    max_mia_auc: float,
+    max_memorization_copy_excess: float,
+    max_memorization_dcr_closer_to_train_share: float,
+    max_aia_f1_lift_over_holdout: float,
+    max_utility_auroc_gap_mean: float,
     verdict: Output[Dataset],
 ):
     """Fail the run when a privacy threshold is breached, so nothing risky is published.
@@ -255,19 +354,39 @@ def privacy_gate(
         nearest_neighbor_inference: Its results.
         reid_inference: Its results.
         fidelity: Its results.
+        memorization: Its results.
+        utility: Its results.
         max_reid_risk: Highest acceptable re-identification risk.
         max_nnaa_privacy_loss: Highest acceptable NNAA privacy loss.
         max_mia_f1_above_chance: Highest acceptable membership-inference F1 above chance.
+        max_mia_auc: Highest acceptable membership-inference ROC AUC.
+        max_memorization_copy_excess: Highest acceptable share of verbatim training copies beyond chance.
+        max_memorization_dcr_closer_to_train_share: Highest acceptable DCR closer-to-training share (1.0: no limit).
+        max_aia_f1_lift_over_holdout: Highest acceptable attribute-inference F1 lift over held-out.
+        max_utility_auroc_gap_mean: Highest acceptable TRTR − TSTR AUROC gap (1.0: no limit).
         verdict: gate.json, each threshold and the value it was checked against.
     """
     from cehrgpt.analysis.gate import main
     from cehrgpt.pipeline.steps import flags, run_stage
 
-    folders = [attribute_inference, member_inference, nearest_neighbor_inference, reid_inference, fidelity]
+    folders = [
+        attribute_inference,
+        member_inference,
+        nearest_neighbor_inference,
+        reid_inference,
+        fidelity,
+        memorization,
+        utility,
+    ]
     thresholds = flags(
         max_reid_risk=max_reid_risk,
         max_nnaa_privacy_loss=max_nnaa_privacy_loss,
         max_mia_f1_above_chance=max_mia_f1_above_chance,
+        max_mia_auc=max_mia_auc,
+        max_memorization_copy_excess=max_memorization_copy_excess,
+        max_memorization_dcr_closer_to_train_share=max_memorization_dcr_closer_to_train_share,
+        max_aia_f1_lift_over_holdout=max_aia_f1_lift_over_holdout,
+        max_utility_auroc_gap_mean=max_utility_auroc_gap_mean,
         output_folder=verdict.path,
     )
     argv = ["--metrics", *(folder.path for folder in folders), *thresholds]

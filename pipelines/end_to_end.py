@@ -7,10 +7,15 @@ Generation flags keep the seed's names; the training ones are prefixed ``train_`
 
 from kfp import dsl
 
+from cehrgpt.analysis.gate import pipeline_default
 from cehrgpt.data import DEFAULT_TEST_FRACTION
 from cehrgpt.pipeline.images import SPARK_IMAGE
 from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET
-from pipelines.synthetic_data import ATTRIBUTE_CONFIG_IN_IMAGE, DEFAULT_GPU_TOLERATIONS, add_synthesis_steps
+from pipelines.synthetic_data import (
+    ATTRIBUTE_CONFIG_IN_IMAGE,
+    DEFAULT_GPU_TOLERATIONS,
+    add_synthesis_steps,
+)
 from pipelines.training import add_training_steps, spark_application_settings
 
 PIPELINE_NAME = "cehrgpt-end-to-end"
@@ -63,6 +68,14 @@ def end_to_end(
     max_reid_risk: float = 0.09,
     max_nnaa_privacy_loss: float = 0.05,
     max_mia_f1_above_chance: float = 0.1,
+    max_mia_auc: float = pipeline_default("mia_auc"),
+    max_memorization_copy_excess: float = pipeline_default("memorization_copy_excess"),
+    max_memorization_dcr_closer_to_train_share: float = pipeline_default(
+        "memorization_dcr_closer_to_train_share"
+    ),
+    max_aia_f1_lift_over_holdout: float = pipeline_default("aia_f1_lift_over_holdout"),
+    max_utility_auroc_gap_mean: float = pipeline_default("utility_auroc_gap_mean"),
+    utility_num_tasks: int = 10,
     upload: bool = False,
     upload_target: str = "",
     upload_schema: str = "",
@@ -119,6 +132,13 @@ def end_to_end(
         max_reid_risk: Gate: highest acceptable re-identification risk.
         max_nnaa_privacy_loss: Gate: highest acceptable NNAA privacy loss.
         max_mia_f1_above_chance: Gate: highest acceptable membership-inference F1 above chance.
+        max_mia_auc: Gate: highest acceptable membership-inference ROC AUC (0.5 = chance).
+        max_memorization_copy_excess: Gate: highest acceptable share of verbatim training copies beyond chance.
+        max_memorization_dcr_closer_to_train_share: Gate: highest acceptable share of synthetic patients
+            nearer a training than a held-out record, at equal set sizes (0.5 = no memorisation; 1.0: no limit).
+        max_aia_f1_lift_over_holdout: Gate: highest acceptable attribute-inference F1 beyond the held-out control.
+        max_utility_auroc_gap_mean: Gate: highest acceptable TRTR − TSTR AUROC gap (1.0: no limit).
+        utility_num_tasks: Prediction tasks of the utility analysis.
         upload: Upload the restored tables when the gate passes.
         upload_target: SQLAlchemy URL without password; empty to use the Secret's url.
         upload_schema: Target schema.
@@ -191,6 +211,12 @@ def end_to_end(
         max_reid_risk=max_reid_risk,
         max_nnaa_privacy_loss=max_nnaa_privacy_loss,
         max_mia_f1_above_chance=max_mia_f1_above_chance,
+        max_mia_auc=max_mia_auc,
+        max_memorization_copy_excess=max_memorization_copy_excess,
+        max_memorization_dcr_closer_to_train_share=max_memorization_dcr_closer_to_train_share,
+        max_aia_f1_lift_over_holdout=max_aia_f1_lift_over_holdout,
+        max_utility_auroc_gap_mean=max_utility_auroc_gap_mean,
+        utility_num_tasks=utility_num_tasks,
         upload=upload,
         upload_target=upload_target,
         upload_schema=upload_schema,

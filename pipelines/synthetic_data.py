@@ -4,8 +4,9 @@ Steps:
     1. import the model and the prepared data (sequences + vocabulary) by URI;
     2. plan shards, then one generation pod per shard, each on one GPU (``dsl.ParallelFor``);
     3. gather the shards into one Dataset;
-    4. in parallel: restore OMOP (SparkApplication or local Spark), the four privacy analyses, fidelity;
-    5. the privacy gate over every analysis;
+    4. in parallel: restore OMOP (SparkApplication or local Spark), the four privacy analyses,
+       memorisation, fidelity and utility;
+    5. the privacy gate over every analysis (memorisation and utility metrics included);
     6. only when the gate passed and ``upload`` is on: upload the restored tables, credentials from a Secret.
 
 The gate comes before the upload on purpose: a breached threshold must stop
@@ -16,15 +17,18 @@ from components.analysis import (
     attribute_inference,
     fidelity_report,
     member_inference,
+    memorization,
     nearest_neighbor_inference,
     privacy_gate,
     reid_inference,
+    utility,
 )
 from components.generation import gather_generated_shards, generate_sequences, plan_generation_shards
 from components.omop import restore_omop_tables, upload_omop_tables
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Model
 
+from cehrgpt.analysis.gate import pipeline_default
 from cehrgpt.pipeline.images import SPARK_IMAGE
 from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET
 from pipelines.training import DEFAULT_GPU_TOLERATIONS, GPU_RESOURCE, expose_pod_identity
@@ -84,6 +88,12 @@ def add_synthesis_steps(
     max_reid_risk,
     max_nnaa_privacy_loss,
     max_mia_f1_above_chance,
+    max_mia_auc,
+    max_memorization_copy_excess,
+    max_memorization_dcr_closer_to_train_share,
+    max_aia_f1_lift_over_holdout,
+    max_utility_auroc_gap_mean,
+    utility_num_tasks,
     upload,
     upload_target,
     upload_schema,
@@ -166,7 +176,11 @@ def add_synthesis_steps(
     reid.set_display_name("4. privacy: re-identification risk")
     fidelity = fidelity_report(prepared=prepared, sequences=sequences, seed=seed)
     fidelity.set_display_name("4. fidelity report")
-    for analysis in (aia, mia, nnaa, reid, fidelity):
+    memorized = memorization(prepared=prepared, sequences=sequences, model=model, seed=seed)
+    memorized.set_display_name("4. privacy: memorisation")
+    useful = utility(prepared=prepared, sequences=sequences, seed=seed, num_tasks=utility_num_tasks)
+    useful.set_display_name("4. utility (train on synthetic, test on real)")
+    for analysis in (aia, mia, nnaa, reid, fidelity, memorized, useful):
         analysis.set_caching_options(True)
         _resources(analysis, "2", "8Gi", "4", "16Gi")
 
@@ -177,9 +191,16 @@ def add_synthesis_steps(
         nearest_neighbor_inference=nnaa.outputs["results"],
         reid_inference=reid.outputs["results"],
         fidelity=fidelity.outputs["results"],
+        memorization=memorized.outputs["results"],
+        utility=useful.outputs["results"],
         max_reid_risk=max_reid_risk,
         max_nnaa_privacy_loss=max_nnaa_privacy_loss,
         max_mia_f1_above_chance=max_mia_f1_above_chance,
+        max_mia_auc=max_mia_auc,
+        max_memorization_copy_excess=max_memorization_copy_excess,
+        max_memorization_dcr_closer_to_train_share=max_memorization_dcr_closer_to_train_share,
+        max_aia_f1_lift_over_holdout=max_aia_f1_lift_over_holdout,
+        max_utility_auroc_gap_mean=max_utility_auroc_gap_mean,
     )
     gate.set_display_name("5. privacy gate").set_caching_options(False)
     _resources(gate, "100m", "256Mi", "1", "1Gi")
@@ -234,6 +255,14 @@ def synthetic_data(
     max_reid_risk: float = 0.09,
     max_nnaa_privacy_loss: float = 0.05,
     max_mia_f1_above_chance: float = 0.1,
+    max_mia_auc: float = pipeline_default("mia_auc"),
+    max_memorization_copy_excess: float = pipeline_default("memorization_copy_excess"),
+    max_memorization_dcr_closer_to_train_share: float = pipeline_default(
+        "memorization_dcr_closer_to_train_share"
+    ),
+    max_aia_f1_lift_over_holdout: float = pipeline_default("aia_f1_lift_over_holdout"),
+    max_utility_auroc_gap_mean: float = pipeline_default("utility_auroc_gap_mean"),
+    utility_num_tasks: int = 10,
     upload: bool = False,
     upload_target: str = "",
     upload_schema: str = "",
@@ -279,6 +308,13 @@ def synthetic_data(
         max_reid_risk: Gate: highest acceptable re-identification risk.
         max_nnaa_privacy_loss: Gate: highest acceptable NNAA privacy loss.
         max_mia_f1_above_chance: Gate: highest acceptable membership-inference F1 above chance.
+        max_mia_auc: Gate: highest acceptable membership-inference ROC AUC (0.5 = chance).
+        max_memorization_copy_excess: Gate: highest acceptable share of verbatim training copies beyond chance.
+        max_memorization_dcr_closer_to_train_share: Gate: highest acceptable share of synthetic patients
+            nearer a training than a held-out record, at equal set sizes (0.5 = no memorisation; 1.0: no limit).
+        max_aia_f1_lift_over_holdout: Gate: highest acceptable attribute-inference F1 beyond the held-out control.
+        max_utility_auroc_gap_mean: Gate: highest acceptable TRTR − TSTR AUROC gap (1.0: no limit).
+        utility_num_tasks: Prediction tasks of the utility analysis.
         upload: Upload the restored tables when the gate passes.
         upload_target: SQLAlchemy URL without password; empty to use the Secret's url.
         upload_schema: Target schema.
@@ -326,6 +362,12 @@ def synthetic_data(
         max_reid_risk=max_reid_risk,
         max_nnaa_privacy_loss=max_nnaa_privacy_loss,
         max_mia_f1_above_chance=max_mia_f1_above_chance,
+        max_mia_auc=max_mia_auc,
+        max_memorization_copy_excess=max_memorization_copy_excess,
+        max_memorization_dcr_closer_to_train_share=max_memorization_dcr_closer_to_train_share,
+        max_aia_f1_lift_over_holdout=max_aia_f1_lift_over_holdout,
+        max_utility_auroc_gap_mean=max_utility_auroc_gap_mean,
+        utility_num_tasks=utility_num_tasks,
         upload=upload,
         upload_target=upload_target,
         upload_schema=upload_schema,

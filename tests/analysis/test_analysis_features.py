@@ -11,6 +11,7 @@ from analysis_sequences import patient_tokens
 from cehrgpt.analysis.features import (
     FeatureMatrix,
     FeatureSpace,
+    nearest_distance_and_ties,
     nearest_neighbours,
     nearest_other,
     parse_patients,
@@ -118,6 +119,21 @@ def test_ties_go_to_the_lowest_index_and_duplicates_are_distance_zero():
     result = nearest_neighbours(query, matrix([[0, 0], [1, 1]], None), chunk_size=1)
     assert result.a_to_b_index.tolist() == [0]  # both at distance 1
     assert nearest_other(reference).a_to_b_distance.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 512])
+def test_nearest_distance_and_ties_counts_every_equally_near_row(chunk_size):
+    # query [1, 0] against [0, 0] (1), [1, 1] (1), [1, 0] (0), [1, 0] (0): nearest 0, two rows that near
+    # query [0, 1] against the same: [0, 0] (1), [1, 1] (1), [1, 0] (2), [1, 0] (2): nearest 1, two rows
+    query = matrix([[1, 0], [0, 1]], None)
+    reference = matrix([[0, 0], [1, 1], [1, 0], [1, 0]], None)
+    distance, ties = nearest_distance_and_ties(query, reference, chunk_size=chunk_size)
+    assert distance.tolist() == [0.0, 1.0]
+    assert ties.tolist() == [2, 2]
+    # with ages: the distances of nearest_neighbours, one row at each minimum
+    distance, ties = nearest_distance_and_ties(A, B, chunk_size=chunk_size)
+    assert distance.tolist() == nearest_neighbours(A, B).a_to_b_distance.tolist()
+    assert ties.tolist() == [1, 1]
 
 
 def test_sample_indices_are_seeded_and_capped():

@@ -9,7 +9,17 @@ import pytest
 
 from cehrgpt.analysis import gate
 
-SAFE = {"reid_risk": 0.02, "nnaa_privacy_loss": 0.01, "mia_f1_above_chance": 0.03, "nnaa_num_of_samples": 100}
+SAFE = {
+    "memorization_copy_excess": 0.0,
+    "memorization_dcr_closer_to_train_share": 0.51,
+    "mia_auc": 0.52,
+    "mia_f1_above_chance": 0.03,
+    "nnaa_privacy_loss": 0.01,
+    "aia_f1_lift_over_holdout": -0.02,
+    "reid_risk": 0.02,
+    "nnaa_num_of_samples": 100,
+}
+CHECKED = [name for name, maximum in gate.DEFAULT_THRESHOLDS.items() if maximum is not None]
 
 
 def metrics_folder(root: Path, name: str, metrics: dict) -> Path:
@@ -24,14 +34,10 @@ def test_passing_prints_ok_and_writes_gate_json(tmp_path, capsys):
     other = metrics_folder(tmp_path, "nnaa", {k: v for k, v in SAFE.items() if k != "reid_risk"})
     assert gate.main(["--metrics", str(reid), str(other / "metrics.json")]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert out == ["OK: 3 privacy threshold(s) met (reid_risk, nnaa_privacy_loss, mia_f1_above_chance)"]
+    assert out == [f"OK: 6 privacy threshold(s) met ({', '.join(CHECKED)})"]
     report = json.loads((tmp_path / "gate.json").read_text())  # the folder holding both inputs
     assert report["passed"] is True
-    assert [c["metric"] for c in report["checks"]] == [
-        "reid_risk",
-        "nnaa_privacy_loss",
-        "mia_f1_above_chance",
-    ]
+    assert [c["metric"] for c in report["checks"]] == CHECKED
 
 
 def test_each_breach_is_one_line_and_exits_non_zero(tmp_path, capsys):
@@ -39,8 +45,8 @@ def test_each_breach_is_one_line_and_exits_non_zero(tmp_path, capsys):
     assert gate.main(["--metrics", str(folder), "--output_folder", str(tmp_path / "g")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "BREACH reid_risk = 0.2500 > threshold 0.09",
         "BREACH mia_f1_above_chance = 0.4000 > threshold 0.1",
+        "BREACH reid_risk = 0.2500 > threshold 0.09",
     ]
     assert json.loads((tmp_path / "g" / "gate.json").read_text())["passed"] is False
 
@@ -63,9 +69,17 @@ def test_a_missing_metric_is_an_error(tmp_path, capsys):
     folder = metrics_folder(tmp_path, "reid", {"reid_risk": 0.01})
     assert gate.main(["--metrics", str(folder)]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: metric 'nnaa_privacy_loss' needed by a threshold is missing or not a number (None); "
+        "error: metric 'memorization_copy_excess' needed by a threshold is missing or not a number (None); "
         "expected it in one of the --metrics files"
     )
+
+
+def test_the_utility_threshold_is_off_by_default_and_a_flag_switches_it_on(tmp_path, capsys):
+    folder = metrics_folder(tmp_path, "all", {**SAFE, "utility_auroc_gap_mean": 0.3})
+    assert gate.main(["--metrics", str(folder)]) == 0
+    capsys.readouterr()
+    assert gate.main(["--metrics", str(folder), "--max_utility_auroc_gap_mean", "0.1"]) == 1
+    assert capsys.readouterr().err.strip() == "BREACH utility_auroc_gap_mean = 0.3000 > threshold 0.1"
 
 
 @pytest.mark.parametrize(

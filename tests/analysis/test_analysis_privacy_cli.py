@@ -104,6 +104,27 @@ def test_membership_inference_reports_both_thresholds(folders):
     metrics = metrics_of(folders["out"])
     assert {"mia_f1_fixed_threshold", "mia_f1_median_threshold", "mia_f1_above_chance"} <= set(metrics)
     assert metrics["mia_fixed_threshold"] == 5.0
+    assert 0.0 <= metrics["mia_auc"] <= 1.0
+    curve = json.loads((folders["out"] / "roc_curve.json").read_text())
+    assert sorted(curve) == ["fpr", "threshold", "tpr"]
+    assert curve["fpr"][0] == 0.0 and curve["fpr"][-1] == 1.0 and curve["tpr"][-1] == 1.0
+
+
+def test_the_roc_curve_file_logs_on_a_kfp_classification_metrics_artifact(tmp_path):
+    from kfp.dsl import ClassificationMetrics
+
+    curve = {"fpr": [0.0, 0.0, 0.5, 1.0], "tpr": [0.0, 0.5, 1.0, 1.0], "threshold": [-1.0, 0.0, 2.0, 4.0]}
+    path = tmp_path / "roc_curve.json"
+    path.write_text(json.dumps(curve))
+    artifact = ClassificationMetrics(name="roc", uri=str(tmp_path / "roc"), metadata={})
+    assert member_inference.log_roc_curve_file(str(path), artifact, max_points=3) == 3
+    points = artifact.metadata["confidenceMetrics"]
+    # thinned evenly, first and last kept: points 0, 1 (of 1.5) and 3
+    assert [(p["falsePositiveRate"], p["recall"], p["confidenceThreshold"]) for p in points] == [
+        (0.0, 0.0, -1.0),
+        (0.0, 0.5, 0.0),
+        (1.0, 1.0, 4.0),
+    ]
 
 
 def test_nearest_neighbor_inference_uses_the_seed_flags(folders):
@@ -122,7 +143,7 @@ def test_reid_inference_writes_every_generalisation(folders):
     assert {"A_term", "B_term"} <= set(table.columns)
     metrics = metrics_of(folders["out"])
     assert metrics["reid_num_common_attributes"] == 2
-    assert metrics["reid_num_population_patients"] == 14
+    assert metrics["reid_num_population_patients"] == 8  # the training set
 
 
 @pytest.mark.parametrize(
@@ -145,9 +166,9 @@ def test_more_samples_than_exist_uses_all_and_says_so(folders, capsys):
     err = capsys.readouterr().err
     assert (
         "member_inference: --num_of_samples 100 exceeds the patients available "
-        "(training 8, evaluation 6, synthetic 5); using 5"
+        "(training 8, evaluation 6); using 6"
     ) in err
-    assert metrics_of(folders["out"])["mia_num_of_samples"] == 5
+    assert metrics_of(folders["out"])["mia_num_of_samples"] == 6
 
 
 def test_token_metadata_sets_the_feature_vocabulary(folders, tmp_path, capsys):

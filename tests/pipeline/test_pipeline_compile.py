@@ -12,7 +12,13 @@ from cehrgpt.pipeline.compile import PIPELINES, compile_pipelines, strip_volatil
 
 REPO = Path(__file__).resolve().parents[2]
 COMPILED = REPO / "pipelines" / "compiled"
-PRIVACY_TASKS = ["attribute-inference", "member-inference", "nearest-neighbor-inference", "reid-inference"]
+PRIVACY_TASKS = [
+    "attribute-inference",
+    "member-inference",
+    "nearest-neighbor-inference",
+    "reid-inference",
+    "memorization",
+]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +93,7 @@ def test_training_requests_one_gpu(fresh, name):
 def test_privacy_and_fidelity_tasks_emit_metrics_and_feed_the_gate(fresh):
     spec, _ = _load(fresh, "synthetic_data")
     tasks = spec["root"]["dag"]["tasks"]
-    for task in [*PRIVACY_TASKS, "fidelity-report"]:
+    for task in [*PRIVACY_TASKS, "fidelity-report", "utility"]:
         outputs = spec["components"][f"comp-{task}"]["outputDefinitions"]["artifacts"]
         assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics", task
         assert task in tasks["privacy-gate"]["dependentTasks"]
@@ -95,6 +101,24 @@ def test_privacy_and_fidelity_tasks_emit_metrics_and_feed_the_gate(fresh):
         assert "restore-omop-tables" not in tasks[task]["dependentTasks"]  # they run beside the restore
     fidelity_outputs = spec["components"]["comp-fidelity-report"]["outputDefinitions"]["artifacts"]
     assert fidelity_outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    utility_outputs = spec["components"]["comp-utility"]["outputDefinitions"]["artifacts"]
+    assert utility_outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    mia_outputs = spec["components"]["comp-member-inference"]["outputDefinitions"]["artifacts"]
+    assert mia_outputs["roc"]["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
+
+
+@pytest.mark.parametrize("name", ["synthetic_data", "end_to_end"])
+def test_every_gate_threshold_is_a_pipeline_parameter_with_the_gate_default(fresh, name):
+    from cehrgpt.analysis.gate import DEFAULT_THRESHOLDS, NO_LIMIT
+
+    spec, _ = _load(fresh, name)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    gate_inputs = spec["root"]["dag"]["tasks"]["privacy-gate"]["inputs"]["parameters"]
+    for metric, maximum in DEFAULT_THRESHOLDS.items():
+        flag = f"max_{metric}"
+        assert params[flag]["defaultValue"] == (NO_LIMIT if maximum is None else maximum), flag
+        assert gate_inputs[flag] == {"componentInputParameter": flag}
+    assert params["utility_num_tasks"]["defaultValue"] == 10
 
 
 def test_upload_is_optional_after_the_gate_with_the_secret_as_env(fresh):

@@ -47,6 +47,7 @@ class PatientSet:
     concept_values: np.ndarray  # int64
     excluded: int = 0  # rows of the source that were not whole, valid patients
     exclusion_reasons: dict[str, int] = field(default_factory=dict)
+    source_rows: np.ndarray | None = None  # int64: each patient's row in the parsed frame (None after take)
 
     def __len__(self) -> int:
         return len(self.person_ids)
@@ -113,6 +114,7 @@ def parse_patients(frame: pd.DataFrame, check_grammar: bool) -> PatientSet:
     lengths: list[int] = []
     values: list[int] = []
     reasons: Counter[str] = Counter()
+    kept_rows: list[int] = []
     valid_flags = frame["is_valid"].tolist() if "is_valid" in frame.columns else None
     for row, (person_id, tokens) in enumerate(
         zip(frame["person_id"].tolist(), frame["concept_ids"], strict=True)
@@ -137,6 +139,7 @@ def parse_patients(frame: pd.DataFrame, check_grammar: bool) -> PatientSet:
         concepts.discard(0)
         concepts.discard(None)
         person_ids.append(int(person_id))
+        kept_rows.append(row)
         ages.append(age)
         genders.append(grammar.concept_id_of(tokens[2]) or 0)
         races.append(grammar.concept_id_of(tokens[3]) or 0)
@@ -153,6 +156,7 @@ def parse_patients(frame: pd.DataFrame, check_grammar: bool) -> PatientSet:
         concept_values=np.asarray(values, dtype=np.int64),
         excluded=sum(reasons.values()),
         exclusion_reasons=dict(reasons),
+        source_rows=np.asarray(kept_rows, dtype=np.int64),
     )
 
 
@@ -324,6 +328,7 @@ class _Setup:
     a_norms_block: np.ndarray  # in the block dtype
     b_norms_block: np.ndarray
     scale: float
+    tie_tolerance: float  # block values within this of a row's minimum tie with it
 
 
 def _setup(a: FeatureMatrix, b: FeatureMatrix) -> _Setup:
@@ -342,6 +347,7 @@ def _setup(a: FeatureMatrix, b: FeatureMatrix) -> _Setup:
     whole_numbers = scale != 1.0 or a_age is None
     dtype = np.float32 if whole_numbers and float(a_norms.max() + b_norms.max()) < 2**24 else np.float64
     return _Setup(
+        tie_tolerance=0.5 if whole_numbers else 1e-9,
         products=_Products(a.binary, b.binary, dtype, b_weight=scale, extra_a=a_age, extra_b=b_age),
         a_norms=a_norms,
         b_norms=b_norms,
@@ -427,6 +433,28 @@ def _scan_self(a: FeatureMatrix, *, chunk_size: int) -> NearestNeighbours:
         columns = np.arange(n - start)
         offer(start + columns, block[col_best, columns].astype(np.float64), col_best + start)
     return NearestNeighbours(a_to_b_distance=_clean(best_distance, setup.scale), a_to_b_index=best_index)
+
+
+def nearest_distance_and_ties(
+    a: FeatureMatrix, b: FeatureMatrix, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``a``: its squared distance to the nearest row of ``b`` and how many rows of ``b`` are that near.
+
+    The count lets a comparison of two reference sets split a tie by the sets'
+    shares of the tied records instead of guessing (see the memorisation analysis).
+    """
+    setup = _setup(a, b)
+    distance = np.empty(len(a), dtype=np.float64)
+    ties = np.empty(len(a), dtype=np.int64)
+    for start in range(0, len(a), chunk_size):
+        stop = min(start + chunk_size, len(a))
+        block = setup.products(start, stop)
+        block *= -2
+        block += setup.b_norms_block[None, :]
+        row_min = block.min(axis=1)
+        ties[start:stop] = np.count_nonzero(block <= row_min[:, None] + setup.tie_tolerance, axis=1)
+        distance[start:stop] = row_min.astype(np.float64) + setup.a_norms[start:stop]
+    return _clean(distance, setup.scale), ties
 
 
 def nearest_neighbours(

@@ -5,12 +5,38 @@ threshold (a metric's maximum), writes ``gate.json`` and exits non-zero with
 one line per breached threshold. A metric a threshold needs but no file holds
 is an error too: a gate that cannot see a risk must not pass it.
 
-Default thresholds (override with flags, or a yml mapping ``metric: max``
-where ``null`` switches a threshold off; flags win over the yml)::
+Default thresholds (override with ``--max_<metric>`` flags, or a yml mapping
+``metric: max`` where ``null`` switches a threshold off; flags win over the yml)::
 
-    reid_risk            0.09   re-identification risk (El Emam's common acceptance threshold)
-    nnaa_privacy_loss    0.05   NNAA privacy loss (AA_test − AA_train)
-    mia_f1_above_chance  0.1    membership-inference F1 above a coin with the same positive rate
+    memorization_copy_excess                 0.02  verbatim training patients beyond chance, as a share of
+                                                   the release (a 10% copy leak reads ≈ 0.1)
+    memorization_dcr_closer_to_train_share   off   share of the release nearer training than held-out
+                                                   records, at equal set sizes (0.5 = no memorisation)
+    mia_auc                                  0.6   membership-inference ROC AUC (0.5 = chance)
+    mia_f1_above_chance                      0.1   membership-inference F1 above a coin with the same rate
+    nnaa_privacy_loss                        0.05  NNAA privacy loss (AA_test − AA_train)
+    aia_f1_lift_over_holdout                 0.1   attribute-inference F1 beyond the held-out control
+    reid_risk                                0.09  re-identification risk (El Emam's common acceptance level)
+    utility_auroc_gap_mean                   off   TRTR − TSTR AUROC (set it to refuse useless data)
+
+Why these: the memorisation and membership metrics are all ≈ their chance value
+(0, 0.5, 0, 0) for a release of unseen real patients, and rise with
+memorisation — a release that is 10% verbatim training patients breaches the
+copy excess (≈ 0.1), the training set itself breaches the copy excess,
+``mia_auc``, ``mia_f1_above_chance`` and the NNAA loss at once. The margins above
+chance (0.02 of copies, 0.1 of AUC) leave room for the noise of a few hundred
+patients, so a release from a model that learned the population but not its
+patients passes. With fewer than ~100 held-out patients ``mia_auc`` is noisy
+(its standard error is ≈ 0.03–0.06): read it with the copy excess.
+
+The DCR share is reported but not gated by default: a few real records are the
+nearest neighbour of many synthetic patients (hubs), so the share moves in
+steps of whole hubs — by permutation of training and held-out labels its
+standard deviation was ≈ 0.085 for 300 synthetic against 1,000 + 300 real
+random patients, too wide for a default that must not refuse a private
+release. Set ``--max_memorization_dcr_closer_to_train_share`` (e.g. 0.75) on large
+sets. Each threshold is also a pipeline parameter (``max_<metric>``; 1.0 = no limit
+for the two that are off).
 """
 
 from __future__ import annotations
@@ -28,11 +54,27 @@ import yaml
 from cehrgpt.analysis.io import METRICS_FILE, AnalysisError
 
 GATE_FILE = "gate.json"
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "reid_risk": 0.09,
-    "nnaa_privacy_loss": 0.05,
+DEFAULT_THRESHOLDS: dict[str, float | None] = {
+    "memorization_copy_excess": 0.02,
+    "memorization_dcr_closer_to_train_share": None,
+    "mia_auc": 0.6,
     "mia_f1_above_chance": 0.1,
+    "nnaa_privacy_loss": 0.05,
+    "aia_f1_lift_over_holdout": 0.1,
+    "reid_risk": 0.09,
+    "utility_auroc_gap_mean": None,
 }
+
+
+#: A pipeline parameter is a number: the thresholds that are off default to this there (no such
+#: metric exceeds 1).
+NO_LIMIT = 1.0
+
+
+def pipeline_default(metric: str) -> float:
+    """The default of the pipeline parameter ``max_<metric>``: the gate's default, or :data:`NO_LIMIT` when off."""
+    maximum = DEFAULT_THRESHOLDS[metric]
+    return NO_LIMIT if maximum is None else maximum
 
 
 def read_metrics(paths: Sequence[str | os.PathLike]) -> dict[str, float]:
@@ -138,7 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics", nargs="+", required=True, help="analysis output folders or metrics.json")
     parser.add_argument("--thresholds", help="yml mapping metric: max (null switches one off)")
     for name, default in DEFAULT_THRESHOLDS.items():
-        parser.add_argument(f"--max_{name}", type=float, help=f"maximum {name} (default {default})")
+        shown = "off" if default is None else default
+        parser.add_argument(f"--max_{name}", type=float, help=f"maximum {name} (default {shown})")
     parser.add_argument(
         "--output_folder", help=f"where {GATE_FILE} goes (default: the folder holding all the --metrics)"
     )

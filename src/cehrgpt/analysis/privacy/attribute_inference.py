@@ -9,15 +9,26 @@ common concepts]`` and guesses that the patient has that look-alike's
 nearest *other* training patient instead: what the attacker would learn from
 real data anyway.
 
+With ``--evaluation_data_folder`` the attack is also run with held-out real
+patients in place of the synthetic ones (the *held-out control*): what an
+attacker learns from any real sample of the population the training patients
+came from. ``aia_f1_lift_over_holdout`` = F1 from the synthetic look-alikes − F1
+from the held-out ones is what the synthetic release reveals beyond that; ≈ 0
+(or below) for a private release, and the release gate bounds it. Then all
+three sets are sampled to the same size each iteration (a larger pool of
+look-alikes finds nearer ones), and at least 20 held-out patients are needed.
+
 Precision, recall and F1 are micro-averaged over the sampled patients:
 precision = correctly guessed sensitive concepts / all guessed, recall =
 correctly guessed / all the patients actually have (0 when the denominator is 0).
 Ties between equally near look-alikes go to the first one in sample order.
 
 Metrics: ``aia_{precision,recall,f1}_synthetic_train``, ``aia_{precision,recall,f1}_train_train``,
-``aia_f1_advantage`` (synthetic − baseline F1), ``aia_num_of_samples``, ``aia_n_iterations``,
+``aia_f1_advantage`` (synthetic − baseline F1), with a held-out set also
+``aia_{precision,recall,f1}_holdout_train`` and ``aia_f1_lift_over_holdout``, ``aia_num_of_samples``, ``aia_n_iterations``,
 ``aia_num_common_attributes``, ``aia_num_sensitive_attributes``. Table
-``attribute_inference.parquet``: the original's columns, one row per iteration.
+``attribute_inference.parquet``: the original's columns, one row per iteration (with a held-out
+set also ``Precision Holdout Train``, ``Recall Holdout Train``, ``F1 Holdout Train``).
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from cehrgpt.analysis.features import (
 from cehrgpt.analysis.io import AnalysisError, read_attribute_config, write_outputs
 from cehrgpt.analysis.privacy.common import (
     DEFAULT_SEED,
+    MIN_HELD_OUT_PATIENTS,
     add_sampling_flags,
     check_positive,
     load_inputs,
@@ -59,6 +71,7 @@ COLUMNS = [
     "Recall Train Train",
     "F1 Train Train",
 ]
+HOLDOUT_COLUMNS = ["Precision Holdout Train", "Recall Holdout Train", "F1 Holdout Train"]
 
 
 def inference_scores(actual: sp.csr_matrix, guessed: sp.csr_matrix) -> tuple[float, float, float]:
@@ -109,12 +122,17 @@ def attribute_inference_analysis(
     num_of_samples: int = 5000,
     seed: int = DEFAULT_SEED,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    evaluation: PatientSet | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Attribute inference per iteration from synthetic look-alikes and from real ones; table and metrics."""
+    """Attribute inference per iteration from synthetic look-alikes and from real ones; table and metrics.
+
+    ``evaluation`` adds the held-out control (module docstring).
+    """
     check_positive(n_iterations, "n_iterations")
-    n = samples_used(
-        num_of_samples, {"training": len(training), "synthetic": len(synthetic)}, "attribute_inference"
-    )
+    available = {"training": len(training), "synthetic": len(synthetic)}
+    if evaluation is not None:
+        available["evaluation"] = len(evaluation)
+    n = samples_used(num_of_samples, available, "attribute_inference")
     if n < 2:
         raise AnalysisError(
             f"attribute inference needs at least 2 patients per set; the smallest set has {n}"
@@ -135,8 +153,17 @@ def attribute_inference_analysis(
         real_look_alike = nearest_other(train_known, chunk_size=chunk_size).a_to_b_index
         synthetic_scores = inference_scores(train_sensitive, synth_sensitive[look_alike])
         baseline_scores = inference_scores(train_sensitive, train_sensitive[real_look_alike])
-        rows.append(dict(zip(COLUMNS, (iteration, *synthetic_scores, *baseline_scores), strict=True)))
-    table = pd.DataFrame(rows, columns=COLUMNS)
+        row = dict(zip(COLUMNS, (iteration, *synthetic_scores, *baseline_scores), strict=True))
+        if evaluation is not None:
+            held_out = evaluation.take(sample_indices(rng, len(evaluation), n))
+            held_out_look_alike = nearest_neighbours(
+                train_known, space.encode(held_out, concepts=common), chunk_size=chunk_size
+            ).a_to_b_index
+            held_out_sensitive = space.encode(held_out, concepts=sensitive, demographics=False).binary
+            control = inference_scores(train_sensitive, held_out_sensitive[held_out_look_alike])
+            row.update(zip(HOLDOUT_COLUMNS, control, strict=True))
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=COLUMNS + (HOLDOUT_COLUMNS if evaluation is not None else []))
     metrics = {
         "aia_precision_synthetic_train": mean_of(table["Precision Synthetic Train"].tolist()),
         "aia_recall_synthetic_train": mean_of(table["Recall Synthetic Train"].tolist()),
@@ -146,6 +173,12 @@ def attribute_inference_analysis(
         "aia_f1_train_train": mean_of(table["F1 Train Train"].tolist()),
     }
     metrics["aia_f1_advantage"] = metrics["aia_f1_synthetic_train"] - metrics["aia_f1_train_train"]
+    if evaluation is not None:
+        for column, name in zip(HOLDOUT_COLUMNS, ("precision", "recall", "f1"), strict=True):
+            metrics[f"aia_{name}_holdout_train"] = mean_of(table[column].tolist())
+        metrics["aia_f1_lift_over_holdout"] = (
+            metrics["aia_f1_synthetic_train"] - metrics["aia_f1_holdout_train"]
+        )
     metrics.update(
         {
             "aia_num_of_samples": n,
@@ -171,10 +204,16 @@ def run_attribute_inference(
 ) -> dict[str, float]:
     """Read the folders and the config, run attribute inference, write the table and ``metrics.json``.
 
-    ``evaluation_data_folder`` (optional, as in the original) only joins the fit of the shared age scale.
+    ``evaluation_data_folder`` (optional, as in the original) adds the held-out control.
     """
     config = read_attribute_config(attribute_config)
-    inputs = load_inputs(training_data_folder, synthetic_data_folder, evaluation_data_folder, tokenizer_path)
+    inputs = load_inputs(
+        training_data_folder,
+        synthetic_data_folder,
+        evaluation_data_folder,
+        tokenizer_path,
+        min_evaluation_patients=MIN_HELD_OUT_PATIENTS,
+    )
     check_config_concepts(
         inputs.space, config, f"--attribute_config {attribute_config!r}", training_data_folder
     )
@@ -188,6 +227,7 @@ def run_attribute_inference(
         num_of_samples=num_of_samples,
         seed=seed,
         chunk_size=chunk_size,
+        evaluation=inputs.evaluation,
     )
     metrics = {**metrics, **{f"aia_{k}": v for k, v in inputs.counts().items()}}
     summary = {
@@ -213,7 +253,10 @@ def _parser() -> argparse.ArgumentParser:
         "--attribute_config", required=True, help="yml with common_attributes and sensitive_attributes"
     )
     parser.add_argument("--tokenizer_path", help="tokenizer folder; its concepts are the features")
-    parser.add_argument("--evaluation_data_folder", help="optional held-out sequences (joins the age scale)")
+    parser.add_argument(
+        "--evaluation_data_folder",
+        help="held-out sequences: the control attack (needed by the release gate's aia_f1_lift_over_holdout)",
+    )
     add_sampling_flags(parser)
     return parser
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from cehrgpt.analysis.features import DEFAULT_CHUNK_SIZE, FeatureSpace, PatientSet, parse_patients
 from cehrgpt.analysis.io import (
@@ -19,6 +20,7 @@ from cehrgpt.analysis.io import (
 )
 
 DEFAULT_SEED = 0
+MIN_HELD_OUT_PATIENTS = 20  # below this a held-out control is noise, not a measurement
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,12 @@ class AnalysisInputs:
     synthetic: PatientSet
     evaluation: PatientSet | None
     space: FeatureSpace
+    frames: dict[str, pd.DataFrame] | None = None  # the rows read, by set name, when asked for
+
+    def tokens(self, name: str, patients: PatientSet) -> pd.Series:
+        """The token lists of ``patients`` (parsed from set ``name``), in the patients' order."""
+        assert self.frames is not None and patients.source_rows is not None
+        return self.frames[name]["concept_ids"].iloc[patients.source_rows].reset_index(drop=True)
 
     def counts(self) -> dict[str, int]:
         """Patients used and rows excluded per set, for metrics.json."""
@@ -44,8 +52,8 @@ class AnalysisInputs:
         return counts
 
 
-def _parse_real(folder: str, role: str) -> PatientSet:
-    patients = parse_patients(read_sequence_folder(folder, role), check_grammar=False)
+def _parse_real(frame: pd.DataFrame, folder: str, role: str) -> PatientSet:
+    patients = parse_patients(frame, check_grammar=False)
     if len(patients) == 0:
         raise AnalysisError(f"--{role} {folder!r} holds no patient with a readable demographic prompt")
     if patients.excluded:
@@ -59,20 +67,35 @@ def load_inputs(
     evaluation_data_folder: str | None = None,
     tokenizer_path: str | None = None,
     tokenizer_role: str = "tokenizer_path",
+    keep_frames: bool = False,
+    min_evaluation_patients: int = 1,
 ) -> AnalysisInputs:
     """Read and parse the sets; synthetic rows that are not whole patients under the grammar are excluded.
 
+    ``keep_frames`` keeps the rows read (``training``, ``evaluation``, ``synthetic``) for analyses
+    that look at whole token sequences.
+
     Raises:
-        AnalysisError: a folder is missing or empty, or no synthetic row is a whole patient.
+        AnalysisError: a folder is missing or empty, no synthetic row is a whole patient, or the
+            held-out set has fewer than ``min_evaluation_patients`` patients.
     """
     vocabulary = read_concept_vocabulary(tokenizer_path, tokenizer_role)
-    training = _parse_real(training_data_folder, "training_data_folder")
+    frames = {"training": read_sequence_folder(training_data_folder, "training_data_folder")}
+    if evaluation_data_folder:
+        frames["evaluation"] = read_sequence_folder(evaluation_data_folder, "evaluation_data_folder")
+    frames["synthetic"] = read_sequence_folder(synthetic_data_folder, "synthetic_data_folder")
+    training = _parse_real(frames["training"], training_data_folder, "training_data_folder")
     evaluation = (
-        _parse_real(evaluation_data_folder, "evaluation_data_folder") if evaluation_data_folder else None
+        _parse_real(frames["evaluation"], evaluation_data_folder, "evaluation_data_folder")
+        if evaluation_data_folder
+        else None
     )
-    synthetic = parse_patients(
-        read_sequence_folder(synthetic_data_folder, "synthetic_data_folder"), check_grammar=True
-    )
+    if evaluation is not None and len(evaluation) < min_evaluation_patients:
+        raise AnalysisError(
+            f"--evaluation_data_folder {evaluation_data_folder!r} holds {len(evaluation)} held-out patient(s); "
+            f"expected at least {min_evaluation_patients} for a held-out control"
+        )
+    synthetic = parse_patients(frames["synthetic"], check_grammar=True)
     if len(synthetic) == 0:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(synthetic.exclusion_reasons.items()))
         raise AnalysisError(
@@ -89,6 +112,7 @@ def load_inputs(
         synthetic=synthetic,
         evaluation=evaluation,
         space=FeatureSpace.fit(sets, vocabulary),
+        frames=frames if keep_frames else None,
     )
 
 

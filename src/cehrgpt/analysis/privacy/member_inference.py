@@ -1,9 +1,10 @@
 """Membership inference: can an attacker holding the synthetic data tell who was in the training set?
 
 Each iteration samples the same number of training patients (members) and
-held-out patients (non-members), and a synthetic sample of that size. A record
-is predicted a member when its distance to the nearest synthetic patient is
-below a threshold, at two thresholds:
+held-out patients (non-members); every sampled record gets its distance to the
+nearest of *all* synthetic patients (a sample of the synthetic set would miss
+most twins of a copied patient). A record is predicted a member when that
+distance is below a threshold, at two thresholds:
 
 - ``fixed``: the original's fixed distance (default 5, squared Euclidean);
 - ``median``: the median of all the sampled records' distances, where about half
@@ -11,7 +12,16 @@ below a threshold, at two thresholds:
 
 Chance for a threshold is the F1 of a coin that predicts the same share ``q`` of
 members on these balanced samples: ``q / (0.5 + q)``. ``mia_f1_above_chance`` is the
-larger of the two thresholds' F1 minus its chance F1 — what the release gate reads.
+larger of the two thresholds' F1 minus its chance F1.
+
+Threshold-free, over every iteration's records pooled (score = −distance: nearer
+is more likely a member): ``mia_auc`` (ROC AUC, scikit-learn; 0.5 = chance, what
+the release gate reads), ``mia_tpr_at_fpr_0.01`` and ``mia_tpr_at_fpr_0.1`` (the
+highest true-positive rate at a false-positive rate no higher than 1% / 10%:
+how many members an attacker exposes while rarely accusing a non-member) and
+``mia_advantage`` (max TPR − FPR over all thresholds). The ROC curve's points
+go to ``roc_curve.json`` (``fpr``, ``tpr``, ``threshold``: predict a member when the
+distance is at most the threshold) for the pipeline's ``ClassificationMetrics``.
 
 Metrics: ``mia_{accuracy,precision,recall,f1,f1_chance,advantage}_{fixed,median}_threshold``
 (advantage = true-positive rate − false-positive rate), ``mia_f1_above_chance``,
@@ -23,9 +33,12 @@ row per iteration and threshold with ``Iteration``, ``Threshold Type``, ``Thresh
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from cehrgpt.analysis.features import (
@@ -49,6 +62,7 @@ from cehrgpt.analysis.privacy.common import (
 TABLE = "membership_inference"
 FIXED_THRESHOLD = 5.0
 THRESHOLD_TYPES = ("fixed", "median")
+ROC_FILE = "roc_curve.json"
 
 
 def classification_scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
@@ -75,6 +89,54 @@ def chance_f1(positive_rate: float) -> float:
     return positive_rate / (0.5 + positive_rate) if positive_rate > 0 else 0.0
 
 
+def roc_metrics(labels: np.ndarray, distances: np.ndarray) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """AUC, TPR at FPR ≤ 1% and ≤ 10%, and the best advantage of the attack "nearer = member"; and the curve.
+
+    Ties in distance are one threshold (scikit-learn groups equal scores). Undefined
+    (NaN) when either class is absent.
+    """
+    labels = labels.astype(bool)
+    if labels.all() or not labels.any():
+        nan = float("nan")
+        return {
+            "mia_auc": nan,
+            "mia_tpr_at_fpr_0.01": nan,
+            "mia_tpr_at_fpr_0.1": nan,
+            "mia_advantage": nan,
+        }, {
+            "fpr": [],
+            "tpr": [],
+            "threshold": [],
+        }
+    scores = -np.asarray(distances, dtype=np.float64)
+    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    metrics = {
+        "mia_auc": float(roc_auc_score(labels, scores)),
+        "mia_tpr_at_fpr_0.01": float(tpr[fpr <= 0.01].max()),
+        "mia_tpr_at_fpr_0.1": float(tpr[fpr <= 0.1].max()),
+        "mia_advantage": float((tpr - fpr).max()),
+    }
+    distance_thresholds = np.where(np.isfinite(thresholds), -thresholds, -1.0)  # the first point: nobody
+    curve = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": distance_thresholds.tolist()}
+    return metrics, curve
+
+
+def log_roc_curve_file(path: str, classification_metrics, max_points: int = 500) -> int:
+    """Log ``roc_curve.json`` on a Kubeflow ``ClassificationMetrics`` artifact; returns the points logged.
+
+    A curve over many records is thinned to ``max_points`` evenly spaced points (first and last kept)
+    so the UI stays responsive; the file keeps every point.
+    """
+    curve = json.loads(Path(path).read_text())
+    keep = np.unique(np.linspace(0, len(curve["fpr"]) - 1, min(max_points, len(curve["fpr"]))).astype(int))
+    classification_metrics.log_roc_curve(
+        [curve["fpr"][i] for i in keep],
+        [curve["tpr"][i] for i in keep],
+        [curve["threshold"][i] for i in keep],
+    )
+    return len(keep)
+
+
 def membership_inference_analysis(
     training: PatientSet,
     evaluation: PatientSet,
@@ -85,27 +147,39 @@ def membership_inference_analysis(
     seed: int = DEFAULT_SEED,
     fixed_threshold: float = FIXED_THRESHOLD,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Membership inference per iteration at the fixed and the median threshold; returns table and metrics."""
+) -> tuple[pd.DataFrame, dict[str, float], dict[str, list[float]]]:
+    """Membership inference per iteration at the fixed and the median threshold, and the pooled ROC.
+
+    Returns the table, the metrics and the ROC curve's points.
+    """
     check_positive(n_iterations, "n_iterations")
     n = samples_used(
-        num_of_samples,
-        {"training": len(training), "evaluation": len(evaluation), "synthetic": len(synthetic)},
-        "member_inference",
+        num_of_samples, {"training": len(training), "evaluation": len(evaluation)}, "member_inference"
     )
     rng = np.random.default_rng(seed)
     rows = []
-    for iteration in tqdm(range(1, n_iterations + 1), desc="membership inference", unit="iteration"):
-        members = space.encode(training.take(sample_indices(rng, len(training), n)))
-        non_members = space.encode(evaluation.take(sample_indices(rng, len(evaluation), n)))
-        s = space.encode(synthetic.take(sample_indices(rng, len(synthetic), n)))
-        distances = np.concatenate(
-            [
-                nearest_neighbours(members, s, chunk_size=chunk_size).a_to_b_distance,
-                nearest_neighbours(non_members, s, chunk_size=chunk_size).a_to_b_distance,
-            ]
-        )
+    samples = [
+        (sample_indices(rng, len(training), n), sample_indices(rng, len(evaluation), n))
+        for _ in range(n_iterations)
+    ]
+    # A record's distance to the whole synthetic set does not depend on the sample it is drawn in:
+    # each distinct sampled record is measured once, however many iterations draw it.
+    s = space.encode(synthetic)
+    distance_of = []
+    for patients, column in ((training, 0), (evaluation, 1)):
+        drawn = np.unique(np.concatenate([pair[column] for pair in samples]))
+        found = nearest_neighbours(space.encode(patients.take(drawn)), s, chunk_size=chunk_size)
+        lookup = np.zeros(len(patients), dtype=np.float64)
+        lookup[drawn] = found.a_to_b_distance
+        distance_of.append(lookup)
+    pooled_labels, pooled_distances = [], []
+    for iteration, (member_rows, non_member_rows) in enumerate(
+        tqdm(samples, desc="membership inference", unit="iteration"), start=1
+    ):
+        distances = np.concatenate([distance_of[0][member_rows], distance_of[1][non_member_rows]])
         labels = np.concatenate([np.ones(n, dtype=bool), np.zeros(n, dtype=bool)])
+        pooled_labels.append(labels)
+        pooled_distances.append(distances)
         for threshold_type, threshold in (
             ("fixed", fixed_threshold),
             ("median", float(np.median(distances))),
@@ -140,10 +214,12 @@ def membership_inference_analysis(
     metrics["mia_f1_above_chance"] = max(
         metrics[f"mia_f1_{t}_threshold"] - metrics[f"mia_f1_chance_{t}_threshold"] for t in THRESHOLD_TYPES
     )
+    roc, curve = roc_metrics(np.concatenate(pooled_labels), np.concatenate(pooled_distances))
+    metrics.update(roc)
     metrics["mia_fixed_threshold"] = fixed_threshold
     metrics["mia_num_of_samples"] = n
     metrics["mia_n_iterations"] = n_iterations
-    return table, metrics
+    return table, metrics, curve
 
 
 def run_member_inference(
@@ -158,10 +234,10 @@ def run_member_inference(
     fixed_threshold: float = FIXED_THRESHOLD,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, float]:
-    """Read the three folders, run membership inference, write the table and ``metrics.json``."""
+    """Read the three folders, run membership inference, write the table, the ROC curve and ``metrics.json``."""
     inputs = load_inputs(training_data_folder, synthetic_data_folder, evaluation_data_folder, tokenizer_path)
     assert inputs.evaluation is not None
-    table, metrics = membership_inference_analysis(
+    table, metrics, curve = membership_inference_analysis(
         inputs.training,
         inputs.evaluation,
         inputs.synthetic,
@@ -181,7 +257,7 @@ def run_member_inference(
         "synthetic_data_folder": str(synthetic_data_folder),
         "synthetic_exclusion_reasons": inputs.synthetic.exclusion_reasons,
     }
-    write_outputs(output_folder, {TABLE: table}, metrics, summary)
+    write_outputs(output_folder, {TABLE: table}, metrics, summary, {ROC_FILE: json.dumps(curve).encode()})
     return metrics
 
 

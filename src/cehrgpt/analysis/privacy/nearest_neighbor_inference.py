@@ -9,7 +9,10 @@ A tie counts ½ (the original counted it as a miss) and the share of tied
 comparisons is reported. AA_train uses training patients, AA_test held-out
 ones; the privacy loss ``NNAAE = AA_test − AA_train`` is ≈ 0 when the
 synthetic data sits no closer to the training patients than to unseen ones.
-All three sets are sampled to the same size each iteration.
+Each iteration samples the same number of training and held-out patients and
+compares them with the *whole* synthetic set (a synthetic sample would miss the
+twins of most copied patients); both AAs see the same synthetic set, so its
+size shifts them alike and the loss stays comparable.
 
 Metrics (``metrics.json``): ``nnaa_aa_train``, ``nnaa_aa_test``,
 ``nnaa_privacy_loss`` (means over iterations), ``nnaa_privacy_loss_max``,
@@ -78,22 +81,24 @@ def nnaa_analysis(
     seed: int = DEFAULT_SEED,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """NNAA per iteration on equal-size samples of the three sets; returns the table and the metrics."""
+    """NNAA per iteration: equal-size real samples against the whole synthetic set; table and metrics."""
     check_positive(n_iterations, "n_iterations")
     n = samples_used(
         num_of_samples,
-        {"training": len(training), "evaluation": len(evaluation), "synthetic": len(synthetic)},
+        {"training": len(training), "evaluation": len(evaluation)},
         "nearest_neighbor_inference",
     )
-    if n < 2:
-        raise AnalysisError(f"NNAA needs at least 2 patients in every set; the smallest set has {n}")
+    if min(n, len(synthetic)) < 2:
+        raise AnalysisError(
+            f"NNAA needs at least 2 patients in every set; got {n} real (sampled) and {len(synthetic)} synthetic"
+        )
     rng = np.random.default_rng(seed)
     rows = []
+    s = space.encode(synthetic)
+    d_ss = nearest_other(s, chunk_size=chunk_size).a_to_b_distance
     for iteration in tqdm(range(1, n_iterations + 1), desc="NNAA", unit="iteration"):
         t = space.encode(training.take(sample_indices(rng, len(training), n)))
         e = space.encode(evaluation.take(sample_indices(rng, len(evaluation), n)))
-        s = space.encode(synthetic.take(sample_indices(rng, len(synthetic), n)))
-        d_ss = nearest_other(s, chunk_size=chunk_size).a_to_b_distance
         ts = nearest_neighbours(t, s, both_directions=True, chunk_size=chunk_size)
         es = nearest_neighbours(e, s, both_directions=True, chunk_size=chunk_size)
         assert ts.b_to_a_distance is not None and es.b_to_a_distance is not None

@@ -1,21 +1,31 @@
-"""Re-identification risk of a synthetic release (El Emam et al. 2020; Yan et al. 2022).
+"""Re-identification risk of a synthetic release, as El Emam, Mosquera and Bass (JMIR 2020) define it.
+
+In the paper's terms: ``s`` counts the records of the real sample the release
+was generated from (here the *training* patients, n of them), ``N`` is the size
+of the population that sample was drawn from, ``f_s`` the size of ``s``'s
+equivalence class (same quasi-identifier values) in the real sample, ``F_s`` in
+the population, ``I_s`` = 1 when some synthetic record matches ``s`` on the
+quasi-identifiers, ``R_s`` = 1 when the adversary then learns something new
+about ``s``, and ``λ`` the adjustment for matching and verification errors
+(λ = 0.23, used as ``λ′ = (1 + λ) / 2``). The meaningful identity disclosure risk
+is the larger of the two attack directions, population → synthetic and
+synthetic → population::
+
+    risk = λ′ · max( (1/N) Σ_s I_s R_s / f_s ,  (1/n) Σ_s I_s R_s / F_s )
+
+The population here is the set the release was drawn from, the training set,
+so ``N = n`` and ``F_s = f_s`` and both terms equal ``(λ′/n) Σ_s I_s R_s / f_s``
+(held-out patients are not part of it; ``--evaluation_data_folder`` is accepted
+for the seed's command line and joins only the age scale of the features).
 
 Quasi-identifiers (QIs): age (exact, or in 10-year bands), gender, race, and the
-presence of each *common* concept. Every generalisation of the QIs is tried —
-age exact or banded, each common concept kept or dropped (the lattice of the
-original, 2^(1 + k) generalisations for k common concepts) — and the release's
-risk is the worst one::
-
-    risk = max( (1/N) Σ_s (1/f_s) I_s R_s λ′ ,  (1/n) Σ_s (1/F_s) I_s R_s λ′ )
-
-summing over the n training patients s, with f_s the size of s's QI class among
-the training patients, F_s among the population (training ∪ held-out, N
-patients), λ′ = (1 + λ)/2, λ = 0.23. I_s R_s = 1 when some synthetic patient in
-s's QI class shares more than ``threshold`` of s's *sensitive* concepts: the
-attacker matched s and learned something new. Unlike the original, whose
-threshold was fixed for a vocabulary of 17,870 concepts, ``threshold =
-int(sensitive_match_fraction × number of sensitive concepts)`` (fraction 0.001,
-so the original's 17 at its vocabulary size).
+presence of each *common* concept. Every generalisation is tried — age exact or
+banded, each common concept kept or dropped (2^(1 + k) for k common concepts) —
+and the release's risk is the worst one. ``R_s`` = 1 when a synthetic record of
+``s``'s class shares at least ``max(1, ⌈L · number of sensitive concepts⌉)`` of
+``s``'s *sensitive* concepts (L = ``--sensitive_match_fraction``, 0.001): a match
+always needs at least one sensitive concept in common, so a record with no
+sensitive concept, or a look-alike with none of its, discloses nothing.
 
 Common and sensitive concepts come from ``--attribute_config`` when given; by
 default the 7 most prevalent training concepts are common and every other
@@ -23,16 +33,17 @@ concept that fewer than half the training patients have is sensitive (the
 original's choice). Commonly accepted risk: below 0.09.
 
 Metrics: ``reid_risk``, ``reid_a_term``, ``reid_b_term`` (of the riskiest generalisation),
-``reid_num_generalizations``, ``reid_sensitive_match_threshold``, counts. Table
-``reid_inference.parquet``: one row per generalisation with ``Config`` (age level then
-one digit per common concept, as the original's file names), ``A_term``, ``B_term``,
-``Risk``, ``Matched``.
+``reid_num_generalizations``, ``reid_sensitive_match_threshold`` (shared sensitive
+concepts needed), counts. Table ``reid_inference.parquet``: one row per generalisation
+with ``Config`` (age level then one digit per common concept, as the original's file
+names), ``A_term``, ``B_term``, ``Risk``, ``Matched``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 
 import numpy as np
 import pandas as pd
@@ -86,7 +97,7 @@ def _matched(
     synthetic_bits: np.ndarray,
     threshold: int,
 ) -> np.ndarray:
-    """Per training patient: does a synthetic patient of its class share more than ``threshold`` sensitive concepts?"""
+    """Per training patient: does a synthetic patient of its class share at least ``threshold`` sensitive concepts?"""
     order = np.argsort(synthetic_class, kind="stable")
     sorted_class = synthetic_class[order]
     lo = np.searchsorted(sorted_class, train_class, side="left")
@@ -104,7 +115,7 @@ def _matched(
             offsets = np.arange(total) - np.repeat(np.cumsum(block_counts) - block_counts, block_counts)
             synthetic_index = order[np.repeat(lo[start:stop], block_counts) + offsets]
             shared = np.bitwise_count(train_bits[train_index] & synthetic_bits[synthetic_index]).sum(axis=1)
-            hit = train_index[shared > threshold]
+            hit = train_index[shared >= threshold]
             matched[hit] = True
         start = stop
     return matched
@@ -120,7 +131,10 @@ def reid_analysis(
     sensitive_match_fraction: float = DEFAULT_SENSITIVE_MATCH_FRACTION,
     lambda_: float = LAMBDA,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Risk of every QI generalisation; returns the table and the metrics of the riskiest one."""
+    """Risk of every QI generalisation; returns the table and the metrics of the riskiest one.
+
+    ``evaluation`` joins nothing but the count reported: the population is the training set.
+    """
     if len(common_attributes) > MAX_COMMON_ATTRIBUTES:
         raise AnalysisError(
             f"{len(common_attributes)} common attributes give 2^{len(common_attributes) + 1} generalisations; "
@@ -130,13 +144,12 @@ def reid_analysis(
         raise AnalysisError(
             f"--sensitive_match_fraction {sensitive_match_fraction}; expected a value in [0, 1)"
         )
-    threshold = int(sensitive_match_fraction * len(set(sensitive_attributes)))
-    population = [training, evaluation]
-    n, big_n = len(training), len(training) + len(evaluation)
-    ages = np.concatenate([s.ages for s in (*population, synthetic)]).astype(np.int64)
-    genders = np.concatenate([s.genders for s in (*population, synthetic)])
-    races = np.concatenate([s.races for s in (*population, synthetic)])
-    common = np.concatenate([_presence(s, space, common_attributes) for s in (*population, synthetic)])
+    threshold = max(1, math.ceil(sensitive_match_fraction * len(set(sensitive_attributes))))
+    n = big_n = len(training)  # the population is the training set: N = n, F_s = f_s
+    ages = np.concatenate([s.ages for s in (training, synthetic)]).astype(np.int64)
+    genders = np.concatenate([s.genders for s in (training, synthetic)])
+    races = np.concatenate([s.races for s in (training, synthetic)])
+    common = np.concatenate([_presence(s, space, common_attributes) for s in (training, synthetic)])
     train_bits = _packed_bits(_presence(training, space, sensitive_attributes))
     synthetic_bits = _packed_bits(_presence(synthetic, space, sensitive_attributes))
     lambda_prime = (1 + lambda_) / 2
@@ -239,7 +252,7 @@ def _parser() -> argparse.ArgumentParser:
         "--sensitive_match_fraction",
         type=float,
         default=DEFAULT_SENSITIVE_MATCH_FRACTION,
-        help="learning something new = sharing more than this fraction of the sensitive concepts",
+        help="learning something new = sharing at least this fraction (and at least one) of the sensitive concepts",
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="recorded; nothing is sampled")
     return parser
