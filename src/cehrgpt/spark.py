@@ -138,8 +138,9 @@ def _summary(message: str) -> str:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     if not lines:
         return ""
-    if _PYTHON_TRACEBACK in message:
-        return lines[-1]
+    if _PYTHON_TRACEBACK in message:  # "An exception was thrown from the Python worker: <the error>"
+        head = lines[0].rstrip(":")
+        return lines[-1] if head.startswith(_PYTHON_TRACEBACK) else f"{head}: {lines[-1]}"
     return _SQLSTATE.sub("", lines[0].removeprefix(": "))
 
 
@@ -181,6 +182,9 @@ def spark_failure(error: BaseException, stage: str) -> str:
     fd, log_path = tempfile.mkstemp(prefix=f"cehrgpt-{stage}-", suffix=".log")
     with os.fdopen(fd, "w", encoding="utf-8") as log:
         log.write("".join(traceback.format_exception(error)))
+        java_trace = getattr(error, "_stackTrace", None)  # pyspark's captured exceptions keep the JVM's apart
+        if isinstance(java_trace, str) and java_trace:
+            log.write(f"\nJVM stacktrace:\n{java_trace}\n")
     return f"{spark_error_line(error)} (full trace: {log_path})"
 
 

@@ -11,10 +11,13 @@ import pytest
 from cehrgpt.spark import parquet_file_problem, spark_error_line, spark_failure
 
 
-def _raise_in_worker(batches):
-    for _ in batches:
-        raise OverflowError("Python int too large to convert to C long")
-    yield from ()
+def _failing_frame(spark):
+    def raise_in_worker(batches):  # nested, so it is pickled by value: workers cannot import this module
+        for _ in batches:
+            raise OverflowError("Python int too large to convert to C long")
+        yield from ()
+
+    return spark.range(3).mapInArrow(raise_in_worker, "id long")
 
 
 def _failure(action) -> BaseException:
@@ -24,10 +27,13 @@ def _failure(action) -> BaseException:
 
 
 def test_a_python_worker_error_is_its_last_traceback_line(spark):
-    frame = spark.range(3).mapInArrow(_raise_in_worker, "id long")
+    frame = _failing_frame(spark)
     line = spark_error_line(_failure(frame.collect))
     assert "\n" not in line and "Traceback" not in line and "\tat " not in line
-    assert line.endswith("(caused by: OverflowError: Python int too large to convert to C long)"), line
+    assert (
+        line
+        == "An exception was thrown from the Python worker: OverflowError: Python int too large to convert to C long"
+    )
 
 
 def test_a_jvm_error_names_the_file_and_its_root_cause(spark, tmp_path):
@@ -40,7 +46,7 @@ def test_a_jvm_error_names_the_file_and_its_root_cause(spark, tmp_path):
 
 
 def test_spark_failure_names_a_log_file_holding_the_whole_trace(spark, tmp_path):
-    frame = spark.range(3).mapInArrow(_raise_in_worker, "id long")
+    frame = _failing_frame(spark)
     line = spark_failure(_failure(frame.collect), "restore")
     log = re.search(r"\(full trace: (\S+cehrgpt-restore-\S+\.log)\)$", line)
     assert log, line
