@@ -113,6 +113,7 @@ def test_report_counts_every_dropped_row(tiny_csv_output):
         "orphans_in_artificial_visits": 3,
     }
     assert report["deaths"] == {"written": 2, "before_last_visit": 1}
+    assert report["empty_tables"] == []
     assert report["tables_treated_as_absent"] == {
         "patient_splits": "not in the source",
         "concept_relationship": "not in the source",
@@ -219,6 +220,7 @@ def test_command_line_run_replaces_the_previous_output(spark, tmp_path, capsys):
     out.mkdir()
     (out / "stale.txt").write_text("from an older run")
     argv = ["--omop_source", str(source), "--output_folder", str(out), "--test_fraction", "0", "--seed", "1"]
+    argv += ["--overwrite"]  # stale.txt was not written by prepare
     assert main([*argv, "--min_event_date", "2000-01-01", "--domains", "condition,drug,procedure"]) == 0
     assert capsys.readouterr().out == f"wrote 2 train and 0 test patients, 13 events, to {out}\n"
     assert not (out / "stale.txt").exists()
@@ -268,12 +270,12 @@ def test_bad_source_fails_with_one_line_and_leaves_the_old_output(spark, tmp_pat
     source = _broken(tmp_path, breakage)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "previous.txt").write_text("a previous complete run")
+    (out / "prepare_report.json").write_text("a previous complete run")
     code = main(["--omop_source", str(source), "--output_folder", str(out), "--seed", "3"])
     err_lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
     assert code == 2
     assert len(err_lines) == 1 and err_lines[0].startswith(message), err_lines
-    assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["prepare_report.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["omop", "out"]
 
 
@@ -427,3 +429,59 @@ def test_the_test_fraction_defaults_to_one_value_everywhere(capsys):
         main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "share of persons held out as the test split (default: 0.2, as in the pipelines)" in help_text
+# --- output folders it did not write, a killed run's staging, empty tables (issue 17) ------------------------
+
+
+def test_a_folder_prepare_did_not_write_is_refused_and_left_as_it_was(spark, tmp_path, capsys):
+    source = write_csv(tmp_path / "omop", tiny_omop())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.docx").write_text("years of work")
+    assert main(["--omop_source", str(source), "--output_folder", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --output_folder {out}: holds thesis.docx and no prepare_report.json, so prepare did not "
+        "write it; give an empty or new folder, or --overwrite to replace it\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.docx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["omop", "out"]
+
+
+def test_a_prepare_output_with_an_extra_file_is_refused_before_anything_is_replaced(spark, tmp_path, capsys):
+    source = write_csv(tmp_path / "omop", tiny_omop())
+    out = tmp_path / "out"
+    _run(spark, source, out)
+    (out / "notes.txt").write_text("mine")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(
+        ValueError, match=r"holds notes.txt, which this run does not write; remove it or give "
+    ):
+        _run(spark, source, out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["omop", "out"]
+
+
+def test_a_killed_runs_staging_is_removed_by_the_next_run_in_one_line(spark, tmp_path, caplog):
+    import logging
+
+    source = write_csv(tmp_path / "omop", tiny_omop())
+    for stale in (".out.tmp-dead0001", ".out.tmp-dead0002"):
+        (tmp_path / stale / "patient_sequence").mkdir(parents=True)
+    (tmp_path / ".other.tmp-keep0001").mkdir()  # another output's staging: not this run's business
+    with caplog.at_level(logging.WARNING, logger="cehrgpt.data.prepare"):
+        _run(spark, source, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-keep0001", "omop", "out"]
+    assert [r.getMessage() for r in caplog.records if "did not finish" in r.getMessage()] == [
+        f"removing .out.tmp-dead0001, .out.tmp-dead0002 in {tmp_path}, left by a prepare run that did not finish"
+    ]
+
+
+def test_an_empty_source_table_is_warned_about_and_reported(spark, tmp_path, caplog):
+    import logging
+
+    source = write_parquet(tmp_path / "omop", tiny_omop())
+    part = source / "procedure_occurrence" / "part-0.parquet"
+    pq.write_table(pq.read_table(part).slice(0, 0), part)  # the columns, no rows
+    with caplog.at_level(logging.WARNING, logger="cehrgpt.data.prepare"):
+        report = _run(spark, source, tmp_path / "out")
+    assert report["empty_tables"] == ["procedure_occurrence"]
+    assert "source table procedure_occurrence is empty" in [r.getMessage() for r in caplog.records]

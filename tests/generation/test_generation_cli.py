@@ -126,6 +126,8 @@ def test_a_restarted_shard_skips_finished_files_and_redoes_the_rest(
     model_folder, demographic_folder, tmp_path
 ):
     assert main(_argv(model_folder, demographic_folder, tmp_path)) == 0
+    summary = tmp_path / "top_p10000" / "generation_summary.json"
+    sampled = json.loads(summary.read_text())["shards"][0]["sampled_tokens"]
     files = _files(tmp_path)
     original = {f.name: f.read_bytes() for f in files}
     kept_mtimes = {f.name: f.stat().st_mtime_ns for f in files if f != files[1]}
@@ -136,6 +138,8 @@ def test_a_restarted_shard_skips_finished_files_and_redoes_the_rest(
     assert {f.name: f.stat().st_mtime_ns for f in _files(tmp_path) if f.name in kept_mtimes} == kept_mtimes
     shard = json.loads((tmp_path / "top_p10000" / "generation_summary.json").read_text())["shards"][0]
     assert (shard["files_skipped_as_done"], shard["patients"], shard["patients_in_files"]) == (2, 8, 20)
+    # both attempts' tokens: the files skipped as done recorded theirs
+    assert shard["sampled_tokens"] == sampled > shard["sampled_tokens_this_attempt"] > 0
 
 
 def test_reusing_a_seed_with_other_settings_is_refused(model_folder, demographic_folder, tmp_path, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cehrgpt.grammar import assign_kinds, is_valid
+from cehrgpt.grammar import PROMPT_LENGTH, assign_kinds, is_valid
 from cehrgpt.omop.decode import (
     DeathRecord,
     DecodedPatient,
@@ -424,3 +424,93 @@ def test_sequence_beyond_the_id_layout_is_rejected_whole_and_its_neighbour_kept(
     tallies = sorted((person, reason) for record, person, reason, _ in rows if record == TALLY)
     assert tallies == [(8, "sequence_too_long"), (9, None)]
     assert {person for record, person, _, _ in rows if record not in (REJECTION, TALLY)} == {9}
+
+
+# --- property test: any token sequence is accounted for, token by token, on both decoding paths ---------------
+
+_HUGE = ["99999999999999999999", "9" * 5000, "D99999999999999999999", "i-D" + "9" * 30, "D" + "7" * 5000]
+_STRINGS = [
+    "",
+    " ",
+    "[vs]",
+    "year:",
+    "age:x",
+    "-5",
+    "1.5",
+    "Gender/1",
+    "héllo",
+    "[VS][VE]",
+    "i-D",
+    "W9",
+    "M0",
+]
+
+
+def _hostile_sequence(rng: random.Random) -> list[str | None]:
+    """A valid patient, then maybe truncated, shuffled, or salted with random strings, huge numbers and nulls."""
+    tokens: list[str | None] = list(_random_valid_sequence(rng))
+    mutation = rng.choice(["valid", "truncated", "shuffled", "strings", "huge", "null", "all"])
+    if mutation in ("truncated", "all"):
+        tokens = tokens[: rng.randint(0, len(tokens))]
+    if mutation in ("shuffled", "all"):
+        rng.shuffle(tokens)
+    if mutation in ("strings", "all"):
+        for _ in range(rng.randint(1, 4)):
+            text = "".join(rng.choice("0123456789[]:-DViy aé") for _ in range(rng.randint(0, 12)))
+            tokens.insert(rng.randint(0, len(tokens)), rng.choice([text, rng.choice(_STRINGS)]))
+    if mutation in ("huge", "all"):
+        for _ in range(rng.randint(1, 3)):
+            position = rng.randint(0, len(tokens))
+            if rng.random() < 0.5 and position < len(tokens):
+                tokens[position] = rng.choice(_HUGE)  # e.g. an event, the gender or a visit type
+            else:
+                tokens.insert(position, rng.choice(_HUGE))
+    if mutation in ("null", "all") and tokens:
+        tokens[rng.randrange(len(tokens))] = None
+    return tokens
+
+
+def test_every_token_of_random_hostile_sequences_is_placed_structural_or_rejected_on_both_paths():
+    from cehrgpt.omop.restore import DEATH, EVENT, PERSON, REJECTION, TALLY, VISIT, decode_batches
+
+    rng = random.Random(17)
+    sequences = [_hostile_sequence(rng) for _ in range(600)]
+    sequences[0] = f"{PROMPT} [VS] 9202 99999999999999999999 1 [VE]".split()  # the issue's case
+    # the per-patient decoder
+    for tokens in sequences:
+        out = decode_patient(1, tokens)
+        assert out.placed + out.structural + len(out.rejections) == len(tokens), tokens
+        assert sorted(r.position for r in out.rejections) == sorted({r.position for r in out.rejections})
+    first = decode_patient(1, sequences[0])
+    assert [(r.position, r.reason.value) for r in first.rejections] == [(6, "unexpected_token_in_visit")]
+    assert first.events == [EventRecord(7, 1, day("2001-01-01"), 4)]
+    # the job's path: the vectorised decoder, the per-patient one for the rest, the vocabulary check
+    batch = pa.record_batch(
+        {
+            "person_id": pa.array(range(len(sequences)), pa.int64()),
+            "concept_ids": pa.array(sequences, pa.list_(pa.string())),
+            "file_path": ["file:/in/a.parquet"] * len(sequences),
+            "row_index": pa.array(range(len(sequences)), pa.int64()),
+        }
+    )
+    vocabulary = (np.array([0, 101, 202], np.int64), np.array([0, 0, 1], np.int8))
+    records = pa.Table.from_batches(
+        decode_batches(iter([batch]), {"file:/in/a.parquet": 0}, frozenset(), vocabulary)
+    ).to_pylist()
+    accounted = dict.fromkeys(range(len(sequences)), 0)
+    tallied: dict[int, int] = {}
+    for r in records:
+        person = r["person_id"]
+        if r["record"] == PERSON:
+            accounted[person] += PROMPT_LENGTH
+        elif r["record"] == VISIT:
+            accounted[person] += 1 + (r["concept_id_2"] is not None)
+        elif r["record"] in (EVENT, DEATH, REJECTION):
+            accounted[person] += 1
+        elif r["record"] == TALLY:
+            accounted[person] += r["count"]
+            tallied[person] = r["tokens"]
+    assert tallied == {i: len(tokens) for i, tokens in enumerate(sequences)}
+    assert accounted == tallied
+    decoded = decode_arrow(batch.column("concept_ids"), np.ones(len(sequences), bool)).decoded
+    assert 0 < decoded.sum() < len(sequences)  # both paths were taken

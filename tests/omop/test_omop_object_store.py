@@ -74,7 +74,7 @@ def test_spark_submit_unreadable_object_store_vocabulary_fails_with_one_line(spa
         f"gs://vocabulary{tmp_path}/missing",
         cwd=tmp_path,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     output = result.stdout + result.stderr  # spark-submit merges the Python process's stderr into stdout
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, output[-2000:]

@@ -254,7 +254,7 @@ def test_failed_run_leaves_the_previous_output_untouched(spark, tmp_path, capsys
     before = rows(spark, out, "person")
     (tmp_path / "empty").mkdir()
     assert main(["--patient_sequence_folder", str(seq), "--omop_folder", str(out),
-                 "--source_omop_folder", str(tmp_path / "empty")]) == 1  # fmt: skip
+                 "--source_omop_folder", str(tmp_path / "empty")]) == 2  # fmt: skip
     assert (out / "_SUCCESS").exists() and rows(spark, out, "person") == before
 
 
@@ -323,7 +323,7 @@ def test_missing_or_corrupt_vocabulary_fails_with_one_line(spark, tmp_path, caps
         ],
         capsys,
     )
-    assert code == 1
+    assert code == 2
     assert err.startswith(f"error: source_omop_folder {vocab}") and message in err and "\n" not in err
     assert not (tmp_path / "o" / "_SUCCESS").exists()
 
@@ -359,7 +359,7 @@ def test_bad_sequences_fail_with_one_line(spark, tmp_path, capsys, breakage, mes
         ],
         capsys,
     )
-    assert code == 1
+    assert code == 2
     assert err.startswith(f"error: patient_sequence_folder {seq}") and message in err and "\n" not in err
 
 
@@ -408,3 +408,99 @@ def test_condition_era_is_not_written_unless_asked(restored):
     root, report = restored
     assert not (root / "omop" / "condition_era").exists()
     assert "condition_era" not in report["rows"]
+
+
+# --- bad input and stale output (issue 17) -------------------------------------------------------------------
+
+
+def _restore_argv(seq: Path, out: Path, vocab: Path, *extra: str) -> list[str]:
+    return ["--patient_sequence_folder", str(seq), "--omop_folder", str(out), "--source_omop_folder", str(vocab),
+            *extra]  # fmt: skip
+
+
+def test_an_oversized_concept_token_is_rejected_and_counted_not_fatal(spark, tmp_path, capsys):
+    text = (
+        "year:2001 age:12 8532 8527 [VS] 9202 101 99999999999999999999 [VE] D1 [VS] 9202 2"
+        + "9" * 5000
+        + " [VE]"
+    )
+    seq = write_sequences(tmp_path / "seq", [("a", 1, text)])
+    out = tmp_path / "omop"
+    assert main(_restore_argv(seq, out, write_vocabulary(tmp_path / "vocab"))) == 0
+    report = json.loads((out / "restore_report.json").read_text())
+    # the token is rejected alone; the second visit has no concept left, so it is rejected whole
+    assert report["rejected_tokens"] == {"malformed_visit": 4, "unexpected_token_in_visit": 1}
+    assert report["rows"]["condition_occurrence"] == 1 and report["rows"]["visit_occurrence"] == 1
+    assert report["tokens"] == {"input": 14, "placed": 6, "structural": 3, "rejected": 5}
+    rejected = rows(spark, out, REJECTED)
+    assert [(r["position"], r["token"][:6], r["reason"]) for r in rejected if r["position"] == 7] == [
+        (7, "999999", "unexpected_token_in_visit")
+    ]
+
+
+def test_a_rerun_without_condition_era_removes_the_earlier_one(spark, tmp_path):
+    seq = write_sequences(tmp_path / "seq", SEQUENCES[:1])
+    vocab = write_vocabulary(tmp_path / "vocab")
+    out = tmp_path / "omop"
+    assert main(_restore_argv(seq, out, vocab, "--condition_era")) == 0
+    assert (out / "condition_era").exists()
+    other = write_sequences(tmp_path / "other", SEQUENCES[3:4])
+    assert main(_restore_argv(other, out, vocab)) == 0
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert names == {*TABLES, REJECTED, "restore_report.json", "_SUCCESS"}
+
+
+def test_a_folder_no_restore_wrote_is_refused_and_left_as_it_was(spark, tmp_path, capsys):
+    seq = write_sequences(tmp_path / "seq", SEQUENCES[:1])
+    out = tmp_path / "cdm"
+    (out / "person").mkdir(parents=True)
+    (out / "person" / "mine.parquet").write_bytes(b"a source database's table")
+    code, err = _run_main(_restore_argv(seq, out, write_vocabulary(tmp_path / "vocab")), capsys)
+    assert code == 2
+    assert err == (
+        f"error: omop_folder {out}: holds person and no restore_report.json: not the output of a restore; "
+        "give an empty or new folder"
+    )
+    assert sorted(p.name for p in out.rglob("*")) == ["mine.parquet", "person"]
+
+
+@pytest.mark.parametrize(
+    "name,content,why",
+    [
+        ("notes.txt", b"these are my notes, not a table", "is not a parquet file (no PAR1 magic bytes)"),
+        ("empty.parquet", b"", "is empty (0 bytes), not a parquet file"),
+    ],
+)
+def test_a_file_that_is_not_parquet_in_the_input_is_named(spark, tmp_path, capsys, name, content, why):
+    seq = write_sequences(tmp_path / "seq", SEQUENCES[:1])
+    (seq / name).write_bytes(content)
+    out = tmp_path / "omop"
+    code, err = _run_main(_restore_argv(seq, out, write_vocabulary(tmp_path / "vocab")), capsys)
+    assert code == 2
+    assert err == f"error: patient_sequence_folder {seq}: file:{seq}/{name} {why}"
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_corrupt_parquet_file_gives_one_line_and_no_stack_dump_on_the_console(tmp_path):
+    """A real run in a subprocess: the console (the JVM's stderr included) shows no trace, the log file does."""
+    import os
+    import subprocess
+    import sys
+
+    seq = write_sequences(tmp_path / "seq", SEQUENCES[:1])
+    (seq / "z.parquet").write_bytes(b"PAR1" + b"\x00garbage footer" * 8 + b"PAR1")
+    out = tmp_path / "omop"
+    argv = _restore_argv(seq, out, write_vocabulary(tmp_path / "vocab"), "--spark_master", "local[1]")
+    done = subprocess.run(
+        [sys.executable, "-m", "cehrgpt.omop.restore", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CEHRGPT_SPARK_DRIVER_MEMORY": "1g"},
+        timeout=600,
+    )
+    console = done.stdout + done.stderr
+    assert done.returncode == 2, console
+    assert "Traceback" not in console and "\tat " not in console and "Exception in task" not in console
+    errors = [line for line in console.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "z.parquet" in errors[0], console
+    assert not (out / "_SUCCESS").exists()

@@ -139,6 +139,25 @@ def test_save_then_load_gives_identical_logits(trained, tmp_path):
         assert torch.equal(model(ids).logits, again(ids).logits)
 
 
+def test_resume_of_a_finished_run_leaves_it_as_it_was(trained, data_folder, tmp_path):
+    out, metrics = trained
+    finished = tmp_path / "finished"
+    shutil.copytree(out, finished)
+    before = {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()}
+    assert train(data_folder, finished, max_steps=12, resume=True, **TINY) == metrics
+    assert {p.name: p.read_bytes() for p in finished.iterdir() if p.is_file()} == before
+    assert json.loads((finished / "training_metrics.json").read_text())["tokens_per_second"] > 0
+
+
+def test_every_file_of_the_model_has_the_umask_mode(trained):
+    out, _ = trained
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    assert "model.safetensors" in modes
+    assert modes == dict.fromkeys(modes, 0o666 & ~mask)
+
+
 def test_resume_continues_from_the_saved_step(trained, data_folder, tmp_path):
     out, metrics = trained
     # A run killed after step 8 (mid-epoch): its folder holds the tokenizer and that checkpoint, nothing else.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -154,15 +155,31 @@ def test_a_bad_row_midway_leaves_the_target_exactly_as_it_was(restored_omop, tmp
     assert table_names(target) == CDM_TABLES
 
 
-def test_stale_staging_tables_of_a_killed_run_are_dropped(restored_omop, target):
+def test_stale_staging_tables_of_a_killed_run_are_dropped(restored_omop, target, caplog):
     engine = sa.create_engine(target)
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE person__cehrgpt_staging (junk INTEGER)")
         conn.exec_driver_sql("CREATE TABLE death__cehrgpt_old (junk INTEGER)")
         conn.exec_driver_sql("CREATE TABLE mine__cehrgpt_staging (junk INTEGER)")  # not ours: kept
     engine.dispose()
-    upload_omop(restored_omop, target)
+    with caplog.at_level(logging.INFO, logger="cehrgpt.upload.upload"):
+        upload_omop(restored_omop, target)
     assert table_names(target) == sorted([*CDM_TABLES, "mine__cehrgpt_staging"])
+    dropped = [r.getMessage() for r in caplog.records if "left behind" in r.getMessage()]
+    assert dropped == [
+        "dropping death__cehrgpt_old, person__cehrgpt_staging, left behind by an earlier upload that did not finish"
+    ]
+
+
+def test_a_killed_runs_staging_is_dropped_even_when_the_next_run_refuses(restored_omop, target):
+    upload_omop(restored_omop, target)
+    engine = sa.create_engine(target)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE person__cehrgpt_staging (junk INTEGER)")
+    engine.dispose()
+    with pytest.raises(UploadError, match=r"^--mode fail: table death already exists \(4 of the 4 tables do\)"):
+        upload_omop(restored_omop, target, mode="fail")
+    assert table_names(target) == CDM_TABLES
 
 
 def test_empty_tables_and_upper_case_columns(tmp_path, target):
@@ -195,7 +212,7 @@ def test_cli_uploads_and_prints_one_line(restored_omop, tmp_path, capsys):
     assert main(["--target", url, "--input_folder", str(restored_omop), "--summary_path", str(summary)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1
-    assert out[0].startswith(f"uploaded 9 rows in 4 tables to {url} (")
+    assert out[0].startswith(f"uploaded 9 rows in 4 tables to schema main of {url} (")
     assert json.loads(summary.read_text())["total_rows"] == 9
 
 
@@ -225,23 +242,36 @@ def test_cli_credential_file_with_sqlalchemy_url(restored_omop, tmp_path, capsys
         ),
     ],
 )
-def test_cli_bad_input_is_one_error_line_and_exit_1(restored_omop, tmp_path, capsys, args, message):
+def test_cli_bad_input_is_one_error_line_and_exit_2(restored_omop, tmp_path, capsys, args, message):
     argv = ["--target", f"duckdb:///{tmp_path / 'x.duckdb'}"]
     argv += [a.format(tmp=tmp_path, omop=restored_omop) for a in args]
-    assert main(argv) == 1
+    assert main(argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
     assert errors[0].startswith(message.format(tmp=tmp_path))
 
 
 def test_cli_bad_target_url(restored_omop, capsys):
-    assert main(["--target", "not a url", "--input_folder", str(restored_omop)]) == 1
+    assert main(["--target", "not a url", "--input_folder", str(restored_omop)]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: --target is not a SQLAlchemy database URL; expected e.g. "
         "postgresql+psycopg://user@host:5432/db or duckdb:///path/to/omop.duckdb"
     )
-    assert main(["--target", "nosuchdb://h/x", "--input_folder", str(restored_omop)]) == 1
+    assert main(["--target", "nosuchdb://h/x", "--input_folder", str(restored_omop)]) == 2
     assert "error: no SQLAlchemy dialect for 'nosuchdb'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h:abc/db", "mysql+pymysql://root@127.0.0.1:33o6/test"])
+def test_cli_non_numeric_port_is_one_line(restored_omop, tmp_path, capsys, url):
+    assert main(["--target", url, "--input_folder", str(restored_omop)]) == 2
+    port = url.rpartition(":")[2].partition("/")[0]
+    assert capsys.readouterr().err.strip() == f"error: --target: port {port!r} is not a number"
+    ini = tmp_path / "c.ini"
+    ini.write_text(f"[DEFAULT]\nsqlalchemy_url = {url}\n")
+    assert main(["--credential_path", str(ini), "--input_folder", str(restored_omop)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: sqlalchemy_url in {ini}: port {port!r} is not a number"
+    )
 
 
 def test_cli_usage_errors_exit_2(restored_omop, capsys):

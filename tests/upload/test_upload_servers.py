@@ -250,7 +250,7 @@ def test_wrong_password_is_one_line_without_the_password(restored_omop, mariadb_
     parsed = sa.make_url(url)
     wrong = parsed.set(password=SECRET).render_as_string(hide_password=False)
     result = run_cli(["--target", wrong, "--input_folder", str(restored_omop), "--schema", schema])
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert SECRET not in result.stdout + result.stderr
     assert "Wr0ng" not in result.stdout + result.stderr
     assert result.stderr.strip().splitlines() == [
@@ -273,7 +273,7 @@ def test_password_from_environment_never_printed_on_failure(restored_omop, tmp_p
     result = run_cli(
         ["--credential_path", str(ini), "--input_folder", str(restored_omop)], env={"OMOP_SECRET": SECRET}
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert SECRET not in result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: connecting to postgresql+psycopg://no_such_role:***@")
@@ -334,7 +334,7 @@ def test_dropped_connection_midway_leaves_the_target_unchanged(restored_omop, tm
     engine.dispose()
     assert killed
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 1
+    assert process.returncode == 2
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
     assert errors[0].startswith("error: loading person failed: ")

@@ -1,6 +1,6 @@
 """``python -m cehrgpt.data.prepare``: OMOP CDM → CEHR-GPT patient sequences (a PySpark job).
 
-Writes, all at once (into a temporary sibling folder renamed at the end, so a
+Writes, all at once (into a temporary sibling folder ``.OUT.tmp-*`` renamed at the end, so a
 failed run leaves nothing that looks complete, and a rerun replaces the old output;
 OUT may be a local path or a Hadoop URI such as ``gs://`` or ``s3a://``)::
 
@@ -9,6 +9,11 @@ OUT may be a local path or a Hadoop URI such as ``gs://`` or ``s3a://``)::
     OUT/prepare_report.json
 
 Runs on ``local[*]`` by default and unchanged under spark-submit.
+
+A run first removes the staging folders a killed run left beside OUT (and says so), and
+refuses an OUT holding files it did not write (a non-empty folder without
+``prepare_report.json``, or one holding names this run does not write) unless ``--overwrite``
+is given. A failing Spark job ends in one line naming a log file with the full trace (exit 2).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from py4j.protocol import Py4JError
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm
@@ -39,7 +46,8 @@ from cehrgpt.omop.source import (
     open_omop_source,
     resolve_omop_source,
 )
-from cehrgpt.spark import HadoopFiles, get_spark, parent_and_name
+from cehrgpt.redaction import scrub_urls
+from cehrgpt.spark import HadoopFiles, get_spark, parent_and_name, quiet_spark_console, spark_failure
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,7 @@ def prepare(
     spark: SparkSession | None = None,
     spark_master: str | None = None,
     shuffle_partitions: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Turn an OMOP database into patient sequences, the vocabulary and a report, under ``output_folder``.
 
@@ -115,12 +124,13 @@ def prepare(
         spark: a session to use; by default one from :func:`cehrgpt.spark.get_spark`.
         spark_master: the master for a new session (``local[*]`` when neither this nor spark-submit says).
         shuffle_partitions: ``spark.sql.shuffle.partitions`` for a new session.
+        overwrite: replace ``output_folder`` even when it holds files prepare did not write.
 
     Returns:
         The report, as written to ``prepare_report.json``.
 
     Raises:
-        PrepareError: a bad option.
+        PrepareError: a bad option, or an output folder holding files prepare did not write.
         OmopSourceError: a missing table or column, an unreadable file, a value of the wrong type.
     """
     started = time.perf_counter()
@@ -133,10 +143,15 @@ def prepare(
     source = open_omop_source(omop_source)
     if spark is None:
         spark = get_spark("cehrgpt-prepare", spark_master, shuffle_partitions)
+        quiet_spark_console(spark)
         if shuffle_partitions is None and (spark.sparkContext.master or "").startswith("local"):
             # Spark's 200 shuffle partitions are sized for clusters; on one machine they cost more than the work.
             spark.conf.set("spark.sql.shuffle.partitions", str(local_shuffle_partitions(spark)))
     files = HadoopFiles(spark, parent)
+    remove_stale_staging(files, name)
+    output = HadoopFiles(spark, f"{files.root}/{name}")
+    if not overwrite:
+        check_output_folder(output, output_folder)
     staging = f".{name}.tmp-{uuid.uuid4().hex[:8]}"
     files.mkdirs()
     try:
@@ -152,13 +167,52 @@ def prepare(
             },
             seconds=round(time.perf_counter() - started, 2),
         )
+        for table in report["empty_tables"]:
+            log.warning("source table %s is empty", table)
         events_kept = report["events"]["kept"]
         report["events_per_second"] = round(events_kept / max(report["seconds"], 1e-9), 1)
         files.write_text(f"{staging}/{REPORT_NAME}", json.dumps(report, indent=2, sort_keys=False) + "\n")
+        if not overwrite:
+            foreign = sorted(
+                set(_visible(output)) - set(_visible(HadoopFiles(spark, f"{files.root}/{staging}")))
+            )
+            if foreign:
+                raise PrepareError(
+                    f"--output_folder {output_folder}: holds {foreign[0]}, which this run does not write; "
+                    "remove it or give --overwrite (nothing was changed)"
+                )
         files.move(staging, name)
     finally:
         files.delete(staging)
     return report
+
+
+def _visible(files: HadoopFiles) -> list[str]:
+    return [n for n in files.children() if not n.startswith(".")]
+
+
+def remove_stale_staging(files: HadoopFiles, name: str) -> None:
+    """Delete the ``.<name>.tmp-*`` folders killed runs left beside the output, saying so in one line.
+
+    Two runs into one output folder at once are not supported: the second would remove the first's.
+    """
+    stale = sorted(c for c in files.children() if c.startswith(f".{name}.tmp-"))
+    if stale:
+        log.warning(
+            "removing %s in %s, left by a prepare run that did not finish", ", ".join(stale), files.root
+        )
+    for child in stale:
+        files.delete(child)
+
+
+def check_output_folder(output: HadoopFiles, output_folder: str) -> None:
+    """Refuse a non-empty output folder without a ``prepare_report.json``: prepare did not write it."""
+    present = sorted(_visible(output))
+    if present and REPORT_NAME not in present:
+        raise PrepareError(
+            f"--output_folder {output_folder}: holds {present[0]} and no {REPORT_NAME}, so prepare did not "
+            "write it; give an empty or new folder, or --overwrite to replace it"
+        )
 
 
 def local_shuffle_partitions(spark: SparkSession) -> int:
@@ -347,6 +401,7 @@ def _report(
     empty_visits = visit_reasons.get(ev.KEPT, 0) - real_visits_used
     return {
         "tables_read": tables_read,
+        "empty_tables": sorted(name for name, rows in tables_read.items() if rows == 0),
         "tables_treated_as_absent": inputs.absent,
         "rows_in_unusable_tables": inputs.unusable_rows,
         "persons": {
@@ -476,6 +531,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="spark.sql.shuffle.partitions (default: two per core in local mode, Spark's setting otherwise)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output_folder even when it holds files prepare did not write",
+    )
     return parser
 
 
@@ -492,9 +552,17 @@ def main(argv: list[str] | None = None) -> int:
             domains=args.domains,
             spark_master=args.spark_master,
             shuffle_partitions=args.shuffle_partitions,
+            overwrite=args.overwrite,
         )
     except (PrepareError, OmopSourceError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {scrub_urls(str(error))}", file=sys.stderr)
+        return 2
+    except (Py4JError, PySparkException) as error:  # a Spark job failed: one line, the trace in a log file
+        source = scrub_urls(args.omop_source or "the OMOP source")
+        print(
+            f"error: prepare of {source} failed: {scrub_urls(spark_failure(error, 'prepare'))}",
+            file=sys.stderr,
+        )
         return 2
     persons = report["persons"]["per_split"]
     print(

@@ -39,6 +39,9 @@ from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SUMMARY_FILE = "generation_summary.json"
+SAMPLED_TOKENS_KEY = (
+    "cehrgpt.sampled_tokens"  # parquet metadata: tokens sampled for the file, rejected rows too
+)
 OUTPUT_SCHEMA = pa.schema(
     [
         ("person_id", pa.int64()),
@@ -271,6 +274,7 @@ def generate(settings: GenerationSettings) -> dict:
 
     totals = {"sampled_tokens": 0, "rejected": 0, "patients": 0, "valid": 0, "hit_context_window": 0}
     skipped_files = 0
+    earlier_sampled_tokens = 0  # sampled by an earlier attempt for the files it finished
     progress = tqdm(
         total=len(patients), unit="patient", disable=not s.show_progress, desc=f"shard {s.shard_index}"
     )
@@ -282,6 +286,7 @@ def generate(settings: GenerationSettings) -> dict:
         )
         if path.is_file():
             skipped_files += 1
+            earlier_sampled_tokens += _recorded_sampled_tokens(path)
             progress.update(len(file_patients))
             continue
         seed_seq = _file_seed(s.seed, s.shard_index, s.num_shards, file_index)
@@ -329,7 +334,7 @@ def generate(settings: GenerationSettings) -> dict:
                 "num_of_concepts": [len(seq) for seq in sequences],
                 "is_valid": valid,
             },
-            schema=OUTPUT_SCHEMA,
+            schema=OUTPUT_SCHEMA.with_metadata({SAMPLED_TOKENS_KEY: str(result.sampled_tokens)}),
         )
         _write_parquet_atomically(table, path)
         totals["sampled_tokens"] += result.sampled_tokens
@@ -360,7 +365,8 @@ def generate(settings: GenerationSettings) -> dict:
         "valid_fraction": totals["valid"] / totals["patients"] if totals["patients"] else None,
         "rejected_and_retried": totals["rejected"],
         "closed_by_context_window": totals["hit_context_window"],
-        "sampled_tokens": totals["sampled_tokens"],
+        "sampled_tokens": totals["sampled_tokens"] + earlier_sampled_tokens,  # every attempt's files
+        "sampled_tokens_this_attempt": totals["sampled_tokens"],
         "wall_seconds": round(wall, 3),
         "decode_seconds": round(decode_seconds, 3),
         "tokens_per_second": round(totals["sampled_tokens"] / decode_seconds, 1) if decode_seconds else None,
@@ -377,6 +383,12 @@ def generate(settings: GenerationSettings) -> dict:
     _atomic_write_text(shard_file, json.dumps(summary, indent=1))
     _merge_summaries(strategy_folder)
     return summary
+
+
+def _recorded_sampled_tokens(path: Path) -> int:
+    """The tokens sampled to write ``path``, as its parquet metadata records them (0 if it does not)."""
+    metadata = pq.read_schema(path).metadata or {}
+    return int(metadata.get(SAMPLED_TOKENS_KEY.encode(), b"0"))
 
 
 def _count_files(out_dir: Path, s: GenerationSettings) -> tuple[int, int]:

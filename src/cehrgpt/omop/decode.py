@@ -30,6 +30,10 @@ Recovery rules (the smallest unit that is wrong is rejected, never more):
   (``token_outside_visit``, ``misplaced_gap``); after a death only ``[END]``
   and ``[PAD]`` may follow (``after_death``), after ``[END]`` only ``[PAD]``.
 
+A number the output cannot hold (a concept id beyond int64, digits beyond
+Python's integer-string limit) or a null token is read as ``[OOV]``, so it is
+rejected like any other token the grammar does not allow there.
+
 Which table an event goes to depends on its concept's domain, so events are
 checked against the vocabulary later (``concept_not_in_vocabulary``,
 ``unsupported_domain``), by the job.
@@ -49,6 +53,7 @@ import pyarrow.compute as pc
 
 from cehrgpt.grammar import (
     CLOSED_STATES,
+    OOV,
     PROMPT_LENGTH,
     START,
     VISIT_END,
@@ -69,6 +74,7 @@ from cehrgpt.grammar import (
 EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 MAX_DAY = date(9999, 12, 31).toordinal() - EPOCH_ORDINAL  # the last date Spark and the CDM can hold
 MAX_AGE = 150  # a prompt age beyond this (either sign) is not a person
+MAX_CONCEPT_ID = int(np.iinfo(np.int64).max)  # the restore writes concept ids as bigint
 
 
 class Reason(StrEnum):
@@ -173,12 +179,31 @@ def date_of(day: int) -> date:
 _SYNTACTIC_KINDS: dict[str, TokenKind | None] = {}
 
 
+def restore_kind(token: str | None) -> TokenKind | None:
+    """:func:`cehrgpt.grammar.syntactic_kind`, except that what the restore cannot hold is ``[OOV]``.
+
+    That is a null token, a concept id beyond :data:`MAX_CONCEPT_ID`, and a number with
+    more digits than Python converts (``int()`` raises ``ValueError``): one such token must
+    be rejected, not abort the whole job.
+    """
+    if token is None:
+        return TokenKind.OOV
+    try:
+        kind = syntactic_kind(token)
+        if kind is None and (concept_id_of(token) or 0) > MAX_CONCEPT_ID:
+            return TokenKind.OOV
+    except ValueError:
+        return TokenKind.OOV
+    return kind
+
+
 def token_kinds(tokens: Sequence[str]) -> list[TokenKind]:
     """:func:`cehrgpt.grammar.assign_kinds`, with each distinct token's syntactic kind looked up once.
 
     Generated vocabularies are small and tokens repeat, so caching the regex
     work makes the restore several times faster; a test checks the result
-    equals ``assign_kinds`` on every sequence it decodes.
+    equals ``assign_kinds`` on every sequence it decodes. Unlike ``assign_kinds``,
+    what :func:`restore_kind` calls ``[OOV]`` is ``[OOV]`` here.
     """
     cache = _SYNTACTIC_KINDS
     kinds: list[TokenKind] = []
@@ -188,7 +213,7 @@ def token_kinds(tokens: Sequence[str]) -> list[TokenKind]:
         try:
             kind = cache[token]
         except KeyError:
-            kind = cache[token] = syntactic_kind(token)
+            kind = cache[token] = restore_kind(token)
             if len(cache) > 1_000_000:  # garbage spellings must not grow it forever
                 cache.clear()
         if kind is None:
@@ -422,7 +447,11 @@ _K = TokenKind
 
 
 def _token_tables(tokens: list[str]) -> dict[str, np.ndarray]:
-    """Per distinct token: syntactic kind (-1 if positional), concept id, gap days, prompt year and age."""
+    """Per distinct token: syntactic kind (-1 if positional), concept id, gap days, prompt year and age.
+
+    Gaps are clipped to one day past :data:`MAX_DAY` (any longer gap is out of range all the same), so
+    no value overflows int64.
+    """
     n = len(tokens)
     kind = np.full(n, _NO_KIND, np.int8)
     concept = np.full(n, -1, np.int64)
@@ -431,7 +460,7 @@ def _token_tables(tokens: list[str]) -> dict[str, np.ndarray]:
     age = np.full(n, 10_000, np.int64)
     inpatient = np.zeros(n, bool)
     for i, token in enumerate(tokens):
-        k = syntactic_kind(token)
+        k = restore_kind(token)
         if k is None:
             cid = concept_id_of(token)
             concept[i] = cid if cid is not None else -1
@@ -439,9 +468,9 @@ def _token_tables(tokens: list[str]) -> dict[str, np.ndarray]:
             continue
         kind[i] = k
         if k == _K.GAP:
-            gap[i] = gap_days(token) or 0
+            gap[i] = min(gap_days(token) or 0, MAX_DAY + 1)
         elif k == _K.INPATIENT_GAP:
-            gap[i] = inpatient_gap_days(token) or 0
+            gap[i] = min(inpatient_gap_days(token) or 0, MAX_DAY + 1)
         elif k == _K.YEAR:
             year[i] = prompt_year(token) or -1
         elif k == _K.AGE:
@@ -526,7 +555,8 @@ def decode_arrow(sequences: pa.ListArray, usable: np.ndarray) -> ArrowDecoded:
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     if lengths.sum() == 0:
         return _nothing_decoded(rows)
-    encoded = pc.dictionary_encode(pc.list_flatten(sequences))
+    # a null token is [OOV] here, which sends its row to decode_patient (which rejects it)
+    encoded = pc.dictionary_encode(pc.fill_null(pc.list_flatten(sequences), OOV))
     dictionary = encoded.dictionary.to_pylist()
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     table = _token_tables(dictionary)

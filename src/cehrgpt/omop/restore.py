@@ -31,6 +31,10 @@ Output appears only when the job succeeded: tables (and the decoded records
 they are cut from) are written under ``O/_tmp_<run>/``, then moved into place with the Hadoop FileSystem API (so
 ``gs://`` and ``s3a://`` work), and ``O/_SUCCESS`` is written last. A failed
 run leaves the previous output as it was; consumers should check ``_SUCCESS``.
+A rerun removes every table of the earlier run it does not write again (no stale
+``condition_era`` beside the new ``_SUCCESS``), and the job refuses a non-empty
+``O`` that no restore wrote. Every input file must be parquet: an empty or
+foreign file stops the job with one line naming it (exit 2), before anything is written.
 Every path may be a local path or an object-store URI.
 """
 
@@ -50,6 +54,8 @@ from urllib.parse import unquote
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from py4j.protocol import Py4JError
+from pyspark.errors import PySparkException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -60,7 +66,14 @@ from cehrgpt.grammar import PROMPT_LENGTH
 from cehrgpt.omop.cdm import cdm_fields
 from cehrgpt.omop.decode import ArrowDecoded, DecodedPatient, Reason, Rejection, decode_arrow, decode_patient
 from cehrgpt.omop.source import OmopSourceError, open_omop_source, spark_type
-from cehrgpt.spark import HadoopFiles, get_spark
+from cehrgpt.spark import (
+    HadoopFiles,
+    get_spark,
+    parquet_file_problem,
+    quiet_spark_console,
+    spark_error_line,
+    spark_failure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -434,9 +447,27 @@ def decode_batches(
 # --- reading ------------------------------------------------------------------------------------------------
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
+def check_input_files(spark: SparkSession, folder: str, sequences: DataFrame) -> None:
+    """Every file Spark will read is parquet; else one line naming the first that is not (and how many)."""
+    problems = [(f, why) for f in sorted(sequences.inputFiles()) if (why := parquet_file_problem(spark, f))]
+    if problems:
+        path, why = problems[0]
+        more = f" (and {len(problems) - 1} other file(s))" if len(problems) > 1 else ""
+        raise RestoreError(f"patient_sequence_folder {folder}: {_file_key(path)} {why}{more}")
+
+
+#: Everything a restore writes into its output folder (besides its ``_tmp_<run>`` staging).
+RESTORE_OUTPUTS = frozenset({*TABLES, CONDITION_ERA, REJECTED, REPORT, SUCCESS})
+
+
+def check_output_folder(files: HadoopFiles) -> None:
+    """Refuse a non-empty output folder that no restore wrote (it may be a source database)."""
+    present = [name for name in files.children() if not name.startswith(("_tmp_", "."))]
+    if present and REPORT not in present and SUCCESS not in present:
+        raise RestoreError(
+            f"omop_folder {files.root}: holds {sorted(present)[0]} and no {REPORT}: not the output of a "
+            "restore; give an empty or new folder"
+        )
 
 
 def read_sequences(spark: SparkSession, folder: str) -> DataFrame:
@@ -446,7 +477,7 @@ def read_sequences(spark: SparkSession, folder: str) -> DataFrame:
         columns = {f.name.lower(): f for f in raw.schema.fields}
     except Exception as error:
         raise RestoreError(
-            f"patient_sequence_folder {folder}: cannot read parquet sequences ({_first_line(error)})"
+            f"patient_sequence_folder {folder}: cannot read parquet sequences ({spark_error_line(error)})"
         ) from None
     missing = [c for c in ("person_id", "concept_ids") if c not in columns]
     if missing:
@@ -507,7 +538,7 @@ def read_vocabulary(spark: SparkSession, vocabulary: str) -> tuple[np.ndarray, n
         raise RestoreError(f"source_omop_folder {vocabulary}: {error}") from None
     except Exception as error:
         raise RestoreError(
-            f"source_omop_folder {vocabulary}: cannot read the concept table ({_first_line(error)})"
+            f"source_omop_folder {vocabulary}: cannot read the concept table ({spark_error_line(error)})"
         ) from None
     if arrow.num_rows == 0:
         raise RestoreError(f"source_omop_folder {vocabulary}: the concept table is empty")
@@ -826,7 +857,8 @@ def restore(
         The report also written to ``omop_folder/restore_report.json``.
 
     Raises:
-        RestoreError: unreadable sequences or vocabulary.
+        RestoreError: unreadable sequences or vocabulary, a non-parquet input file, or an output
+            folder that no restore wrote.
     """
     started = time.perf_counter()
     own_session = spark is None and SparkSession.getActiveSession() is None
@@ -836,13 +868,18 @@ def restore(
         "cehrgpt-omop-restore", master=spark_master, shuffle_partitions=shuffle_partitions
     )
     session_started = time.perf_counter()
+    if own_session:
+        quiet_spark_console(session)
     files = HadoopFiles(session, omop_folder)
     run = f"_tmp_{uuid.uuid4().hex[:12]}"
     try:
+        check_output_folder(files)
         sequences = read_sequences(session, patient_sequence_folder)
+        check_input_files(session, patient_sequence_folder, sequences)
         vocabulary = read_vocabulary(session, source_omop_folder)
         for stale in files.children():
             if stale.startswith("_tmp_"):  # a crashed run's partial output
+                log.warning("removing %s/%s, left by a run that did not finish", files.root, stale)
                 files.delete(stale)
         file_index, duplicates = _input_layout(sequences)
         log.info("inputs read in %.1fs: %d files, %d duplicate rows", time.perf_counter() - started,
@@ -874,6 +911,12 @@ def restore(
         files.delete(SUCCESS)
         for name in outputs:
             files.move(f"{run}/{name}", name)
+        for stale in sorted(RESTORE_OUTPUTS - outputs.keys() - {REPORT, SUCCESS}):
+            if files.exists(stale):  # an earlier run's table this run did not write: never publish it
+                log.warning(
+                    "removing %s/%s, written by an earlier run but not by this one", files.root, stale
+                )
+                files.delete(stale)
         files.write_text(REPORT, json.dumps(report, indent=2, sort_keys=True) + "\n")
         files.write_text(SUCCESS, "")
         return report
@@ -1031,7 +1074,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
+    except (Py4JError, PySparkException) as error:  # a Spark job failed: one line, the trace in a log file
+        print(f"error: restore of {args.patient_sequence_folder} failed: {spark_failure(error, 'restore')}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     print(
         f"restored {report['patients_restored']} of {report['input_patients']} patients "
         f"({report['tokens']['rejected']} tokens rejected) into {args.omop_folder}"

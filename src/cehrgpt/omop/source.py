@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cehrgpt.omop.cdm import cdm_fields
+from cehrgpt.spark import spark_error_line
 
 log = logging.getLogger(__name__)
 
@@ -307,10 +308,9 @@ class FolderSource(OmopSource):
                     df = spark.read.schema(schema).option("header", True).csv(str(path))
                 df.schema  # noqa: B018 - forces the footer/header read so a bad file fails here
             except Exception as error:  # Spark raises several unrelated types for a bad file
-                first_line = (
-                    str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                )
-                raise OmopSourceError(f"{name}: cannot read {path} as {fmt}: {first_line[:200]}") from None
+                raise OmopSourceError(
+                    f"{name}: cannot read {path} as {fmt}: {spark_error_line(error)[:300]}"
+                ) from None
             self._cache[name] = df
         return self._cache[name]
 

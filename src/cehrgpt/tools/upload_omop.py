@@ -90,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except UploadError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(
-        f"uploaded {summary['total_rows']} rows in {len(summary['tables'])} tables to {summary['target']} "
+        f"uploaded {summary['total_rows']} rows in {len(summary['tables'])} tables to schema "
+        f"{summary['schema']} of {summary['target']} "
         f"({summary['rows_per_second']} rows/s)"
     )
     return 0

@@ -231,6 +231,14 @@ class _Run:
         state: dict[str, Any] = {"step": 0, "log_history": [], "eval_history": []}
         if checkpoint is not None:
             state = self._load_checkpoint(checkpoint)
+        finished = self.out / METRICS_FILE
+        if checkpoint is not None and state["step"] >= total_steps and finished.is_file():
+            # nothing left to train: rewriting the metrics would replace the run's throughput with null
+            logger.info(
+                "%s already finished at step %d; nothing to train, left as it was", self.out, state["step"]
+            )
+            self.accelerator.wait_for_everyone()
+            return json.loads(finished.read_text())
         if self.accelerator.is_main_process:
             (self.out / METRICS_FILE).unlink(missing_ok=True)  # no longer a finished run
         self._log_start(model, data, len(loader), total_steps, state["step"])
@@ -530,9 +538,19 @@ class _Run:
         model.save_pretrained(staging, state_dict=state_dict)
         save_tokenizer(tokenizer, staging)
         token_metadata(tokenizer)  # fails loudly before anything is moved if metadata went missing
+        mode = _file_mode()
         for path in sorted(staging.iterdir()):
+            if path.is_file():
+                path.chmod(mode)  # safetensors writes 0600; every file of the model gets the umask's mode
             path.replace(self.out / path.name)
         staging.rmdir()
         tmp = self.out / f".{METRICS_FILE}.tmp"
         tmp.write_text(json.dumps(metrics, indent=1))
         tmp.replace(self.out / METRICS_FILE)
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file under the current umask (0644 for umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask

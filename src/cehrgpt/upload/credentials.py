@@ -101,6 +101,9 @@ def parse_database_url(text: str, *, what: str) -> URL:
     """Parse a SQLAlchemy URL and give a bare scheme the driver this project installs (psycopg, PyMySQL, pyodbc)."""
     try:
         url = make_url(text.strip())
+    except ValueError:  # make_url's int() on the port (ArgumentError is a different class)
+        port = text.strip().partition("://")[2].partition("/")[0].rpartition("@")[2].rpartition(":")[2]
+        raise UploadError(f"{what}: port {port!r} is not a number") from None
     except ArgumentError:
         raise UploadError(
             f"{what} is not a SQLAlchemy database URL; expected e.g. "

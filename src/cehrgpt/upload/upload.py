@@ -132,6 +132,9 @@ def upload_omop(
     engine = create_target_engine(url)
     try:
         tables_summary = _Upload(engine, inputs, schema, mode, chunk_size, lock_timeout_s, secrets).run()
+        if schema is None:  # name the schema written, not just the database
+            with engine.connect() as connection:
+                schema = sa.inspect(connection).default_schema_name
     finally:
         engine.dispose()
     seconds = time.perf_counter() - started
@@ -234,6 +237,7 @@ class _Upload:
             return self._run(existing)
 
     def _run(self, existing: set[str]) -> dict[str, dict[str, Any]]:
+        self._drop_stale(existing)  # before any refusal: a killed run's staging never outlives the next run
         wanted = [ti.table for ti in self.inputs]
         present = [t for t in wanted if t in existing]
         if self.mode == "fail" and present:
@@ -241,7 +245,6 @@ class _Upload:
                 f"--mode fail: table {qualified(self.dialect, self.schema, present[0])} already exists "
                 f"({len(present)} of the {len(wanted)} tables do); nothing was changed"
             )
-        self._drop_stale(existing)
         timings: dict[str, float] = {}
         try:
             total = sum(ti.rows for ti in self.inputs)
@@ -334,8 +337,9 @@ class _Upload:
             for suffix in (STAGING_SUFFIX, RETIRED_SUFFIX)
             if name.endswith(suffix) and name[: -len(suffix)] in prefixes
         )
+        if stale:
+            log.info("dropping %s, left behind by an earlier upload that did not finish", ", ".join(stale))
         for name in stale:
-            log.info("dropping %s, left behind by an earlier upload that did not finish", name)
             with (
                 self._database_errors(f"dropping the stale table {name}", unchanged=True),
                 self.engine.begin() as conn,
