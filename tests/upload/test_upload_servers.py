@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from upload_fixtures import (
@@ -421,4 +422,51 @@ def test_a_swap_blocked_by_a_reader_gives_up_and_changes_nothing(request, restor
             upload_omop(restored_omop, url, schema=schema, lock_timeout_s=1)
         reader.rollback()
     engine.dispose()
+    assert state(url, schema) == before
+
+
+def _restore_generated_run(spark, root: Path, seed: int) -> Path:
+    """Two patients as generation run ``seed`` writes them, restored to ``root/omop<seed>``."""
+    from cehrgpt.generation.sharding import person_id
+    from cehrgpt.omop.restore import restore
+
+    vocabulary = root / "vocab" / "concept"
+    if not vocabulary.exists():
+        vocabulary.mkdir(parents=True)
+        concepts = {101: "Condition", 201: "Drug", 9202: "Visit"}
+        pq.write_table(
+            pa.table(
+                {"concept_id": pa.array(list(concepts), pa.int64()), "domain_id": list(concepts.values())}
+            ),
+            vocabulary / "part-0.parquet",
+        )
+    texts = ["year:2001 age:12 8532 8527 [VS] 9202 101 201 [VE] D5 [VS] 9202 101 [VE]",
+             "year:1990 age:40 8507 8527 [VS] 9202 201 [VE]"]  # fmt: skip
+    sequences = root / f"seq{seed}"
+    sequences.mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "person_id": pa.array([person_id(seed, i) for i in range(len(texts))], pa.int64()),
+                "concept_ids": pa.array([t.split() for t in texts], pa.list_(pa.string())),
+            }
+        ),
+        sequences / "part-0.parquet",
+    )
+    restore(str(sequences), str(root / f"omop{seed}"), str(root / "vocab"), spark=spark)
+    return root / f"omop{seed}"
+
+
+def test_restores_of_two_generation_runs_append_to_one_cdm(spark, tmp_path, server):
+    url, schema = server
+    first, second = (_restore_generated_run(spark, tmp_path, seed) for seed in (1, 2))
+    upload_omop(first, url, schema=schema, mode="append")
+    upload_omop(second, url, schema=schema, mode="append")
+    counts = {table: len(rows) for table, rows in state(url, schema).items()}
+    assert counts["person"] == 4 and counts["visit_occurrence"] == 6 and counts["condition_occurrence"] == 4
+    visits = read(url, schema, "visit_occurrence", "visit_occurrence_id")
+    assert sorted({v >> 40 for (v,) in visits}) == [1, 2]
+    before = state(url, schema)
+    with pytest.raises(UploadError, match=r"^appending to the target tables failed: .*left unchanged$"):
+        upload_omop(second, url, schema=schema, mode="append")  # the same run twice: its ids are taken
     assert state(url, schema) == before
