@@ -194,3 +194,25 @@ def test_cli_compile_outside_the_repository_fails_clearly(tmp_path, capsys):
         "run from the repository root or pass --repo_root\n"
     )
     assert not (tmp_path / "out" / "training.yaml").exists()
+
+
+@pytest.mark.parametrize("name", ["synthetic_data", "end_to_end"])
+def test_quality_checks_follow_the_restore_and_gate_the_upload(fresh, name):
+    spec, _ = _load(fresh, name)
+    tasks = spec["root"]["dag"]["tasks"]
+    quality = tasks["check-omop-quality"]
+    assert (
+        quality["dependentTasks"] == sorted(quality["dependentTasks"])
+        and "restore-omop-tables" in quality["dependentTasks"]
+    )
+    assert quality["inputs"]["artifacts"]["restored"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "restored",
+        "producerTask": "restore-omop-tables",
+    }
+    outputs = spec["components"]["comp-check-omop-quality"]["outputDefinitions"]["artifacts"]
+    assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    condition = next(t for t in tasks.values() if t["taskInfo"]["name"] == "6. upload when enabled")
+    assert {"check-omop-quality", "privacy-gate"} <= set(condition["dependentTasks"])
+    restore = tasks["restore-omop-tables"]["inputs"]["parameters"]
+    assert restore["type_concept_id"] == {"componentInputParameter": "type_concept_id"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["type_concept_id"]["defaultValue"] == 32817
