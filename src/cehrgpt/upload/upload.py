@@ -445,12 +445,16 @@ class _Upload:
         if self.dialect.name == "duckdb":  # duckdb_engine's inspector cannot list indexes
             schema = "coalesce(:schema, current_schema())"
             with self.engine.connect() as conn:
-                names = conn.execute(
-                    sa.text(
-                        f"SELECT index_name FROM duckdb_indexes() WHERE table_name = :t AND schema_name = {schema}"
-                    ),
-                    {"t": table, "schema": self.schema},
-                ).scalars().all()
+                names = (
+                    conn.execute(
+                        sa.text(
+                            f"SELECT index_name FROM duckdb_indexes() WHERE table_name = :t AND schema_name = {schema}"
+                        ),
+                        {"t": table, "schema": self.schema},
+                    )
+                    .scalars()
+                    .all()
+                )
                 keys = conn.execute(
                     sa.text(
                         "SELECT count(*) FROM duckdb_constraints() WHERE table_name = :t "
