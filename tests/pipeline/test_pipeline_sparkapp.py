@@ -270,3 +270,21 @@ def test_pod_namespace_is_read_from_the_service_account_mount(tmp_path):
     assert str(e.value) == (
         f"no namespace given and {tmp_path / 'missing'} is not readable (not in a pod): set spark_namespace"
     )
+
+
+def test_restore_step_passes_the_type_concept_to_the_job(tmp_path):
+    from cehrgpt.pipeline.steps import run_restore_step
+
+    (tmp_path / "restored").mkdir()
+    stub = SparkOperatorStub(["COMPLETED"])
+    with serve(stub) as (url, _):
+        run_restore_step(
+            "operator",
+            ("/local/seq", "gs://b/seq"),
+            ("/local/prep", "gs://b/prep"),
+            (str(tmp_path / "pod"), str(tmp_path / "restored")),
+            SparkOperatorSettings(namespace="team-a", poll_s=0),
+            api_client=_client(url),
+            type_concept_id=32879,
+        )
+    assert stub.created["spec"]["arguments"][-2:] == ["--type_concept_id", "32879"]
