@@ -24,6 +24,7 @@ def restore_omop_tables(
     minio_credentials_secret: str,
     restored: Output[Dataset],
     metrics: Output[Metrics],
+    type_concept_id: int = 32817,
 ):
     """Restore CDM 5.4 tables from the generated sequences (the seed's Step 2).
 
@@ -43,6 +44,7 @@ def restore_omop_tables(
         minio_endpoint: S3 endpoint of Kubeflow's MinIO store, for the application's s3a paths.
         minio_credentials_secret: Secret with the store's ``accesskey`` and ``secretkey``.
         restored: One parquet folder per CDM table, rejected/ and restore_report.json.
+        type_concept_id: The visit, event and death type concept (32817: EHR).
         metrics: Rows per table and rejections per reason.
     """
     from cehrgpt.pipeline.sparkapp import SparkOperatorSettings
@@ -67,9 +69,27 @@ def restore_omop_tables(
         (prepared.path, prepared.uri),
         (restored.path, restored.uri),
         operator,
+        type_concept_id=type_concept_id,
     )
     if report_path is not None:
         log_metrics_json(report_path, metrics)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def check_omop_quality(
+    restored: Input[Dataset], prepared: Input[Dataset], quality: Output[Dataset], metrics: Output[Metrics]
+):
+    """OHDSI-style data-quality checks on the restored tables; the task fails when a check fails.
+
+    Args:
+        restored: The restored CDM tables.
+        prepared: Output of prepare (its omop_vocab folder is the vocabulary).
+        quality: quality_report.json.
+        metrics: Checks passed, failed and not applicable.
+    """
+    from cehrgpt.pipeline.steps import run_quality_step
+
+    run_quality_step(restored.path, prepared.path, quality.path, metrics)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

@@ -81,6 +81,7 @@ def end_to_end(
     upload_schema: str = "",
     upload_mode: str = "replace",
     database_secret: str = "cehrgpt-database",
+    type_concept_id: int = 32817,
 ):
     """Train CEHR-GPT on an OMOP CDM database, generate synthetic patients, restore OMOP, gate on privacy, publish.
 
@@ -144,6 +145,7 @@ def end_to_end(
         upload_schema: Target schema.
         upload_mode: replace, append or fail.
         database_secret: Kubernetes Secret with the database url and password.
+        type_concept_id: Type concept of the restored visits, events and deaths (32817: EHR).
     """
     prepare, train = add_training_steps(
         omop_source=omop_source,
@@ -222,4 +224,5 @@ def end_to_end(
         upload_schema=upload_schema,
         upload_mode=upload_mode,
         database_secret=database_secret,
+        type_concept_id=type_concept_id,
     )

@@ -4,10 +4,11 @@ Steps:
     1. import the model and the prepared data (sequences + vocabulary) by URI;
     2. plan shards, then one generation pod per shard, each on one GPU (``dsl.ParallelFor``);
     3. gather the shards into one Dataset;
-    4. in parallel: restore OMOP (SparkApplication or local Spark), the four privacy analyses,
-       memorisation, fidelity and utility;
+    4. in parallel: restore OMOP (SparkApplication or local Spark) then its data-quality checks, the four privacy
+       analyses, memorisation, fidelity and utility;
     5. the privacy gate over every analysis (memorisation and utility metrics included);
-    6. only when the gate passed and ``upload`` is on: upload the restored tables, credentials from a Secret.
+    6. only when the gate and the quality checks passed and ``upload`` is on: upload the restored tables,
+       credentials from a Secret.
 
 The gate comes before the upload on purpose: a breached threshold must stop
 the data from being published, not report it afterwards.
@@ -24,7 +25,7 @@ from components.analysis import (
     utility,
 )
 from components.generation import gather_generated_shards, generate_sequences, plan_generation_shards
-from components.omop import restore_omop_tables, upload_omop_tables
+from components.omop import check_omop_quality, restore_omop_tables, upload_omop_tables
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Model
 
@@ -99,6 +100,7 @@ def add_synthesis_steps(
     upload_schema,
     upload_mode,
     database_secret,
+    type_concept_id=32817,
 ) -> None:
     """Add steps 2-6 to the pipeline being defined, from a model and prepared-data artifact."""
     # 2. plan shards and generate, one GPU per shard
@@ -156,10 +158,14 @@ def add_synthesis_steps(
         timeout_seconds=spark_timeout_seconds,
         minio_endpoint=minio_endpoint,
         minio_credentials_secret=minio_credentials_secret,
+        type_concept_id=type_concept_id,
     )
     restore.set_display_name("4. restore OMOP (Spark)").set_caching_options(True)
     _resources(restore, "2", "8Gi", "4", "16Gi")
     expose_pod_identity(restore)
+    quality = check_omop_quality(restored=restore.outputs["restored"], prepared=prepared)
+    quality.set_display_name("4. OMOP data quality").set_caching_options(True)
+    _resources(quality, "1", "4Gi", "2", "8Gi")
 
     samples = {"n_iterations": n_iterations, "num_of_samples": num_of_samples, "seed": seed}
     aia = attribute_inference(
@@ -210,7 +216,7 @@ def add_synthesis_steps(
         load = upload_omop_tables(
             restored=restore.outputs["restored"], target=upload_target, schema=upload_schema, mode=upload_mode
         )
-        load.set_display_name("6. upload OMOP tables").set_caching_options(False).after(gate)
+        load.set_display_name("6. upload OMOP tables").set_caching_options(False).after(gate, quality)
         _resources(load, "1", "4Gi", "2", "8Gi")
         kubernetes.use_secret_as_env(
             load, secret_name=database_secret, secret_key_to_env=DATABASE_SECRET_KEYS
@@ -268,6 +274,7 @@ def synthetic_data(
     upload_schema: str = "",
     upload_mode: str = "replace",
     database_secret: str = "cehrgpt-database",
+    type_concept_id: int = 32817,
 ):
     """Generate synthetic patients with a trained CEHR-GPT model, restore OMOP, check privacy, publish.
 
@@ -320,6 +327,7 @@ def synthetic_data(
         upload_schema: Target schema.
         upload_mode: replace, append or fail.
         database_secret: Kubernetes Secret with the database url and password.
+        type_concept_id: Type concept of the restored visits, events and deaths (32817: EHR).
     """
     model = dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False)
     model.set_display_name("1. import model")
@@ -373,4 +381,5 @@ def synthetic_data(
         upload_schema=upload_schema,
         upload_mode=upload_mode,
         database_secret=database_secret,
+        type_concept_id=type_concept_id,
     )

@@ -2,11 +2,12 @@
 # Restore OMOP CDM 5.4 tables from CEHR-GPT patient sequences with local Spark (the seed's Step 2).
 #
 #   sh scripts/omop_pipeline.sh --patient-sequence-folder=P --omop-folder=O \
-#       --source-omop-folder=V [--cpu-cores=N]
+#       --source-omop-folder=V [--cpu-cores=N] [--type-concept-id=C] [--id-offset=R]
 #
 # Flags take "--flag=value" or "--flag value". Runs `$PYTHON -m cehrgpt.omop.restore`
 # on local[N]; N defaults to every core. PYTHON defaults to `python` on PATH when it can
-# import cehrgpt, else to this repository's .venv/bin/python (no need to activate it).
+# import cehrgpt, else to this repository's .venv/bin/python (no need to activate it). --type-concept-id
+# (default 32817, EHR) and --id-offset (default: the generation seed) go to the restore as they are.
 # Output: O/<table>/, O/rejected/, O/restore_report.json and, last, O/_SUCCESS.
 set -eu
 
@@ -23,6 +24,8 @@ patient_sequence_folder=
 omop_folder=
 source_omop_folder=
 cpu_cores=
+type_concept_id=
+id_offset=
 
 while [ $# -gt 0 ]; do
     flag=$1
@@ -42,7 +45,7 @@ while [ $# -gt 0 ]; do
             shift
             ;;
         *)
-            die "unexpected argument '$flag' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores)"
+            die "unexpected argument '$flag' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores, --type-concept-id, --id-offset)"
             ;;
     esac
     case $name in
@@ -50,7 +53,9 @@ while [ $# -gt 0 ]; do
         --omop-folder) omop_folder=$value ;;
         --source-omop-folder) source_omop_folder=$value ;;
         --cpu-cores) cpu_cores=$value ;;
-        *) die "unknown flag '$name' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores)" ;;
+        --type-concept-id) type_concept_id=$value ;;
+        --id-offset) id_offset=$value ;;
+        *) die "unknown flag '$name' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores, --type-concept-id, --id-offset)" ;;
     esac
     shift
 done
@@ -75,8 +80,17 @@ else
     [ -x "$python" ] || die "no python that can import cehrgpt: activate a venv that has it, run 'make venv' in the repository, or set \$PYTHON"
 fi
 
-exec "$python" -m cehrgpt.omop.restore \
-    --patient_sequence_folder "$patient_sequence_folder" \
+for pair in "--type-concept-id:$type_concept_id" "--id-offset:$id_offset"; do
+    case ${pair#*:} in
+        '' | 0) ;;
+        *[!0-9]* | 0*) die "${pair%%:*} must be a whole number, got '${pair#*:}'" ;;
+    esac
+done
+
+set -- --patient_sequence_folder "$patient_sequence_folder" \
     --omop_folder "$omop_folder" \
     --source_omop_folder "$source_omop_folder" \
     --spark_master "local[$cpu_cores]"
+[ -z "$type_concept_id" ] || set -- "$@" --type_concept_id "$type_concept_id"
+[ -z "$id_offset" ] || set -- "$@" --id_offset "$id_offset"
+exec "$python" -m cehrgpt.omop.restore "$@"

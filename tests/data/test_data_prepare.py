@@ -429,6 +429,8 @@ def test_the_test_fraction_defaults_to_one_value_everywhere(capsys):
         main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "share of persons held out as the test split (default: 0.2, as in the pipelines)" in help_text
+
+
 # --- output folders it did not write, a killed run's staging, empty tables (issue 17) ------------------------
 
 

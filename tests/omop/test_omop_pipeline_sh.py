@@ -89,6 +89,19 @@ def test_both_flag_forms_run_the_restore_module_on_local_spark(echo_python, args
             ["--patient-sequence-folder=p", "--omop-folder=o", "--source-omop-folder=v", "--cpu-cores=0"],
             "error: --cpu-cores must be a positive whole number, got '0'",
         ),
+        (
+            ["--patient-sequence-folder=p", "--omop-folder=o", "--source-omop-folder=v", "--id-offset=-3"],
+            "error: --id-offset must be a whole number, got '-3'",
+        ),
+        (
+            [
+                "--patient-sequence-folder=p",
+                "--omop-folder=o",
+                "--source-omop-folder=v",
+                "--type-concept-id=EHR",
+            ],
+            "error: --type-concept-id must be a whole number, got 'EHR'",
+        ),
         (["--patient-sequence-folder"], "error: --patient-sequence-folder needs a value"),
         (["--output=x"], "error: unknown flag '--output'"),
         (["stray"], "error: unexpected argument 'stray'"),
@@ -99,6 +112,14 @@ def test_bad_arguments_fail_with_one_line(echo_python, args, message):
     assert result.returncode == 2
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
     assert result.stdout == ""
+
+
+def test_type_concept_and_id_offset_pass_through(echo_python):
+    args = ["--patient-sequence-folder=/in/gen sequences/", "--omop-folder=gs://bucket/omop",
+            "--source-omop-folder=/vocab", "--cpu-cores=10", "--id-offset", "0", "--type-concept-id=32879"]  # fmt: skip
+    result = run_script(args, echo_python, shell="dash")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [*EXPECTED, "--type_concept_id", "32879", "--id_offset", "0"]
 
 
 def test_help_exits_zero(echo_python):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 from pathlib import Path
 
@@ -12,13 +13,24 @@ import pytest
 from omop_restore_data import CONCEPTS, SEQUENCES, write_sequences, write_vocabulary
 from pyspark.sql import functions as F
 
+from cehrgpt.generation.sharding import MAX_SEED, person_id
 from cehrgpt.omop.cdm import cdm_fields, primary_key
-from cehrgpt.omop.restore import REJECTED, TABLES, RestoreError, main, restore
+from cehrgpt.omop.restore import (
+    POSITION_BITS,
+    REJECTED,
+    ROW_BITS,
+    RUN_BITS,
+    TABLES,
+    RestoreError,
+    id_run,
+    main,
+    restore,
+)
 from cehrgpt.omop.source import spark_type
 
-# ids are (input file index << 43) + (row in file << 20) + token position + 1
-A1 = (1 << 20) + 1  # file a, row 1 (person 2)
-B1 = (1 << 43) + (1 << 20) + 1  # file b, row 1 (person 5)
+# ids are (run << 40) + (input row << 18) + token position; run 0 here (person ids < 2^40)
+A1 = 1 << 18  # file a, row 1 (person 2)
+B1 = 4 << 18  # file b, row 1 (person 5): input row 3 + 1
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +118,14 @@ def test_visit_rows_with_dates_discharge_and_preceding_visit(spark, restored):
         "discharged_to_concept_id",
         "preceding_visit_occurrence_id",
     ) == [
-        (5, 1, 9202, date(2001, 1, 1), date(2001, 1, 1), None, None),
-        (12, 1, 9201, date(2001, 1, 6), date(2001, 1, 8), 8536, 5),
+        (4, 1, 9202, date(2001, 1, 1), date(2001, 1, 1), None, None),
+        (11, 1, 9201, date(2001, 1, 6), date(2001, 1, 8), 8536, 4),
         (A1 + 4, 2, 9202, date(1990, 1, 1), date(1990, 1, 1), None, None),
         (A1 + 12, 2, 9202, date(1991, 2, 5), date(1991, 2, 5), None, A1 + 4),
         (B1 + 4, 5, 0, date(2010, 1, 1), date(2010, 1, 1), None, None),
         (B1 + 9, 5, 9202, date(2012, 12, 31), date(2012, 12, 31), None, B1 + 4),
     ]
-    assert {v["visit_type_concept_id"] for v in visits} == {44818702}
+    assert {v["visit_type_concept_id"] for v in visits} == {32817}
 
 
 @pytest.mark.parametrize(
@@ -123,45 +135,45 @@ def test_visit_rows_with_dates_discharge_and_preceding_visit(spark, restored):
             "condition_occurrence",
             ("condition_occurrence_id", "person_id", "condition_concept_id", "condition_start_date",
              "condition_type_concept_id", "visit_occurrence_id"),
-            [(7, 1, 101, date(2001, 1, 1), 32817, 5), (A1 + 6, 2, 101, date(1990, 1, 1), 32817, A1 + 4),
+            [(6, 1, 101, date(2001, 1, 1), 32817, 4), (A1 + 6, 2, 101, date(1990, 1, 1), 32817, A1 + 4),
              (B1 + 6, 5, 101, date(2010, 1, 1), 32817, B1 + 4)],
         ),
         (
             "drug_exposure",
             ("drug_exposure_id", "person_id", "drug_concept_id", "drug_exposure_start_date",
              "drug_exposure_end_date", "drug_type_concept_id", "visit_occurrence_id"),
-            [(8, 1, 201, date(2001, 1, 1), date(2001, 1, 1), 38000177, 5),
-             (A1 + 14, 2, 201, date(1991, 2, 5), date(1991, 2, 5), 38000177, A1 + 12),
-             (B1 + 11, 5, 201, date(2012, 12, 31), date(2012, 12, 31), 38000177, B1 + 9)],
+            [(7, 1, 201, date(2001, 1, 1), date(2001, 1, 1), 32817, 4),
+             (A1 + 14, 2, 201, date(1991, 2, 5), date(1991, 2, 5), 32817, A1 + 12),
+             (B1 + 11, 5, 201, date(2012, 12, 31), date(2012, 12, 31), 32817, B1 + 9)],
         ),
         (
             "procedure_occurrence",
             ("procedure_occurrence_id", "person_id", "procedure_concept_id", "procedure_date",
              "procedure_type_concept_id", "visit_occurrence_id"),
-            [(9, 1, 301, date(2001, 1, 1), 38000178, 5)],
+            [(8, 1, 301, date(2001, 1, 1), 32817, 4)],
         ),
         (
             "measurement",
             ("measurement_id", "person_id", "measurement_concept_id", "measurement_date",
              "measurement_type_concept_id", "visit_occurrence_id"),
-            [(14, 1, 401, date(2001, 1, 6), 32817, 12)],
+            [(13, 1, 401, date(2001, 1, 6), 32817, 11)],
         ),
         (
             "observation",
             ("observation_id", "person_id", "observation_concept_id", "observation_date",
              "observation_type_concept_id", "visit_occurrence_id"),
-            [(16, 1, 501, date(2001, 1, 8), 32817, 12)],
+            [(15, 1, 501, date(2001, 1, 8), 32817, 11)],
         ),
         (
             "device_exposure",
             ("device_exposure_id", "person_id", "device_concept_id", "device_exposure_start_date",
              "device_type_concept_id", "visit_occurrence_id"),
-            [(17, 1, 601, date(2001, 1, 8), 32817, 12)],
+            [(16, 1, 601, date(2001, 1, 8), 32817, 11)],
         ),
         (
             "death",
             ("person_id", "death_date", "death_type_concept_id"),
-            [(1, date(2001, 1, 11), 32823)],
+            [(1, date(2001, 1, 11), 32817)],
         ),
         (
             "observation_period",
@@ -391,9 +403,9 @@ def test_condition_era_merges_occurrences_at_most_30_days_apart(spark, tmp_path)
     )  # fmt: skip
     # 101 on Jan 1, Jan 11, Feb 11 (30 days after Jan 11's end: same era), Mar 15 (31 days: a new era)
     assert eras == [
-        (7, 101, date(2001, 1, 1), date(2001, 2, 12), 3, 1),
-        (8, 102, date(2001, 1, 1), date(2001, 1, 2), 1, 1),
-        (23, 101, date(2001, 3, 15), date(2001, 3, 16), 1, 1),
+        (6, 101, date(2001, 1, 1), date(2001, 2, 12), 3, 1),
+        (7, 102, date(2001, 1, 1), date(2001, 1, 2), 1, 1),
+        (22, 101, date(2001, 3, 15), date(2001, 3, 16), 1, 1),
     ]
     frame = spark.read.parquet(str(out / "condition_era"))
     fields = cdm_fields("condition_era")
@@ -504,3 +516,113 @@ def test_a_corrupt_parquet_file_gives_one_line_and_no_stack_dump_on_the_console(
     errors = [line for line in console.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "z.parquet" in errors[0], console
     assert not (out / "_SUCCESS").exists()
+
+
+ID_TABLES = ("visit_occurrence", "condition_occurrence", "drug_exposure", "procedure_occurrence", "measurement",
+             "observation", "device_exposure")  # fmt: skip
+TYPE_FIELDS = {
+    "visit_occurrence": "visit_type_concept_id",
+    "condition_occurrence": "condition_type_concept_id",
+    "drug_exposure": "drug_type_concept_id",
+    "procedure_occurrence": "procedure_type_concept_id",
+    "measurement": "measurement_type_concept_id",
+    "observation": "observation_type_concept_id",
+    "device_exposure": "device_type_concept_id",
+    "death": "death_type_concept_id",
+}
+
+
+def all_ids(spark, folder: Path) -> list[int]:
+    return [
+        r[0]
+        for table in ID_TABLES
+        for r in spark.read.parquet(str(folder / table)).select(primary_key(table)).collect()
+    ]
+
+
+def test_every_type_field_is_ehr_by_default(spark, restored):
+    root, report = restored
+    for table, field in TYPE_FIELDS.items():
+        assert {r[0] for r in spark.read.parquet(str(root / "omop" / table)).select(field).collect()} == {
+            32817
+        }
+    assert report["type_concept_id"] == 32817
+
+
+def test_type_concept_id_overrides_every_type_field(spark, tmp_path):
+    seq = write_sequences(tmp_path / "seq", SEQUENCES[:1])
+    vocab = write_vocabulary(tmp_path / "vocab")
+    out = tmp_path / "omop"
+    assert main(["--patient_sequence_folder", str(seq), "--omop_folder", str(out),
+                 "--source_omop_folder", str(vocab), "--type_concept_id", "32879"]) == 0  # fmt: skip
+    for table, field in TYPE_FIELDS.items():
+        assert {r[0] for r in spark.read.parquet(str(out / table)).select(field).collect()} == {32879}, table
+    periods = spark.read.parquet(str(out / "observation_period")).select("period_type_concept_id").collect()
+    assert {r[0] for r in periods} == {44814725}
+
+
+def test_id_layout_holds_every_seed_row_and_position_in_int64():
+    assert RUN_BITS + ROW_BITS + POSITION_BITS == 63 and MAX_SEED < 1 << RUN_BITS
+    largest = (MAX_SEED << (ROW_BITS + POSITION_BITS)) + (((1 << ROW_BITS) - 1) << POSITION_BITS)
+    assert largest + (1 << POSITION_BITS) - 1 == (1 << 63) - 1
+
+
+@pytest.mark.parametrize(
+    "person_ids,id_offset,expected",
+    [
+        (None, None, 0),
+        ((1, 2694), None, 0),
+        ((person_id(7, 0), person_id(7, 99)), None, 7),
+        ((person_id(MAX_SEED, 0), person_id(MAX_SEED, 5)), None, MAX_SEED),
+        ((person_id(7, 0), person_id(8, 0)), 12, 12),
+        ((-5, 3), 0, 0),
+    ],
+)
+def test_id_run_is_the_seed_or_the_offset(person_ids, id_offset, expected):
+    assert id_run(person_ids, id_offset) == expected
+
+
+@pytest.mark.parametrize(
+    "person_ids,id_offset,message",
+    [
+        ((person_id(7, 0), person_id(8, 0)), None, "not from one generation run"),
+        ((-5, 3), None, "not from one generation run"),
+        ((1, 2), -1, "id_offset must be in [0, 8388607], got -1"),
+        ((1, 2), 1 << 23, "id_offset must be in [0, 8388607], got 8388608"),
+    ],
+)
+def test_id_run_refuses_mixed_runs_and_offsets_out_of_range(person_ids, id_offset, message):
+    with pytest.raises(RestoreError, match=re.escape(message)):
+        id_run(person_ids, id_offset)
+
+
+def _generated(seed: int) -> list[tuple[str, int, str]]:
+    """The first two hand-made patients as if generated with ``seed``."""
+    return [(f, person_id(seed, i), text) for i, (f, _, text) in enumerate(SEQUENCES[:2])]
+
+
+def test_two_generation_runs_never_share_an_id(spark, tmp_path):
+    vocab = write_vocabulary(tmp_path / "vocab")
+    ids = {}
+    for seed in (3, 4):
+        seq = write_sequences(tmp_path / f"seq{seed}", _generated(seed))
+        report = restore(str(seq), str(tmp_path / f"omop{seed}"), str(vocab), spark=spark)
+        assert report["id_run"] == seed
+        ids[seed] = all_ids(spark, tmp_path / f"omop{seed}")
+        assert {i >> 40 for i in ids[seed]} == {seed}
+    assert len(ids[3]) == len(ids[4]) == 12 and not set(ids[3]) & set(ids[4])
+    # the same run restored again gives the same ids; only the run component differs between runs
+    assert sorted(i - (3 << 40) for i in ids[3]) == sorted(i - (4 << 40) for i in ids[4])
+
+
+def test_id_offset_sets_the_run_and_mixed_runs_need_one(spark, tmp_path, capsys):
+    vocab = write_vocabulary(tmp_path / "vocab")
+    seq = write_sequences(tmp_path / "seq", [*_generated(3)[:1], ("c", person_id(9, 0), SEQUENCES[0][2])])
+    args = ["--patient_sequence_folder", str(seq), "--omop_folder", str(tmp_path / "omop"),
+            "--source_omop_folder", str(vocab)]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: person ids ") and "pass --id_offset" in err and "\n" not in err
+    assert not (tmp_path / "omop" / "_SUCCESS").exists()
+    assert main([*args, "--id_offset", "77"]) == 0
+    assert {i >> 40 for i in all_ids(spark, tmp_path / "omop")} == {77}

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cehrgpt.data.prepare import prepare
+from cehrgpt.omop.quality import check_quality
 from cehrgpt.omop.restore import TABLES, restore
 
 ALL_DOMAINS = ("condition", "drug", "procedure", "measurement", "observation", "device")
@@ -37,11 +38,21 @@ def eunomia_all_domains(spark, eunomia_duckdb, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def eunomia_restored(spark, eunomia_all_domains, tmp_path_factory) -> tuple[Path, dict]:
+    """The Eunomia training sequences restored: (the restore's output folder, its report)."""
+    out = tmp_path_factory.mktemp("eunomia_restored") / "omop"
+    train = eunomia_all_domains / "patient_sequence" / "train"
+    return out, restore(str(train), str(out), str(eunomia_all_domains / "omop_vocab"), spark=spark)
+
+
 @pytest.mark.slow
-def test_eunomia_training_sequences_survive_restore_and_etl(spark, eunomia_all_domains, tmp_path):
+def test_eunomia_training_sequences_survive_restore_and_etl(
+    spark, eunomia_all_domains, eunomia_restored, tmp_path
+):
     eunomia_sequences = eunomia_all_domains
     train = eunomia_sequences / "patient_sequence" / "train"
-    report = restore(str(train), str(tmp_path / "omop"), str(eunomia_sequences / "omop_vocab"), spark=spark)
+    restored, report = eunomia_restored
     original = sequences(train)
     assert report["input_patients"] == len(original)
     assert report["patients_restored"] == len(original)
@@ -52,7 +63,7 @@ def test_eunomia_training_sequences_survive_restore_and_etl(spark, eunomia_all_d
     cdm = tmp_path / "cdm"
     cdm.mkdir()
     for table in TABLES:
-        (cdm / table).symlink_to(tmp_path / "omop" / table)
+        (cdm / table).symlink_to(restored / table)
     (cdm / "concept").symlink_to(eunomia_sequences / "omop_vocab" / "concept")
     prepare(str(cdm), str(tmp_path / "again"), spark=spark, seed=42, test_fraction=0.0, domains=ALL_DOMAINS)
     again = sequences(tmp_path / "again" / "patient_sequence" / "train")
@@ -60,3 +71,21 @@ def test_eunomia_training_sequences_survive_restore_and_etl(spark, eunomia_all_d
     assert again.keys() == original.keys()
     differ = [pid for pid in original if list(again[pid]) != list(original[pid])]
     assert differ == [], (differ[:3], original[differ[0]][:40], again[differ[0]][:40])
+
+
+@pytest.mark.slow
+def test_eunomia_restore_passes_the_quality_checks(eunomia_all_domains, eunomia_restored, tmp_path):
+    restored, _ = eunomia_restored
+    quality = check_quality(restored, tmp_path / "quality", eunomia_all_domains / "omop_vocab")
+    failed = [
+        (c["name"], c["table"], c["field"], c["violations"])
+        for c in quality["checks"]
+        if c["status"] == "fail"
+    ]
+    assert failed == []
+    checked = {(c["name"], c["table"]) for c in quality["checks"] if c["status"] == "pass"}
+    assert ("fkDomain", "condition_occurrence") in checked and (
+        "plausibleDuringObservation",
+        "measurement",
+    ) in checked
+    assert quality["summary"]["passed"] > 100

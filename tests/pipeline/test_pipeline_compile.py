@@ -301,3 +301,25 @@ def test_the_ci_workflow_compiles_fails_on_stale_yaml_and_uploads_versions_from_
     assert all(
         "if" not in step for step in steps[: order[-1]]
     )  # compile and the stale check run on every event
+
+
+@pytest.mark.parametrize("name", ["synthetic_data", "end_to_end"])
+def test_quality_checks_follow_the_restore_and_gate_the_upload(fresh, name):
+    spec, _ = _load(fresh, name)
+    tasks = spec["root"]["dag"]["tasks"]
+    quality = tasks["check-omop-quality"]
+    assert (
+        quality["dependentTasks"] == sorted(quality["dependentTasks"])
+        and "restore-omop-tables" in quality["dependentTasks"]
+    )
+    assert quality["inputs"]["artifacts"]["restored"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "restored",
+        "producerTask": "restore-omop-tables",
+    }
+    outputs = spec["components"]["comp-check-omop-quality"]["outputDefinitions"]["artifacts"]
+    assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    condition = next(t for t in tasks.values() if t["taskInfo"]["name"] == "6. upload when enabled")
+    assert {"check-omop-quality", "privacy-gate"} <= set(condition["dependentTasks"])
+    restore = tasks["restore-omop-tables"]["inputs"]["parameters"]
+    assert restore["type_concept_id"] == {"componentInputParameter": "type_concept_id"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["type_concept_id"]["defaultValue"] == 32817

@@ -538,3 +538,21 @@ def test_an_application_in_another_namespace_than_the_launcher_gets_no_owner(tmp
     stub = SparkOperatorStub(["COMPLETED"])
     _run(stub)
     assert stub.created["metadata"]["ownerReferences"] == [OWNER_NEW]
+
+
+def test_restore_step_passes_the_type_concept_to_the_job(tmp_path):
+    from cehrgpt.pipeline.steps import run_restore_step
+
+    (tmp_path / "restored").mkdir()
+    stub = SparkOperatorStub(["COMPLETED"])
+    with serve(stub) as (url, _):
+        run_restore_step(
+            "operator",
+            ("/local/seq", "gs://b/seq"),
+            ("/local/prep", "gs://b/prep"),
+            (str(tmp_path / "pod"), str(tmp_path / "restored")),
+            SparkOperatorSettings(namespace="team-a", poll_s=0),
+            api_client=_client(url),
+            type_concept_id=32879,
+        )
+    assert stub.created["spec"]["arguments"][-2:] == ["--type_concept_id", "32879"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -155,10 +156,53 @@ def test_every_headline_the_analyses_report_is_in_the_allowlist():
         "nnaa_privacy_loss", "reid_risk",
         "utility_tstr_auroc_mean", "utility_trtr_auroc_mean", "utility_auroc_gap_mean",
         "fidelity_prevalence_kl", "fidelity_cooccurrence_kl",
-        "quality_checks", "quality_checks_passed", "quality_checks_failed",
+        "quality_checks", "quality_passed", "quality_failed",
     }  # fmt: skip
     assert expected <= headlines
     assert all(shown_in_metrics_panel(name) for name in headlines)
     assert not any(
         shown_in_metrics_panel(n) for n in ("mia_n_iterations", "aia_num_of_samples", "utility_num_tasks")
     )
+
+
+def _cdm(folder, year_of_birth: int):
+    """A one-person CDM: person and death tables in the restore's layout."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cehrgpt.omop.cdm import cdm_fields
+
+    types = {
+        "integer": pa.int64(),
+        "date": pa.date32(),
+        "datetime": pa.timestamp("us"),
+        "float": pa.float64(),
+    }
+    values = {
+        "person": {"person_id": 1, "gender_concept_id": 8532, "year_of_birth": year_of_birth,
+                   "race_concept_id": 0, "ethnicity_concept_id": 0},
+        "death": {"person_id": 1, "death_date": dt.date(2000, 1, 1), "death_type_concept_id": 32817},
+    }  # fmt: skip
+    for table, row in values.items():
+        (folder / table).mkdir(parents=True)
+        columns = {
+            f.name: pa.array([row.get(f.name)], types.get(f.datatype, pa.string())) for f in cdm_fields(table)
+        }
+        pq.write_table(pa.table(columns), folder / table / "part-0.parquet")
+    return folder
+
+
+def test_quality_step_logs_the_summary_and_fails_the_task_on_a_failed_check(tmp_path):
+    from cehrgpt.pipeline.steps import StageFailed, run_quality_step
+
+    prepared = tmp_path / "prepared"  # no omop_vocab: the vocabulary checks are left out
+    prepared.mkdir()
+    metrics = Metrics(name="metrics", uri=str(tmp_path / "task" / "metrics"))
+    run_quality_step(_cdm(tmp_path / "good", 1950), prepared, tmp_path / "q1", metrics)
+    logged = json.loads(Path(metrics.path).read_text())
+    assert logged["quality_failed"] == 0 and logged["quality_passed"] == logged["quality_checks"] > 10
+    bad = Metrics(name="metrics", uri=str(tmp_path / "task2" / "metrics"))
+    with pytest.raises(StageFailed, match="stage quality exited with code 1"):
+        run_quality_step(_cdm(tmp_path / "bad", 1850), prepared, tmp_path / "q2", bad)  # died at 150
+    assert json.loads(Path(bad.path).read_text())["quality_failed"] == 1
+    assert (tmp_path / "q2" / "quality_report.json").exists()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import duckdb_engine
+import pytest
 from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
 
+from cehrgpt.omop.cdm import cdm_fields
 from cehrgpt.upload.ddl import SwapItem, append_statements, create_table_sql, replace_statements
-from cehrgpt.upload.upload import lock_timeout_statements
+from cehrgpt.upload.upload import lock_timeout_statements, transaction_statements
 
 
 def lines(sql: str) -> list[str]:
@@ -76,32 +78,36 @@ def test_every_restored_table_has_ddl_and_observation_period_keeps_its_key():
 ITEMS = [SwapItem("person", target_exists=True, has_primary_key=True), SwapItem("death", False, False)]
 
 
-def test_postgresql_replace_renames_tables_and_keys():
+PERSON_COLUMNS = ", ".join(f.name for f in cdm_fields("person"))
+
+
+def test_postgresql_replace_empties_and_refills_the_target_and_renames_a_new_one_in():
     assert replace_statements(postgresql.dialect(), "cdm", ITEMS) == [
-        "DROP TABLE cdm.person",
-        "ALTER TABLE cdm.person__cehrgpt_staging RENAME TO person",
-        "ALTER TABLE cdm.person RENAME CONSTRAINT person__cehrgpt_staging_pkey TO person_pkey",
+        "DELETE FROM cdm.person",
+        f"INSERT INTO cdm.person ({PERSON_COLUMNS}) SELECT {PERSON_COLUMNS} FROM cdm.person__cehrgpt_staging",
         "ALTER TABLE cdm.death__cehrgpt_staging RENAME TO death",
     ]
 
 
-def test_sql_server_replace_uses_sp_rename():
+def test_sql_server_replace_keeps_the_target_and_uses_sp_rename_for_a_new_one():
     assert replace_statements(mssql.dialect(), "dbo", ITEMS) == [
-        "DROP TABLE dbo.person",
-        "EXEC sp_rename N'dbo.person__cehrgpt_staging', N'person'",
-        "EXEC sp_rename N'dbo.person__cehrgpt_staging_pkey', N'person_pkey', N'OBJECT'",
+        "DELETE FROM dbo.person",
+        f"INSERT INTO dbo.person ({PERSON_COLUMNS}) SELECT {PERSON_COLUMNS} FROM dbo.person__cehrgpt_staging",
         "EXEC sp_rename N'dbo.death__cehrgpt_staging', N'death'",
     ]
 
 
-def test_mariadb_replace_is_one_atomic_rename():
-    assert replace_statements(mysql.dialect(), "omop", ITEMS) == [
-        (
-            "RENAME TABLE omop.person TO omop.person__cehrgpt_old, "
-            "omop.person__cehrgpt_staging TO omop.person, "
-            "omop.death__cehrgpt_staging TO omop.death"
-        )
+def test_mariadb_replace_is_dml_only_on_targets_that_exist():
+    existing = [SwapItem("person", True, True), SwapItem("death", True, False)]
+    death = ", ".join(f.name for f in cdm_fields("death"))
+    assert replace_statements(mysql.dialect(), "omop", existing) == [
+        "DELETE FROM omop.person",
+        "DELETE FROM omop.death",
+        f"INSERT INTO omop.person ({PERSON_COLUMNS}) SELECT {PERSON_COLUMNS} FROM omop.person__cehrgpt_staging",
+        f"INSERT INTO omop.death ({death}) SELECT {death} FROM omop.death__cehrgpt_staging",
     ]
+    with pytest.raises(ValueError, match="on MariaDB the target death must exist"):
+        replace_statements(mysql.dialect(), "omop", ITEMS)
 
 
 def test_append_inserts_into_existing_targets_and_renames_missing_ones():
@@ -114,5 +120,13 @@ def test_append_inserts_into_existing_targets_and_renames_missing_ones():
 def test_swap_lock_timeouts_per_dialect():
     assert lock_timeout_statements("postgresql", 1.5) == ["SET LOCAL lock_timeout = 1500"]
     assert lock_timeout_statements("mssql", 1.5) == ["SET LOCK_TIMEOUT 1500"]
-    assert lock_timeout_statements("mariadb", 1.5) == ["SET SESSION lock_wait_timeout = 2"]
+    assert lock_timeout_statements("mariadb", 1.5) == [
+        "SET SESSION lock_wait_timeout = 2",
+        "SET SESSION innodb_lock_wait_timeout = 2",
+    ]
     assert lock_timeout_statements("duckdb", 1.5) == []
+
+
+def test_sql_server_final_transaction_sets_nocount_first():
+    assert transaction_statements("mssql", 1.5) == ["SET NOCOUNT ON", "SET LOCK_TIMEOUT 1500"]
+    assert transaction_statements("postgresql", 1.5) == ["SET LOCAL lock_timeout = 1500"]

@@ -177,7 +177,9 @@ def test_a_killed_runs_staging_is_dropped_even_when_the_next_run_refuses(restore
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE person__cehrgpt_staging (junk INTEGER)")
     engine.dispose()
-    with pytest.raises(UploadError, match=r"^--mode fail: table death already exists \(4 of the 4 tables do\)"):
+    with pytest.raises(
+        UploadError, match=r"^--mode fail: table death already exists \(4 of the 4 tables do\)"
+    ):
         upload_omop(restored_omop, target, mode="fail")
     assert table_names(target) == CDM_TABLES
 
@@ -337,3 +339,57 @@ def test_killed_upload_leaves_duckdb_target_unchanged_and_rerun_succeeds(restore
     assert main(["--target", url, "--input_folder", str(replacement)]) == 0
     assert table_names(url) == ["death", "observation_period", "person"]
     assert rows(url, "person", "person_id") == [(1,)]
+
+
+def _index_names(url: str) -> list[tuple[str, str]]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:  # duckdb_engine's inspector cannot list indexes
+            if url.startswith("duckdb"):
+                found = conn.exec_driver_sql("SELECT table_name, index_name FROM duckdb_indexes()").all()
+            else:
+                found = conn.exec_driver_sql(
+                    "SELECT tbl_name, name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+                ).all()
+        return sorted((str(t), str(n)) for t, n in found)
+    finally:
+        engine.dispose()
+
+
+def test_create_indexes_adds_the_cdm_indexes_once_and_replace_keeps_them(restored_omop, target):
+    summary = upload_omop(restored_omop, target, create_indexes=True)
+    assert summary["tables"]["person"]["indexes_created"] == [
+        "CREATE INDEX idx_gender ON person (gender_concept_id)"
+    ]
+    assert _index_names(target) == [
+        ("death", "idx_death_person_id_1"),
+        ("measurement", "idx_measurement_concept_id_1"),
+        ("measurement", "idx_measurement_person_id_1"),
+        ("measurement", "idx_measurement_visit_id_1"),
+        ("observation_period", "idx_observation_period_id_1"),
+        ("person", "idx_gender"),
+    ]
+    again = upload_omop(restored_omop, target, mode="replace", create_indexes=True)
+    assert {t: s["indexes_created"] for t, s in again["tables"].items()} == {t: [] for t in CDM_TABLES}
+    assert len(_index_names(target)) == 6 and table_names(target) == CDM_TABLES
+
+
+def test_replace_keeps_a_view_on_the_target(restored_omop, tmp_path, target):
+    upload_omop(restored_omop, target)
+    engine = sa.create_engine(target)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE VIEW born AS SELECT person_id, year_of_birth FROM person")
+    engine.dispose()
+    replacement = tmp_path / "replacement"
+    write_table(replacement, "person", PERSON.slice(1, 1))
+    upload_omop(replacement, target)
+    engine = sa.create_engine(target)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT person_id FROM born").all() == [(2,)]
+    engine.dispose()
+
+
+def test_cli_create_indexes_flag(restored_omop, tmp_path):
+    url = f"duckdb:///{tmp_path / 'cli.duckdb'}"
+    assert main(["--target", url, "--input_folder", str(restored_omop), "--create_indexes"]) == 0
+    assert ("person", "idx_gender") in _index_names(url)

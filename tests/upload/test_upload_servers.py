@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from upload_fixtures import (
@@ -201,19 +202,100 @@ def test_append_key_conflict_changes_nothing(restored_omop, tmp_path, server):
     assert state(url, schema) == before
 
 
-def test_replace_refused_by_a_dependent_view_changes_nothing(restored_omop, postgres_schema):
+def test_replace_keeps_a_dependent_view_and_its_rows_are_the_new_ones(
+    restored_omop, tmp_path, postgres_schema
+):
     url, schema = postgres_schema
     upload_omop(restored_omop, url, schema=schema)
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE VIEW {schema}.adults AS SELECT person_id FROM {schema}.person")
+    replacement = tmp_path / "replacement"
+    write_table(replacement, "person", PERSON.slice(1, 1))
+    upload_omop(replacement, url, schema=schema)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql(f"SELECT person_id FROM {schema}.adults").all() == [(2,)]
     engine.dispose()
-    before = state(url, schema)
-    with pytest.raises(
-        UploadError, match=r"^swapping the staging tables in failed: .*depend.*left unchanged$"
-    ):
-        upload_omop(restored_omop, url, schema=schema)
-    assert state(url, schema) == before
+
+
+def test_replace_keeps_grants_indexes_and_constraints_on_postgresql(restored_omop, tmp_path, postgres_schema):
+    url, schema = postgres_schema
+    role = f"r_{schema}"
+    upload_omop(restored_omop, url, schema=schema)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE ROLE {role}")
+            conn.exec_driver_sql(f"GRANT SELECT ON {schema}.person TO {role}")
+            conn.exec_driver_sql(f"CREATE INDEX site_birth ON {schema}.person (year_of_birth)")
+            conn.exec_driver_sql(
+                f"ALTER TABLE {schema}.person ADD CONSTRAINT site_year CHECK (year_of_birth > 1800)"
+            )
+        oid_before = _oid(engine, schema, "person")
+        replacement = tmp_path / "replacement"
+        write_table(replacement, "person", PERSON.slice(1, 1))
+        upload_omop(replacement, url, schema=schema, mode="replace")
+        with engine.connect() as conn:
+            grants = conn.execute(
+                sa.text("SELECT privilege_type FROM information_schema.role_table_grants "
+                        "WHERE table_schema = :s AND table_name = 'person' AND grantee = :r"),
+                {"s": schema, "r": role},
+            ).all()  # fmt: skip
+            indexes = conn.execute(
+                sa.text("SELECT indexname FROM pg_indexes WHERE schemaname = :s AND tablename = 'person'"),
+                {"s": schema},
+            ).all()
+            checks = conn.execute(
+                sa.text("SELECT conname FROM pg_constraint WHERE conrelid = CAST(:t AS regclass)"),
+                {"t": f"{schema}.person"},
+            ).all()
+        assert grants == [("SELECT",)]
+        assert sorted(i for (i,) in indexes) == ["person_pkey", "site_birth"]
+        assert sorted(c for (c,) in checks) == ["person_pkey", "site_year"]
+        assert _oid(engine, schema, "person") == oid_before  # the same table, emptied and refilled
+        assert read(url, schema, "person", "person_id") == [(2,)]
+        assert sorted(state(url, schema)) == CDM_TABLES  # no staging table left
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+        engine.dispose()
+
+
+def _oid(engine: sa.Engine, schema: str, table: str) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(sa.text("SELECT CAST(:t AS regclass)::oid"), {"t": f"{schema}.{table}"}).scalar_one()
+        )
+
+
+def test_create_indexes_gives_the_cdm_keys_and_indexes_on_postgresql(restored_omop, postgres_schema):
+    url, schema = postgres_schema
+    summary = upload_omop(restored_omop, url, schema=schema, create_indexes=True)
+    assert summary["tables"]["person"]["indexes_created"] == [
+        f"CREATE INDEX idx_gender ON {schema}.person (gender_concept_id)"
+    ]
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        indexes = conn.execute(
+            sa.text("SELECT tablename, indexname FROM pg_indexes WHERE schemaname = :s"), {"s": schema}
+        ).all()
+    engine.dispose()
+    assert sorted(indexes) == [
+        ("death", "idx_death_person_id_1"),
+        ("measurement", "idx_measurement_concept_id_1"),
+        ("measurement", "idx_measurement_person_id_1"),
+        ("measurement", "idx_measurement_visit_id_1"),
+        ("measurement", "measurement_pkey"),
+        ("observation_period", "idx_observation_period_id_1"),
+        ("observation_period", "observation_period_pkey"),
+        ("person", "idx_gender"),
+        ("person", "person_pkey"),
+    ]
+    again = upload_omop(
+        restored_omop, url, schema=schema, create_indexes=True
+    )  # replace keeps them: none to add
+    assert {t: s["indexes_created"] for t, s in again["tables"].items()} == {t: [] for t in CDM_TABLES}
 
 
 def test_seed_credential_file_reaches_the_real_servers(
@@ -310,7 +392,11 @@ def test_killed_upload_leaves_the_target_unchanged_and_rerun_succeeds(restored_o
     process.send_signal(signal.SIGKILL)
     process.wait()
     after = state(url, schema)
-    assert {name: found for name, found in after.items() if "__cehrgpt" not in name} == before
+    assert {name: found for name, found in after.items() if name in before} == before
+    # MariaDB (DDL commits at once) created the missing target before its transaction: it stays, empty
+    created = [] if where == "person" or "postgresql" in url else ["observation_period"]
+    assert sorted(n for n in after if n not in before and "__cehrgpt" not in n) == created
+    assert all(after[name] == [] for name in created)
     assert main(argv) == 0
     assert sorted(state(url, schema)) == ["death", "observation_period", "person"]
     assert read(url, schema, "person", "person_id") == [(2,)]
@@ -343,9 +429,7 @@ def test_dropped_connection_midway_leaves_the_target_unchanged(restored_omop, tm
     assert {name: found for name, found in after.items() if "__cehrgpt" not in name} == before
 
 
-def test_mariadb_killed_after_the_rename_has_swapped_and_the_rerun_drops_the_retired(
-    restored_omop, mariadb_database
-):
+def test_mariadb_killed_after_the_commit_leaves_staging_that_the_rerun_drops(restored_omop, mariadb_database):
     url, schema = mariadb_database
     upload_omop(restored_omop, url, schema=schema, tables=["person"])
     argv = [
@@ -361,10 +445,40 @@ def test_mariadb_killed_after_the_rename_has_swapped_and_the_rerun_drops_the_ret
     process = start_paused(argv, "retire")
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert sorted(state(url, schema)) == ["death", "person", "person__cehrgpt_old"]  # the swap is complete
+    assert sorted(state(url, schema)) == [  # committed; the staging tables are still to be dropped
+        "death",
+        "death__cehrgpt_staging",
+        "person",
+        "person__cehrgpt_staging",
+    ]
     assert read(url, schema, "death", DEATH_COLUMNS) == EXPECTED_DEATH
     assert main(argv) == 0
     assert sorted(state(url, schema)) == ["death", "person"]
+
+
+def test_mariadb_replace_keeps_grants_and_indexes(restored_omop, tmp_path, mariadb_database):
+    url, schema = mariadb_database
+    upload_omop(restored_omop, url, schema=schema)
+    engine = sa.create_engine(url)
+    user = f"u_{schema}"[:32]
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE USER '{user}'@'localhost'")
+            conn.exec_driver_sql(f"GRANT SELECT ON {schema}.person TO '{user}'@'localhost'")
+            conn.exec_driver_sql(f"CREATE INDEX site_birth ON {schema}.person (year_of_birth)")
+        replacement = tmp_path / "replacement"
+        write_table(replacement, "person", PERSON.slice(1, 1))
+        upload_omop(replacement, url, schema=schema)
+        with engine.connect() as conn:
+            grants = conn.exec_driver_sql(f"SHOW GRANTS FOR '{user}'@'localhost'").all()
+            indexes = {r[2] for r in conn.exec_driver_sql(f"SHOW INDEX FROM {schema}.person").all()}
+        assert any(f"SELECT ON `{schema}`.`person`" in g for (g,) in grants)
+        assert indexes == {"PRIMARY", "site_birth"}
+        assert read(url, schema, "person", "person_id") == [(2,)]
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'localhost'")
+        engine.dispose()
 
 
 def test_mariadb_append_drops_the_tables_it_created_when_it_fails(restored_omop, tmp_path, mariadb_database):
@@ -404,21 +518,90 @@ def test_a_second_upload_into_the_same_schema_is_refused(request, restored_omop,
 @pytest.mark.parametrize(
     ("fixture", "hold"),
     [
-        ("postgres_schema", "LOCK TABLE {schema}.person IN ACCESS SHARE MODE"),
-        ("mariadb_database", "SELECT COUNT(*) FROM {schema}.person"),
+        ("postgres_schema", "LOCK TABLE {schema}.person IN SHARE MODE"),
+        ("mariadb_database", "SELECT * FROM {schema}.person FOR UPDATE"),
     ],
 )
-def test_a_swap_blocked_by_a_reader_gives_up_and_changes_nothing(request, restored_omop, fixture, hold):
+def test_a_replace_blocked_by_a_writer_gives_up_and_changes_nothing(request, restored_omop, fixture, hold):
     url, schema = request.getfixturevalue(fixture)
     upload_omop(restored_omop, url, schema=schema)
     before = state(url, schema)
     engine = sa.create_engine(url)
-    with engine.connect() as reader:  # a reader in an open transaction holds a lock on person
-        reader.exec_driver_sql(hold.format(schema=schema))
+    with engine.connect() as writer:  # a writer in an open transaction holds locks the DELETE needs
+        writer.exec_driver_sql(hold.format(schema=schema))
         with pytest.raises(
             UploadError, match=r"^swapping the staging tables in failed: .*; the target was left unchanged$"
         ):
             upload_omop(restored_omop, url, schema=schema, lock_timeout_s=1)
+        writer.rollback()
+    engine.dispose()
+    assert state(url, schema) == before
+
+
+@pytest.mark.parametrize(
+    ("fixture", "read_in_transaction"),
+    [
+        ("postgres_schema", "LOCK TABLE {schema}.person IN ACCESS SHARE MODE"),
+        ("mariadb_database", "SELECT COUNT(*) FROM {schema}.person"),
+    ],
+)
+def test_a_reader_does_not_block_a_replace_and_sees_the_old_rows(request, restored_omop, tmp_path, fixture,
+                                                                 read_in_transaction):  # fmt: skip
+    url, schema = request.getfixturevalue(fixture)
+    upload_omop(restored_omop, url, schema=schema)
+    replacement = tmp_path / "replacement"
+    write_table(replacement, "person", PERSON.slice(1, 1))
+    engine = sa.create_engine(url)
+    with engine.connect() as reader:
+        reader.exec_driver_sql(read_in_transaction.format(schema=schema))
+        upload_omop(replacement, url, schema=schema, lock_timeout_s=1)
         reader.rollback()
     engine.dispose()
+    assert read(url, schema, "person", "person_id") == [(2,)]
+
+
+def _restore_generated_run(spark, root: Path, seed: int) -> Path:
+    """Two patients as generation run ``seed`` writes them, restored to ``root/omop<seed>``."""
+    from cehrgpt.generation.sharding import person_id
+    from cehrgpt.omop.restore import restore
+
+    vocabulary = root / "vocab" / "concept"
+    if not vocabulary.exists():
+        vocabulary.mkdir(parents=True)
+        concepts = {101: "Condition", 201: "Drug", 9202: "Visit"}
+        pq.write_table(
+            pa.table(
+                {"concept_id": pa.array(list(concepts), pa.int64()), "domain_id": list(concepts.values())}
+            ),
+            vocabulary / "part-0.parquet",
+        )
+    texts = ["year:2001 age:12 8532 8527 [VS] 9202 101 201 [VE] D5 [VS] 9202 101 [VE]",
+             "year:1990 age:40 8507 8527 [VS] 9202 201 [VE]"]  # fmt: skip
+    sequences = root / f"seq{seed}"
+    sequences.mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "person_id": pa.array([person_id(seed, i) for i in range(len(texts))], pa.int64()),
+                "concept_ids": pa.array([t.split() for t in texts], pa.list_(pa.string())),
+            }
+        ),
+        sequences / "part-0.parquet",
+    )
+    restore(str(sequences), str(root / f"omop{seed}"), str(root / "vocab"), spark=spark)
+    return root / f"omop{seed}"
+
+
+def test_restores_of_two_generation_runs_append_to_one_cdm(spark, tmp_path, server):
+    url, schema = server
+    first, second = (_restore_generated_run(spark, tmp_path, seed) for seed in (1, 2))
+    upload_omop(first, url, schema=schema, mode="append")
+    upload_omop(second, url, schema=schema, mode="append")
+    counts = {table: len(rows) for table, rows in state(url, schema).items()}
+    assert counts["person"] == 4 and counts["visit_occurrence"] == 6 and counts["condition_occurrence"] == 4
+    visits = read(url, schema, "visit_occurrence", "visit_occurrence_id")
+    assert sorted({v >> 40 for (v,) in visits}) == [1, 2]
+    before = state(url, schema)
+    with pytest.raises(UploadError, match=r"^appending to the target tables failed: .*left unchanged$"):
+        upload_omop(second, url, schema=schema, mode="append")  # the same run twice: its ids are taken
     assert state(url, schema) == before

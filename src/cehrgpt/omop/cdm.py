@@ -39,7 +39,7 @@ def _spec() -> dict[str, tuple[CdmField, ...]]:
         fk_table = row["fkTableName"]
         field = CdmField(
             table=row["cdmTableName"].lower(),
-            name=row["cdmFieldName"].lower(),
+            name=row["cdmFieldName"].strip().strip('"').lower(),  # the spec quotes "offset"
             required=row["isRequired"].strip().lower() == "yes",
             datatype=row["cdmDatatype"].strip().lower().replace("varchar(max)", "varchar(MAX)"),
             primary_key=row["isPrimaryKey"].strip().lower() == "yes",

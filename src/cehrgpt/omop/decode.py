@@ -92,7 +92,7 @@ class Reason(StrEnum):
     DATE_OUT_OF_RANGE = "date_out_of_range"
     AFTER_DEATH = "after_death"
     AFTER_END = "after_end"
-    SEQUENCE_TOO_LONG = "sequence_too_long"  # beyond the job's id layout (over a million tokens)
+    SEQUENCE_TOO_LONG = "sequence_too_long"  # beyond the job's id layout (2^18 tokens, restore.POSITION_BITS)
     CONCEPT_NOT_IN_VOCABULARY = "concept_not_in_vocabulary"
     UNSUPPORTED_DOMAIN = "unsupported_domain"
 

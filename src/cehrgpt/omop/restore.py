@@ -11,13 +11,23 @@ CDM 5.4 columns in CDM order:
 - integer → ``bigint`` (int64) for every integer field, ids and concept ids
   alike (one rule, and generated ids do not fit ``int``); date → ``date``;
   datetime → ``timestamp`` (midnight UTC); float → ``double``; varchar → ``string``;
-- type concepts: condition, measurement, observation, device 32817 (EHR),
-  drug 38000177, procedure 38000178, visit 44818702, death 32823,
-  observation_period 44814725;
-- ids: ``(file index << 43) + (row in file << 20) + token position + 1``, with
-  the input files sorted by path, so they are unique across every table, file
-  and shard and the same on every rerun (limits: 2^20 files, 2^23 rows per
-  file, 2^20 tokens per sequence); ``observation_period_id`` = ``person_id``;
+- type concepts: 32817 (EHR, Type Concept vocabulary) for the visit, condition,
+  drug, procedure, measurement, observation, device and death type fields, or
+  ``--type_concept_id``; observation_period 44814725;
+- ids (every ``*_occurrence_id``, ``*_exposure_id``, ``measurement_id``,
+  ``observation_id``; int64, always positive)::
+
+      bit 62 ........ 40 | 39 ........ 18 | 17 ........ 0
+          run (23 bits)  | row (22 bits)  | token position (18 bits)
+
+  ``run`` is the generation run: the seed of the input's person ids
+  (``person_id = seed·2^40 + index + 1``, :mod:`cehrgpt.generation.sharding`),
+  which every input person must share, or ``--id_offset``; ``row`` numbers the
+  input rows in file order (files sorted by path); the position is that of the
+  record's token, never 0 (the prompt comes first). So ids are unique across
+  tables, files and shards, the same on every rerun, and two restores of
+  different generation runs never share one (limits: 2^22 rows per restore,
+  2^18 tokens per sequence). ``observation_period_id`` = ``person_id``;
 - a repeated ``person_id``: the first row (by file, then row) is restored, the
   later ones are rejected (``duplicate_person``);
 - ``O/rejected/``: ``person_id, position, token, reason`` for every token that
@@ -62,6 +72,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 from tqdm import tqdm
 
+from cehrgpt.generation.sharding import PATIENT_INDEX_BITS
 from cehrgpt.grammar import PROMPT_LENGTH
 from cehrgpt.omop.cdm import cdm_fields
 from cehrgpt.omop.decode import ArrowDecoded, DecodedPatient, Reason, Rejection, decode_arrow, decode_patient
@@ -101,12 +112,8 @@ REJECTED = "rejected"
 REPORT = "restore_report.json"
 SUCCESS = "_SUCCESS"
 
-EHR = 32817
-VISIT_TYPE_CONCEPT_ID = 44818702
-DEATH_TYPE_CONCEPT_ID = 32823
+EHR = 32817  # the standard Type Concept for records from an EHR: every type field but the period's by default
 PERIOD_TYPE_CONCEPT_ID = 44814725
-DRUG_TYPE_CONCEPT_ID = 38000177
-PROCEDURE_TYPE_CONCEPT_ID = 38000178
 
 HADOOP_URI_SCHEMES = (
     "file:/",
@@ -129,10 +136,10 @@ class RestoreError(ValueError):
 
 PERSON, VISIT, EVENT, DEATH, REJECTION, TALLY = range(6)
 
-# id = file index << (ROW_BITS + POSITION_BITS) | row in file << POSITION_BITS | token position, plus 1
-POSITION_BITS = 20  # tokens per sequence
-ROW_BITS = 23  # rows per input file
-FILE_BITS = 63 - ROW_BITS - POSITION_BITS
+# id = run << (ROW_BITS + POSITION_BITS) | input row << POSITION_BITS | token position (module docstring)
+POSITION_BITS = 18  # tokens per sequence
+ROW_BITS = 22  # input rows (patients) per restore
+RUN_BITS = 63 - ROW_BITS - POSITION_BITS  # 23: every generation seed (up to sharding.MAX_SEED) is a run
 
 DECODED_SCHEMA = pa.schema(
     [
@@ -388,9 +395,10 @@ def _slow_records(
 
 def decode_batches(
     batches: Iterator[pa.RecordBatch],
-    file_index: dict[str, int],
+    first_row: dict[str, int],
     duplicates: frozenset[tuple[str, int]],
     vocabulary: tuple[np.ndarray, np.ndarray],
+    run: int = 0,
 ) -> Iterator[pa.RecordBatch]:
     """Decode Arrow batches of sequences into the long-format records the tables are cut from.
 
@@ -399,9 +407,10 @@ def decode_batches(
 
     Args:
         batches: ``person_id``, ``concept_ids``, ``file_path``, ``row_index``.
-        file_index: each input file's place in the sorted list of input files.
+        first_row: each input file's first row among all input rows (files sorted by path).
         duplicates: (file, row) of rows whose person_id an earlier row already has.
         vocabulary: see :func:`classify`.
+        run: the ids' run component (module docstring).
     """
     for batch in batches:
         n = batch.num_rows
@@ -411,16 +420,15 @@ def decode_batches(
         person_ids = pc.fill_null(person_column, 0).to_numpy(zero_copy_only=False).astype(np.int64)
         files = [_file_key(f) for f in batch.column("file_path").to_pylist()]
         rows = batch.column("row_index").to_numpy(zero_copy_only=False).astype(np.int64)
-        if n and int(rows.max()) >= 1 << ROW_BITS:
-            raise ValueError(f"an input file has more than {1 << ROW_BITS} rows; split it into smaller files")
-        unknown = set(files) - file_index.keys()
+        unknown = set(files) - first_row.keys()
         if unknown:
             raise ValueError(f"input file {sorted(unknown)[0]} was not listed when the job started")
-        bases = (
-            (np.array([file_index[f] for f in files], np.int64) << (ROW_BITS + POSITION_BITS))
-            + (rows << POSITION_BITS)
-            + 1
-        )
+        input_rows = np.array([first_row[f] for f in files], np.int64) + rows
+        if n and int(input_rows.max()) >= 1 << ROW_BITS:
+            raise ValueError(
+                f"more than {1 << ROW_BITS} input rows; restore them in parts with distinct --id_offset"
+            )
+        bases = (np.int64(run) << (ROW_BITS + POSITION_BITS)) + (input_rows << POSITION_BITS)
         lengths = (
             pc.fill_null(pc.list_value_length(sequences), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         )
@@ -588,7 +596,7 @@ def person_table(decoded: DataFrame) -> DataFrame:
     )
 
 
-def visit_table(decoded: DataFrame) -> DataFrame:
+def visit_table(decoded: DataFrame, type_concept_id: int = EHR) -> DataFrame:
     return decoded.where(F.col("record") == VISIT).select(
         *cdm_select(
             "visit_occurrence",
@@ -600,7 +608,7 @@ def visit_table(decoded: DataFrame) -> DataFrame:
                 "visit_start_datetime": _midnight("start_date"),
                 "visit_end_date": F.col("end_date"),
                 "visit_end_datetime": _midnight("end_date"),
-                "visit_type_concept_id": F.lit(VISIT_TYPE_CONCEPT_ID),
+                "visit_type_concept_id": F.lit(type_concept_id),
                 "discharged_to_concept_id": F.col("concept_id_2"),
                 "preceding_visit_occurrence_id": F.col("parent_id"),
             },
@@ -608,7 +616,7 @@ def visit_table(decoded: DataFrame) -> DataFrame:
     )
 
 
-# table → (id, concept, date, datetime, type concept column, type concept)
+# table → (id, concept, date, datetime, type concept column)
 EVENT_COLUMNS = {
     "condition_occurrence": (
         "condition_occurrence_id",
@@ -616,7 +624,6 @@ EVENT_COLUMNS = {
         "condition_start_date",
         "condition_start_datetime",
         "condition_type_concept_id",
-        EHR,
     ),
     "drug_exposure": (
         "drug_exposure_id",
@@ -624,7 +631,6 @@ EVENT_COLUMNS = {
         "drug_exposure_start_date",
         "drug_exposure_start_datetime",
         "drug_type_concept_id",
-        DRUG_TYPE_CONCEPT_ID,
     ),
     "procedure_occurrence": (
         "procedure_occurrence_id",
@@ -632,7 +638,6 @@ EVENT_COLUMNS = {
         "procedure_date",
         "procedure_datetime",
         "procedure_type_concept_id",
-        PROCEDURE_TYPE_CONCEPT_ID,
     ),
     "measurement": (
         "measurement_id",
@@ -640,7 +645,6 @@ EVENT_COLUMNS = {
         "measurement_date",
         "measurement_datetime",
         "measurement_type_concept_id",
-        EHR,
     ),
     "observation": (
         "observation_id",
@@ -648,7 +652,6 @@ EVENT_COLUMNS = {
         "observation_date",
         "observation_datetime",
         "observation_type_concept_id",
-        EHR,
     ),
     "device_exposure": (
         "device_exposure_id",
@@ -656,21 +659,20 @@ EVENT_COLUMNS = {
         "device_exposure_start_date",
         "device_exposure_start_datetime",
         "device_type_concept_id",
-        EHR,
     ),
 }
 
 
-def event_table(events: DataFrame, table: str) -> DataFrame:
+def event_table(events: DataFrame, table: str, type_concept_id: int = EHR) -> DataFrame:
     """The rows of one event table, from the decoded records."""
-    id_column, concept, date, datetime, type_column, type_concept = EVENT_COLUMNS[table]
+    id_column, concept, date, datetime, type_column = EVENT_COLUMNS[table]
     values: dict[str, Column] = {
         id_column: F.col("record_id"),
         "person_id": F.col("person_id"),
         concept: F.col("concept_id"),
         date: F.col("start_date"),
         datetime: _midnight("start_date"),
-        type_column: F.lit(type_concept),
+        type_column: F.lit(type_concept_id),
         "visit_occurrence_id": F.col("parent_id"),
     }
     if table == "drug_exposure":  # required; a generated drug has no duration, so it ends the day it starts
@@ -680,7 +682,7 @@ def event_table(events: DataFrame, table: str) -> DataFrame:
     return rows.select(*cdm_select(table, values))
 
 
-def death_table(decoded: DataFrame) -> DataFrame:
+def death_table(decoded: DataFrame, type_concept_id: int = EHR) -> DataFrame:
     return decoded.where(F.col("record") == DEATH).select(
         *cdm_select(
             "death",
@@ -688,7 +690,7 @@ def death_table(decoded: DataFrame) -> DataFrame:
                 "person_id": F.col("person_id"),
                 "death_date": F.col("start_date"),
                 "death_datetime": _midnight("start_date"),
-                "death_type_concept_id": F.lit(DEATH_TYPE_CONCEPT_ID),
+                "death_type_concept_id": F.lit(type_concept_id),
             },
         )
     )
@@ -785,14 +787,58 @@ def _file_key(path: str) -> str:
     return unquote(path).replace("file:///", "file:/")
 
 
-def _input_layout(sequences: DataFrame) -> tuple[dict[str, int], frozenset[tuple[str, int]]]:
-    """Each input file's index (for ids) and the rows whose person_id an earlier row already has.
+def id_run(person_ids: tuple[int, int] | None, id_offset: int | None = None) -> int:
+    """The run component of every id (module docstring): ``id_offset``, else the input's generation seed.
 
-    The file list comes from the reader; the duplicates from one job reading only ``person_id``.
+    Args:
+        person_ids: the smallest and largest input person id (None: no person ids).
+        id_offset: an explicit run component, ``0 <= id_offset < 2**RUN_BITS``.
+
+    Raises:
+        RestoreError: an offset out of range, or person ids of several runs and no offset.
+    """
+    if id_offset is not None:
+        if not 0 <= id_offset < 1 << RUN_BITS:
+            raise RestoreError(f"id_offset must be in [0, {(1 << RUN_BITS) - 1}], got {id_offset}")
+        return id_offset
+    if person_ids is None:
+        return 0
+    low, high = person_ids
+    if low < 0 or low >> PATIENT_INDEX_BITS != high >> PATIENT_INDEX_BITS:
+        raise RestoreError(
+            f"person ids {low}..{high} are not from one generation run (person_id >> {PATIENT_INDEX_BITS} "
+            "differs); pass --id_offset to give this restore's ids their own run component"
+        )
+    return low >> PATIENT_INDEX_BITS
+
+
+def _input_layout(
+    sequences: DataFrame,
+) -> tuple[dict[str, int], frozenset[tuple[str, int]], tuple[int, int] | None]:
+    """Each input file's first row (for ids), the rows whose person_id an earlier row already has,
+    and the smallest and largest person id (None when there is none).
+
+    The file list comes from the reader; rows per file, the person-id range and the duplicates from
+    two jobs reading only ``person_id``.
     """
     files = sorted({_file_key(f) for f in sequences.inputFiles()})
-    if len(files) >= 1 << FILE_BITS:
-        raise RestoreError(f"{len(files)} input files; at most {(1 << FILE_BITS) - 1} are supported")
+    per_file = (
+        sequences.groupBy("file_path")
+        .agg(F.count("*").alias("rows"), F.min("person_id").alias("low"), F.max("person_id").alias("high"))
+        .collect()
+    )
+    rows = {_file_key(r["file_path"]): int(r["rows"]) for r in per_file}
+    lows = [int(r["low"]) for r in per_file if r["low"] is not None]
+    highs = [int(r["high"]) for r in per_file if r["high"] is not None]
+    if sum(rows.values()) > 1 << ROW_BITS:
+        raise RestoreError(
+            f"{sum(rows.values())} input rows; at most {1 << ROW_BITS} per restore (restore them in parts "
+            "with distinct --id_offset)"
+        )
+    first_row, offset = {}, 0
+    for path in files:
+        first_row[path] = offset
+        offset += rows.get(path, 0)
     repeated = (
         sequences.where(F.col("person_id").isNotNull())
         .groupBy("person_id")
@@ -804,16 +850,18 @@ def _input_layout(sequences: DataFrame) -> tuple[dict[str, int], frozenset[tuple
     for r in repeated:
         ordered = sorted((_file_key(row["file_path"]), int(row["row_index"])) for row in r["rows"])
         duplicates.update(ordered[1:])  # the first row (by file, then row) keeps the person
-    return {path: i for i, path in enumerate(files)}, frozenset(duplicates)
+    person_range = (min(lows), max(highs)) if lows else None
+    return first_row, frozenset(duplicates), person_range
 
 
 def _decode(
     spark: SparkSession,
     sequences: DataFrame,
-    file_index: dict[str, int],
+    first_row: dict[str, int],
     duplicates: frozenset[tuple[str, int]],
     vocabulary: tuple[np.ndarray, np.ndarray],
     folder: str,
+    run: int,
 ) -> DataFrame:
     """Decode every input row in Python workers, once, into ``folder`` (by record kind); read it back.
 
@@ -825,7 +873,7 @@ def _decode(
         sequences = sequences.repartition(parallelism * 2)
     shared = spark.sparkContext.broadcast(vocabulary)
     decoded = sequences.mapInArrow(
-        lambda batches: decode_batches(batches, file_index, duplicates, shared.value),
+        lambda batches: decode_batches(batches, first_row, duplicates, shared.value, run),
         from_arrow_schema(DECODED_SCHEMA),
     )
     decoded.write.partitionBy("record").mode("overwrite").parquet(folder)
@@ -841,6 +889,8 @@ def restore(
     spark_master: str | None = None,
     shuffle_partitions: int | None = None,
     condition_era: bool = False,
+    type_concept_id: int = EHR,
+    id_offset: int | None = None,
 ) -> dict[str, Any]:
     """Restore CDM 5.4 tables from patient sequences; see the module docstring for the layout.
 
@@ -852,6 +902,8 @@ def restore(
         spark_master: e.g. ``local[4]``; None keeps spark-submit's master.
         shuffle_partitions: ``spark.sql.shuffle.partitions`` for a session started here.
         condition_era: also derive ``condition_era`` (:func:`condition_era_table`).
+        type_concept_id: the visit, event and death type concept (default 32817, EHR).
+        id_offset: the ids' run component; by default the input's generation seed (module docstring).
 
     Returns:
         The report also written to ``omop_folder/restore_report.json``.
@@ -881,18 +933,25 @@ def restore(
             if stale.startswith("_tmp_"):  # a crashed run's partial output
                 log.warning("removing %s/%s, left by a run that did not finish", files.root, stale)
                 files.delete(stale)
-        file_index, duplicates = _input_layout(sequences)
-        log.info("inputs read in %.1fs: %d files, %d duplicate rows", time.perf_counter() - started,
-                 len(file_index), len(duplicates))  # fmt: skip
+        first_row, duplicates, person_range = _input_layout(sequences)
+        id_run_component = id_run(person_range, id_offset)
+        log.info("inputs read in %.1fs: %d files, %d duplicate rows, id run %d", time.perf_counter() - started,
+                 len(first_row), len(duplicates), id_run_component)  # fmt: skip
         decoded = _decode(
-            session, sequences, file_index, duplicates, vocabulary, f"{files.root}/{run}/_decoded"
+            session,
+            sequences,
+            first_row,
+            duplicates,
+            vocabulary,
+            f"{files.root}/{run}/_decoded",
+            id_run_component,
         )
         log.info("decoded in %.1fs", time.perf_counter() - started)
         outputs: dict[str, DataFrame] = {
             "person": person_table(decoded),
-            "visit_occurrence": visit_table(decoded),
-            **{table: event_table(decoded, table) for table in EVENT_TABLE_NAMES},
-            "death": death_table(decoded),
+            "visit_occurrence": visit_table(decoded, type_concept_id),
+            **{table: event_table(decoded, table, type_concept_id) for table in EVENT_TABLE_NAMES},
+            "death": death_table(decoded, type_concept_id),
             "observation_period": observation_period_table(decoded),
             **({CONDITION_ERA: condition_era_table(decoded)} if condition_era else {}),
             REJECTED: rejected_table(decoded),
@@ -905,6 +964,8 @@ def restore(
             patient_sequence_folder=patient_sequence_folder,
             omop_folder=omop_folder,
             source_omop_folder=source_omop_folder,
+            type_concept_id=type_concept_id,
+            id_run=id_run_component,
             seconds=round(time.perf_counter() - started, 3),
             spark_startup_seconds=round(session_started - started, 3),
         )
@@ -1057,6 +1118,21 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write condition_era (OHDSI eras, 30-day persistence window)",
     )
+    parser.add_argument(
+        "--type_concept_id",
+        "--type-concept-id",
+        type=int,
+        default=EHR,
+        help=f"visit, event and death type concept (default {EHR}, EHR)",
+    )
+    parser.add_argument(
+        "--id_offset",
+        "--id-offset",
+        type=int,
+        default=None,
+        help=f"the ids' run component, 0..{(1 << RUN_BITS) - 1} (default: the input's generation seed, "
+        "person_id >> 40)",
+    )
     return parser
 
 
@@ -1071,6 +1147,8 @@ def main(argv: list[str] | None = None) -> int:
             spark_master=args.spark_master,
             shuffle_partitions=args.shuffle_partitions,
             condition_era=args.condition_era,
+            type_concept_id=args.type_concept_id,
+            id_offset=args.id_offset,
         )
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)

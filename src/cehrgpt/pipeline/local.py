@@ -164,10 +164,14 @@ def run_end_to_end_locally(
     finished = {p.parent.name for p in run_folder.rglob("executor_output.json")}
     gate_passed = "privacy-gate" in finished
     uploaded = "upload-omop-tables" in finished
-    status = "succeeded" if gate_passed and (uploaded or not arguments["upload"]) else "failed"
+    quality_passed = "check-omop-quality" in finished  # the task fails when a data-quality check fails
+    status = (
+        "succeeded" if gate_passed and quality_passed and (uploaded or not arguments["upload"]) else "failed"
+    )
     summary = {
         "status": status,
         "gate_passed": gate_passed,
+        "quality_passed": quality_passed,
         "run_folder": str(run_folder),
         "wall_seconds": round(wall, 1),
         "parameters": arguments,

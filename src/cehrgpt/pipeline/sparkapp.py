@@ -614,6 +614,7 @@ def restore_omop(
     run_hint: str = "run",
     api_client: Any = None,
     on_minio: bool = False,
+    restore_arguments: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run ``cehrgpt.omop.restore`` in-process (``local``) or as a SparkApplication (``operator``).
 
@@ -626,6 +627,7 @@ def restore_omop(
         run_hint: Makes the application name unique (e.g. the run id).
         api_client: A Kubernetes ``ApiClient``; by default the in-cluster configuration.
         on_minio: the paths are on Kubeflow's MinIO store: apply the operator's MinIO settings.
+        restore_arguments: more restore flags, e.g. ``["--type_concept_id", "32817"]``.
 
     Returns:
         ``{"spark_mode": ..., ...}``: the application's final status in operator mode.
@@ -640,6 +642,7 @@ def restore_omop(
         omop_folder,
         "--source_omop_folder",
         source_omop_folder,
+        *restore_arguments,
     ]
     if spark_mode == "local":
         from cehrgpt.omop.restore import main as restore_main

@@ -117,7 +117,7 @@ HEADLINE_METRICS: dict[str, frozenset[str]] = {
         }
     ),
     "quality": frozenset(
-        {"quality_checks", "quality_checks_passed", "quality_checks_failed", "quality_checks_not_applicable"}
+        {"quality_checks", "quality_passed", "quality_failed", "quality_not_applicable"}
     ),
 }
 
@@ -247,6 +247,7 @@ def run_restore_step(
     restored: tuple[str, str],
     operator: SparkOperatorSettings,
     api_client: Any = None,
+    type_concept_id: int | None = None,
 ) -> Path | None:
     """Restore OMOP from the gathered sequences with local Spark or a SparkApplication.
 
@@ -257,16 +258,19 @@ def run_restore_step(
         restored: (local path, URI) of the output Dataset.
         operator: The SparkApplication's namespace and sizes (used in operator mode).
         api_client: A Kubernetes ``ApiClient``; by default the in-cluster configuration.
+        type_concept_id: the restore's ``--type_concept_id`` (None: its default, 32817 EHR).
 
     Returns:
         A local copy of ``restore_report.json`` to log, or None when it cannot be read back.
     """
+    restore_arguments = flags(type_concept_id=type_concept_id)
     if spark_mode == "local":
         restore_omop(
             "local",
             f"{sequences[0]}/{GENERATED_SEQUENCES}",
             restored[0],
             f"{prepared[0]}/{VOCABULARY}",
+            restore_arguments=restore_arguments,
         )
         return Path(restored[0]) / "restore_report.json"
     restore_omop(
@@ -279,6 +283,7 @@ def run_restore_step(
         # unique per output location (so per run and task), and the same on a retry of the task
         run_hint=hashlib.sha256(restored[1].encode()).hexdigest()[:12],
         api_client=api_client,
+        restore_arguments=restore_arguments,
     )
     return _report_copy(restored, "restore_report.json")
 
@@ -378,3 +383,33 @@ def run_prepare_step(
         secret_env=secret_env,
     )
     return _report_copy(prepared, "prepare_report.json")
+
+
+def run_quality_step(restored: str | Path, prepared: str | Path, output: str | Path, metrics: Any) -> None:
+    """Run the OMOP data-quality checks on restored tables, log the summary, and fail the task on a failed check.
+
+    Args:
+        restored: local path of the restored tables.
+        prepared: local path of the prepared Dataset (its ``omop_vocab`` is the vocabulary).
+        output: where ``quality_report.json`` goes.
+        metrics: the task's ``Output[Metrics]``.
+
+    Raises:
+        StageFailed: a check failed (exit 1) or the input was unusable (exit 2).
+    """
+    from cehrgpt.omop.quality import REPORT
+    from cehrgpt.omop.quality import main as quality_main
+
+    vocabulary = Path(prepared) / VOCABULARY
+    argv = flags(
+        omop_folder=restored, output_folder=output, vocab_folder=vocabulary if vocabulary.exists() else None
+    )
+    logger.info("quality %s", " ".join(argv))
+    code = quality_main(argv)
+    report = Path(output) / REPORT
+    if report.exists():
+        summary = json.loads(report.read_text())["summary"]
+        (Path(output) / "quality_summary.json").write_text(json.dumps(summary))
+        log_metrics_json(Path(output) / "quality_summary.json", metrics, prefix="quality_")
+    if code != 0:
+        raise StageFailed(f"stage quality exited with code {code}")

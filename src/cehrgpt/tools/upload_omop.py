@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cehrgpt.tools.upload_omop",
         description="Upload restored OMOP CDM 5.4 tables (one parquet folder per table) to a database: "
-        "staged, verified, then swapped in one transaction.",
+        "staged, verified, then emptied and refilled (replace) or appended to in one transaction.",
     )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument(
@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"where the JSON summary goes (default: INPUT_FOLDER/{SUMMARY_FILE})",
     )
+    parser.add_argument(
+        "--create_indexes",
+        action="store_true",
+        help="after the load, create the CDM 5.4 primary keys and indexes the tables lack",
+    )
     return parser
 
 
@@ -87,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             chunk_size=args.chunk_size,
             lock_timeout_s=args.lock_timeout_s,
             summary_path=args.summary_path,
+            create_indexes=args.create_indexes,
         )
     except UploadError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -36,7 +36,7 @@ from sqlalchemy.types import TypeEngine
 from cehrgpt.omop.cdm import CdmField, cdm_fields, primary_key
 
 STAGING_SUFFIX = "__cehrgpt_staging"
-RETIRED_SUFFIX = "__cehrgpt_old"  # MariaDB only: the replaced tables between the atomic RENAME and their DROP
+RETIRED_SUFFIX = "__cehrgpt_old"  # left by earlier versions' MariaDB swap (RENAME); dropped as stale
 
 
 def is_bigint(field: CdmField) -> bool:
@@ -75,10 +75,6 @@ def column_type(field: CdmField, dialect_name: str) -> TypeEngine:
 
 def staging_name(table: str) -> str:
     return f"{table}{STAGING_SUFFIX}"
-
-
-def retired_name(table: str) -> str:
-    return f"{table}{RETIRED_SUFFIX}"
 
 
 def pk_constraint_name(table_name: str) -> str:
@@ -142,31 +138,19 @@ def qualified(dialect: Dialect, schema: str | None, name: str) -> str:
 
 
 def replace_statements(dialect: Dialect, schema: str | None, items: list[SwapItem]) -> list[str]:
-    """The statements that put every staging table in place of its target, in one transaction.
+    """The statements that replace every target's rows with its staging table's, in one transaction.
 
-    PostgreSQL, SQL Server, DuckDB and SQLite run DDL inside transactions, so
-    drops and renames commit together or not at all. MariaDB commits each DDL
-    statement, so its swap is a single atomic ``RENAME TABLE`` of every table
-    (old targets to ``*__cehrgpt_old``, staging to target); the retired tables
-    are dropped afterwards by :func:`drop_retired_statements`.
+    An existing target is kept and emptied (``DELETE``, which every database runs inside a
+    transaction and which leaves grants, indexes, constraints, triggers and dependent views
+    alone), then filled with ``INSERT INTO ... SELECT`` from staging; a missing one gets the
+    staging table renamed in. On MariaDB (whose DDL commits at once) every target must exist
+    beforehand (the caller creates the missing ones empty), so its transaction is DML only.
     """
-    if dialect.name in ("mysql", "mariadb"):
-        renames = []
-        for item in items:
-            if item.target_exists:
-                renames.append(
-                    f"{qualified(dialect, schema, item.table)} TO {qualified(dialect, schema, retired_name(item.table))}"
-                )
-            renames.append(
-                f"{qualified(dialect, schema, staging_name(item.table))} TO {qualified(dialect, schema, item.table)}"
-            )
-        return [f"RENAME TABLE {', '.join(renames)}"]
     statements = []
     for item in items:
         if item.target_exists:
-            statements.append(f"DROP TABLE {qualified(dialect, schema, item.table)}")
-        statements.extend(_rename_statements(dialect, schema, item))
-    return statements
+            statements.append(f"DELETE FROM {qualified(dialect, schema, item.table)}")
+    return statements + append_statements(dialect, schema, items)
 
 
 def append_statements(dialect: Dialect, schema: str | None, items: list[SwapItem]) -> list[str]:
@@ -192,15 +176,6 @@ def append_statements(dialect: Dialect, schema: str | None, items: list[SwapItem
         else:
             statements.extend(_rename_statements(dialect, schema, item))
     return statements
-
-
-def drop_retired_statements(dialect: Dialect, schema: str | None, items: list[SwapItem]) -> list[str]:
-    """MariaDB: drop the tables the atomic RENAME retired (nothing elsewhere)."""
-    if dialect.name not in ("mysql", "mariadb"):
-        return []
-    return [
-        f"DROP TABLE {qualified(dialect, schema, retired_name(i.table))}" for i in items if i.target_exists
-    ]
 
 
 def _rename_statements(dialect: Dialect, schema: str | None, item: SwapItem) -> list[str]:

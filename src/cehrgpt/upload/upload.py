@@ -4,19 +4,25 @@
 2. Drop staging tables a killed earlier run left behind (``<table>__cehrgpt_staging``, ``__cehrgpt_old``).
 3. Create one staging table per CDM table with the CDM's types and keys, bulk-load it,
    and verify its row count against the parquet.
-4. Swap every staging table in (``replace``) or append it (``append``) in one transaction.
+4. In one transaction: ``replace`` empties every existing target (``DELETE``) and fills it from
+   its staging table (``INSERT ... SELECT``); ``append`` only inserts. Targets are kept, so the
+   grants, indexes, constraints, triggers and views a site added to its CDM tables survive,
+   and readers see the old rows until the commit. A missing target gets its staging table
+   renamed in. Staging tables are dropped after the commit.
+5. With ``create_indexes``, the CDM 5.4 primary keys and indexes the targets lack are created
+   (:mod:`cehrgpt.upload.indexes`).
 
 What "all or nothing" means per database:
 
-* PostgreSQL, SQL Server, DuckDB, SQLite: DDL is transactional, so the drops and
-  renames (or the INSERT ... SELECTs) of every table commit together or not at all.
-  A failure or a killed process before that commit leaves the target tables exactly
-  as they were; the leftover staging tables are dropped by the next run.
-* MySQL/MariaDB: DDL commits on its own, so ``replace`` swaps with one atomic
-  ``RENAME TABLE`` of all tables and drops the retired tables afterwards (a process
-  killed in between leaves them as ``<table>__cehrgpt_old``, dropped by the next run).
-  ``append`` creates missing target tables empty first, appends in one InnoDB
-  transaction, and drops the tables it created if that fails.
+* PostgreSQL, SQL Server, DuckDB, SQLite: DDL is transactional, so the deletes, inserts and
+  renames of every table commit together or not at all. A failure or a killed process
+  before that commit leaves the target tables exactly as they were; the leftover staging
+  tables are dropped by the next run.
+* MySQL/MariaDB: DDL commits on its own, so both modes create missing target tables empty
+  first, then delete (``replace``) and insert in one InnoDB transaction (DML only), and drop
+  the tables they created if that fails. A process killed between the creation and the
+  commit leaves those new targets empty (tables that did not exist before); existing targets
+  are unchanged either way.
 
 The staging tables have fixed names, so one upload per schema runs at a time: a
 server-side lock (PostgreSQL advisory lock, MariaDB ``GET_LOCK``, SQL Server
@@ -53,12 +59,12 @@ from cehrgpt.upload.ddl import (
     SwapItem,
     append_statements,
     cdm_table,
-    drop_retired_statements,
     qualified,
     replace_statements,
     staging_name,
 )
 from cehrgpt.upload.errors import UploadError
+from cehrgpt.upload.indexes import index_statements
 from cehrgpt.upload.inputs import TableInput, find_tables
 from cehrgpt.upload.loaders import load_staging
 
@@ -74,11 +80,11 @@ SUMMARY_FILE = "upload_summary.json"
 PAUSE_ENV_VAR = "CEHRGPT_UPLOAD_TEST_PAUSE"
 
 GUARANTEES = {
-    "postgresql": "transactional DDL: all tables swapped in one transaction",
-    "mssql": "transactional DDL (DROP TABLE + sp_rename): all tables swapped in one transaction",
-    "duckdb": "transactional DDL: all tables swapped in one transaction",
-    "sqlite": "transactional DDL: all tables swapped in one transaction",
-    "mysql": "one atomic RENAME TABLE of all tables; replaced tables dropped afterwards",
+    "postgresql": "one transaction: every target emptied and refilled (or a new one renamed in)",
+    "mssql": "one transaction: every target emptied and refilled (or a new one renamed in with sp_rename)",
+    "duckdb": "one transaction: every target emptied and refilled (or a new one renamed in)",
+    "sqlite": "one transaction: every target emptied and refilled (or a new one renamed in)",
+    "mysql": "missing targets created empty first; then one InnoDB transaction empties and refills every target",
 }
 
 
@@ -92,6 +98,7 @@ def upload_omop(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     summary_path: str | os.PathLike[str] | None = None,
+    create_indexes: bool = False,
 ) -> dict[str, Any]:
     """Upload every restored CDM table in ``input_folder`` to a database, all or nothing.
 
@@ -110,6 +117,8 @@ def upload_omop(
             (PostgreSQL, SQL Server, MariaDB) before giving up and changing nothing, rather than
             queueing every reader of the schema behind it.
         summary_path: Where the JSON summary goes; default ``<input_folder>/upload_summary.json``.
+        create_indexes: After the load, give every uploaded table the CDM 5.4 primary key and
+            indexes it lacks (:mod:`cehrgpt.upload.indexes`).
 
     Returns:
         The summary: target (password hidden), mode, per-table rows loaded and rows in the target
@@ -131,7 +140,9 @@ def upload_omop(
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     engine = create_target_engine(url)
     try:
-        tables_summary = _Upload(engine, inputs, schema, mode, chunk_size, lock_timeout_s, secrets).run()
+        tables_summary = _Upload(
+            engine, inputs, schema, mode, chunk_size, lock_timeout_s, secrets, create_indexes
+        ).run()
         if schema is None:  # name the schema written, not just the database
             with engine.connect() as connection:
                 schema = sa.inspect(connection).default_schema_name
@@ -195,6 +206,8 @@ def create_target_engine(url: URL) -> Engine:
         _real_sqlite_transactions(engine)
     if backend in ("mysql", "mariadb"):
         _strict_mysql_sessions(engine)
+    if backend == "mssql":
+        _quiet_mssql_sessions(engine)
     return engine
 
 
@@ -213,8 +226,10 @@ class _Upload:
         chunk_size: int,
         lock_timeout_s: float,
         secrets: list[str | None],
+        create_indexes: bool = False,
     ) -> None:
         self.engine = engine
+        self.create_indexes = create_indexes
         self.dialect = engine.dialect
         self.inputs = inputs
         self.schema = schema
@@ -262,6 +277,7 @@ class _Upload:
             self._undo()
             raise
         self._after_swap(items)
+        indexes = self._create_indexes(wanted) if self.create_indexes else {}
         with self._database_errors("counting the rows of the target tables", unchanged=False):
             after = self._counts(wanted)
         return {
@@ -270,9 +286,29 @@ class _Upload:
                 "rows_in_target": after[ti.table],
                 "files": len(ti.files),
                 "seconds": round(timings[ti.table], 3),
+                **({"indexes_created": indexes[ti.table]} if self.create_indexes else {}),
             }
             for ti in self.inputs
         }
+
+    def _create_indexes(self, tables: list[str]) -> dict[str, list[str]]:
+        """The CDM 5.4 primary keys and indexes the targets lack, one statement per transaction, after the load."""
+        created: dict[str, list[str]] = {}
+        for table in tables:
+            with self._database_errors(f"inspecting {table}'s indexes", unchanged=False):
+                existing, has_key = self._indexes_of(table)
+            statements = index_statements(
+                self.dialect, self.schema, table, existing_indexes=existing, has_primary_key=has_key
+            )
+            for statement in statements:
+                log.info("%s", statement)
+                with (
+                    self._database_errors(f"{statement} (the rows are loaded)", unchanged=False),
+                    self.engine.begin() as conn,
+                ):
+                    conn.exec_driver_sql(statement)
+            created[table] = statements
+        return created
 
     @contextlib.contextmanager
     def _exclusive_upload(self) -> Iterator[None]:
@@ -290,7 +326,7 @@ class _Upload:
             "mysql": ("SELECT GET_LOCK(:name, 0) = 1", "SELECT RELEASE_LOCK(:name)"),
             "mssql": (
                 (
-                    "DECLARE @status int; EXEC @status = sp_getapplock @Resource = :name, "
+                    "SET NOCOUNT ON; DECLARE @status int; EXEC @status = sp_getapplock @Resource = :name, "
                     "@LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 0; "
                     "SELECT CASE WHEN @status >= 0 THEN 1 ELSE 0 END"
                 ),
@@ -372,7 +408,7 @@ class _Upload:
 
     def _swap(self, items: list[SwapItem]) -> None:
         mariadb = _family(self.dialect.name) == "mysql"
-        if self.mode == "append" and mariadb:
+        if mariadb:
             for item in (i for i in items if not i.target_exists):
                 target = cdm_table(
                     item.table, sa.MetaData(), dialect_name=self.dialect.name, schema=self.schema
@@ -390,30 +426,52 @@ class _Upload:
         step = "appending to the target tables" if self.mode == "append" else "swapping the staging tables in"
         log.info("%s: one transaction, %d statements", step, len(plan))
         with self._database_errors(step, unchanged=True), self.engine.begin() as conn:
-            for statement in lock_timeout_statements(self.dialect.name, self.lock_timeout_s):
+            for statement in transaction_statements(self.dialect.name, self.lock_timeout_s):
                 conn.exec_driver_sql(statement)
-            if mariadb:  # its RENAME TABLE commits at once: the last moment before it is the one to test
-                self._pause("swap")
             for statement in plan:
                 conn.exec_driver_sql(statement)
-            if not mariadb:
-                self._pause("swap")
+            self._pause("swap")
         # Committed: from here on nothing may be undone. Appended-from staging tables remain to be dropped.
         self.created_targets = []
         self.staged = []
-        self.leftovers = (
-            [staging_name(i.table) for i in items if i.target_exists] if self.mode == "append" else []
-        )
+        self.leftovers = [staging_name(i.table) for i in items if i.target_exists]
 
     def _after_swap(self, items: list[SwapItem]) -> None:
         """Drop what the committed swap left over; a failure here no longer changes the target's data."""
         statements = [f"DROP TABLE {qualified(self.dialect, self.schema, name)}" for name in self.leftovers]
-        if self.mode == "replace":
-            statements += drop_retired_statements(self.dialect, self.schema, items)
         self._pause("retire")
         for statement in statements:
             with contextlib.suppress(Exception), self.engine.begin() as conn:
                 conn.exec_driver_sql(statement)
+
+    def _indexes_of(self, table: str) -> tuple[set[str], bool]:
+        """The names of ``table``'s indexes (lower case) and whether it has a primary key."""
+        if self.dialect.name == "duckdb":  # duckdb_engine's inspector cannot list indexes
+            schema = "coalesce(:schema, current_schema())"
+            with self.engine.connect() as conn:
+                names = (
+                    conn.execute(
+                        sa.text(
+                            f"SELECT index_name FROM duckdb_indexes() WHERE table_name = :t AND schema_name = {schema}"
+                        ),
+                        {"t": table, "schema": self.schema},
+                    )
+                    .scalars()
+                    .all()
+                )
+                keys = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM duckdb_constraints() WHERE table_name = :t "
+                        f"AND schema_name = {schema} AND constraint_type = 'PRIMARY KEY'"
+                    ),
+                    {"t": table, "schema": self.schema},
+                ).scalar_one()
+                return {str(n).lower() for n in names}, bool(keys)
+        inspector = sa.inspect(self.engine)
+        indexes = {str(i["name"]).lower() for i in inspector.get_indexes(table, schema=self.schema)}
+        return indexes, bool(
+            inspector.get_pk_constraint(table, schema=self.schema).get("constrained_columns")
+        )
 
     def _pause(self, where: str) -> None:
         if self.pause_s and where == self.pause_at:
@@ -464,6 +522,13 @@ class _Upload:
             raise UploadError(f"{step} failed: {str(exc).splitlines()[0]}{outcome}") from None
 
 
+def transaction_statements(dialect_name: str, lock_timeout_s: float) -> list[str]:
+    """What the final transaction runs first: SQL Server batches without row-count messages
+    (``SET NOCOUNT ON``, which drivers would otherwise read as results), then the lock timeout."""
+    quiet = ["SET NOCOUNT ON"] if dialect_name == "mssql" else []
+    return quiet + lock_timeout_statements(dialect_name, lock_timeout_s)
+
+
 def lock_timeout_statements(dialect_name: str, seconds: float) -> list[str]:
     """Statements that bound how long the final transaction waits for another session's table locks."""
     milliseconds = max(int(seconds * 1000), 1)
@@ -472,7 +537,10 @@ def lock_timeout_statements(dialect_name: str, seconds: float) -> list[str]:
     if dialect_name == "mssql":
         return [f"SET LOCK_TIMEOUT {milliseconds}"]
     if dialect_name in ("mysql", "mariadb"):
-        return [f"SET SESSION lock_wait_timeout = {max(round(seconds), 1)}"]
+        whole = max(
+            round(seconds), 1
+        )  # metadata locks, and InnoDB row locks (a writer's) that DELETE waits for
+        return [f"SET SESSION lock_wait_timeout = {whole}", f"SET SESSION innodb_lock_wait_timeout = {whole}"]
     return []
 
 
@@ -515,3 +583,12 @@ def _strict_mysql_sessions(engine: Engine) -> None:
     def _strict(dbapi_connection: Any, _record: Any) -> None:
         with contextlib.closing(dbapi_connection.cursor()) as cursor:
             cursor.execute("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'")
+
+
+def _quiet_mssql_sessions(engine: Engine) -> None:
+    """SQL Server: ``SET NOCOUNT ON`` for the whole session, so no batch sends row-count messages."""
+
+    @event.listens_for(engine, "connect")
+    def _nocount(dbapi_connection: Any, _record: Any) -> None:
+        with contextlib.closing(dbapi_connection.cursor()) as cursor:
+            cursor.execute("SET NOCOUNT ON")
