@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--buffer_size",
         type=int,
         default=128,
-        help="patients per output parquet file; each file is decoded on its own (exact restarts), "
-        "so keep it several times --batch_size",
+        help="patients per output parquet file, written as it fills (a restarted shard skips finished "
+        "files); one decoder serves all of a shard's files, so the batch stays full",
     )
     p.add_argument(
         "--context_window", type=int, help="total sequence length, prompt included (default: the model's)"

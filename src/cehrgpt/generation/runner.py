@@ -7,9 +7,13 @@ Layout under ``<output_folder>/<strategy name>/``::
     runs/seed<S>-shard<i>-of<n>.json                              this shard's summary
     generation_summary.json                                       every shard summary in the folder
 
-Each file is generated from its own seed (derived from --seed, shard and file
-index) and written to a hidden temp name, then renamed, so a restarted shard
-skips the files it already wrote and the rest come out byte-identical.
+One continuous-batching decoder serves the whole shard: patients go into the
+files in the order they finish, and a file is written (hidden temp name, then
+rename) as soon as it holds ``--buffer_size`` patients, so the batch stays full
+until the shard's last patients. A restarted shard skips the files it already
+wrote and decodes the rest from a seed derived from --seed, shard and the first
+file still missing: the same run and restart point give byte-identical files,
+though not the files an uninterrupted run would have written.
 """
 
 from __future__ import annotations
@@ -155,6 +159,66 @@ def _write_parquet_atomically(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+FILE_METADATA_KEY = (
+    b"cehrgpt.generation"  # per-file counts, so a restarted shard's summary covers every attempt
+)
+
+
+class _FileWriter:
+    """Takes accepted sequences in the order they finish and writes each output file as soon as it is full.
+
+    Tokens and rejections are counted between two writes and stored in the file's parquet metadata, so a
+    summary built from the files covers the attempts that wrote them (a killed attempt's unfinished file is
+    the only work not counted).
+    """
+
+    def __init__(self, targets: list[tuple[Path, range]], seed: int, tokens_by_id: list[str]):
+        self.targets = targets
+        self.seed = seed
+        self.tokens_by_id = tokens_by_id
+        self.written = 0
+        self.sequences: list[list[str]] = []
+        self.hits: list[bool] = []
+        self.sampled_tokens = 0  # this attempt
+        self.rejected = 0  # this attempt
+        self.valid = 0
+        self.hit_context_window = 0
+        self._counted = {"sampled_tokens": 0, "rejected_and_retried": 0}
+
+    def add(self, ids: list[int], hit: bool) -> None:
+        self.sequences.append([self.tokens_by_id[i] for i in ids])
+        self.hits.append(hit)
+
+    def count_step(self, new_tokens: int) -> None:
+        """Count one decode step's tokens, then write the files its sequences completed."""
+        self.sampled_tokens += new_tokens
+        while self.written < len(self.targets) and len(self.sequences) >= len(self.targets[self.written][1]):
+            self._write_next()
+
+    def _write_next(self) -> None:
+        path, file_patients = self.targets[self.written]
+        n = len(file_patients)
+        sequences, hits = self.sequences[:n], self.hits[:n]
+        del self.sequences[:n], self.hits[:n]
+        valid = [grammar.is_valid(seq) for seq in sequences]
+        now = {"sampled_tokens": self.sampled_tokens, "rejected_and_retried": self.rejected}
+        counts = {k: now[k] - self._counted[k] for k in now} | {"closed_by_context_window": sum(hits)}
+        self._counted = now
+        table = pa.table(
+            {
+                "person_id": [sharding.person_id(self.seed, g) for g in file_patients],
+                "concept_ids": sequences,
+                "num_of_concepts": [len(seq) for seq in sequences],
+                "is_valid": valid,
+            },
+            schema=OUTPUT_SCHEMA.with_metadata({FILE_METADATA_KEY: json.dumps(counts, sort_keys=True)}),
+        )
+        _write_parquet_atomically(table, path)
+        self.valid += sum(valid)
+        self.hit_context_window += sum(hits)
+        self.written += 1
+
+
 def _register_run(runs: Path, settings: GenerationSettings) -> None:
     """Record the run's settings, or refuse when the same seed was already used differently here."""
     record = runs / f"seed{settings.seed}.json"
@@ -258,27 +322,26 @@ def generate(settings: GenerationSettings) -> dict:
     files = sharding.file_ranges(patients, s.buffer_size)
     concept_kind = int(grammar.TokenKind.CONCEPT)
 
-    def accept(ids: list[int], hit_window: bool) -> bool:
+    def meets_rule(ids: list[int], hit_window: bool) -> bool:
         if s.drop_long_sequences and hit_window:
             return False
         return int((kinds[ids[grammar.PROMPT_LENGTH :]] == concept_kind).sum()) >= s.min_num_of_concepts
 
-    totals = {"sampled_tokens": 0, "rejected": 0, "patients": 0, "valid": 0, "hit_context_window": 0}
-    skipped_files = 0
+    def file_path(file_index: int) -> Path:
+        name = f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}-part{file_index:05d}.parquet"
+        return out_dir / name
+
+    pending = [i for i in range(len(files)) if not file_path(i).is_file()]
     progress = tqdm(
         total=len(patients), unit="patient", disable=not s.show_progress, desc=f"shard {s.shard_index}"
     )
+    progress.update(len(patients) - sum(len(files[i]) for i in pending))
+    result = None
     decode_seconds = 0.0
-    for file_index, file_patients in enumerate(files):
-        path = (
-            out_dir
-            / f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}-part{file_index:05d}.parquet"
-        )
-        if path.is_file():
-            skipped_files += 1
-            progress.update(len(file_patients))
-            continue
-        seed_seq = _file_seed(s.seed, s.shard_index, s.num_shards, file_index)
+    if pending:
+        # One decoder for every file still to write: the batch stays full until the shard's last patients.
+        # Its random streams are seeded by the first file it writes, so a restart is reproducible too.
+        seed_seq = _file_seed(s.seed, s.shard_index, s.num_shards, pending[0])
         rng = np.random.default_rng(seed_seq)
         generator = torch.Generator(device=device).manual_seed(
             int(seed_seq.generate_state(1, np.uint64)[0] >> 1)
@@ -294,45 +357,40 @@ def generate(settings: GenerationSettings) -> dict:
             s.batch_size,
             generator,
         )
-        file_tokens = 0
+        writer = _FileWriter([(file_path(i), files[i]) for i in pending], s.seed, tokens_by_id)
+
+        def accept(ids: list[int], hit_window: bool) -> bool:
+            if meets_rule(ids, hit_window):
+                return True
+            writer.rejected += 1
+            return False
 
         def on_step(new_tokens: int, accepted: int) -> None:
-            nonlocal file_tokens
-            file_tokens += new_tokens
+            writer.count_step(new_tokens)
             progress.update(accepted)
             elapsed = max(time.perf_counter() - started, 1e-9)
-            progress.set_postfix(
-                tokens_per_s=f"{(totals['sampled_tokens'] + file_tokens) / elapsed:.0f}", refresh=False
-            )
+            progress.set_postfix(tokens_per_s=f"{writer.sampled_tokens / elapsed:.0f}", refresh=False)
 
         t0 = time.perf_counter()
         result = decoder.run(
-            len(file_patients),
+            sum(len(files[i]) for i in pending),
             functools.partial(_draw_prompt_tensor, pool, rng),
             accept=accept,
             on_step=on_step,
+            on_sequence=writer.add,
         )
-        decode_seconds += time.perf_counter() - t0
-        sequences = [[tokens_by_id[i] for i in seq] for seq in result.sequences]
-        valid = [grammar.is_valid(seq) for seq in sequences]
-        table = pa.table(
-            {
-                "person_id": [sharding.person_id(s.seed, g) for g in file_patients],
-                "concept_ids": sequences,
-                "num_of_concepts": [len(seq) for seq in sequences],
-                "is_valid": valid,
-            },
-            schema=OUTPUT_SCHEMA,
-        )
-        _write_parquet_atomically(table, path)
-        totals["sampled_tokens"] += result.sampled_tokens
-        totals["rejected"] += result.rejected
-        totals["patients"] += len(sequences)
-        totals["valid"] += sum(valid)
-        totals["hit_context_window"] += sum(result.hit_context_window)
+        decode_seconds = time.perf_counter() - t0
     progress.close()
+    totals = {
+        "sampled_tokens": result.sampled_tokens if result else 0,
+        "rejected": result.rejected if result else 0,
+        "patients": result.accepted if result else 0,
+        "valid": writer.valid if result else 0,
+        "hit_context_window": writer.hit_context_window if result else 0,
+    }
+    skipped_files = len(files) - len(pending)
 
-    patients_in_files, valid_in_files = _count_files(out_dir, s)
+    in_files = _count_files(out_dir, s)
     wall = time.perf_counter() - started
     summary = {
         "shard_index": s.shard_index,
@@ -348,12 +406,15 @@ def generate(settings: GenerationSettings) -> dict:
         "files": len(files),
         "files_skipped_as_done": skipped_files,
         "patients": totals["patients"],
-        "patients_in_files": patients_in_files,
-        "valid_patients_in_files": valid_in_files,
+        "patients_in_files": in_files["patients"],
+        "valid_patients_in_files": in_files["valid"],
         "valid_fraction": totals["valid"] / totals["patients"] if totals["patients"] else None,
-        "rejected_and_retried": totals["rejected"],
-        "closed_by_context_window": totals["hit_context_window"],
-        "sampled_tokens": totals["sampled_tokens"],
+        # over every file of the shard, whichever attempt wrote it
+        "rejected_and_retried": in_files["rejected_and_retried"],
+        "closed_by_context_window": in_files["closed_by_context_window"],
+        "sampled_tokens": in_files["sampled_tokens"],
+        "sampled_tokens_this_attempt": totals["sampled_tokens"],
+        "batch_occupancy": round(result.occupancy, 4) if result and result.occupancy else None,
         "wall_seconds": round(wall, 3),
         "decode_seconds": round(decode_seconds, 3),
         "tokens_per_second": round(totals["sampled_tokens"] / decode_seconds, 1) if decode_seconds else None,
@@ -372,16 +433,21 @@ def generate(settings: GenerationSettings) -> dict:
     return summary
 
 
-def _count_files(out_dir: Path, s: GenerationSettings) -> tuple[int, int]:
-    """Patients and valid patients in this shard's finished files (written now or by an earlier attempt)."""
-    patients = valid = 0
+def _count_files(out_dir: Path, s: GenerationSettings) -> dict[str, int]:
+    """Patients, valid patients and the per-file counts of this shard's finished files (any attempt's)."""
+    totals = dict.fromkeys(
+        ("patients", "valid", "sampled_tokens", "rejected_and_retried", "closed_by_context_window"), 0
+    )
     for path in sorted(
         out_dir.glob(f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}-part*.parquet")
     ):
-        column = pq.read_table(path, columns=["is_valid"]).column("is_valid")
-        patients += len(column)
-        valid += int(sum(column.to_pylist()))
-    return patients, valid
+        table = pq.read_table(path, columns=["is_valid"])
+        totals["patients"] += table.num_rows
+        totals["valid"] += int(sum(table.column("is_valid").to_pylist()))
+        counts = json.loads((table.schema.metadata or {}).get(FILE_METADATA_KEY, b"{}"))
+        for key, value in counts.items():
+            totals[key] += int(value)
+    return totals
 
 
 __all__ = ["GenerationError", "GenerationInputError", "GenerationSettings", "generate"]
