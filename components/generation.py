@@ -25,7 +25,7 @@ def plan_generation_shards(num_of_patients: int, num_shards: int) -> list:
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def generate_sequences(
     model: Input[Model],
-    prepared: Input[Dataset],
+    prompts: Input[Dataset],
     shard_index: int,
     num_shards: int,
     num_of_patients: int,
@@ -47,7 +47,7 @@ def generate_sequences(
 
     Args:
         model: The trained model and tokenizer folder.
-        prepared: Output of prepare; prompts are drawn from its training sequences.
+        prompts: Prepare's prompts (the training patients' first 4 tokens), drawn with the seed.
         shard_index: This pod's shard.
         num_shards: Shards in the run.
         num_of_patients: Patients of the whole run (the shard takes its share).
@@ -66,7 +66,7 @@ def generate_sequences(
         generated: <strategy>/generated_sequences/*.parquet and generation_summary.json.
     """
     from cehrgpt.generation.generate_batch_hf_gpt_sequence import main
-    from cehrgpt.pipeline.steps import TRAIN_SEQUENCES, flags, run_stage
+    from cehrgpt.pipeline.steps import flags, run_stage
 
     argv = flags(
         model_folder=model.path,
@@ -82,7 +82,7 @@ def generate_sequences(
         temperature=temperature,
         repetition_penalty=repetition_penalty,
         epsilon_cutoff=epsilon_cutoff,
-        demographic_data_path=f"{prepared.path}/{TRAIN_SEQUENCES}",
+        demographic_data_path=prompts.path,
         shard_index=shard_index,
         num_shards=num_shards,
         seed=seed,

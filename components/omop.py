@@ -9,7 +9,7 @@ from cehrgpt.pipeline.images import CPU_IMAGE, SPARK_IMAGE
 @dsl.component(base_image=SPARK_IMAGE, install_kfp_package=False)
 def restore_omop_tables(
     sequences: Input[Dataset],
-    prepared: Input[Dataset],
+    vocabulary: Input[Dataset],
     spark_mode: str,
     namespace: str,
     spark_image: str,
@@ -29,7 +29,7 @@ def restore_omop_tables(
 
     Args:
         sequences: The gathered generated sequences.
-        prepared: Output of prepare (its omop_vocab folder is the vocabulary).
+        vocabulary: Prepare's vocabulary (the concept table).
         spark_mode: ``operator`` (a SparkApplication on the cluster) or ``local`` (Spark in this pod).
         namespace: Namespace of the SparkApplication.
         spark_image: Image of the SparkApplication's driver and executors.
@@ -64,7 +64,7 @@ def restore_omop_tables(
     report_path = run_restore_step(
         spark_mode,
         (sequences.path, sequences.uri),
-        (prepared.path, prepared.uri),
+        (vocabulary.path, vocabulary.uri),
         (restored.path, restored.uri),
         operator,
     )

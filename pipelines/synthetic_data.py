@@ -1,7 +1,7 @@
 """Pipeline ``synthetic_data``: a trained model → synthetic patients → OMOP, privacy and fidelity → gate → upload.
 
 Steps:
-    1. import the model and the prepared data (sequences + vocabulary) by URI;
+    1. import the model and prepare's three outputs (sequences, vocabulary, prompts) by URI;
     2. plan shards, then one generation pod per shard, each on one GPU (``dsl.ParallelFor``);
     3. gather the shards into one Dataset;
     4. in parallel: restore OMOP (SparkApplication or local Spark), the four privacy analyses, fidelity;
@@ -50,6 +50,8 @@ def add_synthesis_steps(
     model,
     prepared,
     *,
+    vocabulary,
+    prompts,
     num_of_patients,
     num_shards,
     batch_size,
@@ -100,7 +102,7 @@ def add_synthesis_steps(
     ) as shard:
         generate = generate_sequences(
             model=model,
-            prepared=prepared,
+            prompts=prompts,
             shard_index=shard.shard_index,
             num_shards=shard.num_shards,
             num_of_patients=num_of_patients,
@@ -133,7 +135,7 @@ def add_synthesis_steps(
     # 4. restore, privacy analyses and fidelity, in parallel
     restore = restore_omop_tables(
         sequences=sequences,
-        prepared=prepared,
+        vocabulary=vocabulary,
         spark_mode=spark_mode,
         namespace=spark_namespace,
         spark_image=spark_image,
@@ -163,7 +165,7 @@ def add_synthesis_steps(
         prepared=prepared, sequences=sequences, model=model, attribute_config=attribute_config, seed=seed
     )
     reid.set_display_name("4. privacy: re-identification risk")
-    fidelity = fidelity_report(prepared=prepared, sequences=sequences, seed=seed)
+    fidelity = fidelity_report(prepared=prepared, vocabulary=vocabulary, sequences=sequences, seed=seed)
     fidelity.set_display_name("4. fidelity report")
     for analysis in (aia, mia, nnaa, reid, fidelity):
         analysis.set_caching_options(True)
@@ -199,6 +201,8 @@ def add_synthesis_steps(
 def synthetic_data(
     model_uri: str,
     prepared_data_uri: str,
+    vocabulary_uri: str,
+    prompts_uri: str,
     num_of_patients: int = 128,
     num_shards: int = 1,
     batch_size: int = 16,
@@ -243,7 +247,9 @@ def synthetic_data(
 
     Args:
         model_uri: Folder of the trained model (Hugging Face format, tokenizer included).
-        prepared_data_uri: Folder written by prepare: patient_sequence/{train,test}, omop_vocab.
+        prepared_data_uri: Prepare's sequences output: patient_sequence/{train,test}, prepare_report.json.
+        vocabulary_uri: Prepare's vocabulary output (the concept table).
+        prompts_uri: Prepare's prompts output (what the generation pods download).
         num_of_patients: Synthetic patients to generate, exactly, over all shards.
         num_shards: Generation pods, one GPU each (at most 8 run at once).
         batch_size: Sequences decoded together per pod.
@@ -287,10 +293,16 @@ def synthetic_data(
     model = dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False)
     model.set_display_name("1. import model")
     prepared = dsl.importer(artifact_uri=prepared_data_uri, artifact_class=Dataset, reimport=False)
-    prepared.set_display_name("1. import prepared data")
+    prepared.set_display_name("1. import prepared sequences")
+    vocabulary = dsl.importer(artifact_uri=vocabulary_uri, artifact_class=Dataset, reimport=False)
+    vocabulary.set_display_name("1. import vocabulary")
+    prompts = dsl.importer(artifact_uri=prompts_uri, artifact_class=Dataset, reimport=False)
+    prompts.set_display_name("1. import prompts")
     add_synthesis_steps(
         model.output,
         prepared.output,
+        vocabulary=vocabulary.output,
+        prompts=prompts.output,
         num_of_patients=num_of_patients,
         num_shards=num_shards,
         batch_size=batch_size,

@@ -5,8 +5,17 @@ failed run leaves nothing that looks complete, and a rerun replaces the old outp
 OUT may be a local path or a Hadoop URI such as ``gs://`` or ``s3a://``)::
 
     OUT/patient_sequence/train/*.parquet   OUT/patient_sequence/test/*.parquet
-    OUT/omop_vocab/concept/ (+ concept_relationship, concept_ancestor when present)
+    OUT/omop_vocab/concept/                 (or --vocabulary_folder V: V/concept/)
+    OUT/prompts/*.parquet                   (or --prompts_folder P)
     OUT/prepare_report.json
+
+``prompts`` holds the first 4 tokens (year, age, gender, race) of each training
+sequence, a ``concept_ids`` column like the sequences', so generation reads its
+prompts from a few megabytes instead of every sequence. The vocabulary is the
+``concept`` table only: no stage reads ``concept_relationship`` or
+``concept_ancestor``, so they are neither read nor copied. With
+``--vocabulary_folder``/``--prompts_folder`` those parts go to folders of their
+own (one Kubeflow artifact each), each published by its own rename.
 
 Runs on ``local[*]`` by default and unchanged under spark-submit.
 """
@@ -30,6 +39,7 @@ from tqdm import tqdm
 
 from cehrgpt.data import events as ev
 from cehrgpt.data.events import DEFAULT_DOMAINS, EVENT_DOMAINS, SEQUENCE_COLUMNS
+from cehrgpt.grammar import PROMPT_LENGTH
 from cehrgpt.omop.cdm import cdm_fields
 from cehrgpt.omop.source import OmopSource, OmopSourceError, TableRequest, open_omop_source
 from cehrgpt.spark import HadoopFiles, get_spark, parent_and_name
@@ -37,8 +47,8 @@ from cehrgpt.spark import HadoopFiles, get_spark, parent_and_name
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "prepare_report.json"
-VOCABULARY_TABLES = ("concept", "concept_relationship", "concept_ancestor")
-OPTIONAL_VOCABULARY = ("concept_relationship", "concept_ancestor")
+VOCABULARY_TABLES = ("concept",)  # the only vocabulary table a later stage reads (restore, fidelity)
+SEQUENCES_DIR, VOCABULARY_DIR, PROMPTS_DIR = "patient_sequence", "omop_vocab", "prompts"
 # Event tables read by default are required; the others are optional: absent or unusable → skipped, reported.
 REQUIRED_DOMAINS = frozenset(DEFAULT_DOMAINS)
 
@@ -93,6 +103,8 @@ def prepare(
     spark: SparkSession | None = None,
     spark_master: str | None = None,
     shuffle_partitions: int | None = None,
+    vocabulary_folder: str | None = None,
+    prompts_folder: str | None = None,
 ) -> dict[str, Any]:
     """Turn an OMOP database into patient sequences, the vocabulary and a report, under ``output_folder``.
 
@@ -107,6 +119,8 @@ def prepare(
         spark: a session to use; by default one from :func:`cehrgpt.spark.get_spark`.
         spark_master: the master for a new session (``local[*]`` when neither this nor spark-submit says).
         shuffle_partitions: ``spark.sql.shuffle.partitions`` for a new session.
+        vocabulary_folder: where the vocabulary goes instead of ``output_folder/omop_vocab``.
+        prompts_folder: where the prompts go instead of ``output_folder/prompts``.
 
     Returns:
         The report, as written to ``prepare_report.json``.
@@ -118,24 +132,46 @@ def prepare(
     started = time.perf_counter()
     chosen = _parse_domains(domains)
     _check_options(test_fraction, min_event_date)
-    try:
-        parent, name = parent_and_name(output_folder)
-    except ValueError as error:
-        raise PrepareError(f"--output_folder {error}") from None
+    targets = {"output_folder": output_folder}
+    for flag, folder in (("vocabulary_folder", vocabulary_folder), ("prompts_folder", prompts_folder)):
+        if folder is not None:
+            targets[flag] = folder
+    parents = {}
+    for flag, folder in targets.items():
+        try:
+            parents[flag] = parent_and_name(folder)
+        except ValueError as error:
+            raise PrepareError(f"--{flag} {error}") from None
     source = open_omop_source(omop_source)
     if spark is None:
         spark = get_spark("cehrgpt-prepare", spark_master, shuffle_partitions)
         if shuffle_partitions is None and (spark.sparkContext.master or "").startswith("local"):
             # Spark's 200 shuffle partitions are sized for clusters; on one machine they cost more than the work.
             spark.conf.set("spark.sql.shuffle.partitions", str(local_shuffle_partitions(spark)))
-    files = HadoopFiles(spark, parent)
-    staging = f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-    files.mkdirs()
+    # every target is written into a hidden sibling, then renamed into place once all of them are complete
+    publish = {}
+    for flag, (parent, name) in parents.items():
+        publish[flag] = (HadoopFiles(spark, parent), f".{name}.tmp-{uuid.uuid4().hex[:8]}", name)
+        publish[flag][0].mkdirs()
+    staged = {flag: f"{files.root}/{staging}" for flag, (files, staging, _) in publish.items()}
+    files, staging, name = publish["output_folder"]
     try:
-        report = _run(spark, source, f"{files.root}/{staging}", chosen, test_fraction, seed, min_event_date)
+        report = _run(
+            spark,
+            source,
+            staged["output_folder"],
+            staged.get("vocabulary_folder", f"{staged['output_folder']}/{VOCABULARY_DIR}"),
+            staged.get("prompts_folder", f"{staged['output_folder']}/{PROMPTS_DIR}"),
+            chosen,
+            test_fraction,
+            seed,
+            min_event_date,
+        )
         report.update(
             omop_source=_describe(omop_source),
             output_folder=output_folder,
+            vocabulary_folder=vocabulary_folder or f"{output_folder.rstrip('/')}/{VOCABULARY_DIR}",
+            prompts_folder=prompts_folder or f"{output_folder.rstrip('/')}/{PROMPTS_DIR}",
             options={
                 "test_fraction": test_fraction,
                 "seed": seed,
@@ -147,9 +183,11 @@ def prepare(
         events_kept = report["events"]["kept"]
         report["events_per_second"] = round(events_kept / max(report["seconds"], 1e-9), 1)
         files.write_text(f"{staging}/{REPORT_NAME}", json.dumps(report, indent=2, sort_keys=False) + "\n")
-        files.move(staging, name)
+        for target_files, target_staging, target_name in publish.values():
+            target_files.move(target_staging, target_name)
     finally:
-        files.delete(staging)
+        for target_files, target_staging, _ in publish.values():
+            target_files.delete(target_staging)
     return report
 
 
@@ -186,7 +224,7 @@ def read_inputs(spark: SparkSession, source: OmopSource, domains: Sequence[str])
 
     Required: ``person``, ``visit_occurrence``, ``concept`` and the default event tables among
     ``domains``. Optional (absent or unusable → skipped with a warning and a report line): the other
-    event tables, ``death``, ``patient_splits``, ``concept_relationship``, ``concept_ancestor``.
+    event tables, ``death``, ``patient_splits``.
 
     Raises:
         OmopSourceError: a required table or column is missing, a file unreadable, a value mistyped.
@@ -211,8 +249,6 @@ def read_inputs(spark: SparkSession, source: OmopSource, domains: Sequence[str])
     required["concept"] = TableRequest(*_cdm_columns("concept"))
     optional["death"] = TableRequest(("person_id", "death_date"))
     optional["patient_splits"] = TableRequest(("person_id", "split"))
-    for name in OPTIONAL_VOCABULARY:
-        optional[name] = TableRequest(*_cdm_columns(name))
 
     absent: dict[str, str] = {}
     unusable_rows: dict[str, int | None] = {}
@@ -263,6 +299,8 @@ def _run(
     spark: SparkSession,
     source: OmopSource,
     staging: str,
+    vocabulary_folder: str,
+    prompts_folder: str,
     domains: tuple[str, ...],
     test_fraction: float,
     seed: int,
@@ -296,11 +334,12 @@ def _run(
         deaths_read = inputs.death.count() if inputs.death is not None else None
         steps.update()
 
-        _write_sequences(sequences, f"{staging}/patient_sequence")
+        _write_sequences(sequences, f"{staging}/{SEQUENCES_DIR}")
+        _write_prompts(sequences, prompts_folder)
         steps.update()
 
         vocab_rows = {
-            name: _write_vocab(table, f"{staging}/omop_vocab/{name}")
+            name: _write_vocab(table, f"{vocabulary_folder}/{name}")
             for name, table in inputs.vocabulary.items()
         }
         steps.update()
@@ -436,6 +475,14 @@ def _write_sequences(sequences: DataFrame, folder: str) -> None:
     files.delete("_by_split")
 
 
+def _write_prompts(sequences: DataFrame, folder: str) -> None:
+    """The training sequences' first :data:`~cehrgpt.grammar.PROMPT_LENGTH` tokens (shorter ones whole)."""
+    train = sequences.where(F.col("split") == "train")
+    train.select(F.slice("concept_ids", 1, PROMPT_LENGTH).alias("concept_ids")).coalesce(1).write.parquet(
+        folder
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cehrgpt.data.prepare",
@@ -445,6 +492,12 @@ def _parser() -> argparse.ArgumentParser:
         "--omop_source", required=True, help="folder (parquet/CSV), DuckDB file or SQLAlchemy URL"
     )
     parser.add_argument("--output_folder", required=True)
+    parser.add_argument(
+        "--vocabulary_folder", default=None, help="the vocabulary's own folder (default OUT/omop_vocab)"
+    )
+    parser.add_argument(
+        "--prompts_folder", default=None, help="the prompts' own folder (default OUT/prompts)"
+    )
     parser.add_argument("--test_fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--min_event_date", default=None, help="YYYY-MM-DD; earlier events are dropped")
@@ -476,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
             domains=args.domains,
             spark_master=args.spark_master,
             shuffle_partitions=args.shuffle_partitions,
+            vocabulary_folder=args.vocabulary_folder,
+            prompts_folder=args.prompts_folder,
         )
     except (PrepareError, OmopSourceError) as error:
         print(f"error: {error}", file=sys.stderr)

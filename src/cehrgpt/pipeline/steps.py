@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 TRAIN_SEQUENCES = "patient_sequence/train"
 HELD_OUT_SEQUENCES = "patient_sequence/test"
 SEQUENCES = "patient_sequence"
-VOCABULARY = "omop_vocab"
+VOCABULARY = "omop_vocab"  # in prepare's command-line output; the pipelines pass it as an artifact of its own
 #: Sub-folder of the gathered generation Dataset holding every shard's parquet files.
 GENERATED_SEQUENCES = "generated_sequences"
 
@@ -191,7 +191,7 @@ def spark_uri(uri: str) -> str:
 def run_restore_step(
     spark_mode: str,
     sequences: tuple[str, str],
-    prepared: tuple[str, str],
+    vocabulary: tuple[str, str],
     restored: tuple[str, str],
     operator: SparkOperatorSettings,
     api_client: Any = None,
@@ -201,7 +201,7 @@ def run_restore_step(
     Args:
         spark_mode: ``local`` or ``operator``.
         sequences: (local path, URI) of the gathered generation Dataset.
-        prepared: (local path, URI) of the prepared Dataset (its ``omop_vocab``).
+        vocabulary: (local path, URI) of prepare's vocabulary Dataset.
         restored: (local path, URI) of the output Dataset.
         operator: The SparkApplication's namespace and sizes (used in operator mode).
         api_client: A Kubernetes ``ApiClient``; by default the in-cluster configuration.
@@ -214,16 +214,16 @@ def run_restore_step(
             "local",
             f"{sequences[0]}/{GENERATED_SEQUENCES}",
             restored[0],
-            f"{prepared[0]}/{VOCABULARY}",
+            vocabulary[0],
         )
         return Path(restored[0]) / "restore_report.json"
     restore_omop(
         spark_mode,
         spark_uri(f"{sequences[1]}/{GENERATED_SEQUENCES}"),
         spark_uri(restored[1]),
-        spark_uri(f"{prepared[1]}/{VOCABULARY}"),
+        spark_uri(vocabulary[1]),
         operator=operator,
-        on_minio=any(uri.startswith("minio://") for _, uri in (sequences, prepared, restored)),
+        on_minio=any(uri.startswith("minio://") for _, uri in (sequences, vocabulary, restored)),
         # unique per output location (so per run and task), and the same on a retry of the task
         run_hint=hashlib.sha256(restored[1].encode()).hexdigest()[:12],
         api_client=api_client,
