@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cehrgpt.generation.durable import DurableStoreError
 from cehrgpt.generation.engine import GenerationError
 from cehrgpt.generation.naming import STRATEGIES
 from cehrgpt.generation.prompts import PROMPT_SOURCES
@@ -79,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--dtype", default="auto", choices=DTYPES)
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--durable_output_uri",
+        help="durable copy of --output_folder (s3://, gs://, minio://, a path): each finished file is copied "
+        "there as it is written, and a restarted shard takes the files it finds there as done",
+    )
+    p.add_argument(
+        "--durable_s3_endpoint", help="S3 endpoint for --durable_output_uri (default AWS_ENDPOINT_URL)"
+    )
     return p
 
 
@@ -121,6 +130,8 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
         device=args.device,
         dtype=args.dtype,
         show_progress=not args.no_progress,
+        durable_output_uri=args.durable_output_uri,
+        durable_s3_endpoint=args.durable_s3_endpoint,
     )
 
 
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         generate(settings_from_args(args))
-    except (GenerationInputError, GenerationError) as exc:
+    except (GenerationInputError, GenerationError, DurableStoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from tqdm import tqdm
 from cehrgpt import grammar
 from cehrgpt.generation import sharding
 from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor, minimum_context_window
+from cehrgpt.generation.durable import DurableCopy
 from cehrgpt.generation.engine import ContinuousBatchDecoder, GenerationError
 from cehrgpt.generation.prompts import PROMPT_SOURCES, PromptError, build_prompt_pool, read_prompt_tokens
 from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
@@ -86,11 +88,21 @@ class GenerationSettings:
     device: str = "auto"
     dtype: str = "auto"
     show_progress: bool = True
+    durable_output_uri: str | None = None
+    durable_s3_endpoint: str | None = None
 
     def run_defining(self) -> dict:
         """The settings that fix what a run produces (a rerun with the same seed must match them)."""
         settings = asdict(self)
-        for transient in ("output_folder", "shard_index", "device", "show_progress"):
+        transient_fields = (
+            "output_folder",
+            "shard_index",
+            "device",
+            "show_progress",
+            "durable_output_uri",
+            "durable_s3_endpoint",
+        )
+        for transient in transient_fields:
             settings.pop(transient)
         return settings
 
@@ -172,8 +184,15 @@ class _FileWriter:
     the only work not counted).
     """
 
-    def __init__(self, targets: list[tuple[Path, range]], seed: int, tokens_by_id: list[str]):
+    def __init__(
+        self,
+        targets: list[tuple[Path, range]],
+        seed: int,
+        tokens_by_id: list[str],
+        on_written: Callable[[Path], None] | None = None,
+    ):
         self.targets = targets
+        self.on_written = on_written
         self.seed = seed
         self.tokens_by_id = tokens_by_id
         self.written = 0
@@ -214,6 +233,8 @@ class _FileWriter:
             schema=OUTPUT_SCHEMA.with_metadata({FILE_METADATA_KEY: json.dumps(counts, sort_keys=True)}),
         )
         _write_parquet_atomically(table, path)
+        if self.on_written is not None:
+            self.on_written(path)
         self.valid += sum(valid)
         self.hit_context_window += sum(hits)
         self.written += 1
@@ -315,7 +336,17 @@ def generate(settings: GenerationSettings) -> dict:
     runs = strategy_folder / "runs"
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
+    shard_prefix = f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}"
+    durable = None
+    fetched: list[str] = []
+    if s.durable_output_uri:
+        durable = DurableCopy(s.durable_output_uri, s.output_folder, s.durable_s3_endpoint)
+        strategy = s.sampling.folder_name
+        durable.fetch(f"{strategy}/runs", f"seed{s.seed}.json")
+        fetched = durable.fetch(f"{strategy}/generated_sequences", f"{shard_prefix}-part")
     _register_run(runs, s)
+    if durable is not None:
+        durable.publish(runs / f"seed{s.seed}.json")
 
     end_id = vocab[grammar.END]
     patients = sharding.shard_range(s.num_of_patients, s.shard_index, s.num_shards)
@@ -357,7 +388,12 @@ def generate(settings: GenerationSettings) -> dict:
             s.batch_size,
             generator,
         )
-        writer = _FileWriter([(file_path(i), files[i]) for i in pending], s.seed, tokens_by_id)
+        writer = _FileWriter(
+            [(file_path(i), files[i]) for i in pending],
+            s.seed,
+            tokens_by_id,
+            durable.publish if durable is not None else None,
+        )
 
         def accept(ids: list[int], hit_window: bool) -> bool:
             if meets_rule(ids, hit_window):
@@ -405,6 +441,7 @@ def generate(settings: GenerationSettings) -> dict:
         else None,
         "files": len(files),
         "files_skipped_as_done": skipped_files,
+        "files_fetched_from_durable_storage": len(fetched),
         "patients": totals["patients"],
         "patients_in_files": in_files["patients"],
         "valid_patients_in_files": in_files["valid"],
@@ -429,6 +466,8 @@ def generate(settings: GenerationSettings) -> dict:
     }
     shard_file = runs / f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}.json"
     _atomic_write_text(shard_file, json.dumps(summary, indent=1))
+    if durable is not None:
+        durable.publish(shard_file)
     _merge_summaries(strategy_folder)
     return summary
 
