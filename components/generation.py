@@ -41,6 +41,7 @@ def generate_sequences(
     seed: int,
     device: str,
     dtype: str,
+    minio_endpoint: str,
     generated: Output[Dataset],
 ):
     """Generate one shard of synthetic patient sequences (the seed's Step 1) on one GPU.
@@ -63,7 +64,9 @@ def generate_sequences(
         seed: Seed of the run (shards derive theirs from it).
         device: cuda or cpu.
         dtype: Model dtype on the device.
-        generated: <strategy>/generated_sequences/*.parquet and generation_summary.json.
+        minio_endpoint: S3 endpoint of Kubeflow's MinIO store (used when the output artifact is on it).
+        generated: <strategy>/generated_sequences/*.parquet and generation_summary.json; each finished file is
+            also copied to the artifact's URI at once, so a retried pod skips it.
     """
     from cehrgpt.generation.generate_batch_hf_gpt_sequence import main
     from cehrgpt.pipeline.steps import flags, run_stage
@@ -88,6 +91,8 @@ def generate_sequences(
         seed=seed,
         device=device,
         dtype=dtype,
+        durable_output_uri=generated.uri,
+        durable_s3_endpoint=minio_endpoint,
     )
     run_stage("generate", main, argv)
 

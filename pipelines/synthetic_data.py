@@ -34,6 +34,7 @@ PIPELINE_NAME = "cehrgpt-synthetic-data"
 MAX_PARALLEL_GENERATION_PODS = 8
 #: Secret keys → environment of the upload task (see manifests/base/database-secret.yaml).
 DATABASE_SECRET_KEYS = {"url": "CEHRGPT_DB_URL", "password": "CEHRGPT_DB_PASSWORD"}
+MINIO_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 ATTRIBUTE_CONFIG_IN_IMAGE = "/opt/cehrgpt/analysis/privacy/attribute_inference_config.yml"
 
 
@@ -118,10 +119,15 @@ def add_synthesis_steps(
             seed=seed,
             device=device,
             dtype=dtype,
+            minio_endpoint=minio_endpoint,
         )
         generate.set_display_name("2. generate a shard (1 GPU)").set_caching_options(True)
         generate.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
-        generate.set_retry(num_retries=2, backoff_duration="60s")  # preempted GPU pods resume their shard
+        # a retried pod fetches the files its shard already copied to the output artifact's URI, and skips them
+        generate.set_retry(num_retries=2, backoff_duration="60s")
+        kubernetes.use_secret_as_env(  # MinIO credentials for that copy; absent on other stores
+            generate, secret_name=minio_credentials_secret, secret_key_to_env=MINIO_SECRET_KEYS, optional=True
+        )
         _resources(generate, "4", "32Gi", "8", "48Gi")
         kubernetes.add_node_selector_json(generate, gpu_node_selector)
         kubernetes.add_toleration_json(generate, gpu_tolerations)

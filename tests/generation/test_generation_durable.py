@@ -98,3 +98,13 @@ def test_the_local_folder_as_its_own_durable_location_copies_nothing(tmp_path):
 def test_an_unknown_scheme_fails_clearly(tmp_path):
     with pytest.raises(DurableStoreError, match="cannot open durable location 'nope://b/x'"):
         DurableCopy("nope://b/x", tmp_path)
+
+
+def test_an_unreachable_store_costs_the_resume_not_the_run(model_folder, demographic_folder, tmp_path):
+    blocked = tmp_path / "bucket"
+    blocked.write_text("a file where the store's folder should be")  # every listing and write fails
+    argv = _argv(model_folder, demographic_folder, tmp_path / "pod", str(blocked), num_of_patients=4)
+    assert main(argv) == 0
+    shard = json.loads((tmp_path / "pod" / STRATEGY / "generation_summary.json").read_text())["shards"][0]
+    assert shard["patients_in_files"] == 4 and shard["files_fetched_from_durable_storage"] == 0
+    assert shard["durable_copy_problem"].startswith("cannot ")

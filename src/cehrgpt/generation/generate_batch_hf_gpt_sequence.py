@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cehrgpt.generation.durable import DurableStoreError
 from cehrgpt.generation.engine import GenerationError
 from cehrgpt.generation.naming import STRATEGIES
 from cehrgpt.generation.prompts import PROMPT_SOURCES
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         generate(settings_from_args(args))
-    except (GenerationInputError, GenerationError, DurableStoreError) as exc:
+    except (GenerationInputError, GenerationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import platform
 import time
@@ -36,11 +37,12 @@ from tqdm import tqdm
 from cehrgpt import grammar
 from cehrgpt.generation import sharding
 from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor, minimum_context_window
-from cehrgpt.generation.durable import DurableCopy
+from cehrgpt.generation.durable import DurableCopy, DurableStoreError
 from cehrgpt.generation.engine import ContinuousBatchDecoder, GenerationError
 from cehrgpt.generation.prompts import PROMPT_SOURCES, PromptError, build_prompt_pool, read_prompt_tokens
 from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
 
+log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SUMMARY_FILE = "generation_summary.json"
@@ -339,14 +341,32 @@ def generate(settings: GenerationSettings) -> dict:
     shard_prefix = f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}"
     durable = None
     fetched: list[str] = []
+    # The durable copy is best effort: a store this pod cannot reach costs the resume, not the run.
+    durable_problem: list[str] = []
+
+    def publish(path: Path) -> None:
+        if durable is None or durable_problem:
+            return
+        try:
+            durable.publish(path)
+        except DurableStoreError as exc:
+            durable_problem.append(str(exc))
+            log.warning("no more durable copies (a retry will start this shard over): %s", exc)
+
     if s.durable_output_uri:
-        durable = DurableCopy(s.durable_output_uri, s.output_folder, s.durable_s3_endpoint)
+        try:
+            durable = DurableCopy(s.durable_output_uri, s.output_folder, s.durable_s3_endpoint)
+        except DurableStoreError as exc:
+            raise GenerationInputError(str(exc)) from exc
         strategy = s.sampling.folder_name
-        durable.fetch(f"{strategy}/runs", f"seed{s.seed}.json")
-        fetched = durable.fetch(f"{strategy}/generated_sequences", f"{shard_prefix}-part")
+        try:
+            durable.fetch(f"{strategy}/runs", f"seed{s.seed}.json")
+            fetched = durable.fetch(f"{strategy}/generated_sequences", f"{shard_prefix}-part")
+        except DurableStoreError as exc:
+            durable_problem.append(str(exc))
+            log.warning("durable copy off (a retry will start this shard over): %s", exc)
     _register_run(runs, s)
-    if durable is not None:
-        durable.publish(runs / f"seed{s.seed}.json")
+    publish(runs / f"seed{s.seed}.json")
 
     end_id = vocab[grammar.END]
     patients = sharding.shard_range(s.num_of_patients, s.shard_index, s.num_shards)
@@ -392,7 +412,7 @@ def generate(settings: GenerationSettings) -> dict:
             [(file_path(i), files[i]) for i in pending],
             s.seed,
             tokens_by_id,
-            durable.publish if durable is not None else None,
+            publish,
         )
 
         def accept(ids: list[int], hit_window: bool) -> bool:
@@ -442,6 +462,8 @@ def generate(settings: GenerationSettings) -> dict:
         "files": len(files),
         "files_skipped_as_done": skipped_files,
         "files_fetched_from_durable_storage": len(fetched),
+        "durable_copy": s.durable_output_uri,
+        "durable_copy_problem": durable_problem[0] if durable_problem else None,
         "patients": totals["patients"],
         "patients_in_files": in_files["patients"],
         "valid_patients_in_files": in_files["valid"],
@@ -466,8 +488,7 @@ def generate(settings: GenerationSettings) -> dict:
     }
     shard_file = runs / f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}.json"
     _atomic_write_text(shard_file, json.dumps(summary, indent=1))
-    if durable is not None:
-        durable.publish(shard_file)
+    publish(shard_file)
     _merge_summaries(strategy_folder)
     return summary
 
