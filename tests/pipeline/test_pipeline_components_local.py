@@ -8,6 +8,7 @@ without touching this file.
 
 from __future__ import annotations
 
+import builtins
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from cehrgpt.pipeline.local import run_end_to_end_locally
 
 REPO = Path(__file__).resolve().parents[2]
 PATIENTS = 8
+PRINT = builtins.print
 
 
 def _tasks_with_a_body(spec: dict) -> set[str]:
@@ -71,6 +73,7 @@ def test_every_component_body_ran_and_succeeded(local_run):
     finished = {p.parent.name for p in Path(local_run["run_folder"]).rglob("executor_output.json")}
     assert expected - finished == set(), "these component bodies did not finish under kfp.local"
     assert local_run["status"] == "succeeded" and local_run["gate_passed"]
+    assert builtins.print is PRINT  # kfp.local's per-task print indentation does not outlive the run
 
 
 def test_generation_pods_read_the_prompts_artifact_and_the_shards_add_up(local_run):
