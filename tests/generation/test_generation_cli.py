@@ -372,3 +372,20 @@ def test_explicit_cpu_float32(model_folder, demographic_folder, tmp_path):
     )
     shard = json.loads((tmp_path / "top_p10000" / "generation_summary.json").read_text())["shards"][0]
     assert (shard["device"], shard["dtype"], shard["patients"]) == ("cpu", "float32", 3)
+
+
+def test_a_rerun_of_a_finished_shard_decodes_nothing_and_keeps_its_counts(
+    model_folder, demographic_folder, tmp_path
+):
+    assert main(_argv(model_folder, demographic_folder, tmp_path)) == 0
+    summary_file = tmp_path / "top_p10000" / "generation_summary.json"
+    first = json.loads(summary_file.read_text())["shards"][0]
+    assert main(_argv(model_folder, demographic_folder, tmp_path)) == 0
+    again = json.loads(summary_file.read_text())["shards"][0]
+    assert (again["files_skipped_as_done"], again["patients"], again["sampled_tokens_this_attempt"]) == (
+        3,
+        0,
+        0,
+    )
+    assert (again["sampled_tokens"], again["patients_in_files"]) == (first["sampled_tokens"], 20)
+    assert again["batch_occupancy"] is None
