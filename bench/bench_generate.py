@@ -1,9 +1,19 @@
-"""Generator throughput: tokens/s and VALID patients/s, continuous batching vs plain ``model.generate``.
+"""Generator throughput: tokens/s, VALID patients/s and batch occupancy, three ways of decoding.
 
-The baseline is what the original package does: ``model.generate`` at batch 16,
-no grammar constraint, malformed patients thrown away afterwards (validity =
-``cehrgpt.grammar.is_valid``). Every other method is measured in the same run,
-interleaved with the baseline repeat by repeat, on the same model, prompts,
+* ``generate`` (the baseline): what the original package does, ``model.generate``
+  at batch 16, no grammar constraint, malformed patients thrown away afterwards
+  (validity = ``cehrgpt.grammar.is_valid``);
+* ``per_file`` (before): the runner's former design, a new continuous-batching
+  decoder for each output file of ``--buffer_size`` patients, its batch capped at
+  the file size; each file prefills from scratch and drains to empty. Kept here
+  only, to measure against;
+* ``continuous`` (after): the runner's design, one decoder for the shard's
+  patients, refilled across output files.
+
+Occupancy is the mean fraction of the ``batch`` rows holding a live patient per
+decode step (``model.generate``: real tokens over batch x steps, a finished row
+idles until the batch's longest row ends). Every method is measured in the same
+run, interleaved with the baseline repeat by repeat, on the same model, prompts,
 sampling settings (top_p 1.0) and context window (512).
 
 Model: the ``tiny`` preset (GPT-2, 4 layers, 256 wide, 4 heads, ~3.6M parameters
@@ -16,11 +26,13 @@ look alike, hence the training.
 
     python bench/bench_generate.py                       # CPU, batches 16/64/256, 3 repeats (~10 min idle)
     python bench/bench_generate.py --device cuda --dtype bfloat16 --batch_sizes 16,256,1024
+    bash bench/gpu_check.sh                              # this and bench_train.py on one GPU, one table
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -72,9 +84,13 @@ def ensure_model(
 
 
 def run_generate(model, prompts, kinds, window, end_id, pad_id, batch_size, constrained, seed):
-    """Plain ``model.generate`` in fixed batches (a batch waits for its longest row)."""
+    """Plain ``model.generate`` in fixed batches (a batch waits for its longest row).
+
+    Returns the sequences and the row-steps the batches took (batch size x decode steps).
+    """
     torch.manual_seed(seed)
     sequences = []
+    row_steps = 0
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size].to(model.device)
         processors = LogitsProcessorList(
@@ -91,25 +107,38 @@ def run_generate(model, prompts, kinds, window, end_id, pad_id, batch_size, cons
             pad_token_id=pad_id,
             logits_processor=processors,
         )
+        row_steps += batch_size * (out.shape[1] - batch.shape[1])
         for row in out.tolist():
             if end_id in row:
                 row = row[: row.index(end_id) + 1]
             sequences.append(row)
-    return sequences
+    return sequences, row_steps
 
 
-def run_continuous(model, prompts, kinds, window, end_id, batch_size, constrained, seed):
-    """The continuous-batching decoder (finished rows replaced at once)."""
-    constraint = GrammarConstrainedLogitsProcessor(kinds, window) if constrained else None
-    processors = build_logits_processors(SamplingConfig(top_p=1.0), constraint)
+def run_continuous(model, prompts, kinds, window, end_id, batch_size, constrained, seed, buffer_size=None):
+    """Continuous batching: one decoder for all ``prompts`` (the runner), or, given ``buffer_size``, a new
+    decoder per ``buffer_size`` patients with its batch capped there (the runner's former per-file design).
+
+    Returns the sequences and the row-steps the decoders took (``batch_size`` x decode steps).
+    """
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    decoder = ContinuousBatchDecoder(model, processors, window, end_id, batch_size, generator)
     queue = iter(range(len(prompts)))
 
     def draw(k):
         return prompts[[next(queue) for _ in range(k)]]
 
-    return decoder.run(len(prompts), draw).sequences
+    chunk = buffer_size or len(prompts)
+    sequences: list[list[int]] = []
+    row_steps = 0
+    for start in range(0, len(prompts), chunk):
+        constraint = GrammarConstrainedLogitsProcessor(kinds, window) if constrained else None
+        processors = build_logits_processors(SamplingConfig(top_p=1.0), constraint)
+        decoder = ContinuousBatchDecoder(model, processors, window, end_id, batch_size, generator)
+        result = decoder.run(
+            min(chunk, len(prompts) - start), draw, on_sequence=lambda seq, _: sequences.append(seq)
+        )
+        row_steps += batch_size * result.steps
+    return sequences, row_steps
 
 
 def measure(method, model, pool, tokens_by_id, kinds, args, batch_size, constrained, patients, seed):
@@ -118,7 +147,7 @@ def measure(method, model, pool, tokens_by_id, kinds, args, batch_size, constrai
         torch.cuda.synchronize()
     started = time.perf_counter()
     if method == "generate":
-        sequences = run_generate(
+        sequences, row_steps = run_generate(
             model,
             prompts,
             kinds,
@@ -130,13 +159,23 @@ def measure(method, model, pool, tokens_by_id, kinds, args, batch_size, constrai
             seed,
         )
     else:
-        sequences = run_continuous(
-            model, prompts, kinds, args.context_window, args.end_id, batch_size, constrained, seed
+        buffer_size = args.buffer_size if method == "per_file" else None
+        sequences, row_steps = run_continuous(
+            model,
+            prompts,
+            kinds,
+            args.context_window,
+            args.end_id,
+            batch_size,
+            constrained,
+            seed,
+            buffer_size,
         )
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     new_tokens = sum(len(s) - grammar.PROMPT_LENGTH for s in sequences)
+    # accepted sequences only: with no acceptance rule here every sampled token is in one
     valid = sum(grammar.is_valid([tokens_by_id[i] for i in s]) for s in sequences)
     ended = sum(s[-1] == args.end_id for s in sequences)
     return {
@@ -145,6 +184,7 @@ def measure(method, model, pool, tokens_by_id, kinds, args, batch_size, constrai
         "valid_patients_per_s": valid / seconds,
         "valid_fraction": valid / len(sequences),
         "ended_fraction": ended / len(sequences),
+        "occupancy": new_tokens / row_steps if row_steps else 0.0,
         "seconds": seconds,
     }
 
@@ -160,7 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--train_steps", type=int, default=200)
     p.add_argument("--batch_sizes", default="16,64,256")
-    p.add_argument("--methods", default="generate,continuous")
+    p.add_argument("--methods", default="generate,per_file,continuous")
+    p.add_argument(
+        "--buffer_size",
+        type=int,
+        default=128,
+        help="patients per output file (per_file: a decoder per file; continuous: files only, one decoder)",
+    )
+    p.add_argument("--constrained", default="both", choices=("both", "yes", "no"), help="grammar constraint")
+    p.add_argument("--json_output", help="also write the medians here as JSON")
     p.add_argument(
         "--generate_batch_sizes",
         default="16,64",
@@ -170,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         "--patients_per_batch_row",
         type=float,
         default=1.0,
-        help="patients per measurement = max(32, batch x this) for generate, x2 that for continuous",
+        help="patients per measurement = max(32, batch x this) for generate; per_file and continuous "
+        "decode max(4 x buffer_size, 2 x that) patients (several files)",
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--context_window", type=int, default=512)
@@ -206,26 +255,28 @@ def main(argv: list[str] | None = None) -> int:
 
     cpu = platform.processor() or platform.machine()
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu}, {os.cpu_count()} CPUs"
-    print(
-        f"machine: {platform.platform()}; {device}; torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
-    print(
-        f"model: {model_dir} ({params:.2f}M parameters, vocab {len(vocab)}), {args.dtype}, "
+    machine = f"{platform.platform()}; {device}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    model_line = (
+        f"{model_dir} ({params:.2f}M parameters, vocab {len(vocab)}), {args.dtype}, "
         f"window {args.context_window}, top_p 1.0; prompts from {data_dir}"
     )
+    print(f"machine: {machine}")
+    print(f"model: {model_line}")
 
     batches = [int(b) for b in args.batch_sizes.split(",")]
     configs = [("generate", 16, False)]  # the baseline first
     generate_batches = [int(b) for b in args.generate_batch_sizes.split(",")]
     for method in args.methods.split(","):
         for b in generate_batches if method == "generate" else batches:
-            for constrained in (False, True):
+            for constrained in {"both": (False, True), "yes": (True,), "no": (False,)}[args.constrained]:
                 if (method, b, constrained) not in configs:
                     configs.append((method, b, constrained))
     results: dict[tuple, list[dict]] = {c: [] for c in configs}
     for repeat in range(args.repeats):
         for method, b, constrained in configs:
-            patients = max(32, int(b * args.patients_per_batch_row)) * (2 if method == "continuous" else 1)
+            patients = max(32, int(b * args.patients_per_batch_row))
+            if method != "generate":
+                patients = max(4 * args.buffer_size, 2 * patients)
             r = measure(
                 method, model, pool, tokens_by_id, kinds, args, b, constrained, patients, seed=100 + repeat
             )
@@ -233,33 +284,73 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  repeat {repeat}: {method:10s} batch {b:4d} {'constrained' if constrained else 'free':11s} "
                 f"{r['tokens_per_s']:8.0f} tok/s {r['valid_patients_per_s']:7.2f} valid pat/s "
-                f"({r['valid_fraction']:.0%} valid, {r['seconds']:.1f}s)",
+                f"occupancy {r['occupancy']:.0%} ({r['valid_fraction']:.0%} valid, {patients} patients, "
+                f"{r['seconds']:.1f}s)",
                 flush=True,
             )
+            if args.json_output:  # medians so far, so a run cut short by a time limit still leaves figures
+                _write_medians(args.json_output, machine, model_line, args.repeats, results)
 
     def med(c, key):
         return statistics.median(r[key] for r in results[c])
 
     base = med(configs[0], "valid_patients_per_s")
-    print(f"\nmedians over {args.repeats} repeats; baseline = plain generate, batch 16, unconstrained")
-    header = (
-        "| method | batch | constrained | tokens/s | patients/s | valid % | valid patients/s | vs baseline |"
+    print(
+        f"\nmedians over {args.repeats} repeats; baseline = plain generate, batch 16, unconstrained; "
+        f"per_file/continuous write files of {args.buffer_size} patients"
     )
-    print(header)
-    print("|" + "---|" * 8)
+    print(
+        "| method | batch | constrained | occupancy % | tokens/s | patients/s | valid % | valid patients/s "
+        "| vs baseline |"
+    )
+    print("|" + "---|" * 9)
+    rows = []
     for c in configs:
         method, b, constrained = c
+        row = {"method": method, "batch": b, "constrained": constrained}
+        row |= {k: med(c, k) for k in results[c][0]}
+        row["vs_baseline"] = row["valid_patients_per_s"] / base if base else None
+        rows.append(row)
         print(
-            f"| {method} | {b} | {'yes' if constrained else 'no'} | {med(c, 'tokens_per_s'):.0f} | "
-            f"{med(c, 'patients_per_s'):.2f} | {100 * med(c, 'valid_fraction'):.1f} | "
-            f"{med(c, 'valid_patients_per_s'):.2f} | {med(c, 'valid_patients_per_s') / base:.1f}x |"
+            f"| {method} | {b} | {'yes' if constrained else 'no'} | {100 * row['occupancy']:.0f} | "
+            f"{row['tokens_per_s']:.0f} | {row['patients_per_s']:.2f} | {100 * row['valid_fraction']:.1f} | "
+            f"{row['valid_patients_per_s']:.2f} | "
+            f"{'n/a' if row['vs_baseline'] is None else format(row['vs_baseline'], '.1f') + 'x'} |"
         )
+    by_key = {(r["method"], r["batch"], r["constrained"]): r for r in rows}
+    for (method, b, constrained), after in by_key.items():
+        before = by_key.get(("per_file", b, constrained))
+        if method == "continuous" and before:
+            print(
+                f"one decoder per shard vs one per file, batch {b}{' constrained' if constrained else ''}: "
+                f"occupancy {before['occupancy']:.0%} -> {after['occupancy']:.0%}, tokens/s "
+                f"{before['tokens_per_s']:.0f} -> {after['tokens_per_s']:.0f} "
+                f"({after['tokens_per_s'] / before['tokens_per_s']:.2f}x)"
+            )
     best = max(configs, key=lambda c: med(c, "valid_patients_per_s"))
-    print(
-        f"\nbest: {best[0]} batch {best[1]} {'constrained' if best[2] else 'unconstrained'}: "
-        f"{med(best, 'valid_patients_per_s') / base:.1f}x the baseline's valid patients/s"
-    )
+    if base:
+        print(
+            f"\nbest: {best[0]} batch {best[1]} {'constrained' if best[2] else 'unconstrained'}: "
+            f"{med(best, 'valid_patients_per_s') / base:.1f}x the baseline's valid patients/s"
+        )
+    if args.json_output:
+        _write_medians(args.json_output, machine, model_line, args.repeats, results)
     return 0
+
+
+def _write_medians(path: str, machine: str, model_line: str, repeats: int, results: dict) -> None:
+    """Each measured configuration's medians (the baseline first), and how many repeats they cover."""
+    rows = []
+    for (method, b, constrained), runs in results.items():
+        if runs:
+            medians = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            rows.append(
+                {"method": method, "batch": b, "constrained": constrained, "repeats": len(runs)} | medians
+            )
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    body = {"machine": machine, "model": model_line, "repeats_asked": repeats, "results": rows}
+    out.write_text(json.dumps(body, indent=1))
 
 
 if __name__ == "__main__":

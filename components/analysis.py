@@ -200,6 +200,7 @@ def reid_inference(
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def fidelity_report(
     prepared: Input[Dataset],
+    vocabulary: Input[Dataset],
     sequences: Input[Dataset],
     seed: int,
     results: Output[Dataset],
@@ -209,7 +210,8 @@ def fidelity_report(
     """How closely the synthetic patients follow the real ones: prevalence, co-occurrence, lengths, demographics.
 
     Args:
-        prepared: Output of prepare (training sequences and vocabulary).
+        prepared: Output of prepare (training sequences).
+        vocabulary: Prepare's vocabulary (the concept table gives the domains).
         sequences: The gathered generated sequences.
         seed: Seed of any sampling.
         results: metrics.json and report.html.
@@ -222,7 +224,6 @@ def fidelity_report(
     from cehrgpt.pipeline.steps import (
         GENERATED_SEQUENCES,
         TRAIN_SEQUENCES,
-        VOCABULARY,
         flags,
         log_metrics_json,
         run_stage,
@@ -232,7 +233,7 @@ def fidelity_report(
         real_data_folder=f"{prepared.path}/{TRAIN_SEQUENCES}",
         synthetic_data_folder=f"{sequences.path}/{GENERATED_SEQUENCES}",
         output_folder=results.path,
-        vocab_folder=f"{prepared.path}/{VOCABULARY}",
+        vocab_folder=vocabulary.path,
         seed=seed,
     )
     run_stage("fidelity", main, argv)

@@ -25,9 +25,11 @@ def prepare_sequences(
     minio_endpoint: str,
     minio_credentials_secret: str,
     prepared: Output[Dataset],
+    vocabulary: Output[Dataset],
+    prompts: Output[Dataset],
     metrics: Output[Metrics],
 ):
-    """Turn an OMOP CDM source into train / held-out patient sequences and copy its vocabulary.
+    """Turn an OMOP CDM source into train / held-out patient sequences, prompts and its vocabulary.
 
     Args:
         omop_source: Folder of parquet/CSV tables, a DuckDB file, or a SQLAlchemy URL without password;
@@ -47,7 +49,9 @@ def prepare_sequences(
         timeout_seconds: Fail the task when the application has not completed after this long.
         minio_endpoint: S3 endpoint of Kubeflow's MinIO store, for the application's s3a paths.
         minio_credentials_secret: Secret with the store's ``accesskey`` and ``secretkey``.
-        prepared: patient_sequence/{train,test}, omop_vocab/ and prepare_report.json.
+        prepared: patient_sequence/{train,test} and prepare_report.json.
+        vocabulary: The concept table (what restore and the fidelity report read).
+        prompts: The training patients' 4-token prompts (all a generation pod downloads besides the model).
         metrics: The headline counts of prepare_report.json.
     """
     from cehrgpt.pipeline.sparkapp import SparkOperatorSettings
@@ -70,6 +74,8 @@ def prepare_sequences(
         spark_mode,
         omop_source,
         (prepared.path, prepared.uri),
+        vocabulary=(vocabulary.path, vocabulary.uri),
+        prompts=(prompts.path, prompts.uri),
         test_fraction=test_fraction,
         seed=seed,
         operator=operator,

@@ -25,7 +25,7 @@ def plan_generation_shards(num_of_patients: int, num_shards: int) -> list:
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def generate_sequences(
     model: Input[Model],
-    prepared: Input[Dataset],
+    prompts: Input[Dataset],
     shard_index: int,
     num_shards: int,
     num_of_patients: int,
@@ -41,13 +41,14 @@ def generate_sequences(
     seed: int,
     device: str,
     dtype: str,
+    minio_endpoint: str,
     generated: Output[Dataset],
 ):
     """Generate one shard of synthetic patient sequences (the seed's Step 1) on one GPU.
 
     Args:
         model: The trained model and tokenizer folder.
-        prepared: Output of prepare; prompts are drawn from its training sequences.
+        prompts: Prepare's prompts (the training patients' first 4 tokens), drawn with the seed.
         shard_index: This pod's shard.
         num_shards: Shards in the run.
         num_of_patients: Patients of the whole run (the shard takes its share).
@@ -63,10 +64,12 @@ def generate_sequences(
         seed: Seed of the run (shards derive theirs from it).
         device: cuda or cpu.
         dtype: Model dtype on the device.
-        generated: <strategy>/generated_sequences/*.parquet and generation_summary.json.
+        minio_endpoint: S3 endpoint of Kubeflow's MinIO store (used when the output artifact is on it).
+        generated: <strategy>/generated_sequences/*.parquet and generation_summary.json; each finished file is
+            also copied to the artifact's URI at once, so a retried pod skips it.
     """
     from cehrgpt.generation.generate_batch_hf_gpt_sequence import main
-    from cehrgpt.pipeline.steps import TRAIN_SEQUENCES, flags, run_stage
+    from cehrgpt.pipeline.steps import flags, run_stage
 
     argv = flags(
         model_folder=model.path,
@@ -82,12 +85,14 @@ def generate_sequences(
         temperature=temperature,
         repetition_penalty=repetition_penalty,
         epsilon_cutoff=epsilon_cutoff,
-        demographic_data_path=f"{prepared.path}/{TRAIN_SEQUENCES}",
+        demographic_data_path=prompts.path,
         shard_index=shard_index,
         num_shards=num_shards,
         seed=seed,
         device=device,
         dtype=dtype,
+        durable_output_uri=generated.uri,
+        durable_s3_endpoint=minio_endpoint,
     )
     run_stage("generate", main, argv)
 

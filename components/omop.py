@@ -9,7 +9,7 @@ from cehrgpt.pipeline.images import CPU_IMAGE, SPARK_IMAGE
 @dsl.component(base_image=SPARK_IMAGE, install_kfp_package=False)
 def restore_omop_tables(
     sequences: Input[Dataset],
-    prepared: Input[Dataset],
+    vocabulary: Input[Dataset],
     spark_mode: str,
     namespace: str,
     spark_image: str,
@@ -30,7 +30,7 @@ def restore_omop_tables(
 
     Args:
         sequences: The gathered generated sequences.
-        prepared: Output of prepare (its omop_vocab folder is the vocabulary).
+        vocabulary: Prepare's vocabulary (the concept table).
         spark_mode: ``operator`` (a SparkApplication on the cluster) or ``local`` (Spark in this pod).
         namespace: Namespace of the SparkApplication.
         spark_image: Image of the SparkApplication's driver and executors.
@@ -66,7 +66,7 @@ def restore_omop_tables(
     report_path = run_restore_step(
         spark_mode,
         (sequences.path, sequences.uri),
-        (prepared.path, prepared.uri),
+        (vocabulary.path, vocabulary.uri),
         (restored.path, restored.uri),
         operator,
         type_concept_id=type_concept_id,
@@ -77,19 +77,19 @@ def restore_omop_tables(
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def check_omop_quality(
-    restored: Input[Dataset], prepared: Input[Dataset], quality: Output[Dataset], metrics: Output[Metrics]
+    restored: Input[Dataset], vocabulary: Input[Dataset], quality: Output[Dataset], metrics: Output[Metrics]
 ):
     """OHDSI-style data-quality checks on the restored tables; the task fails when a check fails.
 
     Args:
         restored: The restored CDM tables.
-        prepared: Output of prepare (its omop_vocab folder is the vocabulary).
+        vocabulary: Prepare's vocabulary (the concept table), for the domain checks.
         quality: quality_report.json.
         metrics: Checks passed, failed and not applicable.
     """
     from cehrgpt.pipeline.steps import run_quality_step
 
-    run_quality_step(restored.path, prepared.path, quality.path, metrics)
+    run_quality_step(restored.path, vocabulary.path, quality.path, metrics)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

@@ -179,6 +179,8 @@ def end_to_end(
     add_synthesis_steps(
         train.outputs["model"],
         prepare.outputs["prepared"],
+        vocabulary=prepare.outputs["vocabulary"],
+        prompts=prepare.outputs["prompts"],
         num_of_patients=num_of_patients,
         num_shards=num_shards,
         batch_size=batch_size,

@@ -1,7 +1,7 @@
 """Pipeline ``synthetic_data``: a trained model → synthetic patients → OMOP, privacy and fidelity → gate → upload.
 
 Steps:
-    1. import the model and the prepared data (sequences + vocabulary) by URI;
+    1. import the model and prepare's three outputs (sequences, vocabulary, prompts) by URI;
     2. plan shards, then one generation pod per shard, each on one GPU (``dsl.ParallelFor``);
     3. gather the shards into one Dataset;
     4. in parallel: restore OMOP (SparkApplication or local Spark) then its data-quality checks, the four privacy
@@ -39,6 +39,7 @@ PIPELINE_NAME = "cehrgpt-synthetic-data"
 MAX_PARALLEL_GENERATION_PODS = 8
 #: Secret keys → environment of the upload task (see manifests/examples/database-secret.yaml).
 DATABASE_SECRET_KEYS = {"url": "CEHRGPT_DB_URL", "password": "CEHRGPT_DB_PASSWORD"}
+MINIO_SECRET_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
 ATTRIBUTE_CONFIG_IN_IMAGE = "/opt/cehrgpt/analysis/privacy/attribute_inference_config.yml"
 
 
@@ -55,6 +56,8 @@ def add_synthesis_steps(
     model,
     prepared,
     *,
+    vocabulary,
+    prompts,
     num_of_patients,
     num_shards,
     batch_size,
@@ -112,7 +115,7 @@ def add_synthesis_steps(
     ) as shard:
         generate = generate_sequences(
             model=model,
-            prepared=prepared,
+            prompts=prompts,
             shard_index=shard.shard_index,
             num_shards=shard.num_shards,
             num_of_patients=num_of_patients,
@@ -128,10 +131,15 @@ def add_synthesis_steps(
             seed=seed,
             device=device,
             dtype=dtype,
+            minio_endpoint=minio_endpoint,
         )
         generate.set_display_name("2. generate a shard (1 GPU)").set_caching_options(True)
         generate.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
-        generate.set_retry(num_retries=2, backoff_duration="60s")  # preempted GPU pods resume their shard
+        # a retried pod fetches the files its shard already copied to the output artifact's URI, and skips them
+        generate.set_retry(num_retries=2, backoff_duration="60s")
+        kubernetes.use_secret_as_env(  # MinIO credentials for that copy; absent on other stores
+            generate, secret_name=minio_credentials_secret, secret_key_to_env=MINIO_SECRET_KEYS, optional=True
+        )
         _resources(generate, "4", "32Gi", "8", "48Gi")
         kubernetes.add_node_selector_json(generate, gpu_node_selector)
         kubernetes.add_toleration_json(generate, gpu_tolerations)
@@ -145,7 +153,7 @@ def add_synthesis_steps(
     # 4. restore, privacy analyses and fidelity, in parallel
     restore = restore_omop_tables(
         sequences=sequences,
-        prepared=prepared,
+        vocabulary=vocabulary,
         spark_mode=spark_mode,
         namespace=spark_namespace,
         spark_image=spark_image,
@@ -163,7 +171,7 @@ def add_synthesis_steps(
     restore.set_display_name("4. restore OMOP (Spark)").set_caching_options(True)
     _resources(restore, "2", "8Gi", "4", "16Gi")
     expose_pod_identity(restore)
-    quality = check_omop_quality(restored=restore.outputs["restored"], prepared=prepared)
+    quality = check_omop_quality(restored=restore.outputs["restored"], vocabulary=vocabulary)
     quality.set_display_name("4. OMOP data quality").set_caching_options(True)
     _resources(quality, "1", "4Gi", "2", "8Gi")
 
@@ -180,7 +188,7 @@ def add_synthesis_steps(
         prepared=prepared, sequences=sequences, model=model, attribute_config=attribute_config, seed=seed
     )
     reid.set_display_name("4. privacy: re-identification risk")
-    fidelity = fidelity_report(prepared=prepared, sequences=sequences, seed=seed)
+    fidelity = fidelity_report(prepared=prepared, vocabulary=vocabulary, sequences=sequences, seed=seed)
     fidelity.set_display_name("4. fidelity report")
     memorized = memorization(prepared=prepared, sequences=sequences, model=model, seed=seed)
     memorized.set_display_name("4. privacy: memorisation")
@@ -227,6 +235,8 @@ def add_synthesis_steps(
 def synthetic_data(
     model_uri: str,
     prepared_data_uri: str,
+    vocabulary_uri: str,
+    prompts_uri: str,
     num_of_patients: int = 128,
     num_shards: int = 1,
     batch_size: int = 16,
@@ -280,7 +290,9 @@ def synthetic_data(
 
     Args:
         model_uri: Folder of the trained model (Hugging Face format, tokenizer included).
-        prepared_data_uri: Folder written by prepare: patient_sequence/{train,test}, omop_vocab.
+        prepared_data_uri: Prepare's sequences output: patient_sequence/{train,test}, prepare_report.json.
+        vocabulary_uri: Prepare's vocabulary output (the concept table).
+        prompts_uri: Prepare's prompts output (what the generation pods download).
         num_of_patients: Synthetic patients to generate, exactly, over all shards.
         num_shards: Generation pods, one GPU each (at most 8 run at once).
         batch_size: Sequences decoded together per pod.
@@ -332,10 +344,16 @@ def synthetic_data(
     model = dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False)
     model.set_display_name("1. import model")
     prepared = dsl.importer(artifact_uri=prepared_data_uri, artifact_class=Dataset, reimport=False)
-    prepared.set_display_name("1. import prepared data")
+    prepared.set_display_name("1. import prepared sequences")
+    vocabulary = dsl.importer(artifact_uri=vocabulary_uri, artifact_class=Dataset, reimport=False)
+    vocabulary.set_display_name("1. import vocabulary")
+    prompts = dsl.importer(artifact_uri=prompts_uri, artifact_class=Dataset, reimport=False)
+    prompts.set_display_name("1. import prompts")
     add_synthesis_steps(
         model.output,
         prepared.output,
+        vocabulary=vocabulary.output,
+        prompts=prompts.output,
         num_of_patients=num_of_patients,
         num_shards=num_shards,
         batch_size=batch_size,

@@ -116,8 +116,6 @@ def test_report_counts_every_dropped_row(tiny_csv_output):
     assert report["empty_tables"] == []
     assert report["tables_treated_as_absent"] == {
         "patient_splits": "not in the source",
-        "concept_relationship": "not in the source",
-        "concept_ancestor": "not in the source",
     }
     assert report["vocabulary_rows"] == {"concept": 8}
     assert report["tokens_written"] == 29 + 26
@@ -224,8 +222,55 @@ def test_command_line_run_replaces_the_previous_output(spark, tmp_path, capsys):
     assert main([*argv, "--min_event_date", "2000-01-01", "--domains", "condition,drug,procedure"]) == 0
     assert capsys.readouterr().out == f"wrote 2 train and 0 test patients, 13 events, to {out}\n"
     assert not (out / "stale.txt").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["omop_vocab", "patient_sequence", "prepare_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "omop_vocab",
+        "patient_sequence",
+        "prepare_report.json",
+        "prompts",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["omop", "out"]
+
+
+def test_prompts_and_vocabulary_as_artifacts_of_their_own(spark, tmp_path):
+    """What a generation pod downloads: the prompts alone; the vocabulary has only the table stages read."""
+    tables = tiny_omop()
+    tables["concept_relationship"] = [
+        {"concept_id_1": 8532, "concept_id_2": 8527, "relationship_id": "Maps to",
+         "valid_start_date": "1970-01-01", "valid_end_date": "2099-12-31", "invalid_reason": None}
+    ]  # fmt: skip
+    source = write_csv(tmp_path / "omop", tables)
+    argv = [
+        "--omop_source",
+        str(source),
+        "--output_folder",
+        str(tmp_path / "sequences"),
+        "--test_fraction",
+        "0",
+    ]
+    argv += [
+        "--vocabulary_folder",
+        str(tmp_path / "vocabulary"),
+        "--prompts_folder",
+        str(tmp_path / "prompts"),
+    ]
+    assert main([*argv, "--seed", "1", "--min_event_date", "2000-01-01"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["omop", "prompts", "sequences", "vocabulary"]
+    assert sorted(p.name for p in (tmp_path / "sequences").iterdir()) == [
+        "patient_sequence",
+        "prepare_report.json",
+    ]
+    assert [p.name for p in (tmp_path / "vocabulary").iterdir()] == ["concept"]
+    prompts = pq.read_table(tmp_path / "prompts")
+    assert prompts.column_names == ["concept_ids"]
+    heads = sorted(row["concept_ids"] for row in prompts.to_pylist())
+    assert heads == sorted([PERSON_1_TOKENS[:4], PERSON_2_TOKENS[:4]])
+    report = json.loads((tmp_path / "sequences" / "prepare_report.json").read_text())
+    assert report["vocabulary_rows"] == {"concept": 8}
+    assert "concept_relationship" not in report["tables_treated_as_absent"]
+    assert (report["vocabulary_folder"], report["prompts_folder"]) == (
+        str(tmp_path / "vocabulary"),
+        str(tmp_path / "prompts"),
+    )
 
 
 def _broken(tmp_path: Path, breakage: str) -> Path:
@@ -392,7 +437,12 @@ def test_spark_submit_writes_to_an_object_store_uri_and_replaces_it(spark, spark
     result = spark_submit(prepare_module.__file__, args, work)
 
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["omop_vocab", "patient_sequence", "prepare_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "omop_vocab",
+        "patient_sequence",
+        "prepare_report.json",
+        "prompts",
+    ]
     assert sorted(p.name for p in (tmp_path / "bucket").iterdir()) == ["out"]  # no staging left behind
     assert list(work.iterdir()) == []
     for split in ("train", "test"):
@@ -401,7 +451,7 @@ def test_spark_submit_writes_to_an_object_store_uri_and_replaces_it(spark, spark
         assert written.schema == local.schema and written.to_pylist() == local.to_pylist(), split
     report = json.loads((out / "prepare_report.json").read_text())
     assert report["output_folder"] == f"s3a://cdm{out}"
-    timings = {"seconds", "events_per_second", "output_folder"}
+    timings = {"seconds", "events_per_second", "output_folder", "vocabulary_folder", "prompts_folder"}
     assert {k: v for k, v in report.items() if k not in timings} == {
         k: v for k, v in expected.items() if k not in timings
     }

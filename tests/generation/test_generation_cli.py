@@ -122,24 +122,57 @@ def test_same_seed_gives_byte_identical_files(model_folder, demographic_folder, 
     assert _read(tmp_path / "a").column("concept_ids") != _read(tmp_path / "c").column("concept_ids")
 
 
+def _interrupt_after_first_file(out: Path) -> dict[str, bytes]:
+    """Leave the folder as a pod preempted while writing the second file leaves it."""
+    files = _files(out)
+    for f in files[1:]:
+        f.unlink()
+    (files[1].parent / f".{files[1].name}.tmp-12345").write_bytes(b"half a parquet file")
+    return {files[0].name: files[0].read_bytes()}
+
+
 def test_a_restarted_shard_skips_finished_files_and_redoes_the_rest(
     model_folder, demographic_folder, tmp_path
 ):
-    assert main(_argv(model_folder, demographic_folder, tmp_path)) == 0
-    summary = tmp_path / "top_p10000" / "generation_summary.json"
-    sampled = json.loads(summary.read_text())["shards"][0]["sampled_tokens"]
-    files = _files(tmp_path)
-    original = {f.name: f.read_bytes() for f in files}
-    kept_mtimes = {f.name: f.stat().st_mtime_ns for f in files if f != files[1]}
-    files[1].unlink()  # the pod was preempted while writing this file: only its temp file is left
-    (files[1].parent / f".{files[1].name}.tmp-12345").write_bytes(b"half a parquet file")
-    assert main(_argv(model_folder, demographic_folder, tmp_path)) == 0
-    assert {f.name: f.read_bytes() for f in _files(tmp_path)} == original
-    assert {f.name: f.stat().st_mtime_ns for f in _files(tmp_path) if f.name in kept_mtimes} == kept_mtimes
+    for run in ("a", "b"):
+        assert main(_argv(model_folder, demographic_folder, tmp_path / run)) == 0
+    first_file = _files(tmp_path / "a")[0]
+    first_file_tokens = json.loads(pq.read_schema(first_file).metadata[b"cehrgpt.generation"])[
+        "sampled_tokens"
+    ]
+    kept = _interrupt_after_first_file(tmp_path / "a")
+    mtime = first_file.stat().st_mtime_ns
+    _interrupt_after_first_file(tmp_path / "b")
+    for run in ("a", "b"):
+        assert main(_argv(model_folder, demographic_folder, tmp_path / run)) == 0
+    files = _files(tmp_path / "a")
+    assert [pq.read_metadata(f).num_rows for f in files] == [8, 8, 4]
+    assert {files[0].name: files[0].read_bytes()} == kept and files[0].stat().st_mtime_ns == mtime
+    table = _read(tmp_path / "a")
+    assert table.column("person_id").to_pylist() == list(range(1, 21))
+    assert all(table.column("is_valid").to_pylist())
+    # the same restart point gives the same files (the rest is decoded from a seed of its own)
+    assert [f.read_bytes() for f in files] == [f.read_bytes() for f in _files(tmp_path / "b")]
+    shard = json.loads((tmp_path / "a" / "top_p10000" / "generation_summary.json").read_text())["shards"][0]
+    assert (shard["files_skipped_as_done"], shard["patients"], shard["patients_in_files"]) == (1, 12, 20)
+    # the summary counts the tokens of both attempts' files
+    assert shard["sampled_tokens"] == first_file_tokens + shard["sampled_tokens_this_attempt"]
+    assert first_file_tokens > 0 and shard["sampled_tokens_this_attempt"] > 0
+
+
+def test_one_decoder_keeps_the_batch_fuller_than_one_file_could(model_folder, demographic_folder, tmp_path):
+    argv = _argv(model_folder, demographic_folder, tmp_path, batch_size=6, buffer_size=2)
+    assert main(argv) == 0
+    assert [pq.read_metadata(f).num_rows for f in _files(tmp_path)] == [2] * 10
     shard = json.loads((tmp_path / "top_p10000" / "generation_summary.json").read_text())["shards"][0]
-    assert (shard["files_skipped_as_done"], shard["patients"], shard["patients_in_files"]) == (2, 8, 20)
-    # both attempts' tokens: the files skipped as done recorded theirs
-    assert shard["sampled_tokens"] == sampled > shard["sampled_tokens_this_attempt"] > 0
+    # a decoder per 2-patient file could never fill more than 2 of its 6 rows
+    assert shard["batch_occupancy"] > 0.5
+    counts = [json.loads(pq.read_schema(f).metadata[b"cehrgpt.generation"]) for f in _files(tmp_path)]
+    assert (
+        sum(c["sampled_tokens"] for c in counts)
+        == shard["sampled_tokens"]
+        == shard["sampled_tokens_this_attempt"]
+    )
 
 
 def test_reusing_a_seed_with_other_settings_is_refused(model_folder, demographic_folder, tmp_path, capsys):
@@ -339,3 +372,20 @@ def test_explicit_cpu_float32(model_folder, demographic_folder, tmp_path):
     )
     shard = json.loads((tmp_path / "top_p10000" / "generation_summary.json").read_text())["shards"][0]
     assert (shard["device"], shard["dtype"], shard["patients"]) == ("cpu", "float32", 3)
+
+
+def test_a_rerun_of_a_finished_shard_decodes_nothing_and_keeps_its_counts(
+    model_folder, demographic_folder, tmp_path
+):
+    assert main(_argv(model_folder, demographic_folder, tmp_path)) == 0
+    summary_file = tmp_path / "top_p10000" / "generation_summary.json"
+    first = json.loads(summary_file.read_text())["shards"][0]
+    assert main(_argv(model_folder, demographic_folder, tmp_path)) == 0
+    again = json.loads(summary_file.read_text())["shards"][0]
+    assert (again["files_skipped_as_done"], again["patients"], again["sampled_tokens_this_attempt"]) == (
+        3,
+        0,
+        0,
+    )
+    assert (again["sampled_tokens"], again["patients_in_files"]) == (first["sampled_tokens"], 20)
+    assert again["batch_occupancy"] is None

@@ -244,7 +244,7 @@ def test_restore_step_in_operator_mode_uses_uris_and_reads_the_report_back(tmp_p
         report = run_restore_step(
             "operator",
             ("/local/seq", "minio://mlpipeline/run/seq"),
-            ("/local/prep", "minio://mlpipeline/run/prep"),
+            ("/local/vocabulary", "minio://mlpipeline/run/prepare/vocabulary"),
             (str(tmp_path / "pod" / "restored"), str(bucket / "restored")),
             SparkOperatorSettings(
                 namespace="team-a",
@@ -261,7 +261,7 @@ def test_restore_step_in_operator_mode_uses_uris_and_reads_the_report_back(tmp_p
     assert stub.created["spec"]["arguments"] == [
         "--patient_sequence_folder", "s3a://mlpipeline/run/seq/generated_sequences",
         "--omop_folder", str(bucket / "restored"),
-        "--source_omop_folder", "s3a://mlpipeline/run/prep/omop_vocab",
+        "--source_omop_folder", "s3a://mlpipeline/run/prepare/vocabulary",
     ]  # fmt: skip
     assert report == tmp_path / "pod" / "restored" / "restore_report.json"
     assert report.read_text() == '{"rows": {"person": 5}}'

@@ -195,8 +195,7 @@ def _cdm(folder, year_of_birth: int):
 def test_quality_step_logs_the_summary_and_fails_the_task_on_a_failed_check(tmp_path):
     from cehrgpt.pipeline.steps import StageFailed, run_quality_step
 
-    prepared = tmp_path / "prepared"  # no omop_vocab: the vocabulary checks are left out
-    prepared.mkdir()
+    prepared = tmp_path / "vocabulary"  # absent: the vocabulary checks are left out
     metrics = Metrics(name="metrics", uri=str(tmp_path / "task" / "metrics"))
     run_quality_step(_cdm(tmp_path / "good", 1950), prepared, tmp_path / "q1", metrics)
     logged = json.loads(Path(metrics.path).read_text())

@@ -5,8 +5,17 @@ failed run leaves nothing that looks complete, and a rerun replaces the old outp
 OUT may be a local path or a Hadoop URI such as ``gs://`` or ``s3a://``)::
 
     OUT/patient_sequence/train/*.parquet   OUT/patient_sequence/test/*.parquet
-    OUT/omop_vocab/concept/ (+ concept_relationship, concept_ancestor when present)
+    OUT/omop_vocab/concept/                 (or --vocabulary_folder V: V/concept/)
+    OUT/prompts/*.parquet                   (or --prompts_folder P)
     OUT/prepare_report.json
+
+``prompts`` holds the first 4 tokens (year, age, gender, race) of each training
+sequence, a ``concept_ids`` column like the sequences', so generation reads its
+prompts from a few megabytes instead of every sequence. The vocabulary is the
+``concept`` table only: no stage reads ``concept_relationship`` or
+``concept_ancestor``, so they are neither read nor copied. With
+``--vocabulary_folder``/``--prompts_folder`` those parts go to folders of their
+own (one Kubeflow artifact each), each published by its own rename.
 
 Runs on ``local[*]`` by default and unchanged under spark-submit.
 
@@ -38,6 +47,7 @@ from tqdm import tqdm
 from cehrgpt.data import DEFAULT_TEST_FRACTION
 from cehrgpt.data import events as ev
 from cehrgpt.data.events import DEFAULT_DOMAINS, EVENT_DOMAINS, SEQUENCE_COLUMNS
+from cehrgpt.grammar import PROMPT_LENGTH
 from cehrgpt.omop.cdm import cdm_fields
 from cehrgpt.omop.source import (
     OmopSource,
@@ -52,8 +62,8 @@ from cehrgpt.spark import HadoopFiles, get_spark, parent_and_name, quiet_spark_c
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "prepare_report.json"
-VOCABULARY_TABLES = ("concept", "concept_relationship", "concept_ancestor")
-OPTIONAL_VOCABULARY = ("concept_relationship", "concept_ancestor")
+VOCABULARY_TABLES = ("concept",)  # the only vocabulary table a later stage reads (restore, fidelity)
+SEQUENCES_DIR, VOCABULARY_DIR, PROMPTS_DIR = "patient_sequence", "omop_vocab", "prompts"
 # Event tables read by default are required; the others are optional: absent or unusable → skipped, reported.
 REQUIRED_DOMAINS = frozenset(DEFAULT_DOMAINS)
 
@@ -109,6 +119,8 @@ def prepare(
     spark_master: str | None = None,
     shuffle_partitions: int | None = None,
     overwrite: bool = False,
+    vocabulary_folder: str | None = None,
+    prompts_folder: str | None = None,
 ) -> dict[str, Any]:
     """Turn an OMOP database into patient sequences, the vocabulary and a report, under ``output_folder``.
 
@@ -125,6 +137,8 @@ def prepare(
         spark_master: the master for a new session (``local[*]`` when neither this nor spark-submit says).
         shuffle_partitions: ``spark.sql.shuffle.partitions`` for a new session.
         overwrite: replace ``output_folder`` even when it holds files prepare did not write.
+        vocabulary_folder: where the vocabulary goes instead of ``output_folder/omop_vocab``.
+        prompts_folder: where the prompts go instead of ``output_folder/prompts``.
 
     Returns:
         The report, as written to ``prepare_report.json``.
@@ -136,10 +150,16 @@ def prepare(
     started = time.perf_counter()
     chosen = _parse_domains(domains)
     _check_options(test_fraction, min_event_date)
-    try:
-        parent, name = parent_and_name(output_folder)
-    except ValueError as error:
-        raise PrepareError(f"--output_folder {error}") from None
+    targets = {"output_folder": output_folder}
+    for flag, folder in (("vocabulary_folder", vocabulary_folder), ("prompts_folder", prompts_folder)):
+        if folder is not None:
+            targets[flag] = folder
+    parents = {}
+    for flag, folder in targets.items():
+        try:
+            parents[flag] = parent_and_name(folder)
+        except ValueError as error:
+            raise PrepareError(f"--{flag} {error}") from None
     source = open_omop_source(omop_source)
     if spark is None:
         spark = get_spark("cehrgpt-prepare", spark_master, shuffle_partitions)
@@ -147,18 +167,38 @@ def prepare(
         if shuffle_partitions is None and (spark.sparkContext.master or "").startswith("local"):
             # Spark's 200 shuffle partitions are sized for clusters; on one machine they cost more than the work.
             spark.conf.set("spark.sql.shuffle.partitions", str(local_shuffle_partitions(spark)))
-    files = HadoopFiles(spark, parent)
-    remove_stale_staging(files, name)
+    # every target is written into a hidden sibling, then renamed into place once all of them are complete
+    publish = {}
+    for flag, (parent, name) in parents.items():
+        target_parent = HadoopFiles(spark, parent)
+        remove_stale_staging(target_parent, name)
+        publish[flag] = (target_parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}", name)
+    files, staging, name = publish["output_folder"]
     output = HadoopFiles(spark, f"{files.root}/{name}")
     if not overwrite:
         check_output_folder(output, output_folder)
-    staging = f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-    files.mkdirs()
+    for target_files, _, _ in publish.values():
+        target_files.mkdirs()
+    staged = {
+        flag: f"{target.root}/{target_staging}" for flag, (target, target_staging, _) in publish.items()
+    }
     try:
-        report = _run(spark, source, f"{files.root}/{staging}", chosen, test_fraction, seed, min_event_date)
+        report = _run(
+            spark,
+            source,
+            staged["output_folder"],
+            staged.get("vocabulary_folder", f"{staged['output_folder']}/{VOCABULARY_DIR}"),
+            staged.get("prompts_folder", f"{staged['output_folder']}/{PROMPTS_DIR}"),
+            chosen,
+            test_fraction,
+            seed,
+            min_event_date,
+        )
         report.update(
             omop_source=_describe(omop_source),
             output_folder=output_folder,
+            vocabulary_folder=vocabulary_folder or f"{output_folder.rstrip('/')}/{VOCABULARY_DIR}",
+            prompts_folder=prompts_folder or f"{output_folder.rstrip('/')}/{PROMPTS_DIR}",
             options={
                 "test_fraction": test_fraction,
                 "seed": seed,
@@ -181,9 +221,11 @@ def prepare(
                     f"--output_folder {output_folder}: holds {foreign[0]}, which this run does not write; "
                     "remove it or give --overwrite (nothing was changed)"
                 )
-        files.move(staging, name)
+        for target_files, target_staging, target_name in publish.values():
+            target_files.move(target_staging, target_name)
     finally:
-        files.delete(staging)
+        for target_files, target_staging, _ in publish.values():
+            target_files.delete(target_staging)
     return report
 
 
@@ -248,7 +290,7 @@ def read_inputs(spark: SparkSession, source: OmopSource, domains: Sequence[str])
 
     Required: ``person``, ``visit_occurrence``, ``concept`` and the default event tables among
     ``domains``. Optional (absent or unusable → skipped with a warning and a report line): the other
-    event tables, ``death``, ``patient_splits``, ``concept_relationship``, ``concept_ancestor``.
+    event tables, ``death``, ``patient_splits``.
 
     Raises:
         OmopSourceError: a required table or column is missing, a file unreadable, a value mistyped.
@@ -273,8 +315,6 @@ def read_inputs(spark: SparkSession, source: OmopSource, domains: Sequence[str])
     required["concept"] = TableRequest(*_cdm_columns("concept"))
     optional["death"] = TableRequest(("person_id", "death_date"))
     optional["patient_splits"] = TableRequest(("person_id", "split"))
-    for name in OPTIONAL_VOCABULARY:
-        optional[name] = TableRequest(*_cdm_columns(name))
 
     absent: dict[str, str] = {}
     unusable_rows: dict[str, int | None] = {}
@@ -325,6 +365,8 @@ def _run(
     spark: SparkSession,
     source: OmopSource,
     staging: str,
+    vocabulary_folder: str,
+    prompts_folder: str,
     domains: tuple[str, ...],
     test_fraction: float,
     seed: int,
@@ -358,11 +400,12 @@ def _run(
         deaths_read = inputs.death.count() if inputs.death is not None else None
         steps.update()
 
-        _write_sequences(sequences, f"{staging}/patient_sequence")
+        _write_sequences(sequences, f"{staging}/{SEQUENCES_DIR}")
+        _write_prompts(sequences, prompts_folder)
         steps.update()
 
         vocab_rows = {
-            name: _write_vocab(table, f"{staging}/omop_vocab/{name}")
+            name: _write_vocab(table, f"{vocabulary_folder}/{name}")
             for name, table in inputs.vocabulary.items()
         }
         steps.update()
@@ -499,6 +542,14 @@ def _write_sequences(sequences: DataFrame, folder: str) -> None:
     files.delete("_by_split")
 
 
+def _write_prompts(sequences: DataFrame, folder: str) -> None:
+    """The training sequences' first :data:`~cehrgpt.grammar.PROMPT_LENGTH` tokens (shorter ones whole)."""
+    train = sequences.where(F.col("split") == "train")
+    train.select(F.slice("concept_ids", 1, PROMPT_LENGTH).alias("concept_ids")).coalesce(1).write.parquet(
+        folder
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cehrgpt.data.prepare",
@@ -511,6 +562,12 @@ def _parser() -> argparse.ArgumentParser:
         "a URL without a password gets $CEHRGPT_OMOP_PASSWORD",
     )
     parser.add_argument("--output_folder", required=True)
+    parser.add_argument(
+        "--vocabulary_folder", default=None, help="the vocabulary's own folder (default OUT/omop_vocab)"
+    )
+    parser.add_argument(
+        "--prompts_folder", default=None, help="the prompts' own folder (default OUT/prompts)"
+    )
     parser.add_argument(
         "--test_fraction",
         type=float,
@@ -553,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
             spark_master=args.spark_master,
             shuffle_partitions=args.shuffle_partitions,
             overwrite=args.overwrite,
+            vocabulary_folder=args.vocabulary_folder,
+            prompts_folder=args.prompts_folder,
         )
     except (PrepareError, OmopSourceError) as error:
         print(f"error: {scrub_urls(str(error))}", file=sys.stderr)

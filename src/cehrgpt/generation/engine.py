@@ -42,10 +42,18 @@ class GenerationError(RuntimeError):
 class DecodeResult:
     """What one decoding run produced, in the order rows finished."""
 
-    sequences: list[list[int]] = field(default_factory=list)
+    sequences: list[list[int]] = field(default_factory=list)  # empty when ``on_sequence`` took them
     hit_context_window: list[bool] = field(default_factory=list)
+    accepted: int = 0
     sampled_tokens: int = 0  # every sampled token, rejected rows included
     rejected: int = 0
+    steps: int = 0  # decode steps (one token for every live row)
+    batch_size: int = 0  # rows the decoder was allowed
+
+    @property
+    def occupancy(self) -> float | None:
+        """Mean fraction of the allowed batch rows that held a live patient per decode step."""
+        return self.sampled_tokens / (self.steps * self.batch_size) if self.steps else None
 
 
 def _layers(cache: Cache) -> list[Any]:
@@ -183,6 +191,7 @@ class ContinuousBatchDecoder:
         accept: Callable[[list[int], bool], bool] | None = None,
         on_step: Callable[[int, int], None] | None = None,
         max_rejections: int | None = None,
+        on_sequence: Callable[[list[int], bool], None] | None = None,
     ) -> DecodeResult:
         """Decode until exactly ``num_sequences`` sequences are accepted.
 
@@ -192,11 +201,14 @@ class ContinuousBatchDecoder:
             accept: ``(token_ids, hit_context_window) -> bool``; a rejected row is replaced by a new prompt.
             on_step: ``(new_tokens, newly_accepted)`` after every step (progress bars).
             max_rejections: give up after this many rejections (default ``10 * num_sequences + 100``).
+            on_sequence: ``(token_ids, hit_context_window)`` for each accepted sequence as it finishes;
+                given, the sequences are handed over instead of collected (a whole shard streams
+                through one decoder, so the batch stays full across output files).
 
         Raises:
             GenerationError: when more than ``max_rejections`` rows are rejected.
         """
-        result = DecodeResult()
+        result = DecodeResult(batch_size=self.batch_size)
         if num_sequences <= 0:
             return result
         limit = 10 * num_sequences + 100 if max_rejections is None else max_rejections
@@ -226,6 +238,7 @@ class ContinuousBatchDecoder:
             lengths = lengths + self.alive.long()
             live_rows = int(self.alive.sum())
             result.sampled_tokens += live_rows
+            result.steps += 1
             done = ((tokens == self.end_token_id) | (lengths >= self.context_window)) & self.alive
             done_rows = torch.nonzero(done).flatten().tolist()
             accepted_now = 0
@@ -233,20 +246,24 @@ class ContinuousBatchDecoder:
                 seq = history[r, history.shape[1] - int(lengths[r]) :].tolist()
                 hit = seq[-1] != self.end_token_id
                 if accept is None or accept(seq, hit):
-                    result.sequences.append(seq)
-                    result.hit_context_window.append(hit)
+                    if on_sequence is None:
+                        result.sequences.append(seq)
+                        result.hit_context_window.append(hit)
+                    else:
+                        on_sequence(seq, hit)
+                    result.accepted += 1
                     accepted_now += 1
                 else:
                     result.rejected += 1
                     if result.rejected > limit:
                         raise GenerationError(
-                            f"{result.rejected} sequences rejected for {len(result.sequences)} accepted; "
+                            f"{result.rejected} sequences rejected for {result.accepted} accepted; "
                             "the acceptance rule (min_num_of_concepts / drop_long_sequences) is out of reach"
                         )
             in_flight -= len(done_rows)
             if on_step is not None:
                 on_step(live_rows, accepted_now)
-            if len(result.sequences) >= num_sequences:
+            if result.accepted >= num_sequences:
                 return result
 
             # one step for every row, then replace or drop the finished ones
@@ -257,7 +274,7 @@ class ContinuousBatchDecoder:
             if not done_rows:
                 cache, mask, history = self._compact(cache, mask, history, lengths)
                 continue
-            wanted = num_sequences - len(result.sequences) - in_flight
+            wanted = num_sequences - result.accepted - in_flight
             refill = done_rows[:wanted]
             drop = done_rows[len(refill) :]
             if refill:

@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--buffer_size",
         type=int,
         default=128,
-        help="patients per output parquet file; each file is decoded on its own (exact restarts), "
-        "so keep it several times --batch_size",
+        help="patients per output parquet file, written as it fills (a restarted shard skips finished "
+        "files); one decoder serves all of a shard's files, so the batch stays full",
     )
     p.add_argument(
         "--context_window", type=int, help="total sequence length, prompt included (default: the model's)"
@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--dtype", default="auto", choices=DTYPES)
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--durable_output_uri",
+        help="durable copy of --output_folder (s3://, gs://, minio://, a path): each finished file is copied "
+        "there as it is written, and a restarted shard takes the files it finds there as done",
+    )
+    p.add_argument(
+        "--durable_s3_endpoint", help="S3 endpoint for --durable_output_uri (default AWS_ENDPOINT_URL)"
+    )
     return p
 
 
@@ -121,6 +129,8 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
         device=args.device,
         dtype=args.dtype,
         show_progress=not args.no_progress,
+        durable_output_uri=args.durable_output_uri,
+        durable_s3_endpoint=args.durable_s3_endpoint,
     )
 
 

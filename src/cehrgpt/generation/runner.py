@@ -7,19 +7,25 @@ Layout under ``<output_folder>/<strategy name>/``::
     runs/seed<S>-shard<i>-of<n>.json                              this shard's summary
     generation_summary.json                                       every shard summary in the folder
 
-Each file is generated from its own seed (derived from --seed, shard and file
-index) and written to a hidden temp name, then renamed, so a restarted shard
-skips the files it already wrote and the rest come out byte-identical.
+One continuous-batching decoder serves the whole shard: patients go into the
+files in the order they finish, and a file is written (hidden temp name, then
+rename) as soon as it holds ``--buffer_size`` patients, so the batch stays full
+until the shard's last patients. A restarted shard skips the files it already
+wrote and decodes the rest from a seed derived from --seed, shard and the first
+file still missing: the same run and restart point give byte-identical files,
+though not the files an uninterrupted run would have written.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,16 +38,15 @@ from tqdm import tqdm
 from cehrgpt import grammar
 from cehrgpt.generation import sharding
 from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor, minimum_context_window
+from cehrgpt.generation.durable import DurableCopy, DurableStoreError
 from cehrgpt.generation.engine import ContinuousBatchDecoder, GenerationError
 from cehrgpt.generation.prompts import PROMPT_SOURCES, PromptError, build_prompt_pool, read_prompt_tokens
 from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
 
+log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SUMMARY_FILE = "generation_summary.json"
-SAMPLED_TOKENS_KEY = (
-    "cehrgpt.sampled_tokens"  # parquet metadata: tokens sampled for the file, rejected rows too
-)
 OUTPUT_SCHEMA = pa.schema(
     [
         ("person_id", pa.int64()),
@@ -86,11 +91,21 @@ class GenerationSettings:
     device: str = "auto"
     dtype: str = "auto"
     show_progress: bool = True
+    durable_output_uri: str | None = None
+    durable_s3_endpoint: str | None = None
 
     def run_defining(self) -> dict:
         """The settings that fix what a run produces (a rerun with the same seed must match them)."""
         settings = asdict(self)
-        for transient in ("output_folder", "shard_index", "device", "show_progress"):
+        transient_fields = (
+            "output_folder",
+            "shard_index",
+            "device",
+            "show_progress",
+            "durable_output_uri",
+            "durable_s3_endpoint",
+        )
+        for transient in transient_fields:
             settings.pop(transient)
         return settings
 
@@ -161,6 +176,75 @@ def _write_parquet_atomically(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)
+
+
+FILE_METADATA_KEY = (
+    b"cehrgpt.generation"  # per-file counts, so a restarted shard's summary covers every attempt
+)
+
+
+class _FileWriter:
+    """Takes accepted sequences in the order they finish and writes each output file as soon as it is full.
+
+    Tokens and rejections are counted between two writes and stored in the file's parquet metadata, so a
+    summary built from the files covers the attempts that wrote them (a killed attempt's unfinished file is
+    the only work not counted).
+    """
+
+    def __init__(
+        self,
+        targets: list[tuple[Path, range]],
+        seed: int,
+        tokens_by_id: list[str],
+        on_written: Callable[[Path], None] | None = None,
+    ):
+        self.targets = targets
+        self.on_written = on_written
+        self.seed = seed
+        self.tokens_by_id = tokens_by_id
+        self.written = 0
+        self.sequences: list[list[str]] = []
+        self.hits: list[bool] = []
+        self.sampled_tokens = 0  # this attempt
+        self.rejected = 0  # this attempt
+        self.valid = 0
+        self.hit_context_window = 0
+        self._counted = {"sampled_tokens": 0, "rejected_and_retried": 0}
+
+    def add(self, ids: list[int], hit: bool) -> None:
+        self.sequences.append([self.tokens_by_id[i] for i in ids])
+        self.hits.append(hit)
+
+    def count_step(self, new_tokens: int) -> None:
+        """Count one decode step's tokens, then write the files its sequences completed."""
+        self.sampled_tokens += new_tokens
+        while self.written < len(self.targets) and len(self.sequences) >= len(self.targets[self.written][1]):
+            self._write_next()
+
+    def _write_next(self) -> None:
+        path, file_patients = self.targets[self.written]
+        n = len(file_patients)
+        sequences, hits = self.sequences[:n], self.hits[:n]
+        del self.sequences[:n], self.hits[:n]
+        valid = [grammar.is_valid(seq) for seq in sequences]
+        now = {"sampled_tokens": self.sampled_tokens, "rejected_and_retried": self.rejected}
+        counts = {k: now[k] - self._counted[k] for k in now} | {"closed_by_context_window": sum(hits)}
+        self._counted = now
+        table = pa.table(
+            {
+                "person_id": [sharding.person_id(self.seed, g) for g in file_patients],
+                "concept_ids": sequences,
+                "num_of_concepts": [len(seq) for seq in sequences],
+                "is_valid": valid,
+            },
+            schema=OUTPUT_SCHEMA.with_metadata({FILE_METADATA_KEY: json.dumps(counts, sort_keys=True)}),
+        )
+        _write_parquet_atomically(table, path)
+        if self.on_written is not None:
+            self.on_written(path)
+        self.valid += sum(valid)
+        self.hit_context_window += sum(hits)
+        self.written += 1
 
 
 def _register_run(runs: Path, settings: GenerationSettings) -> None:
@@ -260,36 +344,61 @@ def generate(settings: GenerationSettings) -> dict:
     runs = strategy_folder / "runs"
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
+    shard_prefix = f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}"
+    durable = None
+    fetched: list[str] = []
+    # The durable copy is best effort: a store this pod cannot reach costs the resume, not the run.
+    durable_problem: list[str] = []
+
+    def publish(path: Path) -> None:
+        if durable is None or durable_problem:
+            return
+        try:
+            durable.publish(path)
+        except DurableStoreError as exc:
+            durable_problem.append(str(exc))
+            log.warning("no more durable copies (a retry will start this shard over): %s", exc)
+
+    if s.durable_output_uri:
+        try:
+            durable = DurableCopy(s.durable_output_uri, s.output_folder, s.durable_s3_endpoint)
+        except DurableStoreError as exc:
+            raise GenerationInputError(str(exc)) from exc
+        strategy = s.sampling.folder_name
+        try:
+            durable.fetch(f"{strategy}/runs", f"seed{s.seed}.json")
+            fetched = durable.fetch(f"{strategy}/generated_sequences", f"{shard_prefix}-part")
+        except DurableStoreError as exc:
+            durable_problem.append(str(exc))
+            log.warning("durable copy off (a retry will start this shard over): %s", exc)
     _register_run(runs, s)
+    publish(runs / f"seed{s.seed}.json")
 
     end_id = vocab[grammar.END]
     patients = sharding.shard_range(s.num_of_patients, s.shard_index, s.num_shards)
     files = sharding.file_ranges(patients, s.buffer_size)
     concept_kind = int(grammar.TokenKind.CONCEPT)
 
-    def accept(ids: list[int], hit_window: bool) -> bool:
+    def meets_rule(ids: list[int], hit_window: bool) -> bool:
         if s.drop_long_sequences and hit_window:
             return False
         return int((kinds[ids[grammar.PROMPT_LENGTH :]] == concept_kind).sum()) >= s.min_num_of_concepts
 
-    totals = {"sampled_tokens": 0, "rejected": 0, "patients": 0, "valid": 0, "hit_context_window": 0}
-    skipped_files = 0
-    earlier_sampled_tokens = 0  # sampled by an earlier attempt for the files it finished
+    def file_path(file_index: int) -> Path:
+        name = f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}-part{file_index:05d}.parquet"
+        return out_dir / name
+
+    pending = [i for i in range(len(files)) if not file_path(i).is_file()]
     progress = tqdm(
         total=len(patients), unit="patient", disable=not s.show_progress, desc=f"shard {s.shard_index}"
     )
+    progress.update(len(patients) - sum(len(files[i]) for i in pending))
+    result = None
     decode_seconds = 0.0
-    for file_index, file_patients in enumerate(files):
-        path = (
-            out_dir
-            / f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}-part{file_index:05d}.parquet"
-        )
-        if path.is_file():
-            skipped_files += 1
-            earlier_sampled_tokens += _recorded_sampled_tokens(path)
-            progress.update(len(file_patients))
-            continue
-        seed_seq = _file_seed(s.seed, s.shard_index, s.num_shards, file_index)
+    if pending:
+        # One decoder for every file still to write: the batch stays full until the shard's last patients.
+        # Its random streams are seeded by the first file it writes, so a restart is reproducible too.
+        seed_seq = _file_seed(s.seed, s.shard_index, s.num_shards, pending[0])
         rng = np.random.default_rng(seed_seq)
         generator = torch.Generator(device=device).manual_seed(
             int(seed_seq.generate_state(1, np.uint64)[0] >> 1)
@@ -306,45 +415,45 @@ def generate(settings: GenerationSettings) -> dict:
             generator,
             pad_token_id=vocab[grammar.PAD],
         )
-        file_tokens = 0
+        writer = _FileWriter(
+            [(file_path(i), files[i]) for i in pending],
+            s.seed,
+            tokens_by_id,
+            publish,
+        )
+
+        def accept(ids: list[int], hit_window: bool) -> bool:
+            if meets_rule(ids, hit_window):
+                return True
+            writer.rejected += 1
+            return False
 
         def on_step(new_tokens: int, accepted: int) -> None:
-            nonlocal file_tokens
-            file_tokens += new_tokens
+            writer.count_step(new_tokens)
             progress.update(accepted)
             elapsed = max(time.perf_counter() - started, 1e-9)
-            progress.set_postfix(
-                tokens_per_s=f"{(totals['sampled_tokens'] + file_tokens) / elapsed:.0f}", refresh=False
-            )
+            progress.set_postfix(tokens_per_s=f"{writer.sampled_tokens / elapsed:.0f}", refresh=False)
 
         t0 = time.perf_counter()
         result = decoder.run(
-            len(file_patients),
+            sum(len(files[i]) for i in pending),
             functools.partial(_draw_prompt_tensor, pool, rng),
             accept=accept,
             on_step=on_step,
+            on_sequence=writer.add,
         )
-        decode_seconds += time.perf_counter() - t0
-        sequences = [[tokens_by_id[i] for i in seq] for seq in result.sequences]
-        valid = [grammar.is_valid(seq) for seq in sequences]
-        table = pa.table(
-            {
-                "person_id": [sharding.person_id(s.seed, g) for g in file_patients],
-                "concept_ids": sequences,
-                "num_of_concepts": [len(seq) for seq in sequences],
-                "is_valid": valid,
-            },
-            schema=OUTPUT_SCHEMA.with_metadata({SAMPLED_TOKENS_KEY: str(result.sampled_tokens)}),
-        )
-        _write_parquet_atomically(table, path)
-        totals["sampled_tokens"] += result.sampled_tokens
-        totals["rejected"] += result.rejected
-        totals["patients"] += len(sequences)
-        totals["valid"] += sum(valid)
-        totals["hit_context_window"] += sum(result.hit_context_window)
+        decode_seconds = time.perf_counter() - t0
     progress.close()
+    totals = {
+        "sampled_tokens": result.sampled_tokens if result else 0,
+        "rejected": result.rejected if result else 0,
+        "patients": result.accepted if result else 0,
+        "valid": writer.valid if result else 0,
+        "hit_context_window": writer.hit_context_window if result else 0,
+    }
+    skipped_files = len(files) - len(pending)
 
-    patients_in_files, valid_in_files = _count_files(out_dir, s)
+    in_files = _count_files(out_dir, s)
     wall = time.perf_counter() - started
     summary = {
         "shard_index": s.shard_index,
@@ -359,14 +468,19 @@ def generate(settings: GenerationSettings) -> dict:
         else None,
         "files": len(files),
         "files_skipped_as_done": skipped_files,
+        "files_fetched_from_durable_storage": len(fetched),
+        "durable_copy": s.durable_output_uri,
+        "durable_copy_problem": durable_problem[0] if durable_problem else None,
         "patients": totals["patients"],
-        "patients_in_files": patients_in_files,
-        "valid_patients_in_files": valid_in_files,
+        "patients_in_files": in_files["patients"],
+        "valid_patients_in_files": in_files["valid"],
         "valid_fraction": totals["valid"] / totals["patients"] if totals["patients"] else None,
-        "rejected_and_retried": totals["rejected"],
-        "closed_by_context_window": totals["hit_context_window"],
-        "sampled_tokens": totals["sampled_tokens"] + earlier_sampled_tokens,  # every attempt's files
+        # over every file of the shard, whichever attempt wrote it
+        "rejected_and_retried": in_files["rejected_and_retried"],
+        "closed_by_context_window": in_files["closed_by_context_window"],
+        "sampled_tokens": in_files["sampled_tokens"],
         "sampled_tokens_this_attempt": totals["sampled_tokens"],
+        "batch_occupancy": round(result.occupancy, 4) if result and result.occupancy else None,
         "wall_seconds": round(wall, 3),
         "decode_seconds": round(decode_seconds, 3),
         "tokens_per_second": round(totals["sampled_tokens"] / decode_seconds, 1) if decode_seconds else None,
@@ -381,26 +495,26 @@ def generate(settings: GenerationSettings) -> dict:
     }
     shard_file = runs / f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}.json"
     _atomic_write_text(shard_file, json.dumps(summary, indent=1))
+    publish(shard_file)
     _merge_summaries(strategy_folder)
     return summary
 
 
-def _recorded_sampled_tokens(path: Path) -> int:
-    """The tokens sampled to write ``path``, as its parquet metadata records them (0 if it does not)."""
-    metadata = pq.read_schema(path).metadata or {}
-    return int(metadata.get(SAMPLED_TOKENS_KEY.encode(), b"0"))
-
-
-def _count_files(out_dir: Path, s: GenerationSettings) -> tuple[int, int]:
-    """Patients and valid patients in this shard's finished files (written now or by an earlier attempt)."""
-    patients = valid = 0
+def _count_files(out_dir: Path, s: GenerationSettings) -> dict[str, int]:
+    """Patients, valid patients and the per-file counts of this shard's finished files (any attempt's)."""
+    totals = dict.fromkeys(
+        ("patients", "valid", "sampled_tokens", "rejected_and_retried", "closed_by_context_window"), 0
+    )
     for path in sorted(
         out_dir.glob(f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}-part*.parquet")
     ):
-        column = pq.read_table(path, columns=["is_valid"]).column("is_valid")
-        patients += len(column)
-        valid += int(sum(column.to_pylist()))
-    return patients, valid
+        table = pq.read_table(path, columns=["is_valid"])
+        totals["patients"] += table.num_rows
+        totals["valid"] += int(sum(table.column("is_valid").to_pylist()))
+        counts = json.loads((table.schema.metadata or {}).get(FILE_METADATA_KEY, b"{}"))
+        for key, value in counts.items():
+            totals[key] += int(value)
+    return totals
 
 
 __all__ = ["GenerationError", "GenerationInputError", "GenerationSettings", "generate"]

@@ -9,7 +9,7 @@ Person id layout (64-bit signed, always positive)::
 never collide; the seed (0 <= seed < 2**23) occupies the high bits, so two runs
 with different seeds into one output folder never collide either. A run with the
 same seed is the same run: it regenerates the same patients, and a restarted
-shard skips the files it already wrote.
+shard skips the files it already wrote (see :mod:`cehrgpt.generation.runner`).
 """
 
 from __future__ import annotations

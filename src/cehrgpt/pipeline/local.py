@@ -12,6 +12,7 @@ names where each is and prints the metrics of every task.
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import sys
 import time
@@ -152,7 +153,13 @@ def run_end_to_end_locally(
         warnings.filterwarnings(
             "ignore", message=".*have no effect in the current local runner", category=UserWarning
         )
-        pipeline(**arguments)
+        # kfp.local indents print() while a task runs by swapping builtins.print; the shards of a
+        # ParallelFor run side by side and can restore each other's swap, leaving print indented after
+        printer = builtins.print
+        try:
+            pipeline(**arguments)
+        finally:
+            builtins.print = printer
     wall = time.time() - started
     run_folder = _newest_run(pipeline_root, pipeline.name, started)
     if run_folder is None:

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 TRAIN_SEQUENCES = "patient_sequence/train"
 HELD_OUT_SEQUENCES = "patient_sequence/test"
 SEQUENCES = "patient_sequence"
-VOCABULARY = "omop_vocab"
+VOCABULARY = "omop_vocab"  # in prepare's command-line output; the pipelines pass it as an artifact of its own
 #: Sub-folder of the gathered generation Dataset holding every shard's parquet files.
 GENERATED_SEQUENCES = "generated_sequences"
 
@@ -116,9 +116,7 @@ HEADLINE_METRICS: dict[str, frozenset[str]] = {
             "fidelity_sequence_length_ks",
         }
     ),
-    "quality": frozenset(
-        {"quality_checks", "quality_passed", "quality_failed", "quality_not_applicable"}
-    ),
+    "quality": frozenset({"quality_checks", "quality_passed", "quality_failed", "quality_not_applicable"}),
 }
 
 
@@ -243,7 +241,7 @@ def spark_uri(uri: str) -> str:
 def run_restore_step(
     spark_mode: str,
     sequences: tuple[str, str],
-    prepared: tuple[str, str],
+    vocabulary: tuple[str, str],
     restored: tuple[str, str],
     operator: SparkOperatorSettings,
     api_client: Any = None,
@@ -254,7 +252,7 @@ def run_restore_step(
     Args:
         spark_mode: ``local`` or ``operator``.
         sequences: (local path, URI) of the gathered generation Dataset.
-        prepared: (local path, URI) of the prepared Dataset (its ``omop_vocab``).
+        vocabulary: (local path, URI) of prepare's vocabulary Dataset.
         restored: (local path, URI) of the output Dataset.
         operator: The SparkApplication's namespace and sizes (used in operator mode).
         api_client: A Kubernetes ``ApiClient``; by default the in-cluster configuration.
@@ -269,7 +267,7 @@ def run_restore_step(
             "local",
             f"{sequences[0]}/{GENERATED_SEQUENCES}",
             restored[0],
-            f"{prepared[0]}/{VOCABULARY}",
+            vocabulary[0],
             restore_arguments=restore_arguments,
         )
         return Path(restored[0]) / "restore_report.json"
@@ -277,9 +275,9 @@ def run_restore_step(
         spark_mode,
         spark_uri(f"{sequences[1]}/{GENERATED_SEQUENCES}"),
         spark_uri(restored[1]),
-        spark_uri(f"{prepared[1]}/{VOCABULARY}"),
+        spark_uri(vocabulary[1]),
         operator=operator,
-        on_minio=any(uri.startswith("minio://") for _, uri in (sequences, prepared, restored)),
+        on_minio=any(uri.startswith("minio://") for _, uri in (sequences, vocabulary, restored)),
         # unique per output location (so per run and task), and the same on a retry of the task
         run_hint=hashlib.sha256(restored[1].encode()).hexdigest()[:12],
         api_client=api_client,
@@ -324,6 +322,8 @@ def run_prepare_step(
     *,
     test_fraction: float,
     seed: int,
+    vocabulary: tuple[str, str] | None = None,
+    prompts: tuple[str, str] | None = None,
     operator: SparkOperatorSettings | None = None,
     omop_source_secret: str = "",
     api_client: Any = None,
@@ -335,6 +335,8 @@ def run_prepare_step(
         spark_mode: ``local`` or ``operator``.
         omop_source: A folder, DuckDB file, URI or SQLAlchemy URL without password; empty: the Secret's url.
         prepared: (local path, URI) of the output Dataset.
+        vocabulary: (local path, URI) of the vocabulary's own Dataset (default: inside ``prepared``).
+        prompts: (local path, URI) of the prompts' own Dataset (default: inside ``prepared``).
         test_fraction: Share of persons held out.
         seed: Seed of the split.
         operator: The SparkApplication's namespace and sizes (operator mode).
@@ -358,7 +360,13 @@ def run_prepare_step(
         run_stage(
             "prepare",
             prepare_main,
-            flags(omop_source=omop_source or None, output_folder=prepared[0], **options),
+            flags(
+                omop_source=omop_source or None,
+                output_folder=prepared[0],
+                vocabulary_folder=vocabulary[0] if vocabulary else None,
+                prompts_folder=prompts[0] if prompts else None,
+                **options,
+            ),
         )
         return Path(prepared[0]) / "prepare_report.json"
     if spark_mode != "operator":
@@ -369,7 +377,11 @@ def run_prepare_step(
         if omop_source_secret and environ.get(variable)  # only keys the Secret has (it is optional)
     }
     arguments = flags(
-        omop_source=spark_uri(omop_source) or None, output_folder=spark_uri(prepared[1]), **options
+        omop_source=spark_uri(omop_source) or None,
+        output_folder=spark_uri(prepared[1]),
+        vocabulary_folder=spark_uri(vocabulary[1]) if vocabulary else None,
+        prompts_folder=spark_uri(prompts[1]) if prompts else None,
+        **options,
     )
     logger.info("prepare as a SparkApplication: %s", scrub_urls(" ".join(arguments)))
     submit_spark_job(
@@ -385,12 +397,13 @@ def run_prepare_step(
     return _report_copy(prepared, "prepare_report.json")
 
 
-def run_quality_step(restored: str | Path, prepared: str | Path, output: str | Path, metrics: Any) -> None:
+def run_quality_step(restored: str | Path, vocabulary: str | Path, output: str | Path, metrics: Any) -> None:
     """Run the OMOP data-quality checks on restored tables, log the summary, and fail the task on a failed check.
 
     Args:
         restored: local path of the restored tables.
-        prepared: local path of the prepared Dataset (its ``omop_vocab`` is the vocabulary).
+        vocabulary: local path of prepare's vocabulary Dataset (its ``concept`` table); checks that need
+            it are "not applicable" when it is absent.
         output: where ``quality_report.json`` goes.
         metrics: the task's ``Output[Metrics]``.
 
@@ -400,7 +413,7 @@ def run_quality_step(restored: str | Path, prepared: str | Path, output: str | P
     from cehrgpt.omop.quality import REPORT
     from cehrgpt.omop.quality import main as quality_main
 
-    vocabulary = Path(prepared) / VOCABULARY
+    vocabulary = Path(vocabulary)
     argv = flags(
         omop_folder=restored, output_folder=output, vocab_folder=vocabulary if vocabulary.exists() else None
     )
