@@ -398,7 +398,7 @@ def test_vectorised_decoder_equals_the_reference_on_valid_patients_and_leaves_th
 
 
 def test_sequence_beyond_the_id_layout_is_rejected_whole_and_its_neighbour_kept():
-    from cehrgpt.omop.restore import POSITION_BITS, REJECTION, TALLY, decode_batches
+    from cehrgpt.omop.records import POSITION_BITS, REJECTION, TALLY, decode_batches
 
     too_long = PROMPT.split() + ["[VS]", "9202"] + ["1"] * ((1 << POSITION_BITS) - 7) + ["[VE]"]
     assert len(too_long) == 1 << POSITION_BITS
@@ -471,7 +471,7 @@ def _hostile_sequence(rng: random.Random) -> list[str | None]:
 
 
 def test_every_token_of_random_hostile_sequences_is_placed_structural_or_rejected_on_both_paths():
-    from cehrgpt.omop.restore import DEATH, EVENT, PERSON, REJECTION, TALLY, VISIT, decode_batches
+    from cehrgpt.omop.records import DEATH, EVENT, PERSON, REJECTION, TALLY, VISIT, decode_batches
 
     rng = random.Random(17)
     sequences = [_hostile_sequence(rng) for _ in range(600)]

@@ -15,18 +15,11 @@ from pyspark.sql import functions as F
 
 from cehrgpt.generation.sharding import MAX_SEED, person_id
 from cehrgpt.omop.cdm import cdm_fields, primary_key
-from cehrgpt.omop.restore import (
-    POSITION_BITS,
-    REJECTED,
-    ROW_BITS,
-    RUN_BITS,
-    TABLES,
-    RestoreError,
-    id_run,
-    main,
-    restore,
-)
+from cehrgpt.omop.inputs import RestoreError, id_run
+from cehrgpt.omop.records import POSITION_BITS, ROW_BITS, RUN_BITS
+from cehrgpt.omop.restore import REJECTED, main, restore
 from cehrgpt.omop.source import spark_type
+from cehrgpt.omop.tables import TABLES
 
 # ids are (run << 40) + (input row << 18) + token position; run 0 here (person ids < 2^40)
 A1 = 1 << 18  # file a, row 1 (person 2)
