@@ -613,7 +613,7 @@ def test_id_offset_sets_the_run_and_mixed_runs_need_one(spark, tmp_path, capsys)
     seq = write_sequences(tmp_path / "seq", [*_generated(3)[:1], ("c", person_id(9, 0), SEQUENCES[0][2])])
     args = ["--patient_sequence_folder", str(seq), "--omop_folder", str(tmp_path / "omop"),
             "--source_omop_folder", str(vocab)]  # fmt: skip
-    assert main(args) == 1
+    assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: person ids ") and "pass --id_offset" in err and "\n" not in err
     assert not (tmp_path / "omop" / "_SUCCESS").exists()
