@@ -25,7 +25,7 @@ an inpatient visit ends on the cursor.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -188,30 +188,49 @@ def visit_type_kind(token: str) -> TokenKind:
     )
 
 
-def assign_kinds(tokens: Sequence[str]) -> list[TokenKind]:
+# The positional rule, as data: what a concept-like token (syntactic kind None) is, by where it stands.
+# In order of precedence: at a prompt position of PROMPT_CONCEPT_KINDS, that demographic; right after a
+# token of kind VISIT_TYPE_FOLLOWS, the visit's type (inpatient or not by its concept, visit_type_kind);
+# inside an inpatient visit (from its inpatient visit type to the next kind in INPATIENT_STOPS) and
+# right before a token of kind DISCHARGE_PRECEDES, the discharge; anywhere else a clinical CONCEPT.
+# assign_kinds applies it token by token; the restore's vectorised decoder (omop.decode.decode_arrow)
+# applies the same tables to whole batches.
+PROMPT_CONCEPT_KINDS: dict[int, TokenKind] = {2: TokenKind.GENDER, 3: TokenKind.RACE}
+VISIT_TYPE_FOLLOWS = TokenKind.VISIT_START
+DISCHARGE_PRECEDES = TokenKind.VISIT_END
+INPATIENT_STOPS = frozenset({TokenKind.VISIT_START, TokenKind.VISIT_END})
+
+
+def assign_kinds(
+    tokens: Sequence[str], kind_of: Callable[[str], TokenKind | None] = syntactic_kind
+) -> list[TokenKind]:
     """Give every token of one sequence its kind, reading concept-like tokens by position.
 
     Works on malformed sequences too (the restore job reads generated ones): it
     never fails, and :func:`step` then says where the grammar is broken.
+
+    Args:
+        tokens: one sequence.
+        kind_of: a token's kind wherever it stands, None when positional; :func:`syntactic_kind`
+            by default. The restore passes a cached, stricter one
+            (:func:`cehrgpt.omop.decode.restore_kind`); the positional rule is always this one.
     """
+    raw = [kind_of(token) for token in tokens]
     kinds: list[TokenKind] = []
     in_inpatient = False
-    n = len(tokens)
-    for i, token in enumerate(tokens):
-        kind = syntactic_kind(token)
+    last = len(raw) - 1
+    for i, kind in enumerate(raw):
         if kind is None:
-            if i == 2:
-                kind = TokenKind.GENDER
-            elif i == 3:
-                kind = TokenKind.RACE
-            elif i > 0 and tokens[i - 1] == VISIT_START:
-                kind = visit_type_kind(token)
+            if i in PROMPT_CONCEPT_KINDS:
+                kind = PROMPT_CONCEPT_KINDS[i]
+            elif i > 0 and raw[i - 1] == VISIT_TYPE_FOLLOWS:
+                kind = visit_type_kind(tokens[i])
                 in_inpatient = kind == TokenKind.INPATIENT_VISIT_TYPE
-            elif in_inpatient and i + 1 < n and tokens[i + 1] == VISIT_END:
+            elif in_inpatient and i < last and raw[i + 1] == DISCHARGE_PRECEDES:
                 kind = TokenKind.DISCHARGE
             else:
                 kind = TokenKind.CONCEPT
-        elif kind in (TokenKind.VISIT_END, TokenKind.VISIT_START):
+        elif kind in INPATIENT_STOPS:
             in_inpatient = False
         kinds.append(kind)
     return kinds

@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cehrgpt.grammar import PROMPT_LENGTH, assign_kinds, is_valid
+from cehrgpt.dates import date_to_day, day_to_date
+from cehrgpt.grammar import PROMPT_LENGTH, TokenKind, assign_kinds, is_valid, visit_type_kind
 from cehrgpt.omop.decode import (
     DeathRecord,
     DecodedPatient,
@@ -18,11 +19,11 @@ from cehrgpt.omop.decode import (
     Reason,
     Rejection,
     VisitRecord,
-    date_of,
-    day_of,
+    _positional_kinds,
     decode_arrow,
     decode_patient,
-    token_kinds,
+    restore_kind,
+    sequence_token_kinds,
 )
 
 PROMPT = "year:2001 age:12 8532 8527"
@@ -32,12 +33,12 @@ def decode(text: str, **kwargs) -> DecodedPatient:
     tokens = text.split()
     out = decode_patient(7, tokens, **kwargs)
     assert out.placed + out.structural + len(out.rejections) == len(tokens)
-    assert token_kinds(tokens) == assign_kinds(tokens)
+    assert sequence_token_kinds(tokens) == assign_kinds(tokens)
     return out
 
 
 def day(text: str) -> int:
-    return day_of(date.fromisoformat(text))
+    return date_to_day(date.fromisoformat(text))
 
 
 def reasons(out: DecodedPatient) -> list[tuple[int, str, str]]:
@@ -46,7 +47,7 @@ def reasons(out: DecodedPatient) -> list[tuple[int, str, str]]:
 
 def test_day_conversion_round_trips():
     assert day("1970-01-01") == 0
-    assert date_of(day("2001-06-04")) == date(2001, 6, 4)
+    assert day_to_date(day("2001-06-04")) == date(2001, 6, 4)
 
 
 def test_prompt_gives_person_born_on_jan_1_of_year_minus_age():
@@ -289,17 +290,36 @@ def test_tokens_after_end_are_rejected_but_padding_is_not():
     assert out.structural == 5
 
 
-def test_token_kinds_equals_the_grammar_on_token_soup():
+TOKEN_SOUP = [
+    *"[VS] [VE] [END] [PAD] [DEATH] [OOV] [START] D0 D7 LT W1 M2 i-D1 i-D3".split(),
+    *"9201 9202 262 8536 0 Visit/0 Discharge/0 123 456 year:2000 age:3".split(),
+]
+
+
+def test_sequence_token_kinds_equals_the_grammar_on_token_soup():
     rng = random.Random(0)
-    vocabulary = [
-        *"[VS] [VE] [END] [PAD] [DEATH] [OOV] [START] D0 D7 LT W1 M2 i-D1 i-D3".split(),
-        *"9201 9202 262 8536 0 Visit/0 Discharge/0 123 456 year:2000 age:3".split(),
-    ]
     for _ in range(300):
-        tokens = [rng.choice(vocabulary) for _ in range(rng.randint(0, 30))]
-        assert token_kinds(tokens) == assign_kinds(tokens)
+        tokens = [rng.choice(TOKEN_SOUP) for _ in range(rng.randint(0, 30))]
+        assert sequence_token_kinds(tokens) == assign_kinds(tokens)
         out = decode_patient(1, tokens)
         assert out.placed + out.structural + len(out.rejections) == len(tokens)
+
+
+def test_the_vectorised_positional_rule_gives_the_grammars_kinds_on_token_soup():
+    rng = random.Random(1)
+    # rows that end inside an inpatient visit or on [VS], before rows that start with [VE] or a concept:
+    # the rule must not look across a row's end
+    edges = [
+        s.split() for s in ("year:2000 age:3 0 0 [VS] 9201 123", "[VE] 456", "9202 [VS]", "262 8536 [VE]")
+    ]
+    rows = edges + [[rng.choice(TOKEN_SOUP) for _ in range(rng.randint(0, 30))] for _ in range(300)]
+    tokens = [t for row in rows for t in row]
+    position = np.concatenate([np.arange(len(row)) for row in rows])
+    lengths = np.repeat([len(row) for row in rows], [len(row) for row in rows])
+    raw_kind = np.array([-1 if (k := restore_kind(t)) is None else int(k) for t in tokens], np.int8)
+    inpatient_type = np.array([visit_type_kind(t) == TokenKind.INPATIENT_VISIT_TYPE for t in tokens])
+    kinds, _ = _positional_kinds(raw_kind, inpatient_type, position, position == 0, position == lengths - 1)
+    assert kinds.tolist() == [int(k) for row in rows for k in assign_kinds(row)]
 
 
 def test_rejection_records_the_token():
@@ -398,7 +418,7 @@ def test_vectorised_decoder_equals_the_reference_on_valid_patients_and_leaves_th
 
 
 def test_sequence_beyond_the_id_layout_is_rejected_whole_and_its_neighbour_kept():
-    from cehrgpt.omop.restore import POSITION_BITS, REJECTION, TALLY, decode_batches
+    from cehrgpt.omop.records import POSITION_BITS, REJECTION, TALLY, decode_batches
 
     too_long = PROMPT.split() + ["[VS]", "9202"] + ["1"] * ((1 << POSITION_BITS) - 7) + ["[VE]"]
     assert len(too_long) == 1 << POSITION_BITS
@@ -471,7 +491,7 @@ def _hostile_sequence(rng: random.Random) -> list[str | None]:
 
 
 def test_every_token_of_random_hostile_sequences_is_placed_structural_or_rejected_on_both_paths():
-    from cehrgpt.omop.restore import DEATH, EVENT, PERSON, REJECTION, TALLY, VISIT, decode_batches
+    from cehrgpt.omop.records import DEATH, EVENT, PERSON, REJECTION, TALLY, VISIT, decode_batches
 
     rng = random.Random(17)
     sequences = [_hostile_sequence(rng) for _ in range(600)]

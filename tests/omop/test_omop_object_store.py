@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 from omop_restore_data import SEQUENCES, write_sequences, write_vocabulary
 
 import cehrgpt.omop.restore as restore_module
-from cehrgpt.omop.restore import REJECTED, TABLES, restore
+from cehrgpt.omop.restore import REJECTED, restore
+from cehrgpt.omop.tables import TABLES
 
 
 def table_rows(folder: Path, table: str) -> list[dict]:

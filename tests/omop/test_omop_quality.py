@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cehrgpt.omop.cdm import cdm_fields
-from cehrgpt.omop.quality import Check, check_quality, define_checks, evaluate, main, run_checks
+from cehrgpt.omop.quality import check_quality, main, run_checks
+from cehrgpt.omop.quality_checks import Check, define_checks, evaluate
 
 TODAY = date(2026, 1, 1)
 ARROW_TYPES = {

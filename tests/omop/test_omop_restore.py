@@ -15,18 +15,11 @@ from pyspark.sql import functions as F
 
 from cehrgpt.generation.sharding import MAX_SEED, person_id
 from cehrgpt.omop.cdm import cdm_fields, primary_key
-from cehrgpt.omop.restore import (
-    POSITION_BITS,
-    REJECTED,
-    ROW_BITS,
-    RUN_BITS,
-    TABLES,
-    RestoreError,
-    id_run,
-    main,
-    restore,
-)
+from cehrgpt.omop.inputs import RestoreError, id_run
+from cehrgpt.omop.records import POSITION_BITS, ROW_BITS, RUN_BITS
+from cehrgpt.omop.restore import REJECTED, main, restore
 from cehrgpt.omop.source import spark_type
+from cehrgpt.omop.tables import TABLES
 
 # ids are (run << 40) + (input row << 18) + token position; run 0 here (person ids < 2^40)
 A1 = 1 << 18  # file a, row 1 (person 2)
@@ -620,7 +613,7 @@ def test_id_offset_sets_the_run_and_mixed_runs_need_one(spark, tmp_path, capsys)
     seq = write_sequences(tmp_path / "seq", [*_generated(3)[:1], ("c", person_id(9, 0), SEQUENCES[0][2])])
     args = ["--patient_sequence_folder", str(seq), "--omop_folder", str(tmp_path / "omop"),
             "--source_omop_folder", str(vocab)]  # fmt: skip
-    assert main(args) == 1
+    assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: person ids ") and "pass --id_offset" in err and "\n" not in err
     assert not (tmp_path / "omop" / "_SUCCESS").exists()

@@ -20,7 +20,8 @@ import pytest
 
 from cehrgpt.data.prepare import prepare
 from cehrgpt.omop.quality import check_quality
-from cehrgpt.omop.restore import TABLES, restore
+from cehrgpt.omop.restore import restore
+from cehrgpt.omop.tables import TABLES
 
 ALL_DOMAINS = ("condition", "drug", "procedure", "measurement", "observation", "device")
 

@@ -45,21 +45,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cehrgpt.dates import MAX_DAY, date_to_day
 from cehrgpt.grammar import (
     CLOSED_STATES,
+    DISCHARGE_PRECEDES,
+    INPATIENT_STOPS,
     OOV,
+    PROMPT_CONCEPT_KINDS,
     PROMPT_LENGTH,
     START,
-    VISIT_END,
-    VISIT_START,
+    VISIT_TYPE_FOLLOWS,
     GrammarState,
     TokenKind,
+    assign_kinds,
     concept_id_of,
     gap_days,
     inpatient_gap_days,
@@ -71,8 +75,6 @@ from cehrgpt.grammar import (
     visit_type_kind,
 )
 
-EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-MAX_DAY = date(9999, 12, 31).toordinal() - EPOCH_ORDINAL  # the last date Spark and the CDM can hold
 MAX_AGE = 150  # a prompt age beyond this (either sign) is not a person
 MAX_CONCEPT_ID = int(np.iinfo(np.int64).max)  # the restore writes concept ids as bigint
 
@@ -92,7 +94,7 @@ class Reason(StrEnum):
     DATE_OUT_OF_RANGE = "date_out_of_range"
     AFTER_DEATH = "after_death"
     AFTER_END = "after_end"
-    SEQUENCE_TOO_LONG = "sequence_too_long"  # beyond the job's id layout (2^18 tokens, restore.POSITION_BITS)
+    SEQUENCE_TOO_LONG = "sequence_too_long"  # beyond the job's id layout (2^18 tokens, records.POSITION_BITS)
     CONCEPT_NOT_IN_VOCABULARY = "concept_not_in_vocabulary"
     UNSUPPORTED_DOMAIN = "unsupported_domain"
 
@@ -167,24 +169,14 @@ class DecodedPatient:
         return PROMPT_LENGTH + len(self.visits) + discharges + len(self.events) + (self.death is not None)
 
 
-def day_of(value: date) -> int:
-    """Days since 1970-01-01."""
-    return value.toordinal() - EPOCH_ORDINAL
-
-
-def date_of(day: int) -> date:
-    return date.fromordinal(day + EPOCH_ORDINAL)
-
-
-_SYNTACTIC_KINDS: dict[str, TokenKind | None] = {}
-
-
+@lru_cache(maxsize=1 << 20)  # bounded: garbage spellings must not grow it forever
 def restore_kind(token: str | None) -> TokenKind | None:
     """:func:`cehrgpt.grammar.syntactic_kind`, except that what the restore cannot hold is ``[OOV]``.
 
     That is a null token, a concept id beyond :data:`MAX_CONCEPT_ID`, and a number with
     more digits than Python converts (``int()`` raises ``ValueError``): one such token must
-    be rejected, not abort the whole job.
+    be rejected, not abort the whole job. Cached: generated vocabularies are small and tokens
+    repeat, so doing each distinct token's regex work once makes the restore several times faster.
     """
     if token is None:
         return TokenKind.OOV
@@ -197,41 +189,13 @@ def restore_kind(token: str | None) -> TokenKind | None:
     return kind
 
 
-def token_kinds(tokens: Sequence[str]) -> list[TokenKind]:
-    """:func:`cehrgpt.grammar.assign_kinds`, with each distinct token's syntactic kind looked up once.
+def sequence_token_kinds(tokens: Sequence[str]) -> list[TokenKind]:
+    """The kind of every token of one sequence: :func:`cehrgpt.grammar.assign_kinds` over :func:`restore_kind`.
 
-    Generated vocabularies are small and tokens repeat, so caching the regex
-    work makes the restore several times faster; a test checks the result
-    equals ``assign_kinds`` on every sequence it decodes. Unlike ``assign_kinds``,
-    what :func:`restore_kind` calls ``[OOV]`` is ``[OOV]`` here.
+    The positional rule is the grammar's; only the per-token lookup differs (cached, and
+    what :func:`restore_kind` calls ``[OOV]`` is ``[OOV]`` here).
     """
-    cache = _SYNTACTIC_KINDS
-    kinds: list[TokenKind] = []
-    in_inpatient = False
-    n = len(tokens)
-    for i, token in enumerate(tokens):
-        try:
-            kind = cache[token]
-        except KeyError:
-            kind = cache[token] = restore_kind(token)
-            if len(cache) > 1_000_000:  # garbage spellings must not grow it forever
-                cache.clear()
-        if kind is None:
-            if i == 2:
-                kind = TokenKind.GENDER
-            elif i == 3:
-                kind = TokenKind.RACE
-            elif i > 0 and tokens[i - 1] == VISIT_START:
-                kind = visit_type_kind(token)
-                in_inpatient = kind == TokenKind.INPATIENT_VISIT_TYPE
-            elif in_inpatient and i + 1 < n and tokens[i + 1] == VISIT_END:
-                kind = TokenKind.DISCHARGE
-            else:
-                kind = TokenKind.CONCEPT
-        elif kind is TokenKind.VISIT_END or kind is TokenKind.VISIT_START:
-            in_inpatient = False
-        kinds.append(kind)
-    return kinds
+    return assign_kinds(tokens, restore_kind)
 
 
 def _reject_all(tokens: Sequence[str], reason: Reason) -> DecodedPatient:
@@ -410,12 +374,12 @@ def decode_patient(
     if duplicate:
         return _reject_all(tokens, Reason.DUPLICATE_PERSON)
     offset = 1 if tokens and tokens[0] == START else 0
-    kinds = [TokenKind.START] * offset + token_kinds(tokens[offset:])
+    kinds = [TokenKind.START] * offset + sequence_token_kinds(tokens[offset:])
     person = _decode_prompt(tokens, kinds, offset)
     if person is None:
         return _reject_all(tokens, Reason.BAD_PROMPT)
     out = DecodedPatient(person=person, structural=offset)
-    first_day = day_of(date(prompt_year(tokens[offset]) or 1, 1, 1))
+    first_day = date_to_day(date(prompt_year(tokens[offset]) or 1, 1, 1))
     _Decoder(tokens, kinds, out, first_day).run(offset + PROMPT_LENGTH)
     return out
 
@@ -512,6 +476,42 @@ def _nothing_decoded(rows: int) -> ArrowDecoded:
     )
 
 
+def _positional_kinds(
+    raw_kind: np.ndarray,
+    inpatient_type: np.ndarray,
+    position: np.ndarray,
+    first_of_row: np.ndarray,
+    last_of_row: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every token's kind, and whether it lies inside an inpatient visit, for a whole flattened batch.
+
+    The grammar's positional rule (:func:`cehrgpt.grammar.assign_kinds`) in numpy: it is not a
+    second rule but the same tables (``PROMPT_CONCEPT_KINDS``, ``VISIT_TYPE_FOLLOWS``,
+    ``DISCHARGE_PRECEDES``, ``INPATIENT_STOPS`` in :mod:`cehrgpt.grammar`) applied to all
+    rows at once, precedence kept by assigning the weakest case first. A test checks both
+    give the same kinds (:func:`sequence_token_kinds` against ``decode_arrow``'s records).
+
+    Args:
+        raw_kind: each token's :func:`restore_kind` (-1 where positional).
+        inpatient_type: each token, read as a visit type, is an inpatient one.
+        position: each token's position in its row; ``first_of_row``/``last_of_row`` mark row ends.
+    """
+    kinds = raw_kind.astype(np.int64)
+    positional = raw_kind == _NO_KIND
+    previous_raw = np.concatenate([[_NO_KIND], raw_kind[:-1]])
+    next_raw = np.concatenate([raw_kind[1:], [_NO_KIND]])
+    prompt_slot = np.isin(position, list(PROMPT_CONCEPT_KINDS))
+    visit_type = positional & (previous_raw == VISIT_TYPE_FOLLOWS) & ~first_of_row & ~prompt_slot
+    stops = np.isin(raw_kind, [int(k) for k in INPATIENT_STOPS])
+    in_inpatient = _forward_fill(visit_type & inpatient_type, visit_type | stops | first_of_row)
+    kinds[positional] = _K.CONCEPT
+    kinds[positional & in_inpatient & (next_raw == DISCHARGE_PRECEDES) & ~last_of_row] = _K.DISCHARGE
+    kinds[visit_type] = np.where(inpatient_type[visit_type], _K.INPATIENT_VISIT_TYPE, _K.VISIT_TYPE)
+    for slot, kind in PROMPT_CONCEPT_KINDS.items():
+        kinds[positional & (position == slot)] = kind
+    return kinds, in_inpatient
+
+
 @cache
 def _grammar_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The transition table, and the one state each kind leads to (-1 where it depends on context)."""
@@ -565,24 +565,12 @@ def decode_arrow(sequences: pa.ListArray, usable: np.ndarray) -> ArrowDecoded:
     row_of = np.repeat(np.arange(rows), lengths)
     position = index - starts[row_of]
     raw_kind = table["kind"][codes]
-    previous_raw = np.concatenate([[_NO_KIND], raw_kind[:-1]])
-    next_raw = np.concatenate([raw_kind[1:], [_NO_KIND]])
     last_of_row = position == (lengths[row_of] - 1)
     first_of_row = position == 0
 
-    # positional kinds, as in assign_kinds
-    kinds = raw_kind.astype(np.int64)
-    positional = raw_kind == _NO_KIND
-    after_vs = positional & (previous_raw == _K.VISIT_START) & ~first_of_row
-    visit_type = after_vs & (position != 2) & (position != 3)
-    is_inpatient_type = table["inpatient"][codes]
-    marker_known = visit_type | (raw_kind == _K.VISIT_START) | (raw_kind == _K.VISIT_END) | first_of_row
-    in_inpatient = _forward_fill(visit_type & is_inpatient_type, marker_known)
-    kinds[positional] = _K.CONCEPT
-    kinds[positional & in_inpatient & (next_raw == _K.VISIT_END) & ~last_of_row] = _K.DISCHARGE
-    kinds[visit_type] = np.where(is_inpatient_type[visit_type], _K.INPATIENT_VISIT_TYPE, _K.VISIT_TYPE)
-    kinds[positional & (position == 2)] = _K.GENDER
-    kinds[positional & (position == 3)] = _K.RACE
+    kinds, in_inpatient = _positional_kinds(
+        raw_kind, table["inpatient"][codes], position, first_of_row, last_of_row
+    )
 
     # the grammar, token by token, all at once
     previous_kind = np.concatenate([[_NO_KIND], kinds[:-1]])
