@@ -433,7 +433,7 @@ def test_spark_submit_writes_to_an_object_store_uri_and_replaces_it(spark, spark
     work = tmp_path / "cwd"
     work.mkdir()
 
-    args = ["--omop_source", str(source), "--output_folder", f"s3a://cdm{out}", *options]
+    args = ["--omop_source", str(source), "--output_folder", f"s3a://cdm{out}", *options, "--overwrite"]
     result = spark_submit(prepare_module.__file__, args, work)
 
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
