@@ -202,7 +202,7 @@ def membership_inference_analysis(
     metrics: dict[str, float] = {}
     for threshold_type in THRESHOLD_TYPES:
         part = table[table["Threshold Type"] == threshold_type]
-        for column, name in (
+        for column, measure in (
             ("Accuracy", "accuracy"),
             ("Precision", "precision"),
             ("Recall", "recall"),
@@ -210,7 +210,7 @@ def membership_inference_analysis(
             ("F1 Chance", "f1_chance"),
             ("Advantage", "advantage"),
         ):
-            metrics[f"mia_{name}_{threshold_type}_threshold"] = mean_of(part[column].tolist())
+            metrics[f"mia_{measure}_{threshold_type}_threshold"] = mean_of(part[column].tolist())
     metrics["mia_f1_above_chance"] = max(
         metrics[f"mia_f1_{t}_threshold"] - metrics[f"mia_f1_chance_{t}_threshold"] for t in THRESHOLD_TYPES
     )
