@@ -166,8 +166,8 @@ def membership_inference_analysis(
     # each distinct sampled record is measured once, however many iterations draw it.
     s = space.encode(synthetic)
     distance_of = []
-    for patients, column in ((training, 0), (evaluation, 1)):
-        drawn = np.unique(np.concatenate([pair[column] for pair in samples]))
+    for patients, side in ((training, 0), (evaluation, 1)):
+        drawn = np.unique(np.concatenate([pair[side] for pair in samples]))
         found = nearest_neighbours(space.encode(patients.take(drawn)), s, chunk_size=chunk_size)
         lookup = np.zeros(len(patients), dtype=np.float64)
         lookup[drawn] = found.a_to_b_distance
