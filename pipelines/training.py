@@ -11,7 +11,8 @@ from kfp import dsl, kubernetes
 
 from cehrgpt.data import DEFAULT_TEST_FRACTION
 from cehrgpt.pipeline.images import SPARK_IMAGE
-from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET, POD_NAME_ENV, POD_UID_ENV
+from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET
+from cehrgpt.pipeline.sparkapp_launcher import POD_NAME_ENV, POD_UID_ENV
 from cehrgpt.pipeline.steps import OMOP_SOURCE_SECRET_KEYS
 
 PIPELINE_NAME = "cehrgpt-training"

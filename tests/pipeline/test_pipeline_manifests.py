@@ -16,10 +16,10 @@ import yaml
 from cehrgpt.pipeline.sparkapp import (
     KFP_MINIO_ENDPOINT,
     KFP_MINIO_SECRET,
-    RESTORE_MAIN_FILE,
     build_spark_application,
     minio_access,
 )
+from cehrgpt.pipeline.sparkapp_jobs import RESTORE_MAIN_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -76,12 +76,8 @@ def test_the_launcher_role_grants_exactly_the_verbs_the_code_uses():
     from kubernetes import client
     from pipeline_http_stubs import SparkOperatorStub, serve
 
-    from cehrgpt.pipeline.sparkapp import (
-        SPEC_ANNOTATION,
-        SparkApplicationError,
-        run_spark_application,
-        spec_fingerprint,
-    )
+    from cehrgpt.pipeline.sparkapp import SPEC_ANNOTATION, SparkApplicationError, spec_fingerprint
+    from cehrgpt.pipeline.sparkapp_launcher import run_spark_application
 
     def manifest():
         return build_spark_application("app", "ns", "img", RESTORE_MAIN_FILE, [])

@@ -15,19 +15,19 @@ from pipeline_http_stubs import DROP, SparkOperatorStub, serve
 from cehrgpt.pipeline.sparkapp import (
     KFP_MINIO_ENDPOINT,
     KFP_MINIO_SECRET,
-    PREPARE_MAIN_FILE,
-    REPLACE_ATTEMPTS,
-    RESTORE_MAIN_FILE,
     SPEC_ANNOTATION,
-    RetryPolicy,
     SparkApplicationError,
-    SparkApplicationTimeout,
     SparkOperatorSettings,
     application_name,
     build_spark_application,
-    restore_omop,
-    run_spark_application,
     spec_fingerprint,
+)
+from cehrgpt.pipeline.sparkapp_jobs import PREPARE_MAIN_FILE, RESTORE_MAIN_FILE, restore_omop
+from cehrgpt.pipeline.sparkapp_launcher import (
+    REPLACE_ATTEMPTS,
+    RetryPolicy,
+    SparkApplicationTimeout,
+    run_spark_application,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -271,7 +271,7 @@ def test_restore_step_in_operator_mode_uses_uris_and_reads_the_report_back(tmp_p
 
 
 def test_pod_namespace_is_read_from_the_service_account_mount(tmp_path):
-    from cehrgpt.pipeline.sparkapp import pod_namespace
+    from cehrgpt.pipeline.sparkapp_launcher import pod_namespace
 
     (tmp_path / "namespace").write_text("team-b\n")
     assert pod_namespace(tmp_path / "namespace") == "team-b"
@@ -527,10 +527,10 @@ def test_prepare_refuses_a_password_in_its_parameter_and_an_unknown_mode(tmp_pat
 
 
 def test_an_application_in_another_namespace_than_the_launcher_gets_no_owner(tmp_path, monkeypatch):
-    from cehrgpt.pipeline import sparkapp
+    from cehrgpt.pipeline import sparkapp_launcher
 
     (tmp_path / "namespace").write_text("kubeflow-other\n")  # the launcher pod's namespace
-    monkeypatch.setattr(sparkapp, "POD_NAMESPACE_FILE", tmp_path / "namespace")
+    monkeypatch.setattr(sparkapp_launcher, "POD_NAMESPACE_FILE", tmp_path / "namespace")
     stub = SparkOperatorStub(["COMPLETED"])
     _run(stub)  # the application goes to kubeflow-user: an owner there cannot be the launcher pod
     assert "ownerReferences" not in stub.created["metadata"]

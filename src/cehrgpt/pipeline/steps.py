@@ -18,13 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cehrgpt.pipeline.sparkapp import (
-    PREPARE_MAIN_FILE,
-    SparkOperatorSettings,
-    application_name,
-    restore_omop,
-    submit_spark_job,
-)
+from cehrgpt.pipeline.sparkapp import SparkOperatorSettings, application_name
+from cehrgpt.pipeline.sparkapp_jobs import PREPARE_MAIN_FILE, restore_omop, submit_spark_job
 from cehrgpt.pipeline.stores import open_store
 from cehrgpt.redaction import scrub_urls
 
