@@ -193,7 +193,7 @@ def visit_type_kind(token: str) -> TokenKind:
 # token of kind VISIT_TYPE_FOLLOWS, the visit's type (inpatient or not by its concept, visit_type_kind);
 # inside an inpatient visit (from its inpatient visit type to the next kind in INPATIENT_STOPS) and
 # right before a token of kind DISCHARGE_PRECEDES, the discharge; anywhere else a clinical CONCEPT.
-# assign_kinds applies it token by token; the restore's vectorised decoder (omop.decode.decode_arrow)
+# assign_kinds applies it token by token; the restore's vectorised decoder (omop.arrow_decode.decode_arrow)
 # applies the same tables to whole batches.
 PROMPT_CONCEPT_KINDS: dict[int, TokenKind] = {2: TokenKind.GENDER, 3: TokenKind.RACE}
 VISIT_TYPE_FOLLOWS = TokenKind.VISIT_START

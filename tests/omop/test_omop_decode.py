@@ -11,6 +11,7 @@ import pytest
 
 from cehrgpt.dates import date_to_day, day_to_date
 from cehrgpt.grammar import PROMPT_LENGTH, TokenKind, assign_kinds, is_valid, visit_type_kind
+from cehrgpt.omop.arrow_decode import _positional_kinds, decode_arrow
 from cehrgpt.omop.decode import (
     DeathRecord,
     DecodedPatient,
@@ -19,8 +20,6 @@ from cehrgpt.omop.decode import (
     Reason,
     Rejection,
     VisitRecord,
-    _positional_kinds,
-    decode_arrow,
     decode_patient,
     restore_kind,
     sequence_token_kinds,

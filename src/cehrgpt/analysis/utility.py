@@ -9,7 +9,7 @@ tasks: 0 means the synthetic data trains models as well as the real data.
 HALO (Theodorou et al., Nat. Commun. 2023) reports TSTR 0.938 against TRTR 0.943.
 
 Every set is split the same way, from the dates the restore's decoder
-(:func:`cehrgpt.omop.decode.decode_arrow`) derives for each token:
+(:func:`cehrgpt.omop.arrow_decode.decode_arrow`) derives for each token:
 
 - *first year*: the clinical concepts dated less than ``HISTORY_DAYS`` (365)
   days after the patient's first visit — the model's features, with the
@@ -54,7 +54,7 @@ from tqdm import tqdm
 from cehrgpt import grammar
 from cehrgpt.analysis.features import FeatureSpace, PatientSet
 from cehrgpt.analysis.io import AnalysisError, format_table, read_sequence_folder, warn, write_outputs
-from cehrgpt.omop.decode import decode_arrow
+from cehrgpt.omop.arrow_decode import decode_arrow
 
 HISTORY_DAYS = 365
 DEFAULT_NUM_TASKS = 10
@@ -106,7 +106,7 @@ def _exclusion_reason(tokens: list[str] | None) -> str:
 def split_first_year(frame: pd.DataFrame) -> TaskCohort:
     """Decode sequence rows (``person_id``, ``concept_ids``, optional ``is_valid``) into a :class:`TaskCohort`.
 
-    Dates come from :func:`cehrgpt.omop.decode.decode_arrow`: a patient's first
+    Dates come from :func:`cehrgpt.omop.arrow_decode.decode_arrow`: a patient's first
     visit is day 0; first-year concepts are those dated before ``HISTORY_DAYS``,
     follow-up concepts those on or after it. Unknown concepts (``0``) are dropped.
     """

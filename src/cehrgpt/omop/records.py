@@ -1,7 +1,7 @@
 """Arrow record adapters of the restore job: decoded patients as one long-format record batch.
 
 Inside ``mapInArrow`` :func:`decode_batches` decodes each input batch (grammar-valid
-patients with the vectorised :func:`cehrgpt.omop.decode.decode_arrow`, the rest with the
+patients with the vectorised :func:`cehrgpt.omop.arrow_decode.decode_arrow`, the rest with the
 reference :func:`cehrgpt.omop.decode.decode_patient`) and turns what they return into
 batches of :data:`DECODED_SCHEMA`: one row per person, visit, event, death, rejected
 token, and a per-patient tally for the report. Events are sent to the table of their
@@ -23,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cehrgpt.omop.decode import ArrowDecoded, DecodedPatient, Reason, Rejection, decode_arrow, decode_patient
+from cehrgpt.omop.arrow_decode import ArrowDecoded, decode_arrow
+from cehrgpt.omop.decode import DecodedPatient, Reason, Rejection, decode_patient
 
 EVENT_TABLES = {
     "condition": "condition_occurrence",
@@ -303,7 +304,7 @@ def decode_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Decode Arrow batches of sequences into the long-format records the tables are cut from.
 
-    Grammar-valid patients go through :func:`cehrgpt.omop.decode.decode_arrow` all at
+    Grammar-valid patients go through :func:`cehrgpt.omop.arrow_decode.decode_arrow` all at
     once; the rest (and any duplicate or id-less row) through :func:`decode_patient`.
 
     Args:

@@ -3,7 +3,7 @@
 ``python -m cehrgpt.omop.restore --patient_sequence_folder P --omop_folder O --source_omop_folder V``
 reads ``P/*.parquet`` (``person_id``, ``concept_ids``), decodes every patient
 inside ``mapInArrow`` (grammar-valid patients with the vectorised
-:func:`cehrgpt.omop.decode.decode_arrow`, the rest with the reference
+:func:`cehrgpt.omop.arrow_decode.decode_arrow`, the rest with the reference
 :func:`cehrgpt.omop.decode.decode_patient`), sends each clinical concept to the
 table of its vocabulary domain and writes ``O/<table>/`` as parquet, exactly the
 CDM 5.4 columns in CDM order:

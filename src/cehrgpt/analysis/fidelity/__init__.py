@@ -50,7 +50,7 @@ from cehrgpt.analysis.fidelity.metrics import (
 from cehrgpt.analysis.fidelity.profile import SequenceProfile, profile_sequences
 from cehrgpt.analysis.fidelity.report import METRIC_NOTES, render_report
 from cehrgpt.analysis.io import AnalysisError
-from cehrgpt.omop.decode import decode_arrow
+from cehrgpt.omop.arrow_decode import decode_arrow
 
 __all__ = [
     "AGE_BAND_YEARS",

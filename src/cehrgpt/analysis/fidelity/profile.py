@@ -1,7 +1,7 @@
 """Profiles: read patient sequences into what the fidelity metrics need (:class:`SequenceProfile`).
 
 Grammar-valid patients are profiled from the restore's vectorised decoder
-(:func:`cehrgpt.omop.decode.decode_arrow`); the rest, and every patient with ``vectorised=False``,
+(:func:`cehrgpt.omop.arrow_decode.decode_arrow`); the rest, and every patient with ``vectorised=False``,
 one by one over :func:`cehrgpt.grammar.assign_kinds` (the reference path; a test checks both agree).
 """
 
@@ -19,7 +19,7 @@ from tqdm import tqdm
 from cehrgpt import grammar
 from cehrgpt.analysis.io import AnalysisError
 from cehrgpt.grammar import TokenKind
-from cehrgpt.omop.decode import ArrowDecoded, decode_arrow
+from cehrgpt.omop.arrow_decode import ArrowDecoded, decode_arrow
 
 
 @dataclass
@@ -74,7 +74,7 @@ def profile_sequences(
     """Collect the fidelity statistics of every sequence.
 
     Grammar-valid patients go through the restore's vectorised decoder
-    (:func:`cehrgpt.omop.decode.decode_arrow`), the rest one by one over
+    (:func:`cehrgpt.omop.arrow_decode.decode_arrow`), the rest one by one over
     :func:`grammar.assign_kinds`; both give the same values (a test checks).
     A null sequence, or one holding a null token, is excluded and counted; with
     ``check_grammar``, so are patients that break the grammar, by reason.
