@@ -271,6 +271,32 @@ def test_date_out_of_range_inpatient_gap_is_rejected():
     assert out.visits[0].end_day == day("9999-01-01")
 
 
+def test_a_timeline_past_the_end_date_is_cut_there():
+    text = (
+        f"{PROMPT} [VS] 9202 1 [VE] D30 [VS] 9202 2 [VE] D5 [VS] 9202 3 [VE] D1 [VS] [DEATH] [VE] [END] [PAD]"
+    )
+    out = decode(text, end_day=day("2001-02-01"))
+    assert [(v.start_day, [e.concept_id for e in out.events if e.visit_position == v.position])
+            for v in out.visits] == [(day("2001-01-01"), [1]), (day("2001-01-31"), [2])]  # fmt: skip
+    # the D5 that passes the end date is structural; every later token but [END]/[PAD] is rejected
+    assert reasons(out) == [
+        (p, t, "after_end_date") for p, t in enumerate(text.split()) if 14 <= p <= 21 and t != "[END]"
+    ]
+    assert out.death is None and out.structural == 8  # [VS]/[VE] of two visits, D30, D5, [END], [PAD]
+    # an end date the timeline never passes changes nothing
+    assert decode(text, end_day=day("2001-02-06")) == decode(text)
+
+
+def test_the_vectorised_decoder_leaves_a_timeline_past_the_end_date_to_the_reference():
+    inside = f"{PROMPT} [VS] 9202 1 [VE] D30 [VS] 9202 2 [VE] [END]"
+    past = f"{PROMPT} [VS] 9202 1 [VE] D31 [VS] 9202 2 [VE] [END]"
+    sequences = pa.array([inside.split(), past.split()], pa.list_(pa.string()))
+    fast = decode_arrow(sequences, np.ones(2, bool), end_day=day("2001-01-31"))
+    assert fast.decoded.tolist() == [True, False]
+    slow = decode(past, end_day=day("2001-01-31"))
+    assert [r.reason.value for r in slow.rejections] == ["after_end_date"] * 4
+
+
 def test_tokens_after_death_are_rejected():
     out = decode(f"{PROMPT} [VS] 9202 1 [VE] D1 [VS] [DEATH] [VE] D1 [VS] 9202 2 [VE] [END]")
     assert out.death == DeathRecord(10, day("2001-01-02"))

@@ -619,3 +619,37 @@ def test_id_offset_sets_the_run_and_mixed_runs_need_one(spark, tmp_path, capsys)
     assert not (tmp_path / "omop" / "_SUCCESS").exists()
     assert main([*args, "--id_offset", "77"]) == 0
     assert {i >> 40 for i in all_ids(spark, tmp_path / "omop")} == {77}
+
+
+# --- the end date: a CDM holds no future ---------------------------------------------------------------------
+
+
+def test_the_end_date_cuts_a_timeline_and_its_rejections_are_counted(spark, tmp_path):
+    text = "year:2001 age:12 8532 8527 [VS] 9202 101 [VE] D30 [VS] 9202 201 [VE] D5 [VS] 9202 301 [VE] [END]"
+    seq = write_sequences(tmp_path / "seq", [("a", 1, text)])
+    out = tmp_path / "omop"
+    vocab = write_vocabulary(tmp_path / "vocab")
+    assert main(_restore_argv(seq, out, vocab, "--end_date", "2001-02-01")) == 0
+    report = json.loads((out / "restore_report.json").read_text())
+    assert report["end_date"] == "2001-02-01"
+    assert report["rejected_tokens"] == {"after_end_date": 4}
+    assert report["rows"]["visit_occurrence"] == 2 and report["rows"]["procedure_occurrence"] == 0
+    assert max(r["visit_end_date"] for r in rows(spark, out, "visit_occurrence")).isoformat() == "2001-01-31"
+    assert max(
+        r["observation_period_end_date"] for r in rows(spark, out, "observation_period")
+    ).isoformat() == ("2001-01-31")
+
+
+def test_the_end_date_is_today_by_default_and_a_bad_one_is_one_line(spark, tmp_path, capsys):
+    import datetime as dt
+
+    seq = write_sequences(tmp_path / "seq", SEQUENCES[:1])
+    out = tmp_path / "omop"
+    vocab = write_vocabulary(tmp_path / "vocab")
+    assert main(_restore_argv(seq, out, vocab)) == 0
+    assert json.loads((out / "restore_report.json").read_text())["end_date"] == dt.date.today().isoformat()
+    with pytest.raises(SystemExit) as exit_info:
+        main(_restore_argv(seq, tmp_path / "other", vocab, "--end_date", "2001-13-01"))
+    assert exit_info.value.code == 2
+    assert "'2001-13-01' is not a date YYYY-MM-DD" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

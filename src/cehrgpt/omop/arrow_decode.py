@@ -193,7 +193,7 @@ def _state_after(kinds: np.ndarray, in_inpatient: np.ndarray, previous_kind: np.
     return state
 
 
-def decode_arrow(sequences: pa.ListArray, usable: np.ndarray) -> ArrowDecoded:
+def decode_arrow(sequences: pa.ListArray, usable: np.ndarray, end_day: int = MAX_DAY) -> ArrowDecoded:
     """Decode the grammar-valid patients of a batch at once; the rest are left to
     :func:`cehrgpt.omop.decode.decode_patient`.
 
@@ -205,6 +205,8 @@ def decode_arrow(sequences: pa.ListArray, usable: np.ndarray) -> ArrowDecoded:
         sequences: ``concept_ids`` of the batch.
         usable: per row, False where the row must take the slow path anyway
             (missing or duplicate person id).
+        end_day: as in :func:`cehrgpt.omop.decode.decode_patient`; a row whose cursor passes it takes
+            the slow path.
     """
     rows = len(sequences)
     lengths = pc.fill_null(pc.list_value_length(sequences), 0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -257,7 +259,9 @@ def decode_arrow(sequences: pa.ListArray, usable: np.ndarray) -> ArrowDecoded:
     day = first_day[row_of] + moved - moved_before_row[row_of]
     last_day = np.zeros(rows, np.int64)
     last_day[has_tokens] = day[ends[has_tokens]]  # gaps never move the cursor back
-    decoded = usable & has_tokens & closed & (bad_tokens == 0) & good_prompt & (last_day <= MAX_DAY)
+    decoded = (
+        usable & has_tokens & closed & (bad_tokens == 0) & good_prompt & (last_day <= min(end_day, MAX_DAY))
+    )
     token_ok = decoded[row_of]
 
     # records

@@ -28,7 +28,10 @@ Recovery rules (the smallest unit that is wrong is rejected, never more):
 - a token the grammar does not allow inside a visit rejects only that token;
 - between visits, a token that is neither a gap nor ``[VS]`` is rejected
   (``token_outside_visit``, ``misplaced_gap``); after a death only ``[END]``
-  and ``[PAD]`` may follow (``after_death``), after ``[END]`` only ``[PAD]``.
+  and ``[PAD]`` may follow (``after_death``), after ``[END]`` only ``[PAD]``;
+- once a gap moves the date past the end date (``end_day``: the restore's
+  ``--end_date``, today by default), every later token but ``[END]``/``[PAD]``
+  is rejected (``after_end_date``): a generated timeline is cut where the data ends.
 
 A number the output cannot hold (a concept id beyond int64, digits beyond
 Python's integer-string limit) or a null token is read as ``[OOV]``, so it is
@@ -88,6 +91,7 @@ class Reason(StrEnum):
     DATE_OUT_OF_RANGE = "date_out_of_range"
     AFTER_DEATH = "after_death"
     AFTER_END = "after_end"
+    AFTER_END_DATE = "after_end_date"  # the cursor passed the restore's --end_date (a CDM holds no future)
     SEQUENCE_TOO_LONG = "sequence_too_long"  # beyond the job's id layout (2^18 tokens, records.POSITION_BITS)
     CONCEPT_NOT_IN_VOCABULARY = "concept_not_in_vocabulary"
     UNSUPPORTED_DOMAIN = "unsupported_domain"
@@ -220,11 +224,14 @@ def _decode_prompt(tokens: Sequence[str], kinds: Sequence[TokenKind], offset: in
 class _Decoder:
     """The walk over one sequence after its prompt; see the module docstring for the rules."""
 
-    def __init__(self, tokens: Sequence[str], kinds: Sequence[TokenKind], out: DecodedPatient, day: int):
+    def __init__(
+        self, tokens: Sequence[str], kinds: Sequence[TokenKind], out: DecodedPatient, day: int, end_day: int
+    ):
         self.tokens = tokens
         self.kinds = kinds
         self.out = out
         self.day = day
+        self.end_day = end_day
         self.previous_visit: int | None = None
 
     def reject(self, start: int, stop: int, reason: Reason) -> None:
@@ -249,6 +256,9 @@ class _Decoder:
                 i += 1
             elif dead:
                 self.reject(i, i + 1, Reason.AFTER_DEATH)
+                i += 1
+            elif self.day > self.end_day:
+                self.reject(i, i + 1, Reason.AFTER_END_DATE)
                 i += 1
             elif kind == TokenKind.GAP:
                 self._gap(i, after_visit)
@@ -350,7 +360,11 @@ _VISIT_STOPS = frozenset({TokenKind.VISIT_END, TokenKind.VISIT_START, TokenKind.
 
 
 def decode_patient(
-    person_id: int | None, tokens: Sequence[str] | None, *, duplicate: bool = False
+    person_id: int | None,
+    tokens: Sequence[str] | None,
+    *,
+    duplicate: bool = False,
+    end_day: int = MAX_DAY,
 ) -> DecodedPatient:
     """Decode one patient's tokens into records and rejections.
 
@@ -358,6 +372,8 @@ def decode_patient(
         person_id: the patient's id; None rejects the patient (``missing_person_id``).
         tokens: the sequence (``concept_ids``); a leading ``[START]`` is allowed.
         duplicate: True when an earlier input row already had this ``person_id``.
+        end_day: the last epoch day a record may have: once a gap moves the cursor past it, every
+            later token is rejected (``after_end_date``), so nothing is dated after the data's end.
 
     Returns:
         The decoded patient. ``placed + structural + len(rejections) == len(tokens)``.
@@ -374,5 +390,5 @@ def decode_patient(
         return _reject_all(tokens, Reason.BAD_PROMPT)
     out = DecodedPatient(person=person, structural=offset)
     first_day = date_to_day(date(prompt_year(tokens[offset]) or 1, 1, 1))
-    _Decoder(tokens, kinds, out, first_day).run(offset + PROMPT_LENGTH)
+    _Decoder(tokens, kinds, out, first_day, min(end_day, MAX_DAY)).run(offset + PROMPT_LENGTH)
     return out

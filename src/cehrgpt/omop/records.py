@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cehrgpt.dates import MAX_DAY
 from cehrgpt.omop.arrow_decode import ArrowDecoded, decode_arrow
 from cehrgpt.omop.decode import DecodedPatient, Reason, Rejection, decode_patient
 
@@ -201,6 +202,7 @@ def _append(columns: dict[str, list[Any]], **values: Any) -> None:
 def _slow_records(
     patients: list[tuple[int | None, list[str] | None, int, bool]],
     vocabulary: tuple[np.ndarray, np.ndarray],
+    end_day: int = MAX_DAY,
 ) -> Iterator[pa.RecordBatch]:
     """The records of patients decoded one by one: (person_id, tokens, id base, duplicate)."""
     columns: dict[int, dict[str, list[Any]]] = {
@@ -233,7 +235,7 @@ def _slow_records(
                 rejections=[Rejection(i, t, Reason.SEQUENCE_TOO_LONG) for i, t in enumerate(tokens)]
             )
         else:
-            out = decode_patient(person_id, tokens, duplicate=duplicate)
+            out = decode_patient(person_id, tokens, duplicate=duplicate, end_day=end_day)
         if out.person is not None:
             _append(
                 columns[PERSON],
@@ -301,6 +303,7 @@ def decode_batches(
     duplicates: frozenset[tuple[str, int]],
     vocabulary: tuple[np.ndarray, np.ndarray],
     run: int = 0,
+    end_day: int = MAX_DAY,
 ) -> Iterator[pa.RecordBatch]:
     """Decode Arrow batches of sequences into the long-format records the tables are cut from.
 
@@ -313,6 +316,7 @@ def decode_batches(
         duplicates: (file, row) of rows whose person_id an earlier row already has.
         vocabulary: see :func:`classify`.
         run: the ids' run component (:func:`cehrgpt.omop.inputs.id_run`).
+        end_day: the last epoch day a record may carry (:func:`cehrgpt.omop.decode.decode_patient`).
     """
     for batch in batches:
         n = batch.num_rows
@@ -340,7 +344,7 @@ def decode_batches(
             else np.zeros(n, bool)
         )
         usable = has_person & ~duplicate & (lengths < 1 << POSITION_BITS)
-        fast = decode_arrow(sequences, usable)
+        fast = decode_arrow(sequences, usable, end_day)
         yield from _fast_records(fast, person_ids, bases, lengths, vocabulary)
         slow = np.flatnonzero(~fast.decoded)
         if len(slow):
@@ -351,6 +355,7 @@ def decode_batches(
                     for r, tokens in zip(slow, slow_sequences, strict=True)
                 ],
                 vocabulary,
+                end_day,
             )
 
 

@@ -63,6 +63,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 from tqdm import tqdm
 
+from cehrgpt.dates import date_to_day
 from cehrgpt.grammar import PROMPT_LENGTH
 from cehrgpt.omop.inputs import (
     RestoreError,
@@ -138,6 +140,7 @@ def _decode(
     vocabulary: tuple[np.ndarray, np.ndarray],
     folder: str,
     run: int,
+    end_day: int,
 ) -> DataFrame:
     """Decode every input row in Python workers, once, into ``folder`` (by record kind); read it back.
 
@@ -149,7 +152,7 @@ def _decode(
         sequences = sequences.repartition(parallelism * 2)
     shared = spark.sparkContext.broadcast(vocabulary)
     decoded = sequences.mapInArrow(
-        lambda batches: decode_batches(batches, first_row, duplicates, shared.value, run),
+        lambda batches: decode_batches(batches, first_row, duplicates, shared.value, run, end_day),
         from_arrow_schema(DECODED_SCHEMA),
     )
     decoded.write.partitionBy("record").mode("overwrite").parquet(folder)
@@ -167,6 +170,7 @@ def restore(
     condition_era: bool = False,
     type_concept_id: int = EHR,
     id_offset: int | None = None,
+    end_date: date | None = None,
 ) -> dict[str, Any]:
     """Restore CDM 5.4 tables from patient sequences; see the module docstring for the layout.
 
@@ -180,6 +184,8 @@ def restore(
         condition_era: also derive ``condition_era`` (:func:`condition_era_table`).
         type_concept_id: the visit, event and death type concept (default 32817, EHR).
         id_offset: the ids' run component; by default the input's generation seed (module docstring).
+        end_date: the last date a record may carry (default: today): a generated timeline that runs past
+            it is cut there, every later token rejected as ``after_end_date`` (a CDM holds no future).
 
     Returns:
         The report also written to ``omop_folder/restore_report.json``.
@@ -189,6 +195,7 @@ def restore(
             folder that no restore wrote.
     """
     started = time.perf_counter()
+    end = end_date or date.today()
     own_session = spark is None and SparkSession.getActiveSession() is None
     if shuffle_partitions is None and (spark_master or "").startswith("local"):
         shuffle_partitions = 8  # Spark's 200 is for clusters; locally it is mostly task overhead
@@ -221,6 +228,7 @@ def restore(
             vocabulary,
             f"{files.root}/{run}/_decoded",
             id_run_component,
+            date_to_day(end),
         )
         log.info("decoded in %.1fs", time.perf_counter() - started)
         outputs: dict[str, DataFrame] = {
@@ -242,6 +250,7 @@ def restore(
             source_omop_folder=source_omop_folder,
             type_concept_id=type_concept_id,
             id_run=id_run_component,
+            end_date=end.isoformat(),
             seconds=round(time.perf_counter() - started, 3),
             spark_startup_seconds=round(session_started - started, 3),
         )
@@ -402,6 +411,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"visit, event and death type concept (default {EHR}, EHR)",
     )
     parser.add_argument(
+        "--end_date",
+        "--end-date",
+        type=_iso_date,
+        default=None,
+        help="YYYY-MM-DD, the last date a record may carry; later tokens are rejected (default: today)",
+    )
+    parser.add_argument(
         "--id_offset",
         "--id-offset",
         type=int,
@@ -410,6 +426,13 @@ def _parser() -> argparse.ArgumentParser:
         "person_id >> 40)",
     )
     return parser
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             condition_era=args.condition_era,
             type_concept_id=args.type_concept_id,
             id_offset=args.id_offset,
+            end_date=args.end_date,
         )
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)
