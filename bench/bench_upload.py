@@ -3,8 +3,9 @@
 Same synthetic ``measurement`` table (ids, dates, datetimes with microseconds,
 floats, strings) for every target, written as 4 parquet files; each upload is
 the whole :func:`cehrgpt.upload.upload_omop` (staging, bulk load, row-count
-check, swap). The baseline reads the same parquet into pandas and calls
-``to_sql(if_exists="replace")`` with SQLAlchemy's defaults. Medians over
+check, replace in one transaction). The baseline reads the same parquet into pandas and calls
+``to_sql(if_exists="replace")`` with SQLAlchemy's defaults, into a schema of its own (its table is not
+the CDM's, so the uploads must not find it). Medians over
 ``--repeats`` runs, all in this one run, on this machine.
 
     python bench/bench_upload.py                 # 200,000 rows, 3 repeats (about two minutes on 2 cores)
@@ -142,11 +143,12 @@ def main() -> None:
         schemas: list[Schema] = []
         if reachable(POSTGRES_URL):
             pg = Schema(POSTGRES_URL, "SCHEMA")
-            schemas.append(pg)
+            pg_baseline = Schema(POSTGRES_URL, "SCHEMA")
+            schemas += [pg, pg_baseline]
             cases.append(
                 (
                     "pandas.to_sql -> PostgreSQL (baseline)",
-                    lambda: time_to_sql(folder, POSTGRES_URL, pg.name, args.chunk_size),
+                    lambda: time_to_sql(folder, POSTGRES_URL, pg_baseline.name, args.chunk_size),
                 )
             )
             cases.append(

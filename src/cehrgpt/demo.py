@@ -1,8 +1,9 @@
 """`make demo`: the `end_to_end` Kubeflow pipeline on the Eunomia demo database, run on this machine.
 
 The pipeline runs through ``kfp.local`` (see :mod:`cehrgpt.pipeline.local`):
-prepare → train (tiny) → plan shards → generate (2 shards) → gather → privacy
-analyses and fidelity → gate → restore (local Spark) → upload into a DuckDB
+prepare → train (tiny) → plan shards → generate (2 shards) → gather → the privacy
+analyses, memorisation, utility and fidelity → gate; restore (local Spark) → OMOP
+data-quality checks; when the gate and the checks pass, upload into a DuckDB
 file. It prints where every output is and the metrics table.
 """
 
