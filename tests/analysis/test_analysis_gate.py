@@ -82,6 +82,16 @@ def test_the_utility_threshold_is_off_by_default_and_a_flag_switches_it_on(tmp_p
     assert capsys.readouterr().err.strip() == "BREACH utility_auroc_gap_mean = 0.3000 > threshold 0.1"
 
 
+def test_a_maximum_of_one_is_off_and_needs_no_metric(tmp_path, capsys):
+    """The pipelines pass ``max_<metric>`` = 1.0 (NO_LIMIT) for the thresholds that are off."""
+    folder = metrics_folder(tmp_path, "all", SAFE)  # no utility metric (a small run: no task)
+    argv = ["--metrics", str(folder), "--max_utility_auroc_gap_mean", str(gate.NO_LIMIT)]
+    assert gate.main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"OK: 6 privacy threshold(s) met ({', '.join(CHECKED)})"
+    assert gate.main([*argv[:2], "--max_utility_auroc_gap_mean", "0.99"]) == 2
+    assert "metric 'utility_auroc_gap_mean' needed by a threshold is missing" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [

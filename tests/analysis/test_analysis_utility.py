@@ -263,10 +263,21 @@ def test_fewer_than_20_held_out_patients_with_a_follow_up(sets, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
-def test_no_task_with_enough_positives(sets, tmp_path, capsys):
-    assert run(sets, sets["copy"], tmp_path / "out", "--min_task_patients", "150") == 2
-    assert "no concept has 150 new-onset positives" in error_line(capsys)
-    assert not (tmp_path / "out").exists()
+def test_no_task_with_enough_positives_is_said_and_leaves_the_means_out(sets, tmp_path, capsys):
+    """A release too small for any task: utility is not measured, the rest is written (exit 0)."""
+    assert run(sets, sets["copy"], tmp_path / "out", "--min_task_patients", "150") == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if line.startswith("warning: utility not measured")] == [
+        (
+            "warning: utility not measured: no concept has 150 new-onset positives and as many negatives "
+            "after the first year in the training, synthetic and held-out sets (0 candidate(s) lacked them "
+            "only in the synthetic set); larger sets or a smaller --min_task_patients measure it"
+        )
+    ]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["utility_num_tasks"] == 0
+    assert not any(name.endswith("_auroc_mean") or name == "utility_auroc_gap_mean" for name in metrics)
+    assert (tmp_path / "out" / "report.html").exists()
 
 
 def test_only_single_visit_patients(sets, tmp_path, capsys):

@@ -66,8 +66,10 @@ DEFAULT_THRESHOLDS: dict[str, float | None] = {
 }
 
 
-#: A pipeline parameter is a number: the thresholds that are off default to this there (no such
-#: metric exceeds 1).
+#: A pipeline parameter is a number: the thresholds that are off default to this there. None of the
+#: metrics of :data:`DEFAULT_THRESHOLDS` exceeds 1, so for them a maximum of 1 or more can never be
+#: breached and is read as off: the metric is then not needed (a small run whose utility has no task
+#: still passes the gate). A threshold a user adds on another metric (a count, say) is taken as given.
 NO_LIMIT = 1.0
 
 
@@ -135,7 +137,7 @@ def check_thresholds(
     """
     checks: list[dict[str, object]] = []
     for name, maximum in thresholds.items():
-        if maximum is None:
+        if maximum is None or (name in DEFAULT_THRESHOLDS and maximum >= NO_LIMIT):
             continue
         value = metrics.get(name)
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):

@@ -30,6 +30,9 @@ positives *and* as many negatives in the training, synthetic and held-out sets;
 a candidate that meets the minimum in the real sets but not in the synthetic
 one is skipped and counted (``utility_num_tasks_skipped_synthetic``): the
 synthetic data cannot train that task at all, which the AUROC means do not show.
+When no concept qualifies (a release too small), utility is not measured: a
+warning says so and ``metrics.json`` holds the counts but no means, so a gate
+that needs ``utility_auroc_gap_mean`` reports it missing.
 """
 
 from __future__ import annotations
@@ -314,11 +317,13 @@ def run_utility(
             f"with a follow-up after their first year; expected at least {MIN_EVALUATION_PATIENTS}"
         )
     tasks, skipped = choose_tasks(cohorts, num_tasks, min_task_patients)
-    if tasks.empty:
-        raise AnalysisError(
-            f"no concept has {min_task_patients} new-onset positives and as many negatives after the first "
-            f"year in the training, synthetic and held-out sets ({skipped} candidate(s) lacked them only in "
-            "the synthetic set); expected larger sets or a smaller --min_task_patients"
+    if tasks.empty:  # a small release: utility is not measured (no means), said so, and the rest written
+        print(
+            f"warning: utility not measured: no concept has {min_task_patients} new-onset positives and as "
+            "many negatives after the first year in the training, synthetic and held-out sets "
+            f"({skipped} candidate(s) lacked them only in the synthetic set); larger sets or a smaller "
+            "--min_task_patients measure it",
+            file=sys.stderr,
         )
     space = FeatureSpace.fit([cohorts[name].history for name in _SETS])
     matrices = {name: design_matrix(space, cohorts[name].history) for name in _SETS}
@@ -333,14 +338,17 @@ def run_utility(
             scores.append(task_auroc(matrices[name][rows], y, test_x, test_y, seed))
         trtr.append(scores[0])
         tstr.append(scores[1])
-    tasks["trtr_auroc"] = trtr
-    tasks["tstr_auroc"] = tstr
+    tasks["trtr_auroc"] = pd.Series(trtr, index=tasks.index, dtype=float)
+    tasks["tstr_auroc"] = pd.Series(tstr, index=tasks.index, dtype=float)
     tasks["auroc_gap"] = tasks["trtr_auroc"] - tasks["tstr_auroc"]
 
-    metrics: dict[str, float] = {
+    means = {
         "utility_tstr_auroc_mean": _nan_mean(tasks["tstr_auroc"]),
         "utility_trtr_auroc_mean": _nan_mean(tasks["trtr_auroc"]),
         "utility_auroc_gap_mean": _nan_mean(tasks["auroc_gap"]),
+    }
+    metrics: dict[str, float] = {
+        **(means if len(tasks) else {}),  # no task: no mean (a gate needing it then says it is missing)
         "utility_num_tasks": len(tasks),
         "utility_num_tasks_skipped_synthetic": skipped,
     }
@@ -363,9 +371,7 @@ def run_utility(
         "min_task_patients": min_task_patients,
         "history_days": HISTORY_DAYS,
         "exclusion_reasons": {name: cohorts[name].exclusion_reasons for name in _SETS},
-        "utility_tstr_auroc_mean": metrics["utility_tstr_auroc_mean"],
-        "utility_trtr_auroc_mean": metrics["utility_trtr_auroc_mean"],
-        "utility_auroc_gap_mean": metrics["utility_auroc_gap_mean"],
+        **{name: metrics.get(name) for name in means},
     }
     write_outputs(
         output_folder,
