@@ -32,7 +32,12 @@ from kfp.dsl import Dataset, Model
 from cehrgpt.analysis.gate import pipeline_default
 from cehrgpt.pipeline.images import SPARK_IMAGE
 from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET
-from pipelines.training import DEFAULT_GPU_TOLERATIONS, GPU_RESOURCE, expose_pod_identity
+from pipelines.training import (
+    DEFAULT_GPU_TOLERATIONS,
+    GPU_RESOURCE,
+    expose_pod_identity,
+    spark_application_settings,
+)
 
 PIPELINE_NAME = "cehrgpt-synthetic-data"
 #: Generation pods running at once: the GPUs one run may hold. Kubeflow needs a literal here.
@@ -75,17 +80,7 @@ def add_synthesis_steps(
     gpu_node_selector,
     gpu_tolerations,
     spark_mode,
-    spark_namespace,
-    spark_image,
-    spark_driver_cores,
-    spark_driver_memory,
-    spark_executor_instances,
-    spark_executor_cores,
-    spark_executor_memory,
-    spark_ttl_seconds,
-    spark_timeout_seconds,
-    minio_endpoint,
-    minio_credentials_secret,
+    spark_settings,
     attribute_config,
     n_iterations,
     num_of_samples,
@@ -105,7 +100,11 @@ def add_synthesis_steps(
     database_secret,
     type_concept_id=32817,
 ) -> None:
-    """Add steps 2-6 to the pipeline being defined, from a model and prepared-data artifact."""
+    """Add steps 2-6 to the pipeline being defined, from a model and prepared-data artifact.
+
+    ``spark_settings`` is :func:`pipelines.training.spark_application_settings`: the restore's
+    SparkApplication and, through its MinIO entries, the generation pods' durable copies.
+    """
     # 2. plan shards and generate, one GPU per shard
     plan = plan_generation_shards(num_of_patients=num_of_patients, num_shards=num_shards)
     plan.set_display_name("2. plan generation shards").set_caching_options(True)
@@ -131,14 +130,17 @@ def add_synthesis_steps(
             seed=seed,
             device=device,
             dtype=dtype,
-            minio_endpoint=minio_endpoint,
+            minio_endpoint=spark_settings["minio_endpoint"],
         )
         generate.set_display_name("2. generate a shard (1 GPU)").set_caching_options(True)
         generate.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
         # a retried pod fetches the files its shard already copied to the output artifact's URI, and skips them
         generate.set_retry(num_retries=2, backoff_duration="60s")
         kubernetes.use_secret_as_env(  # MinIO credentials for that copy; absent on other stores
-            generate, secret_name=minio_credentials_secret, secret_key_to_env=MINIO_SECRET_KEYS, optional=True
+            generate,
+            secret_name=spark_settings["minio_credentials_secret"],
+            secret_key_to_env=MINIO_SECRET_KEYS,
+            optional=True,
         )
         _resources(generate, "4", "32Gi", "8", "48Gi")
         kubernetes.add_node_selector_json(generate, gpu_node_selector)
@@ -155,17 +157,7 @@ def add_synthesis_steps(
         sequences=sequences,
         vocabulary=vocabulary,
         spark_mode=spark_mode,
-        namespace=spark_namespace,
-        spark_image=spark_image,
-        driver_cores=spark_driver_cores,
-        driver_memory=spark_driver_memory,
-        executor_instances=spark_executor_instances,
-        executor_cores=spark_executor_cores,
-        executor_memory=spark_executor_memory,
-        ttl_seconds=spark_ttl_seconds,
-        timeout_seconds=spark_timeout_seconds,
-        minio_endpoint=minio_endpoint,
-        minio_credentials_secret=minio_credentials_secret,
+        **spark_settings,
         type_concept_id=type_concept_id,
     )
     restore.set_display_name("4. restore OMOP (Spark)").set_caching_options(True)
@@ -371,17 +363,19 @@ def synthetic_data(
         gpu_node_selector=gpu_node_selector,
         gpu_tolerations=gpu_tolerations,
         spark_mode=spark_mode,
-        spark_namespace=spark_namespace,
-        spark_image=spark_image,
-        spark_driver_cores=spark_driver_cores,
-        spark_driver_memory=spark_driver_memory,
-        spark_executor_instances=spark_executor_instances,
-        spark_executor_cores=spark_executor_cores,
-        spark_executor_memory=spark_executor_memory,
-        spark_ttl_seconds=spark_ttl_seconds,
-        spark_timeout_seconds=spark_timeout_seconds,
-        minio_endpoint=minio_endpoint,
-        minio_credentials_secret=minio_credentials_secret,
+        spark_settings=spark_application_settings(
+            spark_namespace=spark_namespace,
+            spark_image=spark_image,
+            spark_driver_cores=spark_driver_cores,
+            spark_driver_memory=spark_driver_memory,
+            spark_executor_instances=spark_executor_instances,
+            spark_executor_cores=spark_executor_cores,
+            spark_executor_memory=spark_executor_memory,
+            spark_ttl_seconds=spark_ttl_seconds,
+            spark_timeout_seconds=spark_timeout_seconds,
+            minio_endpoint=minio_endpoint,
+            minio_credentials_secret=minio_credentials_secret,
+        ),
         attribute_config=attribute_config,
         n_iterations=n_iterations,
         num_of_samples=num_of_samples,
