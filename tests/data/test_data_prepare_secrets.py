@@ -67,3 +67,14 @@ def test_prepare_without_a_source_fails_in_one_line(tmp_path, monkeypatch, capsy
         "error: omop source: none given; pass --omop_source or set $CEHRGPT_OMOP_URL (the Secret's url key)\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_database_is_named_without_its_password(tmp_path, capsys):
+    from cehrgpt.data.prepare import main
+
+    url = f"postgresql+psycopg://reader:{PASSWORD}@127.0.0.1:1/cdm"
+    assert main(["--omop_source", url, "--output_folder", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: omop source: cannot connect to postgresql+psycopg://reader:***@127.0.0.1:1/cdm: ")
+    assert err.count("\n") == 1 and PASSWORD not in err
+    assert not (tmp_path / "out").exists()

@@ -192,3 +192,11 @@ def test_redact_hides_plain_and_url_encoded_passwords():
     text = "failed for p@ss/w rd and p%40ss%2Fw+rd and p%40ss%2Fw%20rd"
     assert redact(text, ["p@ss/w rd", None, ""]) == "failed for *** and *** and ***"
     assert scrub_urls("at postgresql://u:hunter2@h/db now") == "at postgresql://u:***@h/db now"
+
+
+def test_redact_url_hides_the_password_and_keeps_only_the_scheme_of_an_unparsable_url():
+    from cehrgpt.redaction import redact_url
+
+    assert redact_url("postgresql+psycopg://u:hunter2@h:5432/db") == "postgresql+psycopg://u:***@h:5432/db"
+    assert redact_url("duckdb:///data/omop.duckdb") == "duckdb:///data/omop.duckdb"
+    assert redact_url("not a url://u:hunter2@h") == "not a url://…"

@@ -56,7 +56,7 @@ from cehrgpt.omop.source import (
     open_omop_source,
     resolve_omop_source,
 )
-from cehrgpt.redaction import scrub_urls
+from cehrgpt.redaction import redact_url, scrub_urls
 from cehrgpt.spark import HadoopFiles, get_spark, parent_and_name, quiet_spark_console, spark_failure
 
 log = logging.getLogger(__name__)
@@ -264,9 +264,7 @@ def local_shuffle_partitions(spark: SparkSession) -> int:
 
 def _describe(spec: str) -> str:
     if "://" in spec:
-        from cehrgpt.omop.source import _redacted
-
-        return _redacted(spec)
+        return redact_url(spec)
     return spec
 
 

@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cehrgpt.omop.cdm import cdm_fields
+from cehrgpt.redaction import redact_url
 from cehrgpt.spark import spark_error_line
 
 log = logging.getLogger(__name__)
@@ -426,7 +427,7 @@ class SqlAlchemySource(OmopSource):
             names = self._inspector.get_table_names()
         except Exception as error:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise OmopSourceError(f"omop source: cannot connect to {_redacted(spec)}: {message}") from None
+            raise OmopSourceError(f"omop source: cannot connect to {redact_url(spec)}: {message}") from None
         self._tables: dict[str, str] = {}
         for table in sorted(names):
             self._tables.setdefault(table.lower(), table)
@@ -457,16 +458,6 @@ def _arrow_column(values: list[Any]) -> pa.Array:
     return array
 
 
-def _redacted(url: str) -> str:
-    """A URL without its password, safe to print."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("://", 1)[0] + "://…"
-
-
 #: Where the pipeline puts the OMOP source's Secret (keys ``url`` and ``password``; kfp-kubernetes
 #: ``use_secret_as_env``), so the URL's password is never a pipeline parameter.
 OMOP_URL_ENV_VAR = "CEHRGPT_OMOP_URL"
@@ -476,7 +467,7 @@ OMOP_PASSWORD_ENV_VAR = "CEHRGPT_OMOP_PASSWORD"
 def resolve_omop_source(spec: str, environ: Mapping[str, str] | None = None) -> str:
     """The source to open: ``spec``, else ``$CEHRGPT_OMOP_URL``; a URL without a password gets ``$CEHRGPT_OMOP_PASSWORD``.
 
-    The result may hold a password: open it, never print it (:func:`_redacted` does).
+    The result may hold a password: open it, never print it (:func:`cehrgpt.redaction.redact_url` does).
 
     Raises:
         OmopSourceError: neither ``spec`` nor the variable names a source.
@@ -495,7 +486,7 @@ def resolve_omop_source(spec: str, environ: Mapping[str, str] | None = None) -> 
         try:
             url = make_url(text)
         except ArgumentError:
-            raise OmopSourceError(f"omop source: {_redacted(text)} is not a SQLAlchemy URL") from None
+            raise OmopSourceError(f"omop source: {redact_url(text)} is not a SQLAlchemy URL") from None
         if url.password is None:
             text = url.set(password=password).render_as_string(hide_password=False)
     return text
