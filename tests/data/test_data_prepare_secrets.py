@@ -75,6 +75,8 @@ def test_an_unreachable_database_is_named_without_its_password(tmp_path, capsys)
     url = f"postgresql+psycopg://reader:{PASSWORD}@127.0.0.1:1/cdm"
     assert main(["--omop_source", url, "--output_folder", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: omop source: cannot connect to postgresql+psycopg://reader:***@127.0.0.1:1/cdm: ")
+    assert err.startswith(
+        "error: omop source: cannot connect to postgresql+psycopg://reader:***@127.0.0.1:1/cdm: "
+    )
     assert err.count("\n") == 1 and PASSWORD not in err
     assert not (tmp_path / "out").exists()
