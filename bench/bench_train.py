@@ -9,6 +9,11 @@ What is measured, per preset:
 * tokens per CPU-second of this process beside tokens/s: on a machine shared with
   other jobs the wall-clock rate mostly measures the neighbours, the CPU-time
   rate stays comparable.
+* ``--attention_dropouts 0,0.1``: the real path once per attention-dropout setting (default 0, what
+  ``cehrgpt.train`` uses unless told), each against the same baseline.
+* the data loader alone (``cehrgpt.train.data.training_loader``, the trainer's own): milliseconds per
+  batch of ``--loader_batch_size`` windows over one pass of the training patients, the tokenizer and
+  encoding excluded.
 * baseline: a bare ``for`` loop of forward/backward/AdamW on the same GPT-2 config,
   fed one dense random batch of the same tokens per step (no data pipeline, no
   padding), timed the same way. The ratio shows what the data pipeline and
@@ -46,6 +51,7 @@ from cehrgpt import grammar as g
 from cehrgpt.models.gpt import PRESETS, gpt2_config
 from cehrgpt.models.tokenizer import load_tokenizer
 from cehrgpt.train import train
+from cehrgpt.train.data import encode_all, read_split, training_loader
 
 
 def synthetic_patient(rng: np.random.Generator, concepts: list[str]) -> list[str]:
@@ -88,7 +94,9 @@ class _WindowClock(logging.Handler):
             self.stamps.append((time.perf_counter(), time.process_time()))
 
 
-def bench_pipeline(data: Path, work: Path, preset: str, args) -> tuple[list[float], list[float], dict]:
+def bench_pipeline(
+    data: Path, work: Path, preset: str, args, attention_dropout: float = 0.0
+) -> tuple[list[float], list[float], dict]:
     """Wall tokens/s and tokens per CPU-second of cehrgpt.train, per timed window (warm-up dropped)."""
     clock = _WindowClock()
     logger = logging.getLogger("cehrgpt.train")
@@ -97,8 +105,9 @@ def bench_pipeline(data: Path, work: Path, preset: str, args) -> tuple[list[floa
     try:
         metrics = train(
             data,
-            work / f"model-{preset}",
+            work / f"model-{preset}-{attention_dropout}",
             preset=preset,
+            attention_dropout=attention_dropout,
             max_steps=args.steps_per_window * (args.windows + 1),
             batch_size=args.batch_size,
             logging_steps=args.steps_per_window,
@@ -117,10 +126,21 @@ def bench_pipeline(data: Path, work: Path, preset: str, args) -> tuple[list[floa
     return wall, cpu, metrics
 
 
+def bench_loader(data: Path, model_folder: Path, preset: str, batch_size: int, seed: int) -> float:
+    """Milliseconds per batch of the trainer's data loader over one pass of the training patients."""
+    vocab = load_tokenizer(model_folder).get_vocab()
+    patients = encode_all(read_split(data, "train"), vocab, vocab[g.OOV])
+    loader = training_loader(patients, vocab, PRESETS[preset].context_window, batch_size, seed)
+    started = time.perf_counter()
+    batches = sum(1 for _ in loader)
+    return 1000 * (time.perf_counter() - started) / batches
+
+
 def bench_baseline(
-    model_folder: Path, preset: str, tokens_per_step: int, args
+    model_folder: Path, preset: str, tokens_per_step: int, args, attention_dropout: float = 0.0
 ) -> tuple[list[float], list[float]]:
-    """The plain loop: wall tokens/s and tokens per CPU-second per timed window."""
+    """The plain loop (same model config, attention dropout included): wall tokens/s and tokens per
+    CPU-second per timed window."""
     tokenizer = load_tokenizer(model_folder)
     shape = PRESETS[preset]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,6 +150,7 @@ def bench_baseline(
         n_embd=shape.n_embd,
         n_head=shape.n_head,
         context_window=shape.context_window,
+        attention_dropout=attention_dropout,
     )
     from transformers import GPT2LMHeadModel
 
@@ -173,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--steps_per_window", type=int, default=2, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=3, help="timed windows after one warm-up window")
+    parser.add_argument(
+        "--attention_dropouts",
+        default="0",
+        help="comma-separated attention-dropout settings, one cehrgpt.train row each (default 0)",
+    )
+    parser.add_argument(
+        "--loader_batch_size", type=int, default=32, help="windows per batch when timing the data loader"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="bench/out/bench_train.json")
     args = parser.parse_args(argv)
@@ -187,35 +216,42 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         write_data(work / "data", args.patients, args.seed)
         for preset in args.presets.split(","):
-            wall, cpu, metrics = bench_pipeline(work / "data", work, preset, args)
             tokens_per_step = _tokens_per_step(work / "data", preset, args.batch_size)
-            base_wall, base_cpu = bench_baseline(work / f"model-{preset}", preset, tokens_per_step, args)
-            ours, theirs = statistics.median(wall), statistics.median(base_wall)
-            ours_cpu, theirs_cpu = statistics.median(cpu), statistics.median(base_cpu)
-            results.append(
-                {
-                    "preset": preset,
-                    "pipeline_tokens_per_second": round(ours, 1),
-                    "baseline_tokens_per_second": round(theirs, 1),
-                    "ratio": round(ours / theirs, 3),
-                    "pipeline_tokens_per_cpu_second": round(ours_cpu, 1),
-                    "baseline_tokens_per_cpu_second": round(theirs_cpu, 1),
-                    "cpu_ratio": round(ours_cpu / theirs_cpu, 3),
-                    "pipeline_windows": wall,
-                    "baseline_windows": [round(r, 1) for r in base_wall],
-                    "tokens_per_step": tokens_per_step,
-                    "batch_size": args.batch_size,
-                    "mixed_precision": metrics["mixed_precision"],
-                    "load_average": os.getloadavg(),
-                }
-            )
-            print(
-                f"{preset:6s} cehrgpt.train {ours:9,.0f} tok/s ({ours_cpu:,.0f}/CPU-s)   "
-                f"plain loop {theirs:9,.0f} tok/s ({theirs_cpu:,.0f}/CPU-s)   "
-                f"ratio {ours / theirs:.2f} (CPU {ours_cpu / theirs_cpu:.2f})   "
-                f"[{tokens_per_step} real tokens/step, batch {args.batch_size}, load {os.getloadavg()[0]:.1f}]",
-                flush=True,
-            )
+            for attention_dropout in [float(a) for a in args.attention_dropouts.split(",")]:
+                wall, cpu, metrics = bench_pipeline(work / "data", work, preset, args, attention_dropout)
+                model = work / f"model-{preset}-{attention_dropout}"
+                base_wall, base_cpu = bench_baseline(model, preset, tokens_per_step, args, attention_dropout)
+                loader_ms = bench_loader(work / "data", model, preset, args.loader_batch_size, args.seed)
+                ours, theirs = statistics.median(wall), statistics.median(base_wall)
+                ours_cpu, theirs_cpu = statistics.median(cpu), statistics.median(base_cpu)
+                results.append(
+                    {
+                        "preset": preset,
+                        "attention_dropout": attention_dropout,
+                        "pipeline_tokens_per_second": round(ours, 1),
+                        "baseline_tokens_per_second": round(theirs, 1),
+                        "ratio": round(ours / theirs, 3),
+                        "pipeline_tokens_per_cpu_second": round(ours_cpu, 1),
+                        "baseline_tokens_per_cpu_second": round(theirs_cpu, 1),
+                        "cpu_ratio": round(ours_cpu / theirs_cpu, 3),
+                        "pipeline_windows": wall,
+                        "baseline_windows": [round(r, 1) for r in base_wall],
+                        "tokens_per_step": tokens_per_step,
+                        "data_loader_ms_per_batch": round(loader_ms, 3),
+                        "data_loader_batch_size": args.loader_batch_size,
+                        "batch_size": args.batch_size,
+                        "mixed_precision": metrics["mixed_precision"],
+                        "load_average": os.getloadavg(),
+                    }
+                )
+                print(
+                    f"{preset:6s} attention dropout {attention_dropout:g}  cehrgpt.train {ours:9,.0f} tok/s "
+                    f"({ours_cpu:,.0f}/CPU-s)   plain loop {theirs:9,.0f} tok/s ({theirs_cpu:,.0f}/CPU-s)   "
+                    f"ratio {ours / theirs:.2f} (CPU {ours_cpu / theirs_cpu:.2f})   "
+                    f"data loader {loader_ms:.2f} ms/batch of {args.loader_batch_size}   "
+                    f"[{tokens_per_step} real tokens/step, batch {args.batch_size}, load {os.getloadavg()[0]:.1f}]",
+                    flush=True,
+                )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "results": results}, indent=1))

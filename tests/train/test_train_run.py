@@ -90,6 +90,7 @@ def test_metrics_file_holds_the_documented_fields(trained):
     assert metrics["resumed_from_step"] is None
     assert metrics["device"] == "cpu" and metrics["mixed_precision"] == "no"
     assert metrics["settings"]["n_layer"] == 2 and metrics["settings"]["preset"] == "tiny"
+    assert (metrics["settings"]["dropout"], metrics["settings"]["attention_dropout"]) == (0.1, 0.0)
     assert metrics["validation_perplexity"] == pytest.approx(math.exp(metrics["validation_loss"]), rel=1e-4)
     for key in ("train_loss", "tokens_per_second", "wall_time_seconds", "unigram_baseline_perplexity"):
         assert metrics[key] > 0, key
@@ -253,6 +254,8 @@ def test_a_non_empty_output_folder_is_refused_without_resume(data_folder, tmp_pa
         (["--n_embd", "31"], "error: n_embd (31) must be a multiple of n_head (2)"),
         (["--context_window", "4"], "error: context_window must exceed the 4-token prompt, got 4"),
         (["--learning_rate", "-1"], "error: learning_rate must be > 0, got -1.0"),
+        (["--dropout", "1"], "error: dropout must be in [0, 1), got 1.0"),
+        (["--attention_dropout", "-0.1"], "error: attention_dropout must be in [0, 1), got -0.1"),
     ],
 )
 def test_bad_settings_fail_with_a_clear_line(data_folder, tmp_path, capsys, flags, message):

@@ -31,6 +31,20 @@ def test_small_cells_are_suppressed_by_default():
     assert resolve_settings("tiny", min_concept_patients=1).min_concept_patients == 1
 
 
+def test_attention_dropout_is_off_unless_asked_for_and_reaches_the_config(tmp_path):
+    from cehrgpt.models.gpt import gpt2_config
+    from cehrgpt.models.tokenizer import build_tokenizer
+
+    tokenizer, _ = build_tokenizer([["year:2000", "age:30", "8507", "8527", "[VS]", "9202", "1", "[VE]"]], 1)
+    shape = {"n_layer": 1, "n_embd": 8, "n_head": 2, "context_window": 16}
+    default = gpt2_config(tokenizer, **shape)
+    assert (default.embd_pdrop, default.resid_pdrop, default.attn_pdrop) == (0.1, 0.1, 0.0)
+    asked = gpt2_config(tokenizer, **shape, dropout=0.2, attention_dropout=0.05)
+    assert (asked.embd_pdrop, asked.resid_pdrop, asked.attn_pdrop) == (0.2, 0.2, 0.05)
+    assert resolve_settings("tiny").attention_dropout == 0.0
+    assert resolve_settings("tiny", attention_dropout=0.1).attention_dropout == 0.1
+
+
 def test_none_overrides_keep_the_preset_value():
     assert resolve_settings("tiny", batch_size=None).batch_size == 16
 

@@ -68,8 +68,15 @@ def gpt2_config(
     n_head: int,
     context_window: int,
     dropout: float = 0.1,
+    attention_dropout: float = 0.0,
 ) -> GPT2Config:
     """A GPT-2 config sized to the tokenizer's vocabulary, with ``[END]`` as eos and ``[PAD]`` as pad.
+
+    ``dropout`` applies to the embeddings and the residual stream, ``attention_dropout`` to the
+    attention weights. The latter is off by default: on the CPU it costs a third of a training step at
+    a 512-token window (a random mask over every batch x head x window x window weight, and PyTorch's
+    fused attention cannot take it), and it made no measurable difference to validation perplexity or
+    the privacy metrics on Eunomia (README, training).
 
     Raises:
         ValueError: ``n_embd`` is not a multiple of ``n_head``, or a size is not positive.
@@ -92,7 +99,7 @@ def gpt2_config(
         n_head=n_head,
         resid_pdrop=dropout,
         embd_pdrop=dropout,
-        attn_pdrop=dropout,
+        attn_pdrop=attention_dropout,
         bos_token_id=ids["bos"],
         eos_token_id=ids["eos"],
         pad_token_id=ids["pad"],

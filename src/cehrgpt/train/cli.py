@@ -36,7 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_layer", type=int, help="override the preset's transformer layers")
     parser.add_argument("--n_embd", type=int, help="override the preset's hidden width")
     parser.add_argument("--n_head", type=int, help="override the preset's attention heads")
-    parser.add_argument("--dropout", type=float, help="dropout probability (default 0.1)")
+    parser.add_argument(
+        "--dropout", type=float, help="dropout on embeddings and the residual stream (default 0.1)"
+    )
+    parser.add_argument(
+        "--attention_dropout", type=float, help="dropout on the attention weights (default 0: off)"
+    )
     parser.add_argument(
         "--seed", type=int, help="seeds model init, data order and window choice (default 42)"
     )

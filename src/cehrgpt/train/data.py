@@ -11,6 +11,7 @@ after a prompt.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cehrgpt import grammar
 
@@ -190,6 +191,28 @@ def collate_windows(windows: list[np.ndarray], pad_id: int) -> dict[str, torch.T
         attention_mask[row, : len(window)] = 1
     labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def training_loader(
+    patients: list[np.ndarray],
+    vocab: dict[str, int],
+    context_window: int,
+    batch_size: int,
+    seed: int,
+    num_workers: int = 0,
+) -> DataLoader:
+    """The training batches: seeded windows of ``patients`` (encoded ids), length-grouped, right-padded."""
+    dataset = WindowDataset(patients, context_window, vocab[grammar.END], vocab[grammar.VISIT_START], seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=LengthGroupedSampler(dataset.lengths, batch_size, seed),
+        collate_fn=functools.partial(collate_windows, pad_id=vocab[grammar.PAD]),
+        num_workers=num_workers,
+        # its own generator: creating an epoch iterator must not draw from the global RNG (dropout),
+        # or a resumed run would diverge from the uninterrupted one
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def unigram_log_probs(windows: Sequence[np.ndarray], vocab_size: int) -> np.ndarray:

@@ -20,7 +20,6 @@ Output folder, written so that a killed run never looks complete::
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -47,11 +46,11 @@ from cehrgpt.models.tokenizer import (
 )
 from cehrgpt.train.data import (
     IGNORE_INDEX,
-    LengthGroupedSampler,
     WindowDataset,
     collate_windows,
     encode_all,
     read_split,
+    training_loader,
     unigram_log_probs,
     whole_history,
 )
@@ -86,6 +85,7 @@ class TrainSettings:
     epochs: int
     max_steps: int | None = None
     dropout: float = 0.1
+    attention_dropout: float = 0.0
     seed: int = 42
     resume: bool = False
     min_concept_patients: int = DEFAULT_MIN_CONCEPT_PATIENTS
@@ -133,8 +133,9 @@ def resolve_settings(preset: str = "tiny", **overrides) -> TrainSettings:
         raise TrainError(f"max_steps must be >= 1, got {s.max_steps}")
     if s.learning_rate <= 0:
         raise TrainError(f"learning_rate must be > 0, got {s.learning_rate}")
-    if not 0 <= s.dropout < 1:
-        raise TrainError(f"dropout must be in [0, 1), got {s.dropout}")
+    for name in ("dropout", "attention_dropout"):
+        if not 0 <= getattr(s, name) < 1:
+            raise TrainError(f"{name} must be in [0, 1), got {getattr(s, name)}")
     if s.context_window <= grammar.PROMPT_LENGTH:
         raise TrainError(
             f"context_window must exceed the {grammar.PROMPT_LENGTH}-token prompt, got {s.context_window}"
@@ -290,17 +291,7 @@ class _Run:
         pad_id, end_id, vs_id = vocab[grammar.PAD], vocab[grammar.END], vocab[grammar.VISIT_START]
         train_ids = encode_all(train_tokens, vocab, vocab[grammar.OOV])
         test_ids = encode_all(test_tokens, vocab, vocab[grammar.OOV])
-        dataset = WindowDataset(train_ids, s.context_window, end_id, vs_id, s.seed)
-        loader = DataLoader(
-            dataset,
-            batch_size=s.batch_size,
-            sampler=LengthGroupedSampler(dataset.lengths, s.batch_size, s.seed),
-            collate_fn=functools.partial(collate_windows, pad_id=pad_id),
-            num_workers=s.num_workers,
-            # its own generator: creating an epoch iterator must not draw from the global RNG (dropout),
-            # or a resumed run would diverge from the uninterrupted one
-            generator=torch.Generator().manual_seed(s.seed),
-        )
+        loader = training_loader(train_ids, vocab, s.context_window, s.batch_size, s.seed, s.num_workers)
         eval_set = WindowDataset(test_ids, s.context_window, end_id, vs_id, s.seed + 1)
         eval_windows = [eval_set[i] for i in range(len(eval_set))]
         unigram = unigram_log_probs([whole_history(ids, end_id) for ids in train_ids], len(tokenizer))
@@ -330,6 +321,7 @@ class _Run:
             n_head=s.n_head,
             context_window=s.context_window,
             dropout=s.dropout,
+            attention_dropout=s.attention_dropout,
         )
         model = GPT2LMHeadModel(config)
         model.loss_type = "ForCausalLM"  # what transformers falls back to anyway, minus its warning
