@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cehrgpt.train.trainer import TrainError, resolve_settings
+from cehrgpt.train.settings import TrainError, resolve_settings
 
 
 def test_tiny_is_the_demo_shape_with_a_step_budget():

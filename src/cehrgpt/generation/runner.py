@@ -13,7 +13,8 @@ rename) as soon as it holds ``--buffer_size`` patients, so the batch stays full
 until the shard's last patients. A restarted shard skips the files it already
 wrote and decodes the rest from a seed derived from --seed, shard and the first
 file still missing: the same run and restart point give byte-identical files,
-though not the files an uninterrupted run would have written.
+though not the files an uninterrupted run would have written. The files themselves (parts, counts in
+their metadata, summaries) are :mod:`cehrgpt.generation.output_files`.
 """
 
 from __future__ import annotations
@@ -25,13 +26,10 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
@@ -40,21 +38,18 @@ from cehrgpt.generation import sharding
 from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor, minimum_context_window
 from cehrgpt.generation.durable import DurableCopy, DurableStoreError
 from cehrgpt.generation.engine import ContinuousBatchDecoder, GenerationError
+from cehrgpt.generation.output_files import (
+    ShardFileWriter,
+    atomic_write_text,
+    count_shard_files,
+    merge_shard_summaries,
+)
 from cehrgpt.generation.prompts import PROMPT_SOURCES, PromptError, build_prompt_pool, read_prompt_tokens
 from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-SUMMARY_FILE = "generation_summary.json"
-OUTPUT_SCHEMA = pa.schema(
-    [
-        ("person_id", pa.int64()),
-        ("concept_ids", pa.list_(pa.string())),
-        ("num_of_concepts", pa.int32()),
-        ("is_valid", pa.bool_()),
-    ]
-)
 
 
 class GenerationInputError(ValueError):
@@ -166,87 +161,6 @@ def _file_seed(seed: int, shard_index: int, num_shards: int, file_index: int) ->
     return np.random.SeedSequence([seed, shard_index, num_shards, file_index])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_parquet_atomically(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
-FILE_METADATA_KEY = (
-    b"cehrgpt.generation"  # per-file counts, so a restarted shard's summary covers every attempt
-)
-
-
-class _FileWriter:
-    """Takes accepted sequences in the order they finish and writes each output file as soon as it is full.
-
-    Tokens and rejections are counted between two writes and stored in the file's parquet metadata, so a
-    summary built from the files covers the attempts that wrote them (a killed attempt's unfinished file is
-    the only work not counted).
-    """
-
-    def __init__(
-        self,
-        targets: list[tuple[Path, range]],
-        seed: int,
-        tokens_by_id: list[str],
-        on_written: Callable[[Path], None] | None = None,
-    ):
-        self.targets = targets
-        self.on_written = on_written
-        self.seed = seed
-        self.tokens_by_id = tokens_by_id
-        self.written = 0
-        self.sequences: list[list[str]] = []
-        self.hits: list[bool] = []
-        self.sampled_tokens = 0  # this attempt
-        self.rejected = 0  # this attempt
-        self.valid = 0
-        self.hit_context_window = 0
-        self._counted = {"sampled_tokens": 0, "rejected_and_retried": 0}
-
-    def add(self, ids: list[int], hit: bool) -> None:
-        self.sequences.append([self.tokens_by_id[i] for i in ids])
-        self.hits.append(hit)
-
-    def count_step(self, new_tokens: int) -> None:
-        """Count one decode step's tokens, then write the files its sequences completed."""
-        self.sampled_tokens += new_tokens
-        while self.written < len(self.targets) and len(self.sequences) >= len(self.targets[self.written][1]):
-            self._write_next()
-
-    def _write_next(self) -> None:
-        path, file_patients = self.targets[self.written]
-        n = len(file_patients)
-        sequences, hits = self.sequences[:n], self.hits[:n]
-        del self.sequences[:n], self.hits[:n]
-        valid = [grammar.is_valid(seq) for seq in sequences]
-        now = {"sampled_tokens": self.sampled_tokens, "rejected_and_retried": self.rejected}
-        counts = {k: now[k] - self._counted[k] for k in now} | {"closed_by_context_window": sum(hits)}
-        self._counted = now
-        table = pa.table(
-            {
-                "person_id": [sharding.person_id(self.seed, g) for g in file_patients],
-                "concept_ids": sequences,
-                "num_of_concepts": [len(seq) for seq in sequences],
-                "is_valid": valid,
-            },
-            schema=OUTPUT_SCHEMA.with_metadata({FILE_METADATA_KEY: json.dumps(counts, sort_keys=True)}),
-        )
-        _write_parquet_atomically(table, path)
-        if self.on_written is not None:
-            self.on_written(path)
-        self.valid += sum(valid)
-        self.hit_context_window += sum(hits)
-        self.written += 1
-
-
 def _register_run(runs: Path, settings: GenerationSettings) -> None:
     """Record the run's settings, or refuse when the same seed was already used differently here."""
     record = runs / f"seed{settings.seed}.json"
@@ -264,24 +178,7 @@ def _register_run(runs: Path, settings: GenerationSettings) -> None:
                 "use another --seed or --output_folder"
             )
         return
-    _atomic_write_text(record, json.dumps(wanted, indent=1, sort_keys=True))
-
-
-def _merge_summaries(strategy_folder: Path) -> dict:
-    shards = [json.loads(p.read_text()) for p in sorted((strategy_folder / "runs").glob("seed*-shard*.json"))]
-    patients = sum(s["patients_in_files"] for s in shards)
-    valid = sum(s["valid_patients_in_files"] for s in shards)
-    merged = {
-        "strategy": strategy_folder.name,
-        "patients": patients,
-        "valid_patients": valid,
-        "valid_fraction": valid / patients if patients else None,
-        "sampled_tokens": sum(s["sampled_tokens"] for s in shards),
-        "rejected_and_retried": sum(s["rejected_and_retried"] for s in shards),
-        "shards": shards,
-    }
-    _atomic_write_text(strategy_folder / SUMMARY_FILE, json.dumps(merged, indent=1))
-    return merged
+    atomic_write_text(record, json.dumps(wanted, indent=1, sort_keys=True))
 
 
 def generate(settings: GenerationSettings) -> dict:
@@ -385,8 +282,7 @@ def generate(settings: GenerationSettings) -> dict:
         return int((kinds[ids[grammar.PROMPT_LENGTH :]] == concept_kind).sum()) >= s.min_num_of_concepts
 
     def file_path(file_index: int) -> Path:
-        name = f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}-part{file_index:05d}.parquet"
-        return out_dir / name
+        return out_dir / f"{shard_prefix}-part{file_index:05d}.parquet"
 
     pending = [i for i in range(len(files)) if not file_path(i).is_file()]
     progress = tqdm(
@@ -415,7 +311,7 @@ def generate(settings: GenerationSettings) -> dict:
             generator,
             pad_token_id=vocab[grammar.PAD],
         )
-        writer = _FileWriter(
+        writer = ShardFileWriter(
             [(file_path(i), files[i]) for i in pending],
             s.seed,
             tokens_by_id,
@@ -453,7 +349,7 @@ def generate(settings: GenerationSettings) -> dict:
     }
     skipped_files = len(files) - len(pending)
 
-    in_files = _count_files(out_dir, s)
+    in_files = count_shard_files(out_dir, shard_prefix)
     wall = time.perf_counter() - started
     summary = {
         "shard_index": s.shard_index,
@@ -493,28 +389,11 @@ def generate(settings: GenerationSettings) -> dict:
         "settings": json.loads(json.dumps(s.run_defining())),
         "context_window_used": context_window,
     }
-    shard_file = runs / f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}.json"
-    _atomic_write_text(shard_file, json.dumps(summary, indent=1))
+    shard_file = runs / f"{shard_prefix}.json"
+    atomic_write_text(shard_file, json.dumps(summary, indent=1))
     publish(shard_file)
-    _merge_summaries(strategy_folder)
+    merge_shard_summaries(strategy_folder)
     return summary
-
-
-def _count_files(out_dir: Path, s: GenerationSettings) -> dict[str, int]:
-    """Patients, valid patients and the per-file counts of this shard's finished files (any attempt's)."""
-    totals = dict.fromkeys(
-        ("patients", "valid", "sampled_tokens", "rejected_and_retried", "closed_by_context_window"), 0
-    )
-    for path in sorted(
-        out_dir.glob(f"seed{s.seed}-shard{s.shard_index:05d}-of{s.num_shards:05d}-part*.parquet")
-    ):
-        table = pq.read_table(path, columns=["is_valid"])
-        totals["patients"] += table.num_rows
-        totals["valid"] += int(sum(table.column("is_valid").to_pylist()))
-        counts = json.loads((table.schema.metadata or {}).get(FILE_METADATA_KEY, b"{}"))
-        for key, value in counts.items():
-            totals[key] += int(value)
-    return totals
 
 
 __all__ = ["GenerationError", "GenerationInputError", "GenerationSettings", "generate"]

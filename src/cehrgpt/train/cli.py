@@ -11,7 +11,8 @@ from accelerate import PartialState
 from cehrgpt.models.gpt import PRESETS
 from cehrgpt.models.tokenizer import DEFAULT_MIN_CONCEPT_PATIENTS, TokenizerError
 from cehrgpt.train.data import DataFolderError
-from cehrgpt.train.trainer import TrainError, train
+from cehrgpt.train.settings import TrainError
+from cehrgpt.train.trainer import train
 
 
 def _parser() -> argparse.ArgumentParser:
