@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from cehrgpt import grammar
-from cehrgpt.models.gpt import PRESETS
+from cehrgpt.models.gpt import PRESETS, Preset
 from cehrgpt.models.tokenizer import DEFAULT_MIN_CONCEPT_PATIENTS
 
 
@@ -18,18 +18,11 @@ class TrainError(ValueError):
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    """Every knob of a run (build it with :func:`resolve_settings`, which fills in the preset)."""
+class TrainSettings(Preset):
+    """Every knob of a run: the model shape and training defaults of a :class:`Preset`, and the rest
+    (build it with :func:`resolve_settings`, which fills in the preset)."""
 
-    preset: str
-    n_layer: int
-    n_embd: int
-    n_head: int
-    context_window: int
-    batch_size: int
-    learning_rate: float
-    epochs: int
-    max_steps: int | None = None
+    preset: str = "tiny"
     dropout: float = 0.1
     attention_dropout: float = 0.0
     seed: int = 42
