@@ -127,6 +127,35 @@ def is_concept_like(token: str) -> bool:
     return concept_id_of(token) is not None
 
 
+# --- what two sequences are compared on --------------------------------------------------------------------
+
+#: Tokens that say nothing about the patient: how a sequence is framed or padded. The ETL writes
+#: training rows without ``[END]``, the generator closes every patient with it, so a comparison of
+#: patients that kept them would never see a generated copy of a training patient.
+NON_CLINICAL_TOKENS = frozenset({PAD, OOV, START, END})
+
+
+def clinical_content(tokens: Sequence[str | None] | None) -> tuple[str, ...]:
+    """The tokens of a sequence that describe the patient, in order: what every comparison of patients uses.
+
+    Drops :data:`NON_CLINICAL_TOKENS` and null tokens wherever they stand; keeps the prompt,
+    visits, gaps and death. Two sequences are the same patient exactly when their clinical
+    contents are equal.
+    """
+    if tokens is None:
+        return ()
+    return tuple(t for t in tokens if t is not None and t not in NON_CLINICAL_TOKENS)
+
+
+def without_calendar(content: Sequence[str]) -> tuple[str, ...]:
+    """Clinical content with the prompt's year left out: the same patient shifted in calendar time compares equal.
+
+    Every date of a restored patient follows from the prompt year and the gaps, so dropping the
+    year token drops the calendar and keeps the patient's timeline (age, order, gaps).
+    """
+    return tuple(t for i, t in enumerate(content) if not (i == 0 and _YEAR.match(t)))
+
+
 # --- kinds and states --------------------------------------------------------------------------------------
 
 

@@ -32,6 +32,34 @@ def patient_tokens(
     ]
 
 
+def timeline_patient(
+    age: int,
+    visits: Sequence[Sequence[int]],
+    gaps: Sequence[int] | None = None,
+    gender: int = 8507,
+    race: int = 8527,
+    year: int = 2000,
+) -> list[str]:
+    """A patient as the ETL writes it (no ``[END]``): outpatient visits of ``concepts`` separated by day gaps."""
+    gaps = list(gaps) if gaps is not None else [7 * (i + 1) for i in range(len(visits) - 1)]
+    tokens = [grammar.year_token(year), grammar.age_token(age), str(gender), str(race)]
+    for i, concepts in enumerate(visits):
+        if i:
+            tokens.append(grammar.gap_token(gaps[i - 1]))
+        tokens += [grammar.VISIT_START, "9202", *[str(c) for c in concepts], grammar.VISIT_END]
+    return tokens
+
+
+def as_generated(tokens: Sequence[str]) -> list[str]:
+    """A patient as the generator writes it: closed by ``[END]`` (cehrgpt.generation stops every row there)."""
+    return [*(t for t in tokens if t != grammar.END), grammar.END]
+
+
+def as_stored(tokens: Sequence[str]) -> list[str]:
+    """A patient as the ETL writes training rows: no ``[END]`` (cehrgpt.data.sequences)."""
+    return [t for t in tokens if t != grammar.END]
+
+
 def write_patients(folder: Path, patients: Sequence[Sequence[str]], first_id: int = 1) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(

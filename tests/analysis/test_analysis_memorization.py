@@ -8,14 +8,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_sequences import patient_tokens
+from analysis_sequences import as_generated, as_stored, patient_tokens, timeline_patient
 
 from cehrgpt.analysis.privacy import memorization
 
 # Every record unique: training patients carry concept 1000+i, held-out 3000+i, novel synthetic 5000+i.
-TRAIN = [patient_tokens(20 + i % 40, [1000 + i, 2000 + i % 7]) for i in range(60)]
-HELD_OUT = [patient_tokens(20 + i % 40, [3000 + i, 2000 + i % 7]) for i in range(30)]
+# Real rows as the ETL writes them (no [END]); synthetic rows as the generator writes them (closed by [END]).
+TRAIN = [as_stored(patient_tokens(20 + i % 40, [1000 + i, 2000 + i % 7])) for i in range(60)]
+HELD_OUT = [as_stored(patient_tokens(20 + i % 40, [3000 + i, 2000 + i % 7])) for i in range(30)]
 NOVEL = [patient_tokens(20 + i % 40, [5000 + i, 2000 + i % 7]) for i in range(45)]
+COPIED = [as_generated(t) for t in TRAIN]
 BROKEN = ["year:2000", "age:3", "8507"]  # not a whole patient: excluded and counted
 
 
@@ -32,8 +34,8 @@ def run(make_folder, tmp_path, synthetic, train=TRAIN, held_out=HELD_OUT, seed=3
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_ten_percent_verbatim_training_patients(make_folder, tmp_path):
-    synthetic = [*TRAIN[:5], *NOVEL, BROKEN]
+def test_ten_percent_verbatim_training_patients_as_the_generator_writes_them(make_folder, tmp_path):
+    synthetic = [*COPIED[:5], *NOVEL, BROKEN]
     metrics = run(make_folder, tmp_path, synthetic)
     assert metrics["memorization_copy_share_train"] == pytest.approx(0.1)
     assert metrics["memorization_copy_share_holdout"] == 0.0
@@ -47,17 +49,19 @@ def test_ten_percent_verbatim_training_patients(make_folder, tmp_path):
     assert copies.to_dict("list") == {
         "person_id": [1, 2, 3, 4, 5],
         "training_person_id": [1, 2, 3, 4, 5],
+        "kind": ["copy"] * 5,
+        "timeline_overlap": [1.0] * 5,
         "training_patients_with_sequence": [1, 1, 1, 1, 1],
     }
     assert (tmp_path / "out" / "memorized_person_ids.csv").read_text().split() == [
-        "person_id", "1", "2", "3", "4", "5",
+        "person_id,training_person_id,kind", "1,1,copy", "2,2,copy", "3,3,copy", "4,4,copy", "5,5,copy",
     ]  # fmt: skip
     dcr = pd.read_parquet(tmp_path / "out" / "dcr.parquet")
     assert len(dcr) == 50 and (dcr["dcr_train"].iloc[:5] == 0).all()
 
 
 def test_the_training_set_itself(make_folder, tmp_path):
-    metrics = run(make_folder, tmp_path, TRAIN)
+    metrics = run(make_folder, tmp_path, COPIED)
     assert metrics["memorization_copy_share_train"] == 1.0
     assert metrics["memorization_copy_excess"] == pytest.approx(1.0)
     assert metrics["memorization_dcr_closer_to_train_share"] == 1.0
@@ -66,7 +70,7 @@ def test_the_training_set_itself(make_folder, tmp_path):
 
 
 def test_held_out_patients_as_a_release(make_folder, tmp_path):
-    metrics = run(make_folder, tmp_path, HELD_OUT)
+    metrics = run(make_folder, tmp_path, [as_generated(t) for t in HELD_OUT])
     assert metrics["memorization_copy_share_train"] == 0.0
     assert metrics["memorization_copy_share_holdout"] == 1.0
     # training is two held-out-sized parts; each part's control (the held-out set) holds every record
@@ -87,13 +91,27 @@ def test_a_record_common_to_training_and_held_out_is_chance_not_a_copy(make_fold
 
 
 def test_copy_excess_counts_a_record_once_per_part_that_holds_it():
-    rng = np.random.default_rng(0)
     # training 5 = two parts of 2 and a remainder of 1; code 7 is in every training patient
     training = np.array([7, 7, 7, 7, 7])
     held_out = np.array([7, 8])
     synthetic = np.array([7, 9])
     # parts: 3 (two full + remainder) × ½ ; control: 2 full parts × ½ + remainder sample (7 or 8): ½ or 0
-    assert memorization.copy_excess(synthetic, training, held_out, rng) in (0.0, 0.5)
+    for sample, expected in (([0], 0.0), ([1], 0.5)):
+        partition = memorization.Partition(
+            part_of=np.array([0, 0, 1, 1, 2]), full_parts=2, remainder_sample=np.array(sample)
+        )
+        assert memorization.copy_excess(synthetic, training, held_out, partition) == expected
+
+
+def test_a_training_row_and_its_generated_copy_are_the_same_patient():
+    stored = pd.Series([TRAIN[0], TRAIN[1]])
+    generated = pd.Series([as_generated(TRAIN[0]), [*TRAIN[1], "[END]", "[PAD]", "[PAD]"]])
+    shifted = pd.Series([["year:2001", *TRAIN[0][1:], "[END]"]])
+    codes = memorization.sequence_codes(stored, generated, shifted)
+    assert codes[0].tolist() == codes[1].tolist() == [0, 1]
+    assert codes[2].tolist() == [2]  # another calendar: not a verbatim copy ...
+    no_calendar = memorization.sequence_codes(stored, shifted, calendar=False)
+    assert no_calendar[1].tolist() == [0]  # ... but the same patient once the year is set aside
 
 
 def test_closer_to_train_share_is_one_half_at_the_size_ratio():
@@ -107,8 +125,8 @@ def test_closer_to_train_share_is_one_half_at_the_size_ratio():
 
 
 def test_the_seed_makes_runs_reproducible(make_folder, tmp_path):
-    first = run(make_folder, tmp_path, [*TRAIN[:5], *NOVEL], seed=9)
-    again = run(make_folder, tmp_path, [*TRAIN[:5], *NOVEL], seed=9)
+    first = run(make_folder, tmp_path, [*COPIED[:5], *NOVEL], seed=9)
+    again = run(make_folder, tmp_path, [*COPIED[:5], *NOVEL], seed=9)
     assert first == again
 
 
@@ -137,3 +155,88 @@ def test_bad_input_is_one_line_and_nothing_written(make_folder, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out.exists()
+
+
+# Longer patients (6 outpatient visits of 3 concepts, 18 distinct concepts each): identifying records.
+def long_patient(base: int, i: int, **kwargs) -> list[str]:
+    visits = [[base + 100 * i + 3 * v + k for k in range(3)] for v in range(6)]
+    return timeline_patient(20 + i % 40, visits, **kwargs)
+
+
+LONG_TRAIN = [long_patient(10000, i) for i in range(40)]
+LONG_HELD_OUT = [long_patient(20000, i) for i in range(20)]
+LONG_NOVEL = [as_generated(long_patient(30000, i)) for i in range(45)]
+
+
+def edit(tokens: list[str], kind: str) -> list[str]:
+    """One of the near-copy edits a memorising model makes, on a patient of :func:`long_patient`."""
+    t = list(tokens)
+    first_concept = t.index("9202") + 1
+    if kind == "concept_removed":
+        del t[first_concept]
+    elif kind == "concept_replaced":
+        t[first_concept] = "99999"
+    elif kind == "last_visit_dropped":
+        t = t[: len(t) - 1 - t[::-1].index("[VS]") - 1]  # the last [VS] and the gap before it
+    elif kind == "year_shifted":
+        t[0] = "year:2001"
+    elif kind == "gap_changed":
+        t[t.index("D7")] = "D10"
+    elif kind == "first_60_percent":
+        t = t[: [i for i, x in enumerate(t) if x == "[VE]"][3] + 1]  # 4 of 6 visits
+    elif kind == "visit_appended":
+        t += ["D30", "[VS]", "9202", "77777", "[VE]"]
+    return as_generated(t)
+
+
+@pytest.mark.parametrize(
+    ("kind", "label"),
+    [
+        ("concept_removed", "near_copy"),
+        ("concept_replaced", "near_copy"),
+        ("last_visit_dropped", "near_copy"),
+        ("year_shifted", "copy_shifted_calendar"),
+        ("gap_changed", "near_copy"),
+        ("first_60_percent", "near_copy"),
+        ("visit_appended", "near_copy"),
+    ],
+)
+def test_ten_percent_near_copies_of_every_kind(make_folder, tmp_path, kind, label):
+    synthetic = [edit(LONG_TRAIN[i], kind) for i in range(5)] + LONG_NOVEL
+    metrics = run(make_folder, tmp_path, synthetic, train=LONG_TRAIN, held_out=LONG_HELD_OUT)
+    assert metrics["memorization_copy_share_train"] == 0.0
+    assert metrics["memorization_shifted_copy_excess"] == (0.1 if kind == "year_shifted" else 0.0)
+    assert metrics["memorization_near_copy_share_train"] == pytest.approx(0.1)
+    assert metrics["memorization_near_copy_share_holdout"] == 0.0
+    # 40 training = 2 parts of 20; each near copy nears exactly one part, the held-out control nothing
+    assert metrics["memorization_near_copy_excess"] == pytest.approx(0.1)
+    se = np.std([1.0] * 5 + [0.0] * 45, ddof=1) / np.sqrt(50)
+    assert metrics["memorization_near_copy_excess_se"] == pytest.approx(se)
+    assert metrics["memorization_near_copy_excess_lower"] == pytest.approx(
+        0.1 - memorization.LOWER_BOUND_Z * se
+    )
+    assert metrics["memorization_near_copy_excess_lower"] > 0.01  # the gate's default refuses it
+    copies = pd.read_parquet(tmp_path / "out" / "memorized_patients.parquet")
+    assert copies["person_id"].tolist() == [1, 2, 3, 4, 5]
+    assert copies["training_person_id"].tolist() == [1, 2, 3, 4, 5]
+    assert copies["kind"].tolist() == [label] * 5
+    lines = (tmp_path / "out" / "memorized_person_ids.csv").read_text().split()
+    assert lines == ["person_id,training_person_id,kind", *(f"{i},{i},{label}" for i in range(1, 6))]
+
+
+def test_novel_patients_and_short_copies_are_not_near_copies(make_folder, tmp_path):
+    metrics = run(make_folder, tmp_path, LONG_NOVEL, train=LONG_TRAIN, held_out=LONG_HELD_OUT)
+    assert metrics["memorization_near_copy_share_train"] == 0.0
+    assert metrics["memorization_near_copy_excess_lower"] == 0.0
+    # two concepts identify nobody: a verbatim short copy is a copy, never a near copy
+    metrics = run(make_folder, tmp_path, [*COPIED[:5], *NOVEL])
+    assert metrics["memorization_num_copies_train"] == 5
+    assert metrics["memorization_num_near_copies_train"] == 0
+
+
+def test_near_copies_of_held_out_patients_read_negative(make_folder, tmp_path):
+    synthetic = [edit(LONG_HELD_OUT[i], "concept_removed") for i in range(5)] + LONG_NOVEL
+    metrics = run(make_folder, tmp_path, synthetic, train=LONG_TRAIN, held_out=LONG_HELD_OUT)
+    assert metrics["memorization_near_copy_share_holdout"] == pytest.approx(0.1)
+    # two parts, each controlled by the whole held-out set: −2 per near copy
+    assert metrics["memorization_near_copy_excess"] == pytest.approx(-0.2)

@@ -100,3 +100,15 @@ def test_transition_tables_match_step():
             expected = g.step(state, kind)
             assert tables.next_state[state, kind] == (-1 if expected is None else expected)
     assert tables.next_state.dtype == np.int64
+
+
+def test_clinical_content_sets_aside_what_carries_no_patient_information():
+    stored = ["year:2001", "age:12", "8532", "8527", "[VS]", "9202", "380378", "[VE]"]
+    assert g.clinical_content(stored) == tuple(stored)
+    assert g.clinical_content([*stored, "[END]", "[PAD]", "[PAD]"]) == tuple(stored)
+    assert g.clinical_content(["[START]", *stored[:4], None, "[OOV]", *stored[4:]]) == tuple(stored)
+    assert g.clinical_content(None) == ()
+    # the calendar: only the prompt's year goes; a death keeps its place
+    dead = [*stored, "D3", "[VS]", "[DEATH]", "[VE]", "[END]"]
+    assert g.without_calendar(g.clinical_content(dead)) == (*stored[1:], "D3", "[VS]", "[DEATH]", "[VE]")
+    assert g.without_calendar(("age:12", "8532")) == ("age:12", "8532")

@@ -27,16 +27,43 @@ from cehrgpt import grammar
 from cehrgpt.grammar import TokenKind
 
 DEFAULT_CHUNK_SIZE = 512
+TIMELINE_SHINGLE_TOKENS = 3  # tokens per timeline shingle (see timeline_shingles)
 DENSE_COLUMNS = 1024  # the most frequent concept columns multiplied densely; the rest sparsely
 _DISTANCE_DECIMALS = 9  # rounds away float noise so that equal distances compare equal
 
 
+def timeline_shingles(content: Sequence[str]) -> list[int]:
+    """A patient's timeline as a multiset of overlapping token triples, each an int in this process.
+
+    ``content`` is the calendar-free clinical content (:func:`cehrgpt.grammar.without_calendar`).
+    Each run of :data:`TIMELINE_SHINGLE_TOKENS` consecutive tokens is one shingle, numbered by its
+    occurrence (the second ``[VE] D0 [VS]`` differs from the first), so repeats count and two
+    patients share as many shingles as their multisets do. Shingles see the order of visits,
+    their types, the gaps between them and the concepts in each: one edit (a concept dropped or
+    replaced, a gap changed) changes at most three shingles; a prefix shares all of its own.
+
+    The ints are Python hashes: equal across the sets parsed in one process, not across processes.
+    """
+    seen: dict[tuple[str, ...], int] = {}
+    shingles = []
+    n = TIMELINE_SHINGLE_TOKENS
+    for start in range(len(content) - n + 1):
+        gram = tuple(content[start : start + n])
+        occurrence = seen.get(gram, 0)
+        seen[gram] = occurrence + 1
+        shingles.append(hash((gram, occurrence)))
+    return shingles
+
+
 @dataclass(frozen=True)
 class PatientSet:
-    """Patients reduced to what the analyses compare: prompt demographics and clinical concepts.
+    """Patients reduced to what the analyses compare: prompt demographics, clinical concepts, timeline.
 
     ``concept_values[concept_indptr[i]:concept_indptr[i + 1]]`` are patient
-    ``i``'s distinct clinical concept ids (kind CONCEPT), sorted.
+    ``i``'s distinct clinical concept ids (kind CONCEPT), sorted;
+    ``timeline_values[timeline_indptr[i]:timeline_indptr[i + 1]]`` its distinct
+    :func:`timeline_shingles`, sorted. Sets built from decoded OMOP records (the
+    utility analysis) have no prompt year and no timeline (None).
     """
 
     person_ids: np.ndarray  # int64
@@ -48,6 +75,9 @@ class PatientSet:
     excluded: int = 0  # rows of the source that were not whole, valid patients
     exclusion_reasons: dict[str, int] = field(default_factory=dict)
     source_rows: np.ndarray | None = None  # int64: each patient's row in the parsed frame (None after take)
+    years: np.ndarray | None = None  # int64 prompt year (calendar year of the first visit)
+    timeline_indptr: np.ndarray | None = None  # int64, n + 1
+    timeline_values: np.ndarray | None = None  # int64
 
     def __len__(self) -> int:
         return len(self.person_ids)
@@ -55,21 +85,29 @@ class PatientSet:
     def concepts_of(self, i: int) -> np.ndarray:
         return self.concept_values[self.concept_indptr[i] : self.concept_indptr[i + 1]]
 
+    def num_concepts(self) -> np.ndarray:
+        """Distinct clinical concepts per patient."""
+        return np.diff(self.concept_indptr)
+
     def take(self, indices: np.ndarray) -> PatientSet:
         """The patients at ``indices``, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
-        starts, ends = self.concept_indptr[indices], self.concept_indptr[indices + 1]
-        lengths = ends - starts
-        indptr = np.zeros(len(indices) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        gather = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1], dtype=np.int64)
+        concept_indptr, concept_values = _take_ragged(self.concept_indptr, self.concept_values, indices)
+        timeline_indptr = timeline_values = None
+        if self.timeline_indptr is not None and self.timeline_values is not None:
+            timeline_indptr, timeline_values = _take_ragged(
+                self.timeline_indptr, self.timeline_values, indices
+            )
         return PatientSet(
             person_ids=self.person_ids[indices],
             ages=self.ages[indices],
             genders=self.genders[indices],
             races=self.races[indices],
-            concept_indptr=indptr,
-            concept_values=self.concept_values[gather],
+            concept_indptr=concept_indptr,
+            concept_values=concept_values,
+            years=None if self.years is None else self.years[indices],
+            timeline_indptr=timeline_indptr,
+            timeline_values=timeline_values,
         )
 
     def concept_universe(self) -> np.ndarray:
@@ -81,6 +119,18 @@ class PatientSet:
         series = pd.Series(counts / max(len(self), 1), index=pd.Index(ids, name="concept_id"))
         order = np.lexsort((series.index.to_numpy(), -series.to_numpy()))
         return series.iloc[order]
+
+
+def _take_ragged(
+    indptr: np.ndarray, values: np.ndarray, indices: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``indices`` of a ragged array (``values[indptr[i]:indptr[i + 1]]`` is row i)."""
+    starts = indptr[indices]
+    lengths = indptr[indices + 1] - starts
+    new_indptr = np.zeros(len(indices) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_indptr[1:])
+    gather = np.repeat(starts - new_indptr[:-1], lengths) + np.arange(new_indptr[-1], dtype=np.int64)
+    return new_indptr, values[gather]
 
 
 def _whole_patient(kinds: Sequence[TokenKind]) -> str | None:
@@ -109,10 +159,13 @@ def parse_patients(frame: pd.DataFrame, check_grammar: bool) -> PatientSet:
     """
     person_ids: list[int] = []
     ages: list[int] = []
+    years: list[int] = []
     genders: list[int] = []
     races: list[int] = []
     lengths: list[int] = []
     values: list[int] = []
+    timeline_lengths: list[int] = []
+    timeline: list[int] = []
     reasons: Counter[str] = Counter()
     kept_rows: list[int] = []
     valid_flags = frame["is_valid"].tolist() if "is_valid" in frame.columns else None
@@ -122,31 +175,43 @@ def parse_patients(frame: pd.DataFrame, check_grammar: bool) -> PatientSet:
         if valid_flags is not None and valid_flags[row] is False:
             reasons["is_valid is false"] += 1
             continue
-        tokens = [] if tokens is None else list(tokens)
-        kinds = grammar.assign_kinds(tokens)
-        if check_grammar and (reason := _whole_patient(kinds)) is not None:
-            reasons[reason.split(" in state")[0]] += 1
-            continue
-        age = grammar.prompt_age(tokens[1]) if len(tokens) >= grammar.PROMPT_LENGTH else None
+        if check_grammar:
+            raw = [] if tokens is None else list(tokens)
+            if any(t is None for t in raw):
+                reasons["null token"] += 1
+                continue
+            if (reason := _whole_patient(grammar.assign_kinds(raw))) is not None:
+                reasons[reason.split(" in state")[0]] += 1
+                continue
+        content = grammar.clinical_content(tokens)
+        kinds = grammar.assign_kinds(content)
+        year = grammar.prompt_year(content[0]) if len(content) >= grammar.PROMPT_LENGTH else None
+        age = grammar.prompt_age(content[1]) if year is not None else None
         if age is None or kinds[2] != TokenKind.GENDER or kinds[3] != TokenKind.RACE:
             reasons["no demographic prompt"] += 1
             continue
         concepts = {
             grammar.concept_id_of(token)
-            for token, kind in zip(tokens, kinds, strict=True)
+            for token, kind in zip(content, kinds, strict=True)
             if kind == TokenKind.CONCEPT
         }
         concepts.discard(0)
         concepts.discard(None)
+        shingles = np.unique(np.asarray(timeline_shingles(grammar.without_calendar(content)), dtype=np.int64))
         person_ids.append(int(person_id))
         kept_rows.append(row)
         ages.append(age)
-        genders.append(grammar.concept_id_of(tokens[2]) or 0)
-        races.append(grammar.concept_id_of(tokens[3]) or 0)
+        years.append(year)
+        genders.append(grammar.concept_id_of(content[2]) or 0)
+        races.append(grammar.concept_id_of(content[3]) or 0)
         lengths.append(len(concepts))
         values.extend(sorted(c for c in concepts if c is not None))
+        timeline_lengths.append(len(shingles))
+        timeline.extend(shingles.tolist())
     indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
+    timeline_indptr = np.zeros(len(timeline_lengths) + 1, dtype=np.int64)
+    np.cumsum(timeline_lengths, out=timeline_indptr[1:])
     return PatientSet(
         person_ids=np.asarray(person_ids, dtype=np.int64),
         ages=np.asarray(ages, dtype=np.float64),
@@ -157,6 +222,9 @@ def parse_patients(frame: pd.DataFrame, check_grammar: bool) -> PatientSet:
         excluded=sum(reasons.values()),
         exclusion_reasons=dict(reasons),
         source_rows=np.asarray(kept_rows, dtype=np.int64),
+        years=np.asarray(years, dtype=np.int64),
+        timeline_indptr=timeline_indptr,
+        timeline_values=np.asarray(timeline, dtype=np.int64),
     )
 
 
@@ -478,3 +546,106 @@ def nearest_other(a: FeatureMatrix, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> 
 def sample_indices(rng: np.random.Generator, available: int, requested: int) -> np.ndarray:
     """``requested`` distinct indices below ``available`` (all of them, shuffled, when fewer exist)."""
     return rng.choice(available, size=min(requested, available), replace=False).astype(np.int64)
+
+
+def timeline_matrices(*patient_sets: PatientSet) -> list[sp.csr_matrix]:
+    """Each set's timeline shingles as binary rows over one shared column space (the union of shingles)."""
+    for patients in patient_sets:
+        if patients.timeline_indptr is None or patients.timeline_values is None:
+            raise ValueError(
+                "these patients carry no timeline (parse them from sequences with parse_patients)"
+            )
+    columns = np.unique(np.concatenate([p.timeline_values for p in patient_sets]))  # type: ignore[misc]
+    matrices = []
+    for patients in patient_sets:
+        assert patients.timeline_indptr is not None and patients.timeline_values is not None
+        matrices.append(
+            sp.csr_matrix(
+                (
+                    np.ones(len(patients.timeline_values), dtype=np.float32),
+                    np.searchsorted(columns, patients.timeline_values),
+                    patients.timeline_indptr,
+                ),
+                shape=(len(patients), len(columns)),
+            )
+        )
+    return matrices
+
+
+@dataclass(frozen=True)
+class TimelineMatches:
+    """For each row of ``a``: its most-overlapping compatible row of ``b`` and the groups of ``b`` it nears."""
+
+    best_index: np.ndarray  # int64, -1 when no compatible row of b shares a shingle
+    best_overlap: np.ndarray  # float64 in [0, 1]
+    group_hits: np.ndarray  # bool [len(a), n_groups]: some row of that group is at least min_overlap
+
+
+def timeline_matches(
+    a: PatientSet,
+    b: PatientSet,
+    *,
+    min_overlap: float,
+    edit_shingles: int,
+    max_age_difference: float,
+    min_concepts: int,
+    groups: np.ndarray | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> TimelineMatches:
+    """Timeline overlap of every row of ``a`` with every compatible row of ``b``, one chunk of ``a`` at a time.
+
+    The overlap of two patients is the share of the shorter timeline's shingles that the other
+    has too (|A ∩ B| / min(|A|, |B|), on :func:`timeline_shingles` multisets): 1 for equal
+    timelines, a prefix, or a timeline contained in a longer one. A pair is compatible when gender
+    and race are equal and the ages differ by at most ``max_age_difference`` years; ``best_*`` is
+    over compatible rows. A compatible pair *matches* when both patients have at least
+    ``min_concepts`` distinct clinical concepts (shorter records identify nobody) and the shorter
+    timeline misses at most
+    ``max(edit_shingles, (1 − min_overlap) × its size)`` shingles of the other: one edit changes up
+    to three shingles, which on a short record is more than a share.
+
+    Args:
+        groups: an int per row of ``b`` naming its group (0 for all by default); ``group_hits``
+            says, per row of ``a``, which groups hold a matching row.
+    """
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError(f"timeline matches need two non-empty sets, got {len(a)} and {len(b)} rows")
+    group_of = np.zeros(len(b), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    n_groups = int(group_of.max()) + 1
+    membership = sp.csr_matrix(
+        (np.ones(len(b), dtype=np.float32), (np.arange(len(b)), group_of)), shape=(len(b), n_groups)
+    )
+    a_matrix, b_matrix = timeline_matrices(a, b)
+    products = _Products(a_matrix, b_matrix, np.float32)
+    a_sizes = np.diff(a_matrix.indptr).astype(np.float32)
+    b_sizes = np.diff(b_matrix.indptr).astype(np.float32)
+    a_long = a.num_concepts() >= min_concepts
+    b_long = b.num_concepts() >= min_concepts
+    best_index = np.full(len(a), -1, dtype=np.int64)
+    best_overlap = np.zeros(len(a), dtype=np.float64)
+    group_hits = np.zeros((len(a), n_groups), dtype=bool)
+    for start in range(0, len(a), chunk_size):
+        stop = min(start + chunk_size, len(a))
+        rows = slice(start, stop)
+        shared = products(start, stop)
+        shorter = np.maximum(np.minimum(a_sizes[rows, None], b_sizes[None, :]), 1.0)
+        compatible = (
+            (a.genders[rows, None] == b.genders[None, :])
+            & (a.races[rows, None] == b.races[None, :])
+            & (np.abs(a.ages[rows, None] - b.ages[None, :]) <= max_age_difference)
+        )
+        allowed = np.maximum(np.float32(edit_shingles), np.float32(1 - min_overlap) * shorter)
+        near = (
+            compatible
+            & a_long[rows, None]
+            & b_long[None, :]
+            & (shorter - shared <= allowed + np.float32(1e-4))
+        )
+        shared /= shorter
+        shared[~compatible] = 0.0
+        best = np.argmax(shared, axis=1)
+        value = shared[np.arange(stop - start), best].astype(np.float64)
+        best_overlap[rows] = value
+        best_index[rows] = np.where(value > 0, best, -1)
+        group_hits[rows] = (sp.csr_matrix(near, dtype=np.float32) @ membership).toarray() > 0
+    return TimelineMatches(best_index=best_index, best_overlap=best_overlap, group_hits=group_hits)

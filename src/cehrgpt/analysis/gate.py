@@ -10,6 +10,13 @@ Default thresholds (override with ``--max_<metric>`` flags, or a yml mapping
 
     memorization_copy_excess                 0.02  verbatim training patients beyond chance, as a share of
                                                    the release (a 10% copy leak reads ≈ 0.1)
+    memorization_shifted_copy_excess         0.02  the same with the prompt's year set aside (a copy moved
+                                                   in calendar time)
+    memorization_near_copy_excess_lower      0.01  near copies of training patients beyond chance, as a
+                                                   share of the release: its one-sided 95% lower bound,
+                                                   so a breach means more than 1% near copies with 95%
+                                                   confidence (10% near copies of 500 reads ≈ 0.08,
+                                                   of 50 ≈ 0.03)
     memorization_dcr_closer_to_train_share   off   share of the release nearer training than held-out
                                                    records, at equal set sizes (0.5 = no memorisation)
     mia_auc                                  0.6   membership-inference ROC AUC (0.5 = chance)
@@ -56,6 +63,8 @@ from cehrgpt.analysis.io import METRICS_FILE, AnalysisError
 GATE_FILE = "gate.json"
 DEFAULT_THRESHOLDS: dict[str, float | None] = {
     "memorization_copy_excess": 0.02,
+    "memorization_shifted_copy_excess": 0.02,
+    "memorization_near_copy_excess_lower": 0.01,
     "memorization_dcr_closer_to_train_share": None,
     "mia_auc": 0.6,
     "mia_f1_above_chance": 0.1,

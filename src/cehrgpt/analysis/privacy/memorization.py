@@ -62,17 +62,20 @@ control would be noise.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cehrgpt import grammar
 from cehrgpt.analysis.features import (
     DEFAULT_CHUNK_SIZE,
     FeatureSpace,
     PatientSet,
     nearest_distance_and_ties,
     sample_indices,
+    timeline_matches,
 )
 from cehrgpt.analysis.io import write_outputs
 from cehrgpt.analysis.privacy.common import (
@@ -86,16 +89,32 @@ COPIES_TABLE = "memorized_patients"
 COPIES_CSV = "memorized_person_ids.csv"
 DCR_TABLE = "dcr"
 DCR_PERCENTILE = 5
+NEAR_COPY_MIN_OVERLAP = 0.9  # share of the shorter timeline's shingles the other patient has too
+NEAR_COPY_EDIT_SHINGLES = 3  # shingles one edit changes: a short record may miss this many and still be near
+NEAR_COPY_MAX_AGE_DIFFERENCE = 1  # years between the prompts' ages
+MIN_IDENTIFYING_CONCEPTS = 5  # distinct clinical concepts below which a record identifies nobody
+LOWER_BOUND_Z = 1.645  # one-sided 95% normal quantile for the near-copy excess's lower bound
+
+#: What a synthetic patient in the copies table is of its training patient, strongest first.
+COPY, SHIFTED_COPY, NEAR_COPY = "copy", "copy_shifted_calendar", "near_copy"
 
 
-def sequence_codes(*token_columns: pd.Series) -> list[np.ndarray]:
-    """One integer per row, equal for two rows (of any of the columns) exactly when their token lists are."""
+def sequence_codes(*token_columns: pd.Series, calendar: bool = True) -> list[np.ndarray]:
+    """One integer per row, equal for two rows (of any of the columns) exactly when they are the same patient.
+
+    Rows are compared on their clinical content (:func:`cehrgpt.grammar.clinical_content`), so a
+    generated copy ending in ``[END]`` equals the training row it copies; ``calendar=False`` also
+    sets the prompt's year aside (:func:`cehrgpt.grammar.without_calendar`).
+    """
     codes: dict[tuple, int] = {}
     result = []
     for column in token_columns:
+        contents = (grammar.clinical_content(t) for t in column)
+        if not calendar:
+            contents = (grammar.without_calendar(c) for c in contents)
         result.append(
             np.fromiter(
-                (codes.setdefault(() if t is None else tuple(t), len(codes)) for t in column),
+                (codes.setdefault(c, len(codes)) for c in contents),
                 dtype=np.int64,
                 count=len(column),
             )
@@ -103,27 +122,110 @@ def sequence_codes(*token_columns: pd.Series) -> list[np.ndarray]:
     return result
 
 
+@dataclass(frozen=True)
+class Partition:
+    """The training set cut into parts of the held-out set's size, and the control for the last part.
+
+    ``part_of[i]`` is training patient i's part; the first ``full_parts`` parts hold ``h`` patients
+    (the held-out set's size), a last one the remainder, whose control is the held-out sample
+    ``remainder_sample`` (indices into the held-out set; empty without a remainder).
+    """
+
+    part_of: np.ndarray
+    full_parts: int
+    remainder_sample: np.ndarray
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, num_training: int, num_held_out: int) -> Partition:
+        part_of = np.empty(num_training, dtype=np.int64)
+        part_of[rng.permutation(num_training)] = np.arange(num_training) // num_held_out
+        full_parts, remainder = divmod(num_training, num_held_out)
+        sample = sample_indices(rng, num_held_out, remainder) if remainder else np.zeros(0, np.int64)
+        return cls(part_of=part_of, full_parts=full_parts, remainder_sample=sample)
+
+    @property
+    def num_parts(self) -> int:
+        return self.full_parts + (1 if len(self.remainder_sample) else 0)
+
+
 def copy_excess(
-    synthetic: np.ndarray, training: np.ndarray, held_out: np.ndarray, rng: np.random.Generator
+    synthetic: np.ndarray, training: np.ndarray, held_out: np.ndarray, partition: Partition
 ) -> float:
     """Copies of training patients beyond those of equal-size held-out samples (see the module docstring).
 
     Args:
         synthetic, training, held_out: Sequence codes (:func:`sequence_codes`) of each set's patients.
-        rng: Draws the training partition and the held-out sample for the remainder part.
+        partition: The training parts and the held-out sample for the remainder part.
     """
-    h = len(held_out)
-    part_of = np.empty(len(training), dtype=np.int64)
-    part_of[rng.permutation(len(training))] = np.arange(len(training)) // h
-    full_parts, remainder = divmod(len(training), h)
-    pairs = np.unique(np.column_stack([training, part_of]), axis=0)
+    pairs = np.unique(np.column_stack([training, partition.part_of]), axis=0)
     parts_per_code = np.bincount(pairs[:, 0], minlength=int(max(synthetic.max(), training.max())) + 1)
     copied_parts = float(parts_per_code[synthetic].mean()) if len(synthetic) else 0.0
-    control = full_parts * float(np.isin(synthetic, held_out).mean())
-    if remainder:
-        sample = held_out[sample_indices(rng, h, remainder)]
-        control += float(np.isin(synthetic, sample).mean())
+    control = partition.full_parts * float(np.isin(synthetic, held_out).mean())
+    if len(partition.remainder_sample):
+        control += float(np.isin(synthetic, held_out[partition.remainder_sample]).mean())
     return copied_parts - control
+
+
+@dataclass(frozen=True)
+class NearCopies:
+    """Each synthetic patient's nearest training timeline and the near-copy excess with its uncertainty."""
+
+    training_index: np.ndarray  # int64 per synthetic patient: its best-overlapping training patient, -1 none
+    overlap: np.ndarray  # float64: that patient's timeline overlap
+    of_training: np.ndarray  # bool: a near copy of some training patient
+    of_held_out: np.ndarray  # bool: a near copy of some held-out patient
+    excess_per_patient: np.ndarray  # float64: parts it nears − its held-out control (mean = the excess)
+
+    def metrics(self) -> dict[str, float]:
+        d = self.excess_per_patient
+        excess = float(d.mean())
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+        return {
+            "memorization_near_copy_share_train": float(self.of_training.mean()),
+            "memorization_near_copy_share_holdout": float(self.of_held_out.mean()),
+            "memorization_near_copy_excess": excess,
+            "memorization_near_copy_excess_se": se,
+            "memorization_near_copy_excess_z": excess / se if se > 0 else 0.0,
+            "memorization_near_copy_excess_lower": excess - LOWER_BOUND_Z * se,
+            "memorization_num_near_copies_train": int(self.of_training.sum()),
+        }
+
+
+def find_near_copies(
+    synthetic: PatientSet,
+    training: PatientSet,
+    held_out: PatientSet,
+    partition: Partition,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> NearCopies:
+    """Near copies of every synthetic patient among the training parts and their held-out controls.
+
+    The excess per synthetic patient is the number of training parts holding a near copy of it
+    minus the same count over the held-out controls (``full_parts`` × the held-out set, plus the
+    remainder sample), as for verbatim copies; its mean is the excess, its spread the uncertainty.
+    """
+    rule = {
+        "min_overlap": NEAR_COPY_MIN_OVERLAP,
+        "edit_shingles": NEAR_COPY_EDIT_SHINGLES,
+        "max_age_difference": NEAR_COPY_MAX_AGE_DIFFERENCE,
+        "min_concepts": MIN_IDENTIFYING_CONCEPTS,
+        "chunk_size": chunk_size,
+    }
+    train = timeline_matches(synthetic, training, groups=partition.part_of, **rule)
+    in_sample = np.zeros(len(held_out), dtype=np.int64)
+    in_sample[partition.remainder_sample] = 1
+    held = timeline_matches(synthetic, held_out, groups=in_sample, **rule)
+    of_held_out = held.group_hits.any(axis=1)
+    control = partition.full_parts * of_held_out.astype(np.float64)
+    if len(partition.remainder_sample):
+        control += held.group_hits[:, 1]
+    return NearCopies(
+        training_index=train.best_index,
+        overlap=train.best_overlap,
+        of_training=train.group_hits.any(axis=1),
+        of_held_out=of_held_out,
+        excess_per_patient=train.group_hits.sum(axis=1) - control,
+    )
 
 
 def closer_to_train_share(
@@ -137,6 +239,62 @@ def closer_to_train_share(
     return score, p * (1 - b) / denominator if denominator > 0 else 0.5
 
 
+@dataclass(frozen=True)
+class _Copies:
+    """Verbatim copies on one comparison (with or without the calendar)."""
+
+    of_training: np.ndarray  # bool per synthetic patient
+    of_held_out: np.ndarray
+    excess: float
+    training_index: np.ndarray  # int64 per synthetic patient: the first training patient with its content, -1
+    training_matched: np.ndarray  # int64: training patients with its content
+
+
+def _copies(
+    synthetic: pd.Series, training: pd.Series, held_out: pd.Series, partition: Partition, calendar: bool
+) -> _Copies:
+    train_codes, held_out_codes, synthetic_codes = sequence_codes(
+        training, held_out, synthetic, calendar=calendar
+    )
+    of_training = np.isin(synthetic_codes, train_codes)
+    first = pd.Series(np.arange(len(train_codes))).groupby(train_codes).first()
+    count = pd.Series(train_codes).value_counts()
+    return _Copies(
+        of_training=of_training,
+        of_held_out=np.isin(synthetic_codes, held_out_codes),
+        excess=copy_excess(synthetic_codes, train_codes, held_out_codes, partition),
+        training_index=first.reindex(synthetic_codes).fillna(-1).to_numpy(np.int64),
+        training_matched=count.reindex(synthetic_codes).fillna(0).to_numpy(np.int64),
+    )
+
+
+def copies_table(
+    synthetic: PatientSet, training: PatientSet, exact: _Copies, shifted: _Copies, near: NearCopies
+) -> pd.DataFrame:
+    """One row per synthetic patient that copies or nears a training patient, with its strongest kind."""
+    kind = np.where(
+        exact.of_training,
+        COPY,
+        np.where(shifted.of_training, SHIFTED_COPY, np.where(near.of_training, NEAR_COPY, "")),
+    )
+    training_index = np.where(
+        exact.of_training,
+        exact.training_index,
+        np.where(shifted.of_training, shifted.training_index, near.training_index),
+    )
+    matched = np.where(exact.of_training, exact.training_matched, shifted.training_matched)
+    rows = np.flatnonzero(kind != "")
+    return pd.DataFrame(
+        {
+            "person_id": synthetic.person_ids[rows],
+            "training_person_id": training.person_ids[training_index[rows]],
+            "kind": kind[rows],
+            "timeline_overlap": near.overlap[rows],
+            "training_patients_with_sequence": matched[rows],
+        }
+    )
+
+
 def memorization_analysis(
     training: PatientSet,
     evaluation: PatientSet,
@@ -148,28 +306,18 @@ def memorization_analysis(
     seed: int = DEFAULT_SEED,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
-    """Copies and DCRs of every synthetic patient; returns the copies table, the DCR table and the metrics."""
+    """Copies, near copies and DCRs of every synthetic patient; returns the copies table, the DCR table, the metrics."""
     rng = np.random.default_rng(seed)
-    train_codes, held_out_codes, synthetic_codes = sequence_codes(
-        training_tokens, evaluation_tokens, synthetic_tokens
-    )
-    copies_train = np.isin(synthetic_codes, train_codes)
-    copies_held_out = np.isin(synthetic_codes, held_out_codes)
-    excess = copy_excess(synthetic_codes, train_codes, held_out_codes, rng)
-
-    first_training_patient = pd.Series(np.arange(len(train_codes))).groupby(train_codes).first()
-    training_count = pd.Series(train_codes).value_counts()
-    copied_codes = synthetic_codes[copies_train]
-    copies = pd.DataFrame(
-        {
-            "person_id": synthetic.person_ids[copies_train],
-            "training_person_id": training.person_ids[first_training_patient.loc[copied_codes].to_numpy()],
-            "training_patients_with_sequence": training_count.loc[copied_codes].to_numpy(np.int64),
-        }
-    )
+    partition = Partition.draw(rng, len(training), len(evaluation))
+    steps = tqdm(total=5, desc="memorisation", unit="pass")
+    exact = _copies(synthetic_tokens, training_tokens, evaluation_tokens, partition, calendar=True)
+    shifted = _copies(synthetic_tokens, training_tokens, evaluation_tokens, partition, calendar=False)
+    steps.update()
+    near = find_near_copies(synthetic, training, evaluation, partition, chunk_size=chunk_size)
+    steps.update()
+    copies = copies_table(synthetic, training, exact, shifted, near)
 
     s = space.encode(synthetic)
-    steps = tqdm(total=3, desc="memorisation DCR", unit="set")
     d_train, ties_train = nearest_distance_and_ties(s, space.encode(training), chunk_size=chunk_size)
     steps.update()
     d_held_out, ties_held_out = nearest_distance_and_ties(s, space.encode(evaluation), chunk_size=chunk_size)
@@ -186,15 +334,22 @@ def memorization_analysis(
             "dcr_train": d_train,
             "dcr_holdout": d_held_out,
             "closer_to_train": score,
-            "copies_training_patient": copies_train,
-            "copies_holdout_patient": copies_held_out,
+            "copies_training_patient": exact.of_training,
+            "copies_holdout_patient": exact.of_held_out,
+            "near_copy_of_training_patient": near.of_training,
+            "timeline_overlap_train": near.overlap,
         }
     )
     metrics: dict[str, float] = {
-        "memorization_copy_share_train": float(copies_train.mean()),
-        "memorization_copy_share_holdout": float(copies_held_out.mean()),
-        "memorization_copy_excess": excess,
-        "memorization_num_copies_train": int(copies_train.sum()),
+        "memorization_copy_share_train": float(exact.of_training.mean()),
+        "memorization_copy_share_holdout": float(exact.of_held_out.mean()),
+        "memorization_copy_excess": exact.excess,
+        "memorization_num_copies_train": int(exact.of_training.sum()),
+        "memorization_shifted_copy_share_train": float(shifted.of_training.mean()),
+        "memorization_shifted_copy_share_holdout": float(shifted.of_held_out.mean()),
+        "memorization_shifted_copy_excess": shifted.excess,
+        "memorization_num_shifted_copies_train": int(shifted.of_training.sum()),
+        **near.metrics(),
         "memorization_dcr_closer_to_train_share": share,
         "memorization_dcr_closer_to_train_raw": float(score.mean()),
         "memorization_dcr_train_p5": float(np.percentile(d_train, DCR_PERCENTILE)),
@@ -243,7 +398,7 @@ def run_memorization(
         "synthetic_data_folder": str(synthetic_data_folder),
         "synthetic_exclusion_reasons": inputs.synthetic.exclusion_reasons,
     }
-    id_list = copies[["person_id"]].to_csv(index=False).encode()
+    id_list = copies[["person_id", "training_person_id", "kind"]].to_csv(index=False).encode()
     write_outputs(
         output_folder, {COPIES_TABLE: copies, DCR_TABLE: dcr}, metrics, summary, {COPIES_CSV: id_list}
     )
