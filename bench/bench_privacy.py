@@ -9,16 +9,21 @@ Measured, on this machine:
 
 1. the nearest-neighbour kernel against a naive baseline (Python loop over
    pairs of dense vectors) at a small n, median of ``--repeats`` runs: the ratio;
-2. attribute inference, membership inference and NNAA with ``--num_of_samples``
-   (10,000) × ``--n_iterations`` (10), the last two against the whole synthetic set
-   (10,000), re-identification over ``--num_of_samples`` training patients, and
-   memorisation of the whole synthetic set against training and held-out
-   (targets: memorisation and membership inference ≤ 60 s, the others ≤ 120 s,
-   re-identification ≤ 300 s); ``--only`` picks some of them;
+2. attribute inference with ``--num_of_samples`` (10,000) × ``--n_iterations`` (10);
+   membership inference and NNAA over every one of the ``--num_of_samples``
+   members and as many non-members against the whole synthetic set (as many
+   again), asked for ``--n_iterations`` as the seed's command does (nothing is
+   sampled, so they run one pass), and ``*_unbalanced``: the same with a quarter
+   as many non-members (NNAA then cuts the members into 4 folds, drawn afresh in
+   each of the iterations); re-identification over ``--num_of_samples`` training
+   patients, and memorisation of the whole synthetic set against training and
+   held-out (targets: memorisation, membership inference and NNAA ≤ 60 s,
+   attribute inference ≤ 120 s, re-identification ≤ 300 s); ``--only`` picks
+   some of them, ``--analysis_repeats`` times each (median);
 3. sequence parsing (patients per second), which every command pays once per set.
 
 Usage: ``python bench/bench_privacy.py [--num_of_samples 10000] [--n_iterations 10] [--baseline_n 600]
-[--only memorization member_inference]``.
+[--only memorization member_inference] [--analysis_repeats 3]``.
 Writes ``bench/out/bench_privacy.json``.
 """
 
@@ -85,19 +90,19 @@ def median_seconds(run, repeats: int) -> float:
     return timed(run, repeats)[0]
 
 
-def timed(run, repeats: int) -> tuple[float, float]:
-    """Median wall seconds and median CPU seconds (all threads) of ``repeats`` runs.
+def timed(run, repeats: int) -> tuple[float, float, object]:
+    """Median wall seconds and median CPU seconds (all threads) of ``repeats`` runs, and the last result.
 
     On a shared machine the wall time depends on the load; CPU seconds do not,
     and on an idle machine wall ≈ CPU / cores for this BLAS-bound work.
     """
-    walls, cpus = [], []
+    walls, cpus, result = [], [], None
     for _ in range(repeats):
         started, cpu = time.perf_counter(), time.process_time()
-        run()
+        result = run()
         walls.append(time.perf_counter() - started)
         cpus.append(time.process_time() - cpu)
-    return statistics.median(walls), statistics.median(cpus)
+    return statistics.median(walls), statistics.median(cpus), result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="bench/out/bench_privacy.json")
     parser.add_argument("--only", nargs="+", help="analyses to time (default: all)")
+    parser.add_argument("--analysis_repeats", type=int, default=1, help="runs of each analysis (median)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     n = args.num_of_samples
@@ -129,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     small = np.arange(args.baseline_n)
     a, b = space.encode(training.take(small)), space.encode(synthetic.take(small))
+    assert a.age is not None and b.age is not None
     dense_a = np.hstack([a.binary.toarray(), a.age[:, None]])
     dense_b = np.hstack([b.binary.toarray(), b.age[:, None]])
     naive = median_seconds(lambda: naive_nearest(dense_a, dense_b), args.repeats)
@@ -159,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         f"baseline extrapolated by pairs {naive_full:,.0f}s: {naive_full / kernel_full:,.0f}x"
     )
 
+    quarter = evaluation.take(np.arange(n // 4))
+    tokens = {
+        name: frames[name]["concept_ids"].iloc[patients.source_rows].reset_index(drop=True)
+        for name, patients in sets.items()
+    }
     config = default_attributes(training)
     common, sensitive = config["common_attributes"], config["sensitive_attributes"][:20]
     analyses = {
@@ -166,10 +178,16 @@ def main(argv: list[str] | None = None) -> int:
             training, synthetic, space, common, sensitive, args.n_iterations, n, args.seed
         ),
         "member_inference": lambda: membership_inference_analysis(
-            training, evaluation, synthetic, space, args.n_iterations, n, args.seed
+            training, evaluation, synthetic, space, n_iterations=args.n_iterations, seed=args.seed
+        ),
+        "member_inference_unbalanced": lambda: membership_inference_analysis(
+            training, quarter, synthetic, space, n_iterations=args.n_iterations, seed=args.seed
         ),
         "nearest_neighbor_inference": lambda: nnaa_analysis(
-            training, evaluation, synthetic, space, args.n_iterations, n, args.seed
+            training, evaluation, synthetic, space, n_iterations=args.n_iterations, seed=args.seed
+        ),
+        "nearest_neighbor_inference_unbalanced": lambda: nnaa_analysis(
+            training, quarter, synthetic, space, n_iterations=args.n_iterations, seed=args.seed
         ),
         "reid_inference": lambda: reid_analysis(
             training, evaluation, synthetic, space, common, config["sensitive_attributes"]
@@ -179,10 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             evaluation,
             synthetic,
             space,
-            *(
-                frames[name]["concept_ids"].iloc[patients.source_rows].reset_index(drop=True)
-                for name, patients in sets.items()
-            ),
+            training_tokens=tokens["training"],
+            evaluation_tokens=tokens["evaluation"],
+            synthetic_tokens=tokens["synthetic"],
             seed=args.seed,
         ),
     }
@@ -192,14 +209,23 @@ def main(argv: list[str] | None = None) -> int:
     analyses = {name: run for name, run in analyses.items() if not args.only or name in args.only}
     results["load_average_before"] = os.getloadavg()[0]
     for name, run in analyses.items():
-        seconds, cpu = timed(run, 1)
+        seconds, cpu, result = timed(run, args.analysis_repeats)
         results[f"{name}_seconds"] = seconds
         results[f"{name}_cpu_seconds"] = cpu
         scope = {
             "reid_inference": f"{n} training patients",
             "memorization": f"{n} synthetic vs {n} training + {n} held-out",
         }.get(name, f"{n} samples x {args.n_iterations}")
-        print(f"{name}: {seconds:.1f}s wall, {cpu:.1f}s CPU ({scope})")
+        if name.startswith(("member_inference", "nearest_neighbor_inference")):
+            assert isinstance(result, tuple)
+            metrics = result[-1] if name.startswith("nearest") else result[1]
+            non_members = n // 4 if name.endswith("unbalanced") else n
+            ran = metrics["mia_n_iterations" if name.startswith("member") else "nnaa_n_iterations"]
+            scope = (
+                f"every record: {n} members + {non_members} non-members vs {n} synthetic, {ran} iteration(s)"
+            )
+            results[f"{name}_iterations_run"] = ran
+        print(f"{name}: {seconds:.1f}s wall, {cpu:.1f}s CPU, median of {args.analysis_repeats} ({scope})")
     results["load_average_after"] = os.getloadavg()[0]
     loads = f"{results['load_average_before']:.1f} / {results['load_average_after']:.1f}"
     print(f"load average (1 min) before/after: {loads}")

@@ -161,14 +161,55 @@ def test_the_seed_makes_runs_reproducible(folders, module, argv):
     assert (folders["out"] / f"{module.TABLE}.parquet").read_bytes() == first
 
 
-def test_more_samples_than_exist_uses_all_and_says_so(folders, capsys):
-    assert member_inference.main(two_set_argv(folders, num_of_samples=100)) == 0
+def test_membership_inference_scores_every_record_by_default(folders, capsys):
+    # no --num_of_samples: all 8 members and 6 non-members, unbalanced; the 2 iterations asked would see
+    # the same records, so one pass runs and the note says so
+    argv = [a for a in two_set_argv(folders) if a not in ("--num_of_samples", "4")]
+    assert member_inference.main(argv) == 0
     err = capsys.readouterr().err
     assert (
-        "member_inference: --num_of_samples 100 exceeds the patients available "
-        "(training 8, evaluation 6); using 6"
+        "member_inference: every record of both sets is scored; --n_iterations 2 would repeat the same "
+        "records, so one pass is run"
     ) in err
-    assert metrics_of(folders["out"])["mia_num_of_samples"] == 6
+    metrics = metrics_of(folders["out"])
+    assert (metrics["mia_num_members"], metrics["mia_num_non_members"]) == (8, 6)
+    assert (metrics["mia_num_of_samples"], metrics["mia_n_iterations"]) == (8, 1)
+    table = pd.read_parquet(folders["out"] / "membership_inference.parquet")
+    assert table["Members"].tolist() == [8, 8] and table["Non-members"].tolist() == [6, 6]
+    # the release holds members 1-5 verbatim (distance 0); members 6-8 sit at 2.02, 0.16, 0.16, every
+    # non-member at 2.16 or more: every member is nearer than every non-member
+    assert metrics["mia_auc"] == 1.0 and metrics["mia_tpr_at_fpr_0.01"] == 1.0
+    # 6 non-members: FPR ≤ 1% admits none; a chance ranking puts x or more members before the first
+    # non-member with P = C(8, x)/C(14, x): 28/3003 < 1% for 6, 56/2002 > 1% for 5: 99th percentile 5/8
+    assert metrics["mia_tpr_at_fpr_0.01_chance_p99"] == 5 / 8
+    assert metrics["mia_tpr_at_fpr_0_01_lift"] == 3 / 8
+
+
+def test_a_cap_above_every_set_is_no_cap(folders, capsys):
+    assert member_inference.main(two_set_argv(folders, num_of_samples=100)) == 0
+    assert "--num_of_samples 100" not in capsys.readouterr().err
+    metrics = metrics_of(folders["out"])
+    assert (metrics["mia_num_members"], metrics["mia_num_non_members"]) == (8, 6)
+
+
+def test_a_cap_below_a_set_says_which_sets_are_sampled(folders, capsys):
+    assert member_inference.main(two_set_argv(folders, num_of_samples=7)) == 0
+    assert (
+        "member_inference: --num_of_samples 7 is below the patients of training 8; a seeded sample of 7 is "
+        "drawn from each such set per iteration"
+    ) in capsys.readouterr().err
+    metrics = metrics_of(folders["out"])
+    assert (metrics["mia_num_of_samples"], metrics["mia_n_iterations"], metrics["mia_num_non_members"]) == (
+        7,
+        2,
+        6,
+    )
+    argv = two_set_argv(folders, output_flag="metrics_folder", num_of_samples=7)
+    assert nearest_neighbor_inference.main(argv) == 0
+    metrics = metrics_of(folders["out"])
+    # 7 training records in folds of the 6 held-out: 2 folds (the second overlapping the first by 5)
+    assert (metrics["nnaa_num_training_records"], metrics["nnaa_num_folds_train"]) == (7, 2)
+    assert (metrics["nnaa_num_of_samples"], metrics["nnaa_n_iterations"]) == (6, 2)
 
 
 def test_token_metadata_sets_the_feature_vocabulary(folders, tmp_path, capsys):
@@ -267,11 +308,14 @@ def test_missing_config_and_tokenizer(folders, capsys):
 
 
 @pytest.mark.parametrize(("flag", "value"), [("n_iterations", "0"), ("num_of_samples", "0")])
-def test_non_positive_counts(folders, capsys, flag, value):
-    line = run_and_error(member_inference, two_set_argv(folders, **{flag: value}), capsys)
+@pytest.mark.parametrize("module", [member_inference, nearest_neighbor_inference])
+def test_non_positive_counts(folders, capsys, flag, value, module):
+    output_flag = "metrics_folder" if module is nearest_neighbor_inference else "output_folder"
+    line = run_and_error(module, two_set_argv(folders, output_flag=output_flag, **{flag: value}), capsys)
     assert line == f"error: --{flag} is 0; expected a positive " + (
         "integer" if flag == "n_iterations" else "number of patients"
     )
+    assert not folders["out"].exists()
 
 
 def test_config_command_writes_a_yml_the_analyses_read(folders, tmp_path, capsys):

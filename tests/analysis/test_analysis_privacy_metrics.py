@@ -14,11 +14,16 @@ from cehrgpt.analysis.privacy.attribute_inference import attribute_inference_ana
 from cehrgpt.analysis.privacy.config import derive_attribute_config
 from cehrgpt.analysis.privacy.member_inference import (
     chance_f1,
+    chance_tpr_at_fpr,
     classification_scores,
     membership_inference_analysis,
     roc_metrics,
 )
-from cehrgpt.analysis.privacy.nearest_neighbor_inference import adversarial_accuracy, nnaa_analysis
+from cehrgpt.analysis.privacy.nearest_neighbor_inference import (
+    adversarial_accuracy,
+    equal_folds,
+    nnaa_analysis,
+)
 from cehrgpt.analysis.privacy.reid_inference import reid_analysis
 
 
@@ -60,6 +65,50 @@ def test_nnaa_of_an_exact_copy_is_all_ties():
     assert metrics["nnaa_tie_rate_train"] == 0.0
     assert metrics["nnaa_tie_rate_test"] == 1.0
     assert metrics["nnaa_num_of_samples"] == 2
+    assert metrics["nnaa_n_iterations"] == 1  # equal sizes, nothing sampled: the 2 iterations would be one
+    assert len(table) == 1
+
+
+def test_equal_folds_cover_every_row_at_one_size():
+    rng = np.random.default_rng(0)
+    rows = np.arange(10, 20)
+    folds = equal_folds(rng, rows, 4)  # ⌈10 / 4⌉ = 3 folds of 4; the last overlaps the second by 2
+    assert [len(f) for f in folds] == [4, 4, 4]
+    assert sorted(np.concatenate(folds[:2]).tolist() + folds[2][2:].tolist()) == rows.tolist()
+    assert len(np.intersect1d(folds[1], folds[2])) == 2
+    assert [f.tolist() for f in equal_folds(rng, rows, 10)] == [rows.tolist()]  # one fold: as given
+
+
+def test_nnaa_scores_every_training_record_in_equal_size_folds():
+    # same age, one concept each: any two different patients are at distance 2. T = 6, E = 2, S = a copy of
+    # T6 and two others. T is cut into 3 folds of 2 (E's size). The fold holding T6: real terms 0 (T6: 0 > 2
+    # no) and ½ (tie) -> ¼; synthetic terms 0 (the copy: 0 > 2 no), ½, ½ -> ⅓; AA = ½(¼ + ⅓) = 7/24, ties
+    # 3 of 5. The two other folds tie everywhere: AA ½, ties 1. AA_train = (7/24 + ½ + ½) / 3 = 31/72,
+    # tie rate (3/5 + 1 + 1) / 3 = 13/15; E ties everywhere: AA_test ½. Loss = ½ − 31/72 = 5/72, whichever
+    # fold T6 lands in: a sample of 2 of T would miss T6 two times in three.
+    train = patients(*[patient_tokens(40, [100 + i]) for i in range(6)])
+    held_out = patients(*[patient_tokens(40, [200 + i]) for i in range(2)])
+    synthetic = patients(patient_tokens(40, [105]), patient_tokens(40, [300]), patient_tokens(40, [301]))
+    space = FeatureSpace.fit([train, held_out, synthetic])
+    for seed in range(5):
+        table, metrics = nnaa_analysis(train, held_out, synthetic, space, n_iterations=3, seed=seed)
+        assert table["AA_train"].tolist() == pytest.approx([31 / 72] * 3)
+        assert metrics["nnaa_aa_train"] == pytest.approx(31 / 72)
+        assert metrics["nnaa_aa_test"] == 0.5
+        assert metrics["nnaa_privacy_loss"] == pytest.approx(5 / 72)
+        assert metrics["nnaa_tie_rate_train"] == pytest.approx(13 / 15)
+        assert metrics["nnaa_tie_rate_test"] == 1.0
+        assert (
+            metrics["nnaa_num_of_samples"],
+            metrics["nnaa_num_folds_train"],
+            metrics["nnaa_num_folds_test"],
+        ) == (
+            2,
+            3,
+            1,
+        )
+        assert (metrics["nnaa_num_training_records"], metrics["nnaa_num_evaluation_records"]) == (6, 2)
+        assert metrics["nnaa_n_iterations"] == 3  # the folds are drawn afresh in each iteration
 
 
 def test_roc_metrics_by_hand():
@@ -74,6 +123,104 @@ def test_roc_metrics_by_hand():
     assert curve["threshold"] == [-1.0, 0.0, 1.0, 3.0, 5.0]
     assert curve["fpr"] == pytest.approx([0, 0, 1 / 3, 2 / 3, 1])
     assert curve["tpr"] == pytest.approx([0, 2 / 3, 2 / 3, 1, 1])
+
+
+def test_roc_metrics_on_unbalanced_sets_by_hand():
+    # 3 members at 0, 2, 4; 5 non-members at 1, 3, 5, 6, 7. Pairs won: 0 beats 5, 2 beats 4, 4 beats 3:
+    # AUC 12/15. At d ≤ 0 (fpr 0) tpr ⅓; at d ≤ 4, tpr 1 at fpr ⅖: advantage ⅗.
+    metrics, _ = roc_metrics(
+        np.array([1, 1, 1, 0, 0, 0, 0, 0]), np.array([0.0, 2.0, 4.0, 1.0, 3.0, 5.0, 6.0, 7.0])
+    )
+    assert metrics["mia_auc"] == pytest.approx(0.8)
+    assert metrics["mia_tpr_at_fpr_0.01"] == pytest.approx(1 / 3)
+    assert metrics["mia_tpr_at_fpr_0.1"] == pytest.approx(1 / 3)
+    assert metrics["mia_advantage"] == pytest.approx(0.6)
+    # 5 non-members: FPR ≤ 1% admits none. A chance ranking exposes the members before the first
+    # non-member: P(0, 1, 2, 3 members) = 5/8, 15/56, 5/56, 1/56; mean (0+1)/(5+1) of the members = ⅙;
+    # P(≤ 2) = 55/56 < 0.99, so its 99th percentile is all 3 members: lift ⅓ − 1
+    assert metrics["mia_tpr_at_fpr_0.01_chance"] == pytest.approx(1 / 6)
+    assert metrics["mia_tpr_at_fpr_0.01_chance_p99"] == 1.0
+    assert metrics["mia_tpr_at_fpr_0_01_lift"] == pytest.approx(-2 / 3)
+
+
+def test_chance_tpr_at_one_percent_fpr_follows_the_set_sizes():
+    # FPR ≤ 1% admits ⌊0.01 n⌋ non-members; the mean share exposed is (k + 1)/(n + 1)
+    assert chance_tpr_at_fpr(3, 5) == (pytest.approx(1 / 6), 1.0)
+    assert chance_tpr_at_fpr(50, 20) == (pytest.approx(1 / 21), 0.24)  # P(≥ x members first) ≈ (50/70)^x
+    assert chance_tpr_at_fpr(1000, 300) == (pytest.approx(4 / 301), 0.036)
+    assert chance_tpr_at_fpr(10000, 10000) == (pytest.approx(101 / 10001), 0.0136)
+
+
+def far_from(synthetic_concept: int, base: int, extra: int) -> list[str]:
+    """A patient at squared distance ``extra`` from the one-concept patient: ``extra`` concepts of its own on top."""
+    return patient_tokens(40, [synthetic_concept, *range(base, base + extra)])
+
+
+def test_membership_inference_on_unbalanced_sets_by_hand():
+    # one synthetic patient; 3 members at distance 0, 2, 4 and 5 non-members at 1, 3, 5, 6, 7 (the ROC
+    # above). Every record is scored: the 3 asked iterations would repeat the same records, one pass runs.
+    # Median threshold 3.5 predicts 0, 1, 2, 3: q ½, precision ½, recall ⅔, F1 4/7; members' share π ⅜, so
+    # chance F1 = 2πq/(π + q) = 3/7. Fixed threshold 5 predicts 0–4: q ⅝, precision ⅗, recall 1, F1 ¾;
+    # chance 2·⅜·⅝ / 1 = 15/32. Above chance: max(¾ − 15/32, 4/7 − 3/7) = 9/32.
+    synthetic = patients(patient_tokens(40, [900]))
+    train = patients(*[far_from(900, 1000 + 10 * i, d) for i, d in enumerate([0, 2, 4])])
+    held_out = patients(*[far_from(900, 2000 + 10 * i, d) for i, d in enumerate([1, 3, 5, 6, 7])])
+    space = FeatureSpace.fit([train, held_out, synthetic])
+    table, metrics, _ = membership_inference_analysis(
+        train, held_out, synthetic, space, n_iterations=3, seed=4
+    )
+    assert table["Threshold"].tolist() == [5.0, 3.5]
+    assert table["F1"].tolist() == pytest.approx([3 / 4, 4 / 7])
+    assert table["F1 Chance"].tolist() == pytest.approx([15 / 32, 3 / 7])
+    assert (table["Members"].tolist(), table["Non-members"].tolist()) == ([3, 3], [5, 5])
+    assert metrics["mia_f1_above_chance"] == pytest.approx(9 / 32)
+    assert metrics["mia_auc"] == pytest.approx(0.8)
+    assert metrics["mia_tpr_at_fpr_0_01_lift"] == pytest.approx(-2 / 3)
+    assert (metrics["mia_num_members"], metrics["mia_num_non_members"]) == (3, 5)
+    assert (metrics["mia_num_of_samples"], metrics["mia_n_iterations"]) == (5, 1)
+
+
+def test_every_member_is_scored_so_a_leaked_one_always_is():
+    # 50 members and 20 non-members, same age, one concept each; the release holds member 37 verbatim and
+    # nothing else. Member 37 is at 0, every other record at 2: at FPR 0 the attack exposes it, 1 of 50,
+    # with every seed (a sample of 20 members per iteration would miss it 3 times in 5).
+    train = patients(*[patient_tokens(40, [100 + i]) for i in range(50)])
+    held_out = patients(*[patient_tokens(40, [300 + i]) for i in range(20)])
+    synthetic = patients(patient_tokens(40, [137]))
+    space = FeatureSpace.fit([train, held_out, synthetic])
+    for seed in range(5):
+        _, metrics, curve = membership_inference_analysis(
+            train, held_out, synthetic, space, n_iterations=10, num_of_samples=10000, seed=seed
+        )
+        assert (metrics["mia_num_members"], metrics["mia_num_non_members"]) == (50, 20)
+        assert metrics["mia_tpr_at_fpr_0.01"] == 0.02
+        assert metrics["mia_auc"] == pytest.approx(0.51)  # 20 pairs won, 49 × 20 tied: (20 + 490) / 1000
+        assert curve["threshold"][:2] == [-1.0, 0.0]
+        # one leaked patient in 50 is within chance at 20 non-members: 99th percentile 12 of 50
+        assert metrics["mia_tpr_at_fpr_0.01_chance_p99"] == 0.24
+        assert metrics["mia_tpr_at_fpr_0_01_lift"] == pytest.approx(0.02 - 0.24)
+    # the training set released: every member at 0, every non-member at 2: lift 1 − 0.24
+    _, metrics, _ = membership_inference_analysis(train, held_out, train, space)
+    assert metrics["mia_tpr_at_fpr_0.01"] == 1.0
+    assert metrics["mia_tpr_at_fpr_0_01_lift"] == pytest.approx(0.76)
+
+
+def test_a_cap_below_a_set_samples_it_afresh_in_each_iteration():
+    # 50 members capped at 20 per iteration, 20 non-members whole (not drawn): the iterations' seeded
+    # samples are 4 draws of 20 of 50 from the seed's generator, and the ROC scores each member any of
+    # them drew once
+    train = patients(*[patient_tokens(40, [100 + i]) for i in range(50)])
+    held_out = patients(*[patient_tokens(40, [300 + i]) for i in range(20)])
+    space = FeatureSpace.fit([train, held_out])
+    table, metrics, _ = membership_inference_analysis(
+        train, held_out, train, space, n_iterations=4, num_of_samples=20, seed=1
+    )
+    rng = np.random.default_rng(1)
+    drawn = np.unique(np.concatenate([rng.choice(50, size=20, replace=False) for _ in range(4)]))
+    assert len(table) == 8 and set(table["Members"]) == {20} and set(table["Non-members"]) == {20}
+    assert metrics["mia_n_iterations"] == 4
+    assert (metrics["mia_num_members"], metrics["mia_num_non_members"]) == (len(drawn), 20)
+    assert metrics["mia_auc"] == 1.0
 
 
 def test_membership_inference_looks_at_the_whole_synthetic_set():
@@ -105,6 +252,10 @@ def test_classification_scores_and_chance():
     assert chance_f1(0.5) == 0.5  # precision ½, recall ½
     assert chance_f1(0.25) == pytest.approx(1 / 3)  # precision ½, recall ¼ -> 2·⅛/¾
     assert chance_f1(0.0) == 0.0
+    # unbalanced: 1 member in 4 (π ¼), a coin calling half the records members: precision ¼, recall ½,
+    # F1 = 2·⅛ / ¾ = ⅓
+    assert chance_f1(0.5, prevalence=0.25) == pytest.approx(1 / 3)
+    assert chance_f1(0.5, prevalence=0.0) == 0.0
 
 
 def test_inference_scores_are_micro_averaged():

@@ -133,20 +133,39 @@ def samples_used(requested: int, available: Mapping[str, int], analysis: str) ->
     return requested
 
 
+def records_per_set(cap: int | None, available: Mapping[str, int], analysis: str) -> dict[str, int]:
+    """Records each set supplies per iteration: all of it, or ``cap`` (a seeded sample) when it holds more.
+
+    ``cap`` None is no cap. Unlike :func:`samples_used` the sets keep their own sizes (no set is cut to
+    the smallest); a set that is cut is named on stderr, since some of its records then go unscored in
+    an iteration.
+    """
+    if cap is not None and cap < 1:
+        raise AnalysisError(f"--num_of_samples is {cap}; expected a positive number of patients")
+    used = {name: size if cap is None else min(cap, size) for name, size in available.items()}
+    cut = [f"{name} {available[name]}" for name in available if used[name] < available[name]]
+    if cut:
+        warn(
+            f"{analysis}: --num_of_samples {cap} is below the patients of {', '.join(cut)}; "
+            f"a seeded sample of {cap} is drawn from each such set per iteration"
+        )
+    return used
+
+
 def check_positive(value: int, flag: str) -> int:
     if value < 1:
         raise AnalysisError(f"--{flag} is {value}; expected a positive integer")
     return value
 
 
-def add_sampling_flags(parser: argparse.ArgumentParser, default_samples: int = 5000) -> None:
+def add_sampling_flags(
+    parser: argparse.ArgumentParser,
+    default_samples: int | None = 5000,
+    samples_help: str = "patients sampled from each set per iteration (all of a smaller set, with a warning)",
+) -> None:
+    """``--n_iterations``, ``--num_of_samples`` (``default_samples``; None: no cap), ``--seed`` and the block size."""
     parser.add_argument("--n_iterations", type=int, default=1, help="repetitions of the sampling")
-    parser.add_argument(
-        "--num_of_samples",
-        type=int,
-        default=default_samples,
-        help="patients sampled from each set per iteration (all of a smaller set, with a warning)",
-    )
+    parser.add_argument("--num_of_samples", type=int, default=default_samples, help=samples_help)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of every random choice")
     parser.add_argument(
         "--matching_batch_size",

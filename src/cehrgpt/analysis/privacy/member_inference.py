@@ -1,33 +1,67 @@
 """Membership inference: can an attacker holding the synthetic data tell who was in the training set?
 
-Each iteration samples the same number of training patients (members) and
-held-out patients (non-members); every sampled record gets its distance to the
-nearest of *all* synthetic patients (a sample of the synthetic set would miss
-most twins of a copied patient). A record is predicted a member when that
-distance is below a threshold, at two thresholds:
+Every training patient (member) and every held-out patient (non-member) is
+scored, the sets keeping their own sizes: each record's distance to the nearest
+of *all* synthetic patients, measured once per record (a sample of either side
+would miss most twins of a copied patient, or the copied patient itself).
+
+``--num_of_samples`` is an upper bound on the records taken from each set, by
+default none. A set larger than it is sampled (seeded, ``--seed``) afresh in
+each of ``--n_iterations`` iterations; when no set is cut every iteration
+would see the same records, so one pass is run (``mia_n_iterations`` says how
+many ran, and a note on stderr says so when more were asked for).
+
+Threshold-free, over every record scored (each once; score = −distance:
+nearer is more likely a member): ``mia_auc`` (ROC AUC, scikit-learn; 0.5 =
+chance, whatever the set sizes), ``mia_tpr_at_fpr_0.01`` and
+``mia_tpr_at_fpr_0.1`` (the highest true-positive rate at a false-positive rate
+no higher than 1% / 10%: how many members an attacker exposes while rarely
+accusing a non-member) and ``mia_advantage`` (max TPR − FPR over all
+thresholds). Equal distances are one threshold (scikit-learn groups them).
+
+The tail, gated: with n non-members the FPR moves in steps of 1/n, so the 1%
+point admits k = ⌊0.01·n⌋ non-members and below 100 non-members only FPR 0
+(k = 0). A chance attack (members and non-members exchangeable) then exposes
+the members ranked before the (k+1)-th non-member, a negative-hypergeometric
+count over m members: its mean share, (k+1)/(n+1), is
+``mia_tpr_at_fpr_0.01_chance``, its 99th percentile
+``mia_tpr_at_fpr_0.01_chance_p99``. ``mia_tpr_at_fpr_0_01_lift`` =
+``mia_tpr_at_fpr_0.01`` − ``mia_tpr_at_fpr_0.01_chance_p99``: members exposed at
+FPR ≤ 1% beyond what chance reaches in 99 of 100 releases at these set sizes
+(≤ 0 for a private release; about the share of members copied verbatim for a
+leaking one). It is defined and NaN-free at every size and needs no margin for
+small sets: few non-members widen the percentile instead (20 non-members and 50
+members: 0.24; 300 and 1,000: 0.036; 10,000 and 10,000: 0.014). Ties only lower
+an attack's TPR at a fixed FPR (a tied group is one point), so the tie-free
+chance is the cautious reference. The name has ``0_01``, not ``0.01``, so that
+the gate's ``max_<metric>`` is a pipeline parameter name.
+
+Thresholded (the seed's attack), per iteration: a record is predicted a member
+when its distance is below a threshold, at two thresholds:
 
 - ``fixed``: the original's fixed distance (default 5, squared Euclidean);
-- ``median``: the median of all the sampled records' distances, where about half
-  the records are predicted members and chance F1 is 0.5.
+- ``median``: the median of the iteration's records' distances (about half predicted members).
 
-Chance for a threshold is the F1 of a coin that predicts the same share ``q`` of
-members on these balanced samples: ``q / (0.5 + q)``. ``mia_f1_above_chance`` is the
-larger of the two thresholds' F1 minus its chance F1.
+Chance for a threshold is the F1 of a coin that predicts the same share ``q``
+of members when the members' share of the records is π: precision π, recall
+q, F1 = 2πq / (π + q) (= q / (0.5 + q) on balanced sets).
+``mia_f1_above_chance`` is the larger of the two thresholds' F1 minus its
+chance F1. Accuracy is reported as is: on unbalanced sets its chance value is
+not 0.5.
 
-Threshold-free, over every iteration's records pooled (score = −distance: nearer
-is more likely a member): ``mia_auc`` (ROC AUC, scikit-learn; 0.5 = chance, what
-the release gate reads), ``mia_tpr_at_fpr_0.01`` and ``mia_tpr_at_fpr_0.1`` (the
-highest true-positive rate at a false-positive rate no higher than 1% / 10%:
-how many members an attacker exposes while rarely accusing a non-member) and
-``mia_advantage`` (max TPR − FPR over all thresholds). The ROC curve's points
-go to ``roc_curve.json`` (``fpr``, ``tpr``, ``threshold``: predict a member when the
-distance is at most the threshold) for the pipeline's ``ClassificationMetrics``.
+The ROC curve's points go to ``roc_curve.json`` (``fpr``, ``tpr``, ``threshold``:
+predict a member when the distance is at most the threshold) for the
+pipeline's ``ClassificationMetrics``.
 
 Metrics: ``mia_{accuracy,precision,recall,f1,f1_chance,advantage}_{fixed,median}_threshold``
-(advantage = true-positive rate − false-positive rate), ``mia_f1_above_chance``,
-``mia_num_of_samples``, ``mia_n_iterations``. Table ``membership_inference.parquet``: one
-row per iteration and threshold with ``Iteration``, ``Threshold Type``, ``Threshold``,
-``Accuracy``, ``Precision``, ``Recall``, ``F1``.
+(advantage = true-positive rate − false-positive rate; means over iterations),
+``mia_f1_above_chance``, the ROC metrics above, ``mia_num_members`` and
+``mia_num_non_members`` (records the ROC metrics score), ``mia_num_of_samples``
+(most records taken from one set per iteration), ``mia_n_iterations``
+(iterations run). Table ``membership_inference.parquet``: one row per iteration
+and threshold with ``Iteration``, ``Threshold Type``, ``Threshold``,
+``Accuracy``, ``Precision``, ``Recall``, ``F1``, ``F1 Chance``, ``Advantage``,
+``Members``, ``Non-members``.
 """
 
 from __future__ import annotations
@@ -38,6 +72,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import nhypergeom
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
@@ -48,21 +83,25 @@ from cehrgpt.analysis.features import (
     nearest_neighbours,
     sample_indices,
 )
-from cehrgpt.analysis.io import write_outputs
+from cehrgpt.analysis.io import warn, write_outputs
 from cehrgpt.analysis.privacy.common import (
     DEFAULT_SEED,
     add_sampling_flags,
     check_positive,
     load_inputs,
     mean_of,
+    records_per_set,
     run_main,
-    samples_used,
 )
 
 TABLE = "membership_inference"
 FIXED_THRESHOLD = 5.0
 THRESHOLD_TYPES = ("fixed", "median")
 ROC_FILE = "roc_curve.json"
+SAMPLES_HELP = (
+    "at most this many records from each set, a seeded sample per iteration of a larger set "
+    "(default: no cap, every member and non-member, one pass)"
+)
 
 
 def classification_scores(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
@@ -84,13 +123,35 @@ def classification_scores(labels: np.ndarray, predictions: np.ndarray) -> dict[s
     }
 
 
-def chance_f1(positive_rate: float) -> float:
-    """F1 of random guessing that predicts ``positive_rate`` of a balanced set as members."""
-    return positive_rate / (0.5 + positive_rate) if positive_rate > 0 else 0.0
+def chance_f1(positive_rate: float, prevalence: float = 0.5) -> float:
+    """F1 of a coin that predicts ``positive_rate`` of the records members when ``prevalence`` of them are.
+
+    Its precision is the prevalence π and its recall the rate q: F1 = 2πq / (π + q).
+    """
+    if positive_rate <= 0 or prevalence <= 0:
+        return 0.0
+    return 2 * prevalence * positive_rate / (prevalence + positive_rate)
+
+
+LOW_FPR = 0.01
+CHANCE_QUANTILE = 0.99
+
+
+def chance_tpr_at_fpr(members: int, non_members: int, fpr: float = LOW_FPR) -> tuple[float, float]:
+    """Mean and 99th percentile of a chance attack's TPR at FPR ≤ ``fpr``, for these set sizes.
+
+    With k the most non-members that FPR admits, a chance ranking exposes the
+    members ranked before the (k+1)-th non-member: negative hypergeometric
+    (``members`` + ``non_members`` records drawn until k+1 non-members).
+    """
+    k = int(np.count_nonzero(np.arange(non_members + 1) / non_members <= fpr)) - 1
+    cdf = np.cumsum(nhypergeom.pmf(np.arange(members + 1), members + non_members, members, k + 1))
+    p99 = min(int(np.searchsorted(cdf, CHANCE_QUANTILE - 1e-12)), members)
+    return (k + 1) / (non_members + 1), p99 / members
 
 
 def roc_metrics(labels: np.ndarray, distances: np.ndarray) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """AUC, TPR at FPR ≤ 1% and ≤ 10%, and the best advantage of the attack "nearer = member"; and the curve.
+    """AUC, TPR at FPR ≤ 1% and ≤ 10% (the first against chance), the best advantage of "nearer = member"; the curve.
 
     Ties in distance are one threshold (scikit-learn groups equal scores). Undefined
     (NaN) when either class is absent.
@@ -103,6 +164,9 @@ def roc_metrics(labels: np.ndarray, distances: np.ndarray) -> tuple[dict[str, fl
             "mia_tpr_at_fpr_0.01": nan,
             "mia_tpr_at_fpr_0.1": nan,
             "mia_advantage": nan,
+            "mia_tpr_at_fpr_0.01_chance": nan,
+            "mia_tpr_at_fpr_0.01_chance_p99": nan,
+            "mia_tpr_at_fpr_0_01_lift": nan,
         }, {
             "fpr": [],
             "tpr": [],
@@ -116,6 +180,10 @@ def roc_metrics(labels: np.ndarray, distances: np.ndarray) -> tuple[dict[str, fl
         "mia_tpr_at_fpr_0.1": float(tpr[fpr <= 0.1].max()),
         "mia_advantage": float((tpr - fpr).max()),
     }
+    chance, chance_p99 = chance_tpr_at_fpr(int(labels.sum()), int((~labels).sum()))
+    metrics["mia_tpr_at_fpr_0.01_chance"] = chance
+    metrics["mia_tpr_at_fpr_0.01_chance_p99"] = chance_p99
+    metrics["mia_tpr_at_fpr_0_01_lift"] = metrics["mia_tpr_at_fpr_0.01"] - chance_p99
     distance_thresholds = np.where(np.isfinite(thresholds), -thresholds, -1.0)  # the first point: nobody
     curve = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": distance_thresholds.tolist()}
     return metrics, curve
@@ -143,43 +211,56 @@ def membership_inference_analysis(
     synthetic: PatientSet,
     space: FeatureSpace,
     n_iterations: int = 1,
-    num_of_samples: int = 5000,
+    num_of_samples: int | None = None,
     seed: int = DEFAULT_SEED,
     fixed_threshold: float = FIXED_THRESHOLD,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[pd.DataFrame, dict[str, float], dict[str, list[float]]]:
-    """Membership inference per iteration at the fixed and the median threshold, and the pooled ROC.
+    """Membership inference over every member and non-member (or ``num_of_samples`` of a larger set).
 
-    Returns the table, the metrics and the ROC curve's points.
+    Returns the table (per iteration, at the fixed and the median threshold), the metrics and the ROC
+    curve's points.
     """
     check_positive(n_iterations, "n_iterations")
-    n = samples_used(
+    sets = (training, evaluation)
+    used = records_per_set(
         num_of_samples, {"training": len(training), "evaluation": len(evaluation)}, "member_inference"
     )
+    sizes = (used["training"], used["evaluation"])
+    sampled = any(size < len(patients) for size, patients in zip(sizes, sets, strict=True))
+    iterations = n_iterations if sampled else 1
+    if iterations < n_iterations:
+        warn(
+            f"member_inference: every record of both sets is scored; --n_iterations {n_iterations} would "
+            "repeat the same records, so one pass is run"
+        )
     rng = np.random.default_rng(seed)
-    rows = []
     samples = [
-        (sample_indices(rng, len(training), n), sample_indices(rng, len(evaluation), n))
-        for _ in range(n_iterations)
+        tuple(
+            sample_indices(rng, len(patients), size) if size < len(patients) else np.arange(len(patients))
+            for patients, size in zip(sets, sizes, strict=True)
+        )
+        for _ in range(iterations)
     ]
     # A record's distance to the whole synthetic set does not depend on the sample it is drawn in:
-    # each distinct sampled record is measured once, however many iterations draw it.
+    # each distinct record is measured once, however many iterations draw it.
     s = space.encode(synthetic)
-    distance_of = []
-    for patients, side in ((training, 0), (evaluation, 1)):
+    distance_of, scored = [], []
+    for side, patients in enumerate(sets):
         drawn = np.unique(np.concatenate([pair[side] for pair in samples]))
         found = nearest_neighbours(space.encode(patients.take(drawn)), s, chunk_size=chunk_size)
         lookup = np.zeros(len(patients), dtype=np.float64)
         lookup[drawn] = found.a_to_b_distance
         distance_of.append(lookup)
-    pooled_labels, pooled_distances = [], []
+        scored.append(found.a_to_b_distance)
+    rows = []
     for iteration, (member_rows, non_member_rows) in enumerate(
         tqdm(samples, desc="membership inference", unit="iteration"), start=1
     ):
         distances = np.concatenate([distance_of[0][member_rows], distance_of[1][non_member_rows]])
-        labels = np.concatenate([np.ones(n, dtype=bool), np.zeros(n, dtype=bool)])
-        pooled_labels.append(labels)
-        pooled_distances.append(distances)
+        labels = np.concatenate(
+            [np.ones(len(member_rows), dtype=bool), np.zeros(len(non_member_rows), dtype=bool)]
+        )
         for threshold_type, threshold in (
             ("fixed", fixed_threshold),
             ("median", float(np.median(distances))),
@@ -194,8 +275,10 @@ def membership_inference_analysis(
                     "Precision": scores["precision"],
                     "Recall": scores["recall"],
                     "F1": scores["f1"],
-                    "F1 Chance": chance_f1(scores["positive_rate"]),
+                    "F1 Chance": chance_f1(scores["positive_rate"], float(labels.mean())),
                     "Advantage": scores["advantage"],
+                    "Members": len(member_rows),
+                    "Non-members": len(non_member_rows),
                 }
             )
     table = pd.DataFrame(rows)
@@ -214,11 +297,17 @@ def membership_inference_analysis(
     metrics["mia_f1_above_chance"] = max(
         metrics[f"mia_f1_{t}_threshold"] - metrics[f"mia_f1_chance_{t}_threshold"] for t in THRESHOLD_TYPES
     )
-    roc, curve = roc_metrics(np.concatenate(pooled_labels), np.concatenate(pooled_distances))
+    members, non_members = scored
+    roc, curve = roc_metrics(
+        np.concatenate([np.ones(len(members), dtype=bool), np.zeros(len(non_members), dtype=bool)]),
+        np.concatenate([members, non_members]),
+    )
     metrics.update(roc)
     metrics["mia_fixed_threshold"] = fixed_threshold
-    metrics["mia_num_of_samples"] = n
-    metrics["mia_n_iterations"] = n_iterations
+    metrics["mia_num_members"] = len(members)
+    metrics["mia_num_non_members"] = len(non_members)
+    metrics["mia_num_of_samples"] = max(sizes)
+    metrics["mia_n_iterations"] = iterations
     return table, metrics, curve
 
 
@@ -229,7 +318,7 @@ def run_member_inference(
     output_folder: str,
     tokenizer_path: str | None = None,
     n_iterations: int = 1,
-    num_of_samples: int = 5000,
+    num_of_samples: int | None = None,
     seed: int = DEFAULT_SEED,
     fixed_threshold: float = FIXED_THRESHOLD,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -273,7 +362,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fixed_threshold", type=float, default=FIXED_THRESHOLD, help="the original's distance threshold"
     )
-    add_sampling_flags(parser)
+    add_sampling_flags(parser, default_samples=None, samples_help=SAMPLES_HELP)
     return parser
 
 
