@@ -130,8 +130,8 @@ def is_concept_like(token: str) -> bool:
 # --- what two sequences are compared on --------------------------------------------------------------------
 
 #: Tokens that say nothing about the patient: how a sequence is framed or padded. The ETL writes
-#: training rows without ``[END]``, the generator closes every patient with it, so a comparison of
-#: patients that kept them would never see a generated copy of a training patient.
+#: training rows without ``[END]``, the generator closes with it every patient that ends before its
+#: context window, so a comparison of patients that kept them would miss a generated copy of a training patient.
 NON_CLINICAL_TOKENS = frozenset({PAD, OOV, START, END})
 
 

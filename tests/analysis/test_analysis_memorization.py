@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_sequences import as_generated, as_stored, patient_tokens, timeline_patient
+from analysis_sequences import (
+    NEAR_COPY_EDITS,
+    as_generated,
+    as_stored,
+    near_copy,
+    patient_tokens,
+    timeline_patient,
+)
 
 from cehrgpt.analysis.privacy import memorization
 
@@ -168,41 +175,11 @@ LONG_HELD_OUT = [long_patient(20000, i) for i in range(20)]
 LONG_NOVEL = [as_generated(long_patient(30000, i)) for i in range(45)]
 
 
-def edit(tokens: list[str], kind: str) -> list[str]:
-    """One of the near-copy edits a memorising model makes, on a patient of :func:`long_patient`."""
-    t = list(tokens)
-    first_concept = t.index("9202") + 1
-    if kind == "concept_removed":
-        del t[first_concept]
-    elif kind == "concept_replaced":
-        t[first_concept] = "99999"
-    elif kind == "last_visit_dropped":
-        t = t[: len(t) - 1 - t[::-1].index("[VS]") - 1]  # the last [VS] and the gap before it
-    elif kind == "year_shifted":
-        t[0] = "year:2001"
-    elif kind == "gap_changed":
-        t[t.index("D7")] = "D10"
-    elif kind == "first_60_percent":
-        t = t[: [i for i, x in enumerate(t) if x == "[VE]"][3] + 1]  # 4 of 6 visits
-    elif kind == "visit_appended":
-        t += ["D30", "[VS]", "9202", "77777", "[VE]"]
-    return as_generated(t)
-
-
-@pytest.mark.parametrize(
-    ("kind", "label"),
-    [
-        ("concept_removed", "near_copy"),
-        ("concept_replaced", "near_copy"),
-        ("last_visit_dropped", "near_copy"),
-        ("year_shifted", "copy_shifted_calendar"),
-        ("gap_changed", "near_copy"),
-        ("first_60_percent", "near_copy"),
-        ("visit_appended", "near_copy"),
-    ],
-)
-def test_ten_percent_near_copies_of_every_kind(make_folder, tmp_path, kind, label):
-    synthetic = [edit(LONG_TRAIN[i], kind) for i in range(5)] + LONG_NOVEL
+@pytest.mark.parametrize("kind", NEAR_COPY_EDITS)
+def test_ten_percent_near_copies_of_every_kind(make_folder, tmp_path, kind):
+    label = "copy_shifted_calendar" if kind == "year_shifted" else "near_copy"
+    rng = np.random.default_rng(5)
+    synthetic = [near_copy(LONG_TRAIN[i], kind, rng) for i in range(5)] + LONG_NOVEL
     metrics = run(make_folder, tmp_path, synthetic, train=LONG_TRAIN, held_out=LONG_HELD_OUT)
     assert metrics["memorization_copy_share_train"] == 0.0
     assert metrics["memorization_shifted_copy_excess"] == (0.1 if kind == "year_shifted" else 0.0)
@@ -235,7 +212,8 @@ def test_novel_patients_and_short_copies_are_not_near_copies(make_folder, tmp_pa
 
 
 def test_near_copies_of_held_out_patients_read_negative(make_folder, tmp_path):
-    synthetic = [edit(LONG_HELD_OUT[i], "concept_removed") for i in range(5)] + LONG_NOVEL
+    rng = np.random.default_rng(5)
+    synthetic = [near_copy(LONG_HELD_OUT[i], "concept_removed", rng) for i in range(5)] + LONG_NOVEL
     metrics = run(make_folder, tmp_path, synthetic, train=LONG_TRAIN, held_out=LONG_HELD_OUT)
     assert metrics["memorization_near_copy_share_holdout"] == pytest.approx(0.1)
     # two parts, each controlled by the whole held-out set: −2 per near copy

@@ -262,13 +262,14 @@ class FeatureSpace:
 
         Args:
             patient_sets: Every set that will be compared (training, held-out, synthetic).
-            concept_vocabulary: The concept columns (e.g. a tokenizer's concepts); by default
-                the union of the concepts in the sets.
+            concept_vocabulary: More concept columns (e.g. a tokenizer's concepts), beside the
+                union of the concepts in the sets. A concept the sets have is never dropped,
+                even when the vocabulary lacks it (a tokenizer leaves rare concepts out): every
+                analysis sees the same patients, whichever ``--tokenizer_path`` it was given.
         """
-        if concept_vocabulary is None:
-            concepts = np.unique(np.concatenate([s.concept_values for s in patient_sets]))
-        else:
-            concepts = np.unique(np.fromiter(concept_vocabulary, dtype=np.int64))
+        concepts = np.unique(np.concatenate([s.concept_values for s in patient_sets]))
+        if concept_vocabulary is not None:
+            concepts = np.union1d(concepts, np.fromiter(concept_vocabulary, dtype=np.int64))
         ages = np.concatenate([s.ages for s in patient_sets])
         return cls(
             concept_ids=concepts.astype(np.int64),
