@@ -72,13 +72,13 @@ def test_one_age_scale_and_encoding_shared_by_all_sets():
     assert only.age is None
 
 
-def test_vocabulary_sets_the_concept_columns():
+def test_a_vocabulary_adds_columns_but_never_drops_a_concept_the_data_has():
     a = parse_patients(frame(patient_tokens(30, [101, 102])), False)
     space = FeatureSpace.fit([a], concept_vocabulary=[102, 999])
-    assert space.concept_ids.tolist() == [102, 999]
-    assert space.unknown_concepts([101, 102]) == [101]
-    # 101 is not a column: dropped from the vector
-    assert space.encode(a).binary.toarray().tolist() == [[1, 1, 1, 0]]
+    assert space.concept_ids.tolist() == [101, 102, 999]
+    assert space.unknown_concepts([101, 102, 555]) == [555]
+    # 101 is rare to the tokenizer, not to the analyses: it stays in the vector
+    assert space.encode(a).binary.toarray().tolist() == [[1, 1, 1, 1, 0]]
 
 
 def matrix(rows: list[list[int]], ages: list[float] | None) -> FeatureMatrix:
