@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from cehrgpt.pipeline.images import CPU_IMAGE
+from cehrgpt.pipeline.images import CPU_IMAGE, GPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -282,6 +282,43 @@ def memorization(
     log_metrics_json(f"{results.path}/metrics.json", metrics)
 
 
+@dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
+def model_memorization(
+    prepared: Input[Dataset],
+    model: Input[Model],
+    seed: int,
+    results: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """The model's own memorisation: does it fit its training patients better than held-out ones?
+
+    Args:
+        prepared: Output of prepare (training and held-out sequences).
+        model: The trained model folder.
+        seed: Seed of the samples of sets larger than 10,000 patients.
+        results: metrics.json, summary.json, model_patient_losses.parquet, roc_curve.json.
+        metrics: Loss-attack ROC AUC and TPR at low FPR, mean losses and their gap.
+    """
+    from cehrgpt.analysis.privacy.model_memorization import main
+    from cehrgpt.pipeline.steps import (
+        HELD_OUT_SEQUENCES,
+        TRAIN_SEQUENCES,
+        flags,
+        log_metrics_json,
+        run_stage,
+    )
+
+    argv = flags(
+        model_folder=model.path,
+        training_data_folder=f"{prepared.path}/{TRAIN_SEQUENCES}",
+        evaluation_data_folder=f"{prepared.path}/{HELD_OUT_SEQUENCES}",
+        output_folder=results.path,
+        seed=seed,
+    )
+    run_stage("model_memorization", main, argv)
+    log_metrics_json(f"{results.path}/metrics.json", metrics)
+
+
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def utility(
     prepared: Input[Dataset],
@@ -337,14 +374,19 @@ def privacy_gate(
     fidelity: Input[Dataset],
     memorization: Input[Dataset],
     utility: Input[Dataset],
+    model_memorization: Input[Dataset],
     max_reid_risk: float,
     max_nnaa_privacy_loss: float,
     max_mia_f1_above_chance: float,
     max_mia_auc: float,
+    max_mia_tpr_at_fpr_0_01_lift: float,
     max_memorization_copy_excess: float,
+    max_memorization_shifted_copy_excess: float,
+    max_memorization_near_copy_excess_lower: float,
     max_memorization_dcr_closer_to_train_share: float,
     max_aia_f1_lift_over_holdout: float,
     max_utility_auroc_gap_mean: float,
+    max_model_mia_auc: float,
     verdict: Output[Dataset],
 ):
     """Fail the run when a privacy threshold is breached, so nothing risky is published.
@@ -357,14 +399,19 @@ def privacy_gate(
         fidelity: Its results.
         memorization: Its results.
         utility: Its results.
+        model_memorization: Its results (the model's loss attack, measured before generation).
         max_reid_risk: Highest acceptable re-identification risk.
         max_nnaa_privacy_loss: Highest acceptable NNAA privacy loss.
         max_mia_f1_above_chance: Highest acceptable membership-inference F1 above chance.
         max_mia_auc: Highest acceptable membership-inference ROC AUC.
+        max_mia_tpr_at_fpr_0_01_lift: Highest acceptable members exposed at FPR ≤ 1% beyond chance's 99th percentile.
         max_memorization_copy_excess: Highest acceptable share of verbatim training copies beyond chance.
+        max_memorization_shifted_copy_excess: The same for copies moved in calendar time.
+        max_memorization_near_copy_excess_lower: Highest acceptable 95% lower bound of the near-copy excess.
         max_memorization_dcr_closer_to_train_share: Highest acceptable DCR closer-to-training share (1.0: no limit).
         max_aia_f1_lift_over_holdout: Highest acceptable attribute-inference F1 lift over held-out.
         max_utility_auroc_gap_mean: Highest acceptable TRTR − TSTR AUROC gap (1.0: no limit).
+        max_model_mia_auc: Highest acceptable ROC AUC of the loss attack on the model itself.
         verdict: gate.json, each threshold and the value it was checked against.
     """
     from cehrgpt.analysis.gate import main
@@ -378,16 +425,21 @@ def privacy_gate(
         fidelity,
         memorization,
         utility,
+        model_memorization,
     ]
     thresholds = flags(
         max_reid_risk=max_reid_risk,
         max_nnaa_privacy_loss=max_nnaa_privacy_loss,
         max_mia_f1_above_chance=max_mia_f1_above_chance,
         max_mia_auc=max_mia_auc,
+        max_mia_tpr_at_fpr_0_01_lift=max_mia_tpr_at_fpr_0_01_lift,
         max_memorization_copy_excess=max_memorization_copy_excess,
+        max_memorization_shifted_copy_excess=max_memorization_shifted_copy_excess,
+        max_memorization_near_copy_excess_lower=max_memorization_near_copy_excess_lower,
         max_memorization_dcr_closer_to_train_share=max_memorization_dcr_closer_to_train_share,
         max_aia_f1_lift_over_holdout=max_aia_f1_lift_over_holdout,
         max_utility_auroc_gap_mean=max_utility_auroc_gap_mean,
+        max_model_mia_auc=max_model_mia_auc,
         output_folder=verdict.path,
     )
     argv = ["--metrics", *(folder.path for folder in folders), *thresholds]

@@ -1,7 +1,8 @@
 """Pipeline ``end_to_end``: OMOP CDM → trained model → synthetic OMOP, privacy-gated.
 
-Steps 1-2 are the ``training`` pipeline's, steps 2-6 the ``synthetic_data``
-pipeline's, fed by the freshly trained model instead of imported artifacts.
+Steps 1-3 are the ``training`` pipeline's (3: the model's own memorisation,
+whose metrics the gate reads), steps 2-6 the ``synthetic_data`` pipeline's, fed
+by the freshly trained model instead of imported artifacts.
 Generation flags keep the seed's names; the training ones are prefixed ``train_``.
 """
 
@@ -69,12 +70,16 @@ def end_to_end(
     max_nnaa_privacy_loss: float = 0.05,
     max_mia_f1_above_chance: float = 0.1,
     max_mia_auc: float = pipeline_default("mia_auc"),
+    max_mia_tpr_at_fpr_0_01_lift: float = pipeline_default("mia_tpr_at_fpr_0_01_lift"),
     max_memorization_copy_excess: float = pipeline_default("memorization_copy_excess"),
+    max_memorization_shifted_copy_excess: float = pipeline_default("memorization_shifted_copy_excess"),
+    max_memorization_near_copy_excess_lower: float = pipeline_default("memorization_near_copy_excess_lower"),
     max_memorization_dcr_closer_to_train_share: float = pipeline_default(
         "memorization_dcr_closer_to_train_share"
     ),
     max_aia_f1_lift_over_holdout: float = pipeline_default("aia_f1_lift_over_holdout"),
     max_utility_auroc_gap_mean: float = pipeline_default("utility_auroc_gap_mean"),
+    max_model_mia_auc: float = pipeline_default("model_mia_auc"),
     utility_num_tasks: int = 10,
     upload: bool = False,
     upload_target: str = "",
@@ -134,11 +139,18 @@ def end_to_end(
         max_nnaa_privacy_loss: Gate: highest acceptable NNAA privacy loss.
         max_mia_f1_above_chance: Gate: highest acceptable membership-inference F1 above chance.
         max_mia_auc: Gate: highest acceptable membership-inference ROC AUC (0.5 = chance).
+        max_mia_tpr_at_fpr_0_01_lift: Gate: highest acceptable share of members exposed at FPR ≤ 1% beyond
+            the 99th percentile of chance.
         max_memorization_copy_excess: Gate: highest acceptable share of verbatim training copies beyond chance.
+        max_memorization_shifted_copy_excess: Gate: the same for copies moved in calendar time.
+        max_memorization_near_copy_excess_lower: Gate: highest acceptable 95% lower bound of the near-copy
+            excess over held-out controls.
         max_memorization_dcr_closer_to_train_share: Gate: highest acceptable share of synthetic patients
             nearer a training than a held-out record, at equal set sizes (0.5 = no memorisation; 1.0: no limit).
         max_aia_f1_lift_over_holdout: Gate: highest acceptable attribute-inference F1 beyond the held-out control.
         max_utility_auroc_gap_mean: Gate: highest acceptable TRTR − TSTR AUROC gap (1.0: no limit).
+        max_model_mia_auc: Gate: highest acceptable ROC AUC of the loss attack on the model itself
+            (0.5 = chance).
         utility_num_tasks: Prediction tasks of the utility analysis.
         upload: Upload the restored tables when the gate passes.
         upload_target: SQLAlchemy URL without password; empty to use the Secret's url.
@@ -161,7 +173,7 @@ def end_to_end(
         minio_endpoint=minio_endpoint,
         minio_credentials_secret=minio_credentials_secret,
     )
-    prepare, train = add_training_steps(
+    prepare, train, memorized = add_training_steps(
         omop_source=omop_source,
         omop_source_secret=omop_source_secret,
         prepare_spark_mode=prepare_spark_mode,
@@ -181,6 +193,7 @@ def end_to_end(
     add_synthesis_steps(
         train.outputs["model"],
         prepare.outputs["prepared"],
+        model_memorization_results=memorized.outputs["results"],
         vocabulary=prepare.outputs["vocabulary"],
         prompts=prepare.outputs["prompts"],
         num_of_patients=num_of_patients,
@@ -208,10 +221,14 @@ def end_to_end(
         max_nnaa_privacy_loss=max_nnaa_privacy_loss,
         max_mia_f1_above_chance=max_mia_f1_above_chance,
         max_mia_auc=max_mia_auc,
+        max_mia_tpr_at_fpr_0_01_lift=max_mia_tpr_at_fpr_0_01_lift,
         max_memorization_copy_excess=max_memorization_copy_excess,
+        max_memorization_shifted_copy_excess=max_memorization_shifted_copy_excess,
+        max_memorization_near_copy_excess_lower=max_memorization_near_copy_excess_lower,
         max_memorization_dcr_closer_to_train_share=max_memorization_dcr_closer_to_train_share,
         max_aia_f1_lift_over_holdout=max_aia_f1_lift_over_holdout,
         max_utility_auroc_gap_mean=max_utility_auroc_gap_mean,
+        max_model_mia_auc=max_model_mia_auc,
         utility_num_tasks=utility_num_tasks,
         upload=upload,
         upload_target=upload_target,

@@ -2,11 +2,13 @@
 
 Steps:
     1. import the model and prepare's three outputs (sequences, vocabulary, prompts) by URI;
-    2. plan shards, then one generation pod per shard, each on one GPU (``dsl.ParallelFor``);
+    2. plan shards, then one generation pod per shard, each on one GPU (``dsl.ParallelFor``); beside them,
+       the model's own memorisation (its loss on training against held-out patients, one GPU);
     3. gather the shards into one Dataset;
     4. in parallel: restore OMOP (SparkApplication or local Spark) then its data-quality checks, the four privacy
        analyses, memorisation, fidelity and utility;
-    5. the privacy gate over every analysis (memorisation and utility metrics included);
+    5. the privacy gate over every analysis (memorisation, the model's memorisation and utility metrics
+       included);
     6. only when the gate and the quality checks passed and ``upload`` is on: upload the restored tables,
        credentials from a Secret.
 
@@ -35,6 +37,7 @@ from cehrgpt.pipeline.sparkapp import KFP_MINIO_ENDPOINT, KFP_MINIO_SECRET
 from pipelines.training import (
     DEFAULT_GPU_TOLERATIONS,
     GPU_RESOURCE,
+    add_model_memorization_step,
     expose_pod_identity,
     spark_application_settings,
 )
@@ -61,6 +64,7 @@ def add_synthesis_steps(
     model,
     prepared,
     *,
+    model_memorization_results,
     vocabulary,
     prompts,
     num_of_patients,
@@ -88,10 +92,14 @@ def add_synthesis_steps(
     max_nnaa_privacy_loss,
     max_mia_f1_above_chance,
     max_mia_auc,
+    max_mia_tpr_at_fpr_0_01_lift,
     max_memorization_copy_excess,
+    max_memorization_shifted_copy_excess,
+    max_memorization_near_copy_excess_lower,
     max_memorization_dcr_closer_to_train_share,
     max_aia_f1_lift_over_holdout,
     max_utility_auroc_gap_mean,
+    max_model_mia_auc,
     utility_num_tasks,
     upload,
     upload_target,
@@ -101,6 +109,9 @@ def add_synthesis_steps(
     type_concept_id=32817,
 ) -> None:
     """Add steps 2-6 to the pipeline being defined, from a model and prepared-data artifact.
+
+    ``model_memorization_results`` is the model-memorisation step's ``results``
+    (:func:`pipelines.training.add_model_memorization_step`): the gate reads its metrics.
 
     ``spark_settings`` is :func:`pipelines.training.spark_application_settings`: the restore's
     SparkApplication and, through its MinIO entries, the generation pods' durable copies.
@@ -199,14 +210,19 @@ def add_synthesis_steps(
         fidelity=fidelity.outputs["results"],
         memorization=memorized.outputs["results"],
         utility=useful.outputs["results"],
+        model_memorization=model_memorization_results,
         max_reid_risk=max_reid_risk,
         max_nnaa_privacy_loss=max_nnaa_privacy_loss,
         max_mia_f1_above_chance=max_mia_f1_above_chance,
         max_mia_auc=max_mia_auc,
+        max_mia_tpr_at_fpr_0_01_lift=max_mia_tpr_at_fpr_0_01_lift,
         max_memorization_copy_excess=max_memorization_copy_excess,
+        max_memorization_shifted_copy_excess=max_memorization_shifted_copy_excess,
+        max_memorization_near_copy_excess_lower=max_memorization_near_copy_excess_lower,
         max_memorization_dcr_closer_to_train_share=max_memorization_dcr_closer_to_train_share,
         max_aia_f1_lift_over_holdout=max_aia_f1_lift_over_holdout,
         max_utility_auroc_gap_mean=max_utility_auroc_gap_mean,
+        max_model_mia_auc=max_model_mia_auc,
     )
     gate.set_display_name("5. privacy gate").set_caching_options(False)
     _resources(gate, "100m", "256Mi", "1", "1Gi")
@@ -264,12 +280,16 @@ def synthetic_data(
     max_nnaa_privacy_loss: float = 0.05,
     max_mia_f1_above_chance: float = 0.1,
     max_mia_auc: float = pipeline_default("mia_auc"),
+    max_mia_tpr_at_fpr_0_01_lift: float = pipeline_default("mia_tpr_at_fpr_0_01_lift"),
     max_memorization_copy_excess: float = pipeline_default("memorization_copy_excess"),
+    max_memorization_shifted_copy_excess: float = pipeline_default("memorization_shifted_copy_excess"),
+    max_memorization_near_copy_excess_lower: float = pipeline_default("memorization_near_copy_excess_lower"),
     max_memorization_dcr_closer_to_train_share: float = pipeline_default(
         "memorization_dcr_closer_to_train_share"
     ),
     max_aia_f1_lift_over_holdout: float = pipeline_default("aia_f1_lift_over_holdout"),
     max_utility_auroc_gap_mean: float = pipeline_default("utility_auroc_gap_mean"),
+    max_model_mia_auc: float = pipeline_default("model_mia_auc"),
     utility_num_tasks: int = 10,
     upload: bool = False,
     upload_target: str = "",
@@ -320,11 +340,18 @@ def synthetic_data(
         max_nnaa_privacy_loss: Gate: highest acceptable NNAA privacy loss.
         max_mia_f1_above_chance: Gate: highest acceptable membership-inference F1 above chance.
         max_mia_auc: Gate: highest acceptable membership-inference ROC AUC (0.5 = chance).
+        max_mia_tpr_at_fpr_0_01_lift: Gate: highest acceptable share of members exposed at FPR ≤ 1% beyond
+            the 99th percentile of chance.
         max_memorization_copy_excess: Gate: highest acceptable share of verbatim training copies beyond chance.
+        max_memorization_shifted_copy_excess: Gate: the same for copies moved in calendar time.
+        max_memorization_near_copy_excess_lower: Gate: highest acceptable 95% lower bound of the near-copy
+            excess over held-out controls.
         max_memorization_dcr_closer_to_train_share: Gate: highest acceptable share of synthetic patients
             nearer a training than a held-out record, at equal set sizes (0.5 = no memorisation; 1.0: no limit).
         max_aia_f1_lift_over_holdout: Gate: highest acceptable attribute-inference F1 beyond the held-out control.
         max_utility_auroc_gap_mean: Gate: highest acceptable TRTR − TSTR AUROC gap (1.0: no limit).
+        max_model_mia_auc: Gate: highest acceptable ROC AUC of the loss attack on the model itself
+            (0.5 = chance).
         utility_num_tasks: Prediction tasks of the utility analysis.
         upload: Upload the restored tables when the gate passes.
         upload_target: SQLAlchemy URL without password; empty to use the Secret's url.
@@ -341,9 +368,18 @@ def synthetic_data(
     vocabulary.set_display_name("1. import vocabulary")
     prompts = dsl.importer(artifact_uri=prompts_uri, artifact_class=Dataset, reimport=False)
     prompts.set_display_name("1. import prompts")
+    memorized = add_model_memorization_step(
+        prepared.output,
+        model.output,
+        seed=seed,
+        gpu_node_selector=gpu_node_selector,
+        gpu_tolerations=gpu_tolerations,
+        step="2",
+    )
     add_synthesis_steps(
         model.output,
         prepared.output,
+        model_memorization_results=memorized.outputs["results"],
         vocabulary=vocabulary.output,
         prompts=prompts.output,
         num_of_patients=num_of_patients,
@@ -383,10 +419,14 @@ def synthetic_data(
         max_nnaa_privacy_loss=max_nnaa_privacy_loss,
         max_mia_f1_above_chance=max_mia_f1_above_chance,
         max_mia_auc=max_mia_auc,
+        max_mia_tpr_at_fpr_0_01_lift=max_mia_tpr_at_fpr_0_01_lift,
         max_memorization_copy_excess=max_memorization_copy_excess,
+        max_memorization_shifted_copy_excess=max_memorization_shifted_copy_excess,
+        max_memorization_near_copy_excess_lower=max_memorization_near_copy_excess_lower,
         max_memorization_dcr_closer_to_train_share=max_memorization_dcr_closer_to_train_share,
         max_aia_f1_lift_over_holdout=max_aia_f1_lift_over_holdout,
         max_utility_auroc_gap_mean=max_utility_auroc_gap_mean,
+        max_model_mia_auc=max_model_mia_auc,
         utility_num_tasks=utility_num_tasks,
         upload=upload,
         upload_target=upload_target,

@@ -2,9 +2,11 @@
 
 Steps:
     1. prepare the patient sequences and the vocabulary (a SparkApplication, or Spark in the pod);
-    2. train the tokenizer and the model on one GPU.
+    2. train the tokenizer and the model on one GPU;
+    3. the model's own memorisation: its loss on training against held-out patients (one GPU).
 """
 
+from components.analysis import model_memorization
 from components.data import prepare_sequences
 from components.training import train_model
 from kfp import dsl, kubernetes
@@ -75,7 +77,7 @@ def add_training_steps(
     gpu_tolerations,
     min_concept_patients,
 ):
-    """Add steps 1-2 to the pipeline being defined; returns (prepare task, train task)."""
+    """Add steps 1-3 to the pipeline being defined; returns (prepare task, train task, model memorisation task)."""
     prepare = prepare_sequences(
         omop_source=omop_source,
         omop_source_secret=omop_source_secret,
@@ -108,7 +110,27 @@ def add_training_steps(
     train.set_cpu_request("4").set_cpu_limit("8").set_memory_request("32Gi").set_memory_limit("48Gi")
     kubernetes.add_node_selector_json(train, gpu_node_selector)
     kubernetes.add_toleration_json(train, gpu_tolerations)
-    return prepare, train
+
+    memorized = add_model_memorization_step(
+        prepare.outputs["prepared"],
+        train.outputs["model"],
+        seed=seed,
+        gpu_node_selector=gpu_node_selector,
+        gpu_tolerations=gpu_tolerations,
+        step="3",
+    )
+    return prepare, train, memorized
+
+
+def add_model_memorization_step(prepared, model, *, seed, gpu_node_selector, gpu_tolerations, step: str):
+    """Add the model-memorisation step (the loss attack on the model, before any generation); returns the task."""
+    task = model_memorization(prepared=prepared, model=model, seed=seed)
+    task.set_display_name(f"{step}. privacy: model memorisation (1 GPU)").set_caching_options(True)
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+    task.set_cpu_request("2").set_cpu_limit("4").set_memory_request("16Gi").set_memory_limit("32Gi")
+    kubernetes.add_node_selector_json(task, gpu_node_selector)
+    kubernetes.add_toleration_json(task, gpu_tolerations)
+    return task
 
 
 @dsl.pipeline(name=PIPELINE_NAME)
@@ -139,7 +161,7 @@ def training(
     minio_endpoint: str = KFP_MINIO_ENDPOINT,
     minio_credentials_secret: str = KFP_MINIO_SECRET,
 ):
-    """Prepare patient sequences from an OMOP CDM database and train a CEHR-GPT model on them.
+    """Prepare patient sequences from an OMOP CDM database, train a CEHR-GPT model on them, measure its memorisation.
 
     Args:
         omop_source: Folder of parquet/CSV tables, a DuckDB file or a SQLAlchemy URL without password

@@ -107,6 +107,57 @@ def test_privacy_and_fidelity_tasks_emit_metrics_and_feed_the_gate(fresh):
     assert mia_outputs["roc"]["artifactType"]["schemaTitle"] == "system.ClassificationMetrics"
 
 
+@pytest.mark.parametrize(
+    ("name", "after", "step"),
+    [
+        ("training", "train-model", "3"),
+        ("end_to_end", "train-model", "3"),
+        ("synthetic_data", "importer", "2"),
+    ],
+)
+def test_model_memorization_scores_the_model_on_one_gpu_before_generation(fresh, name, after, step):
+    from cehrgpt.pipeline.images import GPU_IMAGE
+
+    spec, platform = _load(fresh, name)
+    tasks = spec["root"]["dag"]["tasks"]
+    task = tasks["model-memorization"]
+    assert task["taskInfo"]["name"] == f"{step}. privacy: model memorisation (1 GPU)"
+    assert sorted(task["inputs"]["artifacts"]) == ["model", "prepared"]
+    assert task["inputs"]["parameters"]["seed"] == {"componentInputParameter": "seed"}
+    assert task["cachingOptions"] == {"enableCache": True}
+    if after == "train-model":
+        assert sorted(task["dependentTasks"]) == ["prepare-sequences", "train-model"]
+        assert task["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
+            "outputArtifactKey": "model",
+            "producerTask": "train-model",
+        }
+    else:
+        assert sorted(task["dependentTasks"]) == ["importer", "importer-2"]
+    outputs = spec["components"]["comp-model-memorization"]["outputDefinitions"]["artifacts"]
+    assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    assert outputs["results"]["artifactType"]["schemaTitle"] == "system.Dataset"
+    container = spec["deploymentSpec"]["executors"]["exec-model-memorization"]["container"]
+    assert container["image"] == GPU_IMAGE
+    assert (
+        container["resources"]["accelerator"]["resourceType"],
+        container["resources"]["accelerator"]["resourceCount"],
+    ) == ("nvidia.com/gpu", "1")
+    assert platform["exec-model-memorization"]["tolerations"] == [
+        {"tolerationJson": {"componentInputParameter": "gpu_tolerations"}}
+    ]
+    if name != "training":  # the gate reads its metrics
+        gate = tasks["privacy-gate"]
+        assert "model-memorization" in gate["dependentTasks"]
+        assert gate["inputs"]["artifacts"]["model_memorization"] == {
+            "taskOutputArtifact": {"outputArtifactKey": "results", "producerTask": "model-memorization"}
+        }
+        assert gate["inputs"]["parameters"]["max_model_mia_auc"] == {
+            "componentInputParameter": "max_model_mia_auc"
+        }
+    else:
+        assert "privacy-gate" not in tasks
+
+
 @pytest.mark.parametrize("name", ["synthetic_data", "end_to_end"])
 def test_every_gate_threshold_is_a_pipeline_parameter_with_the_gate_default(fresh, name):
     from cehrgpt.analysis.gate import DEFAULT_THRESHOLDS, NO_LIMIT

@@ -21,6 +21,9 @@ Default thresholds (override with ``--max_<metric>`` flags, or a yml mapping
                                                    records, at equal set sizes (0.5 = no memorisation)
     mia_auc                                  0.6   membership-inference ROC AUC (0.5 = chance)
     mia_f1_above_chance                      0.1   membership-inference F1 above a coin with the same rate
+    model_mia_auc                            0.6   ROC AUC of the loss attack on the model itself (lower loss
+                                                   = member; 0.5 = chance; Eunomia: the demo's model ≈ 0.5,
+                                                   a model that memorised 40 patients ≈ 1)
     mia_tpr_at_fpr_0_01_lift                 0.01  members exposed at FPR ≤ 1% beyond the 99th percentile
                                                    of chance at these set sizes (≤ 0 by chance)
     nnaa_privacy_loss                        0.05  NNAA privacy loss (AA_test − AA_train)
@@ -71,6 +74,7 @@ DEFAULT_THRESHOLDS: dict[str, float | None] = {
     "mia_auc": 0.6,
     "mia_f1_above_chance": 0.1,
     "mia_tpr_at_fpr_0_01_lift": 0.01,
+    "model_mia_auc": 0.6,
     "nnaa_privacy_loss": 0.05,
     "aia_f1_lift_over_holdout": 0.1,
     "reid_risk": 0.09,
