@@ -11,8 +11,12 @@ from cehrgpt.analysis import gate
 
 SAFE = {
     "memorization_copy_excess": 0.0,
+    "memorization_shifted_copy_excess": 0.0,
+    "memorization_near_copy_excess_lower": -0.004,
     "memorization_dcr_closer_to_train_share": 0.51,
     "mia_auc": 0.52,
+    "mia_tpr_at_fpr_0_01_lift": -0.02,
+    "model_mia_auc": 0.51,
     "mia_f1_above_chance": 0.03,
     "nnaa_privacy_loss": 0.01,
     "aia_f1_lift_over_holdout": -0.02,
@@ -20,6 +24,9 @@ SAFE = {
     "nnaa_num_of_samples": 100,
 }
 CHECKED = [name for name, maximum in gate.DEFAULT_THRESHOLDS.items() if maximum is not None]
+assert (
+    len(CHECKED) == 10
+)  # copies, shifted copies, near copies, MIA AUC, F1 and tail, the model, NNAA, AIA, re-id
 
 
 def metrics_folder(root: Path, name: str, metrics: dict) -> Path:
@@ -34,7 +41,7 @@ def test_passing_prints_ok_and_writes_gate_json(tmp_path, capsys):
     other = metrics_folder(tmp_path, "nnaa", {k: v for k, v in SAFE.items() if k != "reid_risk"})
     assert gate.main(["--metrics", str(reid), str(other / "metrics.json")]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert out == [f"OK: 6 privacy threshold(s) met ({', '.join(CHECKED)})"]
+    assert out == [f"OK: {len(CHECKED)} privacy threshold(s) met ({', '.join(CHECKED)})"]
     report = json.loads((tmp_path / "gate.json").read_text())  # the folder holding both inputs
     assert report["passed"] is True
     assert [c["metric"] for c in report["checks"]] == CHECKED
@@ -87,7 +94,10 @@ def test_a_maximum_of_one_is_off_and_needs_no_metric(tmp_path, capsys):
     folder = metrics_folder(tmp_path, "all", SAFE)  # no utility metric (a small run: no task)
     argv = ["--metrics", str(folder), "--max_utility_auroc_gap_mean", str(gate.NO_LIMIT)]
     assert gate.main(argv) == 0
-    assert capsys.readouterr().out.strip() == f"OK: 6 privacy threshold(s) met ({', '.join(CHECKED)})"
+    assert (
+        capsys.readouterr().out.strip()
+        == f"OK: {len(CHECKED)} privacy threshold(s) met ({', '.join(CHECKED)})"
+    )
     assert gate.main([*argv[:2], "--max_utility_auroc_gap_mean", "0.99"]) == 2
     assert "metric 'utility_auroc_gap_mean' needed by a threshold is missing" in capsys.readouterr().err
 
