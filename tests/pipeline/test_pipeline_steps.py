@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from kfp.dsl import Metrics
 
+from cehrgpt.analysis.gate import DEFAULT_THRESHOLDS
 from cehrgpt.pipeline.steps import (
     HEADLINE_METRICS,
     StageFailed,
@@ -160,6 +161,8 @@ def test_every_headline_the_analyses_report_is_in_the_allowlist():
     }  # fmt: skip
     assert expected <= headlines
     assert all(shown_in_metrics_panel(name) for name in headlines)
+    # whatever the gate reads is on the run's Metrics panel, where runs are compared
+    assert all(shown_in_metrics_panel(name) for name in DEFAULT_THRESHOLDS)
     assert not any(
         shown_in_metrics_panel(n) for n in ("mia_n_iterations", "aia_num_of_samples", "utility_num_tasks")
     )

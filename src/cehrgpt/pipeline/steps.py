@@ -88,13 +88,17 @@ HEADLINE_METRICS: dict[str, frozenset[str]] = {
     "aia": frozenset(
         {"aia_f1_advantage", "aia_f1_lift_over_holdout", "aia_f1_synthetic_train", "aia_f1_train_train"}
     ),
-    "mia": frozenset({"mia_f1_above_chance", "mia_auc", "mia_advantage"}),
+    "mia": frozenset({"mia_f1_above_chance", "mia_auc", "mia_advantage", "mia_tpr_at_fpr_0_01_lift"}),
     "nnaa": frozenset({"nnaa_privacy_loss", "nnaa_aa_train", "nnaa_aa_test"}),
     "reid": frozenset({"reid_risk"}),
     "memorization": frozenset(
         {
             "memorization_copy_share_train",
             "memorization_copy_excess",
+            "memorization_shifted_copy_excess",
+            "memorization_near_copy_share_train",
+            "memorization_near_copy_excess",
+            "memorization_near_copy_excess_lower",
             "memorization_dcr_closer_to_train_share",
         }
     ),
