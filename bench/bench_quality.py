@@ -9,8 +9,9 @@ fraction 0.2 as in the demo; prepared once under ``bench/out/quality``), for eac
 3. run each analysis through its library ``main(argv)`` on training / held-out / synthetic:
    ``cehrgpt.analysis.fidelity`` (prevalence R², co-occurrence R², sequence-length KS),
    ``cehrgpt.analysis.utility`` (TRTR − TSTR AUROC gap), ``cehrgpt.analysis.privacy.member_inference``
-   (``mia_auc``) and ``cehrgpt.analysis.privacy.memorization`` (DCR closer-to-training share, copy
-   excess). An analysis that is missing or refuses its input shows ``n/a`` and says why.
+   (``mia_auc``), ``cehrgpt.analysis.privacy.memorization`` (DCR closer-to-training share, copy
+   excess, near-copy excess) and, on the model, ``cehrgpt.analysis.privacy.model_memorization``
+   (``model_mia_auc``). An analysis that is missing or refuses its input shows ``n/a`` and says why.
 
 It prints one table, one row per step count below a reference row for releasing the training set
 itself (the privacy metrics at their worst), and writes ``bench/out/bench_quality.json``. Models,
@@ -60,6 +61,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "mia_auc": ("cehrgpt.analysis.privacy.member_inference", "mia_auc"),
     "DCR share": ("cehrgpt.analysis.privacy.memorization", "memorization_dcr_closer_to_train_share"),
     "copy excess": ("cehrgpt.analysis.privacy.memorization", "memorization_copy_excess"),
+    "near-copy excess": ("cehrgpt.analysis.privacy.memorization", "memorization_near_copy_excess"),
+    "model_mia_auc": ("cehrgpt.analysis.privacy.model_memorization", "model_mia_auc"),
 }
 
 
@@ -129,9 +132,9 @@ def run_analysis(module_name: str, argv: list[str], output: Path) -> tuple[dict 
 
 
 def analyse(
-    data: Path, synthetic: Path, folder: Path, seed: int
+    data: Path, synthetic: Path, folder: Path, seed: int, model: Path | None = None
 ) -> tuple[dict[str, float | None], list[str]]:
-    """The table's values for one synthetic set, and the reasons for those missing."""
+    """The table's values for one synthetic set (and its ``model``'s own memorisation), and why any is missing."""
     real = [
         f"--training_data_folder={data / 'train'}",
         f"--evaluation_data_folder={data / 'test'}",
@@ -148,6 +151,13 @@ def analyse(
         "cehrgpt.analysis.privacy.member_inference": real,
         "cehrgpt.analysis.privacy.memorization": real,
     }
+    if model is not None:
+        argvs["cehrgpt.analysis.privacy.model_memorization"] = [
+            f"--model_folder={model}",
+            f"--training_data_folder={data / 'train'}",
+            f"--evaluation_data_folder={data / 'test'}",
+            f"--seed={seed}",
+        ]
     values: dict[str, float | None] = {}
     notes: list[str] = []
     for module_name, argv in argvs.items():
@@ -212,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         trained = time.perf_counter()
         synthetic = generated_sequences(run / "model", data, run / f"generated_{patients}", patients, args)
         generated = time.perf_counter()
-        values, notes = analyse(data, synthetic, run / f"analyses_{patients}", args.seed)
+        values, notes = analyse(data, synthetic, run / f"analyses_{patients}", args.seed, run / "model")
         row = {
             "steps": steps,
             "validation_perplexity": training.get("validation_perplexity"),
