@@ -53,78 +53,22 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from cehrgpt import grammar
 from cehrgpt.analysis.io import AnalysisError, read_sequence_folder, warn, write_outputs
 from cehrgpt.analysis.privacy.common import DEFAULT_SEED, MIN_HELD_OUT_PATIENTS, check_positive, run_main
 from cehrgpt.analysis.privacy.member_inference import ROC_FILE, roc_metrics
-from cehrgpt.train.data import IGNORE_INDEX, collate_windows, encode_all
+from cehrgpt.train.data import encode_all
+from cehrgpt.train.scoring import first_window, window_losses
 
 TABLE = "model_patient_losses"
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_PATIENTS = 10_000
 TRAINING, HELD_OUT = "training", "held_out"
-
-
-def first_window(ids: np.ndarray, context_window: int, end_id: int) -> np.ndarray:
-    """The window a patient is scored on (module docstring): the whole history with ``[END]``, or its start."""
-    if len(ids) and ids[-1] == end_id:
-        ids = ids[:-1]
-    if len(ids) + 1 <= context_window:
-        return np.append(ids, np.int32(end_id)).astype(np.int32)
-    return ids[:context_window].astype(np.int32)
-
-
-def window_losses(
-    model: torch.nn.Module,
-    windows: Sequence[np.ndarray],
-    pad_id: int,
-    batch_size: int,
-    device: torch.device,
-    progress: bool = True,
-) -> np.ndarray:
-    """Mean next-token negative log-likelihood of each window (the training loss, one patient at a time).
-
-    Windows are scored longest first in batches of ``batch_size`` (right-padded, padding masked out of
-    attention and loss); the result is in the order of ``windows``. A window of one token predicts
-    nothing: its loss is NaN.
-    """
-    lengths = np.fromiter((len(w) for w in windows), dtype=np.int64, count=len(windows))
-    order = np.argsort(-lengths, kind="stable")
-    losses = np.full(len(windows), np.nan, dtype=np.float64)
-    bar = tqdm(
-        total=int(lengths.sum()),
-        desc="model memorisation",
-        unit="tok",
-        unit_scale=True,
-        disable=not progress,
-        file=sys.stderr,
-    )
-    with torch.inference_mode():
-        for begin in range(0, len(order), batch_size):
-            rows = order[begin : begin + batch_size]
-            batch = collate_windows([windows[i] for i in rows], pad_id)
-            labels = batch["labels"][:, 1:].to(device)
-            logits = model(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            ).logits[:, :-1]
-            nll = torch.nn.functional.cross_entropy(
-                logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-            ).view(labels.shape)
-            predicted = (labels != IGNORE_INDEX).sum(dim=1)
-            per_window = nll.sum(dim=1).double() / predicted.clamp(min=1)
-            per_window[predicted == 0] = float("nan")
-            losses[rows] = per_window.cpu().numpy()
-            bar.update(int(lengths[rows].sum()))
-            bar.set_postfix(patients=f"{min(begin + batch_size, len(order))}/{len(order)}", refresh=False)
-    bar.close()
-    return losses
 
 
 def membership_metrics(training_losses: np.ndarray, held_out_losses: np.ndarray) -> tuple[dict, dict]:
