@@ -187,7 +187,7 @@ def parse_patients(frame: pd.DataFrame, check_grammar: bool) -> PatientSet:
         kinds = grammar.assign_kinds(content)
         year = grammar.prompt_year(content[0]) if len(content) >= grammar.PROMPT_LENGTH else None
         age = grammar.prompt_age(content[1]) if year is not None else None
-        if age is None or kinds[2] != TokenKind.GENDER or kinds[3] != TokenKind.RACE:
+        if year is None or age is None or kinds[2] != TokenKind.GENDER or kinds[3] != TokenKind.RACE:
             reasons["no demographic prompt"] += 1
             continue
         concepts = {

@@ -101,6 +101,7 @@ from cehrgpt.analysis.features import (
     DEFAULT_CHUNK_SIZE,
     FeatureSpace,
     PatientSet,
+    TimelineMatches,
     nearest_distance_and_ties,
     sample_indices,
     timeline_matches,
@@ -232,26 +233,32 @@ def find_near_copies(
     minus the same count over the held-out controls (``full_parts`` × the held-out set, plus the
     remainder sample), as for verbatim copies; its mean is the excess, its spread the uncertainty.
     """
-    rule = {
-        "min_overlap": NEAR_COPY_MIN_OVERLAP,
-        "edit_shingles": NEAR_COPY_EDIT_SHINGLES,
-        "max_age_difference": NEAR_COPY_MAX_AGE_DIFFERENCE,
-        "min_concepts": MIN_IDENTIFYING_CONCEPTS,
-        "chunk_size": chunk_size,
-    }
-    train = timeline_matches(synthetic, training, groups=partition.part_of, **rule)
+
+    def matches(real: PatientSet, groups: np.ndarray) -> TimelineMatches:
+        return timeline_matches(
+            synthetic,
+            real,
+            min_overlap=NEAR_COPY_MIN_OVERLAP,
+            edit_shingles=NEAR_COPY_EDIT_SHINGLES,
+            max_age_difference=NEAR_COPY_MAX_AGE_DIFFERENCE,
+            min_concepts=MIN_IDENTIFYING_CONCEPTS,
+            groups=groups,
+            chunk_size=chunk_size,
+        )
+
+    train = matches(training, partition.part_of)
     in_sample = np.zeros(len(held_out), dtype=np.int64)
     in_sample[partition.remainder_sample] = 1
-    held = timeline_matches(synthetic, held_out, groups=in_sample, **rule)
-    of_held_out = held.group_hits.any(axis=1)
+    held = matches(held_out, in_sample)
+    of_held_out = np.asarray(held.group_hits.any(axis=1), dtype=bool)
     control = partition.full_parts * of_held_out.astype(np.float64)
     if len(partition.remainder_sample):
         control += held.group_hits[:, 1]
     return NearCopies(
         training_index=train.best_index,
         overlap=train.best_overlap,
-        of_training=train.group_hits.any(axis=1),
-        of_held_out=of_held_out,
+        of_training=np.asarray(train.group_hits.any(axis=1)),
+        of_held_out=np.asarray(of_held_out),
         excess_per_patient=train.group_hits.sum(axis=1) - control,
     )
 
