@@ -20,7 +20,9 @@ slice starts at the first visit. One window per patient keeps every patient's
 weight equal and the score free of randomness; a training patient was trained
 on some slice, not necessarily this one, so on long histories the first window
 can only understate memorisation. ``num_tokens`` and ``truncated`` in the table
-say which patients were cut.
+say which patients were cut. The window and the loss are :mod:`cehrgpt.train.scoring`'s,
+which the trainer also uses for the ``model_memorization`` line of
+``training_metrics.json`` (on a sample of at most 500 patients per set).
 
 **The attack.** The strongest simple membership attack on a language model
 (Yeom et al. 2018; Carlini et al. 2021) predicts "member" when the loss is low.
@@ -29,7 +31,9 @@ say which patients were cut.
 fits better than every held-out patient), ``model_mia_tpr_at_fpr_0.01`` /
 ``_0.1`` the members exposed while wrongly accusing at most 1% / 10% of
 held-out patients, ``model_mia_advantage`` the best TPR − FPR. The ROC code is
-membership inference's (:func:`cehrgpt.analysis.privacy.member_inference.roc_metrics`).
+membership inference's (:func:`cehrgpt.analysis.privacy.member_inference.roc_metrics`);
+its other figures come along with the ``model_`` prefix (``model_mia_tpr_at_fpr_0.01_chance``,
+``_chance_p99``, ``model_mia_tpr_at_fpr_0_01_lift``).
 ``model_loss_train_mean`` / ``model_loss_holdout_mean`` are the mean per-patient
 losses and ``model_loss_gap`` their difference (held-out − train).
 
