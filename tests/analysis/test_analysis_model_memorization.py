@@ -12,6 +12,7 @@ Both are scored against the same 200 held-out patients.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,10 @@ def test_an_overfit_model_is_exposed_and_refused_by_the_gate(folders, overfit_mo
     )
     assert (metrics["model_num_training_patients"], metrics["model_num_evaluation_patients"]) == (40, 200)
     assert "model_mia_auc" in out  # the metrics table
+    # on the CPU the progress bar is the only other output
+    assert err and {line.split(":")[0] for line in re.split(r"[\r\n]+", err) if line} == {
+        "model memorisation"
+    }
 
     table = pd.read_parquet(folder / "model_patient_losses.parquet")
     assert list(table.columns) == ["person_id", "set", "loss", "num_tokens", "truncated"]
