@@ -25,7 +25,7 @@ COPY images/kfp-runtime.txt images/constraints.txt /tmp/
 # versions pinned by constraints.txt and kfp-runtime.txt
 # hadolint ignore=DL3013
 RUN WHEEL="$(ls /wheels/cehrgpt_pipelines-*.whl)" \
- && pip install --no-cache-dir -c /tmp/constraints.txt "${WHEEL}[torch]" "torch==2.13.0" \
+ && pip install --no-cache-dir -c /tmp/constraints.txt "${WHEEL}[torch,analysis]" "torch==2.13.0" \
  && pip install --no-cache-dir --no-deps -r /tmp/kfp-runtime.txt \
  && rm -rf /wheels /tmp/kfp-runtime.txt /tmp/constraints.txt
 RUN useradd --create-home --uid 1000 cehrgpt

@@ -264,7 +264,7 @@ def test_each_image_installs_only_its_stage_extras():
         name: (REPO / "images" / f"{name}.Dockerfile").read_text().split("${WHEEL}[")[1].split("]")[0]
         for name in ("gpu", "spark", "cpu")
     }
-    assert extras == {"gpu": "torch", "spark": "spark,k8s,gcs,s3", "cpu": "analysis,db,k8s,gcs,s3"}
+    assert extras == {"gpu": "torch,analysis", "spark": "spark,k8s,gcs,s3", "cpu": "analysis,db,k8s,gcs,s3"}
 
 
 def test_spark_image_carries_the_s3a_and_gs_connectors():
