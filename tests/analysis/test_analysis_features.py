@@ -59,9 +59,9 @@ def test_one_age_scale_and_encoding_shared_by_all_sets():
     space = FeatureSpace.fit([a, b])
     assert (space.age_min, space.age_max) == (30.0, 50.0)
     assert space.concept_ids.tolist() == [101, 102, 201, 202, 203]
-    # columns: gender 8507, 8532 | race 0, 8527 | concepts 101, 102, 201, 202, 203
+    # columns: gender 8507, 8532 | race 0, 8527 | concepts 101, 102, 201, 202, 203 | timeline, year
     encoded_a = space.encode(a)
-    assert encoded_a.binary.toarray().tolist() == [
+    assert encoded_a.binary.toarray()[:, :9].tolist() == [
         [1, 0, 0, 1, 1, 1, 0, 0, 0],
         [0, 1, 0, 1, 0, 1, 0, 0, 0],
     ]
@@ -72,13 +72,30 @@ def test_one_age_scale_and_encoding_shared_by_all_sets():
     assert only.age is None
 
 
+def test_the_whole_space_sees_the_timeline_and_the_year():
+    first = ["year:2000", "age:3", "8507", "8527", "[VS]", "9202", "11", "12", "[VE]"]
+    second = ["year:2003", "age:3", "8507", "8527", "[VS]", "9202", "11", "13", "[VE]", "[END]"]
+    patients = parse_patients(frame(first, second), False)
+    space = FeatureSpace.fit([patients])
+    assert (space.year_min, space.year_max, len(space.timeline_ids)) == (2000, 2003, 5)
+    encoded = space.encode(patients).binary.toarray()
+    # gender, race | concepts 11, 12, 13 | the visit's 3 shingles each, 1 shared ("[VS] 9202 11") | years
+    assert encoded.shape == (2, 2 + 3 + 5 + 3)
+    assert encoded.sum(axis=1).tolist() == [2 + 2 + 3 + 0, 2 + 2 + 3 + 3]
+    assert encoded[:, -3:].tolist() == [[0, 0, 0], [1, 1, 1]]  # the thermometer: 2003 is three years on
+    # Hamming: 2 concepts, 2 + 2 shingles around them, 3 years
+    assert np.abs(encoded[0] - encoded[1]).sum() == 9
+    # a concept subset (attribute inference, re-identification) is concepts only
+    assert space.encode(patients, concepts=np.array([11, 12])).binary.shape == (2, 2 + 2)
+
+
 def test_a_vocabulary_adds_columns_but_never_drops_a_concept_the_data_has():
     a = parse_patients(frame(patient_tokens(30, [101, 102])), False)
     space = FeatureSpace.fit([a], concept_vocabulary=[102, 999])
     assert space.concept_ids.tolist() == [101, 102, 999]
     assert space.unknown_concepts([101, 102, 555]) == [555]
     # 101 is rare to the tokenizer, not to the analyses: it stays in the vector
-    assert space.encode(a).binary.toarray().tolist() == [[1, 1, 1, 1, 0]]
+    assert space.encode(a).binary.toarray()[:, :5].tolist() == [[1, 1, 1, 1, 0]]
 
 
 def matrix(rows: list[list[int]], ages: list[float] | None) -> FeatureMatrix:

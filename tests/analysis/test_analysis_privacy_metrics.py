@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 from analysis_sequences import patient_tokens
 
-from cehrgpt.analysis.features import FeatureSpace, parse_patients
+from cehrgpt.analysis.features import FeatureSpace, nearest_neighbours, parse_patients
 from cehrgpt.analysis.io import AnalysisError
 from cehrgpt.analysis.privacy.attribute_inference import attribute_inference_analysis, inference_scores
 from cehrgpt.analysis.privacy.config import derive_attribute_config
@@ -152,28 +152,37 @@ def test_chance_tpr_at_one_percent_fpr_follows_the_set_sizes():
 
 
 def far_from(synthetic_concept: int, base: int, extra: int) -> list[str]:
-    """A patient at squared distance ``extra`` from the one-concept patient: ``extra`` concepts of its own on top."""
+    """The one-concept patient with ``extra`` concepts of its own appended to its visit.
+
+    Its squared distance is 0 for none, else 2·extra + 2: ``extra`` concepts, and ``extra`` + 2
+    timeline shingles (``extra`` + 1 new triples from the first appended concept to ``[VE]``, and
+    the triple "9202 <concept> [VE]" lost).
+    """
     return patient_tokens(40, [synthetic_concept, *range(base, base + extra)])
 
 
 def test_membership_inference_on_unbalanced_sets_by_hand():
-    # one synthetic patient; 3 members at distance 0, 2, 4 and 5 non-members at 1, 3, 5, 6, 7 (the ROC
-    # above). Every record is scored: the 3 asked iterations would repeat the same records, one pass runs.
-    # Median threshold 3.5 predicts 0, 1, 2, 3: q ½, precision ½, recall ⅔, F1 4/7; members' share π ⅜, so
-    # chance F1 = 2πq/(π + q) = 3/7. Fixed threshold 5 predicts 0–4: q ⅝, precision ⅗, recall 1, F1 ¾;
-    # chance 2·⅜·⅝ / 1 = 15/32. Above chance: max(¾ − 15/32, 4/7 − 3/7) = 9/32.
+    # one synthetic patient; 3 members with 0, 2, 4 concepts of their own (distance 0, 6, 10) and 5 non-members
+    # with 1, 3, 5, 6, 7 (distance 4, 8, 12, 14, 16): the ranks of the ROC above. Every record is scored: the
+    # 3 asked iterations would repeat the same records, one pass runs. Median threshold 9 predicts 0, 4, 6,
+    # 8: q ½, precision ½, recall ⅔, F1 4/7; members' share π ⅜, so chance F1 = 2πq/(π + q) = 3/7. Fixed
+    # threshold 5 predicts 0 and 4: q ¼, precision ½, recall ⅓, F1 2/5; chance 2·⅜·¼ / ⅝ = 3/10. Above
+    # chance: max(2/5 − 3/10, 4/7 − 3/7) = 1/7.
     synthetic = patients(patient_tokens(40, [900]))
     train = patients(*[far_from(900, 1000 + 10 * i, d) for i, d in enumerate([0, 2, 4])])
     held_out = patients(*[far_from(900, 2000 + 10 * i, d) for i, d in enumerate([1, 3, 5, 6, 7])])
     space = FeatureSpace.fit([train, held_out, synthetic])
+    s = space.encode(synthetic)
+    assert nearest_neighbours(space.encode(train), s).a_to_b_distance.tolist() == [0, 6, 10]
+    assert nearest_neighbours(space.encode(held_out), s).a_to_b_distance.tolist() == [4, 8, 12, 14, 16]
     table, metrics, _ = membership_inference_analysis(
         train, held_out, synthetic, space, n_iterations=3, seed=4
     )
-    assert table["Threshold"].tolist() == [5.0, 3.5]
-    assert table["F1"].tolist() == pytest.approx([3 / 4, 4 / 7])
-    assert table["F1 Chance"].tolist() == pytest.approx([15 / 32, 3 / 7])
+    assert table["Threshold"].tolist() == [5.0, 9.0]
+    assert table["F1"].tolist() == pytest.approx([2 / 5, 4 / 7])
+    assert table["F1 Chance"].tolist() == pytest.approx([3 / 10, 3 / 7])
     assert (table["Members"].tolist(), table["Non-members"].tolist()) == ([3, 3], [5, 5])
-    assert metrics["mia_f1_above_chance"] == pytest.approx(9 / 32)
+    assert metrics["mia_f1_above_chance"] == pytest.approx(1 / 7)
     assert metrics["mia_auc"] == pytest.approx(0.8)
     assert metrics["mia_tpr_at_fpr_0_01_lift"] == pytest.approx(-2 / 3)
     assert (metrics["mia_num_members"], metrics["mia_num_non_members"]) == (3, 5)

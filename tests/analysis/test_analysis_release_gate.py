@@ -170,7 +170,7 @@ def test_held_out_patients_pass(data, tmp_path, capsys):
     assert metrics["memorization_copy_share_train"] == 0.0
     # membership inference scores every member and non-member; its tail is below chance's 99th percentile
     assert (metrics["mia_num_members"], metrics["mia_num_non_members"]) == (1000, 300)
-    assert metrics["mia_tpr_at_fpr_0_01_lift"] == pytest.approx(0.006 - 0.036)
+    assert metrics["mia_tpr_at_fpr_0_01_lift"] == pytest.approx(0.008 - 0.036)  # 0.8% of members at FPR 0
 
 
 def test_ten_percent_verbatim_training_patients_are_refused(data, tmp_path, capsys):

@@ -35,7 +35,9 @@ _DISTANCE_DECIMALS = 9  # rounds away float noise so that equal distances compar
 def timeline_shingles(content: Sequence[str]) -> list[int]:
     """A patient's timeline as a multiset of overlapping token triples, each an int in this process.
 
-    ``content`` is the calendar-free clinical content (:func:`cehrgpt.grammar.without_calendar`).
+    ``content`` is the clinical content after the prompt (:func:`cehrgpt.grammar.clinical_content`
+    without its 4 prompt tokens): the visits, gaps and death. The prompt's year, age, gender and race
+    are features of their own, so the calendar is not in the timeline and nothing is counted twice.
     Each run of :data:`TIMELINE_SHINGLE_TOKENS` consecutive tokens is one shingle, numbered by its
     occurrence (the second ``[VE] D0 [VS]`` differs from the first), so repeats count and two
     patients share as many shingles as their multisets do. Shingles see the order of visits,
@@ -197,7 +199,7 @@ def parse_patients(frame: pd.DataFrame, check_grammar: bool) -> PatientSet:
         }
         concepts.discard(0)
         concepts.discard(None)
-        shingles = np.unique(np.asarray(timeline_shingles(grammar.without_calendar(content)), dtype=np.int64))
+        shingles = np.unique(np.asarray(timeline_shingles(content[grammar.PROMPT_LENGTH :]), dtype=np.int64))
         person_ids.append(int(person_id))
         kept_rows.append(row)
         ages.append(age)
@@ -246,13 +248,24 @@ class FeatureMatrix:
 
 @dataclass(frozen=True)
 class FeatureSpace:
-    """The columns every compared set is encoded on, and the one age scale they share."""
+    """The columns every compared set is encoded on, and the one age scale they share.
+
+    The whole space (no concept subset asked) also sees time: each timeline shingle
+    (:func:`timeline_shingles`: visit order, types, gaps, concepts per visit, repeats) is a
+    column, and the prompt year is thermometer-coded (a column per year from the earliest,
+    set up to the patient's year), so its Hamming part is the difference in years. A
+    patient copied with one gap moved or the calendar shifted sits a few units away; one
+    with the same concepts in another order, at other times, sits far away.
+    """
 
     concept_ids: np.ndarray  # sorted int64: the concept columns
     gender_ids: np.ndarray  # sorted int64
     race_ids: np.ndarray  # sorted int64
     age_min: float
     age_max: float
+    timeline_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted shingle columns
+    year_min: int = 0
+    year_max: int = 0  # the thermometer's columns: years year_min + 1 .. year_max
 
     @classmethod
     def fit(
@@ -271,12 +284,18 @@ class FeatureSpace:
         if concept_vocabulary is not None:
             concepts = np.union1d(concepts, np.fromiter(concept_vocabulary, dtype=np.int64))
         ages = np.concatenate([s.ages for s in patient_sets])
+        timelines = [s.timeline_values for s in patient_sets if s.timeline_values is not None]
+        years = [s.years for s in patient_sets if s.years is not None and len(s.years)]
+        all_years = np.concatenate(years) if years else np.zeros(0, np.int64)
         return cls(
             concept_ids=concepts.astype(np.int64),
             gender_ids=np.unique(np.concatenate([s.genders for s in patient_sets])),
             race_ids=np.unique(np.concatenate([s.races for s in patient_sets])),
             age_min=float(ages.min()) if len(ages) else 0.0,
             age_max=float(ages.max()) if len(ages) else 0.0,
+            timeline_ids=np.unique(np.concatenate(timelines)) if timelines else np.zeros(0, np.int64),
+            year_min=int(all_years.min()) if len(all_years) else 0,
+            year_max=int(all_years.max()) if len(all_years) else 0,
         )
 
     def scale_age(self, ages: np.ndarray) -> np.ndarray:
@@ -295,7 +314,8 @@ class FeatureSpace:
     ) -> FeatureMatrix:
         """Encode patients; ``concepts`` restricts the concept columns, ``demographics`` adds age/gender/race.
 
-        Concepts a patient has that are not columns are ignored.
+        Without ``concepts`` the timeline and year columns follow the concepts (for patients parsed
+        from sequences). Concepts and shingles a patient has that are not columns are ignored.
         """
         columns = self.concept_ids if concepts is None else np.unique(np.asarray(concepts, dtype=np.int64))
         n = len(patients)
@@ -315,9 +335,13 @@ class FeatureSpace:
             cols = [gender_col, len(self.gender_ids) + race_col, cols[0] + offset]
         row_index = np.concatenate(rows)
         col_index = np.concatenate(cols)
+        width = offset + len(columns)
+        if concepts is None and patients.timeline_values is not None and patients.timeline_indptr is not None:
+            extra_rows, extra_cols, width = self._time_columns(patients, width)
+            row_index = np.concatenate([row_index, extra_rows])
+            col_index = np.concatenate([col_index, extra_cols])
         binary = sp.csr_matrix(
-            (np.ones(len(row_index), dtype=np.float32), (row_index, col_index)),
-            shape=(n, offset + len(columns)),
+            (np.ones(len(row_index), dtype=np.float32), (row_index, col_index)), shape=(n, width)
         )
         binary.sum_duplicates()
         binary.data[:] = 1.0
@@ -326,6 +350,25 @@ class FeatureSpace:
         return FeatureMatrix(
             binary=binary, age=self.scale_age(patients.ages), age_span=max(self.age_max - self.age_min, 0.0)
         )
+
+    def _time_columns(self, patients: PatientSet, offset: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Rows and columns (from ``offset``) of the timeline shingles and the year thermometer; the new width."""
+        assert patients.timeline_values is not None and patients.timeline_indptr is not None
+        n = len(patients)
+        values = patients.timeline_values
+        row_of_value = np.repeat(np.arange(n, dtype=np.int64), np.diff(patients.timeline_indptr))
+        position = np.searchsorted(self.timeline_ids, values)
+        known = position < len(self.timeline_ids)
+        known[known] = self.timeline_ids[position[known]] == values[known]
+        rows, cols = [row_of_value[known]], [offset + position[known]]
+        offset += len(self.timeline_ids)
+        span = self.year_max - self.year_min
+        if span > 0 and patients.years is not None:
+            steps = np.clip(patients.years - self.year_min, 0, span)
+            rows.append(np.repeat(np.arange(n, dtype=np.int64), steps))
+            starts = np.repeat(np.cumsum(steps) - steps, steps)
+            cols.append(offset + np.arange(int(steps.sum()), dtype=np.int64) - starts)
+        return np.concatenate(rows), np.concatenate(cols), offset + max(span, 0)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ set itself about 1; a release copied from the held-out set is negative.
 **Near copies.** A memorising model also emits a training patient with a concept
 dropped or replaced, a gap moved by a few days, the last visit left out, the
 calendar shifted, or only its first visits. Each patient's timeline is the
-multiset of overlapping token triples of its calendar-free clinical content
+multiset of overlapping token triples of its clinical content after the prompt
 (:func:`cehrgpt.analysis.features.timeline_shingles`): it sees the order of the
 visits, their types, the gaps, the concepts of each visit and their repeats, and
 one edit changes at most three triples. A synthetic patient is a *near copy* of a
