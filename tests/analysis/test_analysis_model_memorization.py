@@ -3,7 +3,8 @@
 Models are small GPT-2s trained here on Eunomia patients whose whole history fits
 the 256-token window (so the window trained on is the window scored):
 
-- ``overfit``: 40 training patients, 300 steps at lr 5e-3, no dropout — memorises them;
+- ``overfit``: 40 training patients, 1,000 steps at lr 5e-3, no dropout (training loss ≈ 0.01) —
+  memorises them: refused on the model's own loss, and its release on copies;
 - ``brief``: 1,000 training patients, 60 steps — learns the population, not its patients.
 
 Both are scored against the same 200 held-out patients.
@@ -23,9 +24,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from cehrgpt import grammar
 from cehrgpt.analysis import gate
-from cehrgpt.analysis.privacy import model_memorization
+from cehrgpt.analysis.privacy import memorization, model_memorization
 from cehrgpt.analysis.privacy.common import MIN_HELD_OUT_PATIENTS
 from cehrgpt.analysis.privacy.model_memorization import membership_metrics
+from cehrgpt.generation import generate_batch_hf_gpt_sequence
 from cehrgpt.train import train
 from cehrgpt.train.scoring import first_window, membership_auc, window_losses
 
@@ -155,7 +157,7 @@ def overfit_model(folders) -> Path:
         folders["held_out"],
         folders["root"] / "overfit_model",
         learning_rate=5e-3,
-        max_steps=300,
+        max_steps=1000,
         dropout=0.0,
         min_concept_patients=1,
     )
@@ -320,3 +322,52 @@ def test_bad_input_is_one_error_line_and_nothing_written(folders, brief_model, c
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert expected in lines[0]
     assert not output.exists()
+
+
+def test_the_overfit_models_release_is_refused_on_copies(folders, overfit_model, capsys):
+    """What a memorising model emits, as the generator writes it (closed by [END]), from its patients' prompts."""
+    out = folders["root"] / "overfit_release"
+    argv = [
+        "--model_folder", str(overfit_model),
+        "--output_folder", str(out),
+        "--demographic_data_path", str(folders["overfit"] / "train"),
+        "--num_of_patients", "200",
+        "--batch_size", "50",
+        "--buffer_size", "200",
+        "--seed", str(SEED),
+        "--device", "cpu",
+        "--no_progress",
+    ]  # fmt: skip
+    assert generate_batch_hf_gpt_sequence.main(argv) == 0
+    release = out / "top_p10000" / "generated_sequences"
+    assert all(list(t)[-1] == grammar.END for t in pd.read_parquet(release)["concept_ids"])
+    analysis = folders["root"] / "overfit_release_memorization"
+    argv = [
+        "--training_data_folder", str(folders["overfit"] / "train"),
+        "--evaluation_data_folder", str(folders["held_out"]),
+        "--synthetic_data_folder", str(release),
+        "--output_folder", str(analysis),
+        "--seed", str(SEED),
+    ]  # fmt: skip
+    assert memorization.main(argv) == 0
+    metrics = json.loads((analysis / "metrics.json").read_text())
+    # measured: 60% verbatim copies, 88% near copies, none of a held-out patient
+    assert metrics["memorization_copy_share_train"] > 0.4, metrics
+    assert metrics["memorization_near_copy_share_train"] > 0.7, metrics
+    assert (
+        metrics["memorization_copy_share_holdout"] == metrics["memorization_near_copy_share_holdout"] == 0.0
+    )
+    capsys.readouterr()
+    others = [
+        flag
+        for metric in gate.DEFAULT_THRESHOLDS
+        if not metric.startswith("memorization_")
+        for flag in (f"--max_{metric}", str(gate.NO_LIMIT))
+    ]
+    assert gate.main(["--metrics", str(analysis), *others]) == 1
+    breaches = {line.split()[1] for line in capsys.readouterr().err.splitlines() if line.startswith("BREACH")}
+    assert breaches == {
+        "memorization_copy_excess",
+        "memorization_shifted_copy_excess",
+        "memorization_near_copy_excess_lower",
+    }
