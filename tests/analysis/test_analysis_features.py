@@ -158,3 +158,13 @@ def test_sample_indices_are_seeded_and_capped():
     assert first.tolist() == sample_indices(np.random.default_rng(7), 100, 10).tolist()
     assert len(set(first.tolist())) == 10
     assert sorted(sample_indices(np.random.default_rng(7), 5, 10).tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_a_null_token_excludes_a_generated_row_and_is_skipped_in_a_real_one():
+    tokens = [*patient_tokens(30, [101, 102])]
+    tokens.insert(6, None)
+    generated = parse_patients(frame(tokens, patient_tokens(40, [103])), check_grammar=True)
+    assert generated.person_ids.tolist() == [2]
+    assert generated.exclusion_reasons == {"null token": 1}
+    real = parse_patients(frame(tokens), check_grammar=False)
+    assert real.person_ids.tolist() == [1] and real.concepts_of(0).tolist() == [101, 102]
