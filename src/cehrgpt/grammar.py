@@ -7,14 +7,22 @@ vocabulary token's :class:`TokenKind`, the constrained decoder masks tokens with
 
 A sequence::
 
-    year:2001 age:12 8532 8527 [VS] 9203 380378 [VE] D154 [VS] 9201 4356 i-D1 4021 0 [VE] LT ... [END]
+    year:2001 age:12 8532 8527 [VS] 9203 380378 3004249 v:7 [VE] D154 [VS] 9201 4356 i-D1 19078461 dur:7 0 [VE] LT ... [END]
 
-Grammar (``*`` = zero or more, ``+`` = one or more)::
+Grammar (``*`` = zero or more, ``+`` = one or more, ``?`` = optional)::
 
     patient    := year age gender race visit (gap visit)* (gap death)? [END]?
-    visit      := [VS] visit_type concept+ [VE]                                  (not inpatient)
-                | [VS] inpatient_type concept (i-gap? concept)* discharge [VE]  (inpatient)
+    visit      := [VS] visit_type event+ [VE]                                  (not inpatient)
+                | [VS] inpatient_type event (i-gap? event)* discharge [VE]    (inpatient)
+    event      := concept value?
     death      := [VS] [DEATH] [VE]
+
+A value token (:class:`ValueClass`) may follow a clinical concept and nothing else: ``v:<k>``
+the k-th of the concept's value bins (``value_as_number``; the bins are per concept, an artifact
+of the ETL, :mod:`cehrgpt.values`), ``vc:<concept id>`` a categorical value (``value_as_concept_id``),
+``dur:<days>`` a drug exposure's duration bin (:data:`DRUG_DURATION_EDGES_DAYS`; no token = ends the
+day it starts). Which concepts take which class is vocabulary data (the tokenizer records it from
+the training sequences); the grammar only says where a value may stand.
 
 Between two visits there is always exactly one gap token (``D0`` for the same
 day). Dates: a cursor starts on Jan 1 of the prompt year; a gap moves it before
@@ -27,7 +35,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 
 import numpy as np
 
@@ -63,6 +71,15 @@ _WEEK_GAP = re.compile(r"^W([0-3])$")
 _MONTH_GAP = re.compile(r"^M(1[01]|[1-9])$")
 _INPATIENT_GAP = re.compile(r"^i-D(\d+)$")
 _CONCEPT = re.compile(r"^\d+$")
+_VALUE_BIN = re.compile(r"^v:([1-9]\d?)$")
+_VALUE_CONCEPT = re.compile(r"^vc:([1-9]\d*)$")
+_DRUG_DURATION = re.compile(r"^dur:(\d+)$")
+
+#: Lower edges (days) of the drug-duration bins: ``dur:<edge>`` covers [edge, next edge) days from the
+#: exposure's start to its end; the edges sit on the usual supplies (a week, two, a month, a quarter...).
+#: A duration of 0 days (ends the day it starts) has no token.
+DRUG_DURATION_EDGES_DAYS = (1, 7, 14, 28, 30, 60, 90, 180, 365)
+MAX_VALUE_BINS = 99  # v:1 .. v:99
 
 
 def year_token(year: int) -> str:
@@ -86,6 +103,49 @@ def inpatient_gap_token(days: int) -> str:
 def concept_token(concept_id: int | None, unknown: str) -> str:
     """A concept id as a token; a null or 0 concept becomes the role's ``unknown`` spelling."""
     return unknown if concept_id is None or int(concept_id) == 0 else str(int(concept_id))
+
+
+def value_bin_token(bin_number: int) -> str:
+    """The token of the ``bin_number``-th (1-based) of a concept's value bins."""
+    if not 1 <= int(bin_number) <= MAX_VALUE_BINS:
+        raise ValueError(f"value bin {bin_number} is outside 1..{MAX_VALUE_BINS}")
+    return f"v:{int(bin_number)}"
+
+
+def value_concept_token(value_concept_id: int) -> str:
+    """The token of a categorical value (``value_as_concept_id``, never 0)."""
+    if int(value_concept_id) <= 0:
+        raise ValueError(f"a categorical value needs a concept id above 0, got {value_concept_id}")
+    return f"vc:{int(value_concept_id)}"
+
+
+def drug_duration_token(days: int) -> str | None:
+    """The token of a drug exposure lasting ``days`` (end − start); None for 0 days or fewer (no token)."""
+    days = int(days)
+    if days < DRUG_DURATION_EDGES_DAYS[0]:
+        return None
+    edge = max(e for e in DRUG_DURATION_EDGES_DAYS if e <= days)
+    return f"dur:{edge}"
+
+
+def value_bin_of(token: str) -> int | None:
+    m = _VALUE_BIN.match(token)
+    return int(m.group(1)) if m else None
+
+
+def value_concept_of(token: str) -> int | None:
+    m = _VALUE_CONCEPT.match(token)
+    return int(m.group(1)) if m else None
+
+
+def drug_duration_range(token: str) -> tuple[int, int | None] | None:
+    """The [low, high) days a duration token covers (high None for the last bin), or None when not one."""
+    m = _DRUG_DURATION.match(token)
+    if not m or int(m.group(1)) not in DRUG_DURATION_EDGES_DAYS:
+        return None
+    low = int(m.group(1))
+    i = DRUG_DURATION_EDGES_DAYS.index(low)
+    return low, (DRUG_DURATION_EDGES_DAYS[i + 1] if i + 1 < len(DRUG_DURATION_EDGES_DAYS) else None)
 
 
 def gap_days(token: str) -> int | None:
@@ -125,6 +185,26 @@ def concept_id_of(token: str) -> int | None:
 
 def is_concept_like(token: str) -> bool:
     return concept_id_of(token) is not None
+
+
+class ValueClass(IntFlag):
+    """What a value token says about the concept before it; a concept's accepted classes form a mask."""
+
+    NONE = 0
+    NUMBER = 1  # v:<bin>
+    CATEGORY = 2  # vc:<concept id>
+    DURATION = 4  # dur:<days>
+
+
+def value_class(token: str) -> ValueClass:
+    """The class of a value token, ``ValueClass.NONE`` for any other token."""
+    if _VALUE_BIN.match(token):
+        return ValueClass.NUMBER
+    if _VALUE_CONCEPT.match(token):
+        return ValueClass.CATEGORY
+    if drug_duration_range(token) is not None:
+        return ValueClass.DURATION
+    return ValueClass.NONE
 
 
 # --- what two sequences are compared on --------------------------------------------------------------------
@@ -179,6 +259,7 @@ class TokenKind(IntEnum):
     INPATIENT_GAP = 14
     DISCHARGE = 15
     CONCEPT = 16  # a clinical event: condition, drug, procedure, measurement, observation, device
+    VALUE = 17  # the value of the concept before it (a ValueClass)
 
 
 _SPECIAL_KINDS = {
@@ -204,6 +285,8 @@ def syntactic_kind(token: str) -> TokenKind | None:
         return TokenKind.GAP
     if _INPATIENT_GAP.match(token):
         return TokenKind.INPATIENT_GAP
+    if value_class(token):
+        return TokenKind.VALUE
     if is_concept_like(token):
         return None
     return TokenKind.OOV
@@ -275,15 +358,17 @@ class GrammarState(IntEnum):
     BEFORE_VISIT = 4  # after the prompt or a gap: only [VS]
     VISIT_OPENED = 5  # after [VS]: a visit type or [DEATH]
     OUTPATIENT_EMPTY = 6  # after a non-inpatient visit type: a concept
-    OUTPATIENT = 7  # at least one concept: a concept or [VE]
+    OUTPATIENT = 7  # right after a concept: a concept, its value or [VE]
     INPATIENT_EMPTY = 8  # after an inpatient visit type: a concept
-    INPATIENT = 9  # a concept, an inpatient gap or the discharge
+    INPATIENT = 9  # right after a concept: a concept, its value, an inpatient gap or the discharge
     INPATIENT_AFTER_GAP = 10  # a concept
     INPATIENT_DISCHARGED = 11  # [VE]
     BETWEEN_VISITS = 12  # a gap or [END]
     DEATH_OPENED = 13  # [VE]
     DEAD = 14  # [END]; nothing may follow a death
     ENDED = 15  # [PAD] only
+    OUTPATIENT_VALUED = 16  # after a concept's value: a concept or [VE]
+    INPATIENT_VALUED = 17  # after a concept's value: a concept, an inpatient gap or the discharge
 
 
 S, K = GrammarState, TokenKind
@@ -299,10 +384,17 @@ _TRANSITIONS: dict[tuple[GrammarState, TokenKind], GrammarState] = {
     (S.OUTPATIENT_EMPTY, K.CONCEPT): S.OUTPATIENT,
     (S.OUTPATIENT, K.CONCEPT): S.OUTPATIENT,
     (S.OUTPATIENT, K.VISIT_END): S.BETWEEN_VISITS,
+    (S.OUTPATIENT, K.VALUE): S.OUTPATIENT_VALUED,
+    (S.OUTPATIENT_VALUED, K.CONCEPT): S.OUTPATIENT,
+    (S.OUTPATIENT_VALUED, K.VISIT_END): S.BETWEEN_VISITS,
     (S.INPATIENT_EMPTY, K.CONCEPT): S.INPATIENT,
     (S.INPATIENT, K.CONCEPT): S.INPATIENT,
     (S.INPATIENT, K.INPATIENT_GAP): S.INPATIENT_AFTER_GAP,
     (S.INPATIENT, K.DISCHARGE): S.INPATIENT_DISCHARGED,
+    (S.INPATIENT, K.VALUE): S.INPATIENT_VALUED,
+    (S.INPATIENT_VALUED, K.CONCEPT): S.INPATIENT,
+    (S.INPATIENT_VALUED, K.INPATIENT_GAP): S.INPATIENT_AFTER_GAP,
+    (S.INPATIENT_VALUED, K.DISCHARGE): S.INPATIENT_DISCHARGED,
     (S.INPATIENT_AFTER_GAP, K.CONCEPT): S.INPATIENT,
     (S.INPATIENT_DISCHARGED, K.VISIT_END): S.BETWEEN_VISITS,
     (S.BETWEEN_VISITS, K.GAP): S.BEFORE_VISIT,
