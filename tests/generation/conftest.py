@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from generation_fixtures import PATIENTS, tiny_model, write_sequences
+from generation_fixtures import PATIENTS, VALUED_PATIENTS, tiny_model, write_sequences
 
 from cehrgpt.models.tokenizer import build_tokenizer, save_tokenizer
 
@@ -23,6 +23,13 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tokenizer():
     tok, _ = build_tokenizer([p.split() for p in PATIENTS], min_concept_patients=1)
+    return tok
+
+
+@pytest.fixture(scope="session")
+def valued_tokenizer():
+    """A vocabulary whose concepts take values: the patients without values and those with."""
+    tok, _ = build_tokenizer([p.split() for p in PATIENTS + VALUED_PATIENTS], min_concept_patients=1)
     return tok
 
 

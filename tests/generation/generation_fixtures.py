@@ -37,3 +37,11 @@ def tiny_model(vocab_size: int, n_positions: int = 64, seed: int = 0) -> GPT2LMH
     torch.manual_seed(seed)
     config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=vocab_size, n_positions=n_positions)
     return GPT2LMHeadModel(config).eval()
+
+
+# Patients with values: 3004249 (a lab) takes numeric bins, 1112807 (a drug) durations, 4013886 a categorical value.
+VALUED_PATIENTS = [
+    "year:2001 age:12 8532 8527 [VS] 9202 3004249 v:2 380378 [VE] D154 [VS] 9201 1112807 dur:7 i-D1 4013886 vc:4181412 8536 [VE] [END]",
+    "year:1999 age:40 8507 8516 [VS] 9203 3004249 v:1 1112807 dur:30 [VE] D7 [VS] 9202 380378 4013886 [VE] [END]",
+    "year:2010 age:3 8532 Race/0 [VS] 9202 3004249 v:3 1112807 [VE] D30 [VS] [DEATH] [VE] [END]",
+]

@@ -17,7 +17,7 @@ from cehrgpt.generation.constraints import (
 from cehrgpt.generation.engine import ContinuousBatchDecoder
 from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
 from cehrgpt.grammar import GrammarState, TokenKind
-from cehrgpt.models.tokenizer import decode_ids, encode_sequence, vocabulary_token_kinds
+from cehrgpt.models.tokenizer import decode_ids, encode_sequence, token_value_classes, vocabulary_token_kinds
 
 
 def _allowed_tokens(tokenizer, prefix: list[str], context_window: int) -> set[str]:
@@ -204,3 +204,55 @@ def test_one_processor_serves_successive_generate_calls(tokenizer):
         for row in out.tolist():
             tokens = decode_ids(tokenizer, row[: row.index(end) + 1] if end in row else row)
             assert grammar.first_violation(tokens) is None
+
+
+def _allowed_with_values(tokenizer, prefix: list[str], context_window: int = 64) -> set[str]:
+    kinds, classes = vocabulary_token_kinds(tokenizer), token_value_classes(tokenizer)
+    processor = GrammarConstrainedLogitsProcessor(kinds, context_window, classes)
+    ids = torch.tensor([encode_sequence(tokenizer, prefix)])
+    out = processor(ids[:, :4], torch.zeros(1, len(tokenizer)))
+    for width in range(5, ids.shape[1] + 1):
+        out = processor(ids[:, :width], torch.zeros(1, len(tokenizer)))
+    return set(decode_ids(tokenizer, torch.nonzero(out[0] > -float("inf")).flatten().tolist()))
+
+
+def test_a_value_follows_only_a_concept_that_takes_its_class(valued_tokenizer):
+    tok = valued_tokenizer
+    concepts = _of_kind(tok, TokenKind.CONCEPT)
+    numbers, durations, categories = {"v:1", "v:2", "v:3"}, {"dur:7", "dur:30"}, {"vc:4181412"}
+    assert _of_kind(tok, TokenKind.VALUE) == numbers | durations | categories
+    outpatient = [*PROMPT, "[VS]", "9202"]
+    assert _allowed_with_values(tok, [*outpatient, "3004249"]) == concepts | {"[VE]"} | numbers
+    assert _allowed_with_values(tok, [*outpatient, "1112807"]) == concepts | {"[VE]"} | durations
+    assert _allowed_with_values(tok, [*outpatient, "380378"]) == concepts | {"[VE]"}
+    assert _allowed_with_values(tok, [*outpatient, "3004249", "v:2"]) == concepts | {"[VE]"}
+    inpatient = [*PROMPT, "[VS]", "9201", "4013886"]
+    closing = _of_kind(tok, TokenKind.INPATIENT_GAP, TokenKind.DISCHARGE)
+    assert _allowed_with_values(tok, inpatient) == concepts | closing | categories
+    assert _allowed_with_values(tok, [*inpatient, "vc:4181412"]) == concepts | closing
+    # without the vocabulary's value classes no value token is ever let out
+    assert _allowed_tokens(tok, [*outpatient, "3004249"], 64) == concepts | {"[VE]"}
+
+
+def test_value_classes_must_match_the_vocabulary():
+    with pytest.raises(ValueError, match=r"value_classes has shape \(3,\), expected \(6,\)"):
+        GrammarConstrainedLogitsProcessor(np.array([0, 3, 4, 5, 11, 16]), 16, np.zeros(3, dtype=np.int64))
+
+
+def test_untrained_model_emits_values_only_where_they_fit(valued_tokenizer):
+    tok = valued_tokenizer
+    kinds, classes = vocabulary_token_kinds(tok), token_value_classes(tok)
+    model = tiny_model(len(tok), n_positions=64, seed=7)
+    constraint = GrammarConstrainedLogitsProcessor(kinds, 48, classes)
+    processors = build_logits_processors(SamplingConfig(), constraint, kinds)
+    prompts = torch.tensor([encode_sequence(tok, p.split()[:4]) for p in PATIENTS])
+    rng = np.random.default_rng(7)
+    decoder = ContinuousBatchDecoder(
+        model, processors, 48, tok.convert_tokens_to_ids(grammar.END), 9, torch.Generator().manual_seed(7)
+    )
+    result = decoder.run(120, lambda k: prompts[rng.integers(0, len(prompts), k)])
+    ids = [list(s) for s in result.sequences]
+    assert [grammar.first_violation(decode_ids(tok, s)) for s in ids] == [None] * 120
+    values = [(s[i - 1], t) for s in ids for i, t in enumerate(s) if kinds[t] == TokenKind.VALUE]
+    assert len(values) > 20  # a random model tries values wherever it may
+    assert all(classes[concept] & classes[value] for concept, value in values)

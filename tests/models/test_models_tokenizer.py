@@ -19,6 +19,7 @@ from cehrgpt.models.tokenizer import (
     load_tokenizer,
     save_tokenizer,
     token_concept_ids,
+    token_value_classes,
     vocabulary_token_kinds,
 )
 
@@ -196,3 +197,46 @@ def test_concepts_of_fewer_than_ten_patients_are_left_out_by_default():
 def test_min_concept_patients_below_one_is_rejected():
     with pytest.raises(ValueError, match="min_concept_patients must be >= 1, got 0"):
         build_tokenizer(PATIENTS, min_concept_patients=0)
+
+
+# 3004249 (a lab) is seen with numbers in both patients, 1112807 (a drug) with a duration once and
+# without once, 4013886 with a categorical value in one patient only; 380378 never takes a value.
+VALUED = [
+    (
+        "year:2001 age:12 8532 8527 [VS] 9202 3004249 v:2 1112807 dur:7 380378 [VE] D1 "
+        "[VS] 9201 4013886 vc:4181412 i-D1 3004249 v:9 8536 [VE] [END]"
+    ),
+    "year:2003 age:50 8507 8527 [VS] 9202 3004249 v:1 1112807 380378 4013886 [VE]",
+]
+
+
+def test_each_concept_records_the_classes_of_the_values_seen_after_it(tmp_path):
+    tokenizer, stats = build_tokenizer([p.split() for p in VALUED], min_concept_patients=1)
+    save_tokenizer(tokenizer, tmp_path)
+    entries = json.loads((tmp_path / METADATA_FILE).read_text())["tokens"]
+    assert entries["3004249"] == {"kind": "CONCEPT", "concept_id": 3004249, "value_classes": 1}
+    assert entries["1112807"]["value_classes"] == 4 and entries["4013886"]["value_classes"] == 2
+    assert "value_classes" not in entries["380378"] and "value_classes" not in entries["8536"]
+    assert entries["v:9"] == {"kind": "VALUE", "concept_id": None}
+    vocab = tokenizer.get_vocab()
+    classes = token_value_classes(load_tokenizer(tmp_path))
+    expected = {
+        "3004249": 1,
+        "1112807": 4,
+        "4013886": 2,
+        "v:1": 1,
+        "v:2": 1,
+        "v:9": 1,
+        "dur:7": 4,
+        "vc:4181412": 2,
+    }
+    assert {t: int(classes[i]) for t, i in vocab.items() if classes[i]} == expected
+    assert stats["concepts_taking_values"] == 3 and stats["categorical_values_left_out_rare"] == 0
+
+
+def test_a_rare_categorical_value_is_left_out_like_a_rare_concept():
+    tokenizer, stats = build_tokenizer([p.split() for p in VALUED], min_concept_patients=2)
+    vocab = tokenizer.get_vocab()
+    assert "vc:4181412" not in vocab and "4013886" in vocab
+    assert {"v:1", "v:2", "v:9", "dur:7"} <= set(vocab)  # bins say nothing about one patient: always kept
+    assert stats["categorical_values_left_out_rare"] == 1

@@ -5,7 +5,10 @@ Each row of the batch carries its state; a token is allowed when the grammar
 accepts its kind in that state *and* the sequence can still be closed within the
 context window afterwards. That second condition forces the open visit shut
 before the window ends, and since closing costs never pass through ``[DEATH]``,
-a death is never invented for lack of room.
+a death is never invented for lack of room. A value token (kind VALUE) is allowed
+only right after a clinical concept that takes its :class:`~cehrgpt.grammar.ValueClass`
+(the tokenizer's ``value_classes``): the grammar says where a value may stand, the
+vocabulary which concept takes which value.
 """
 
 from __future__ import annotations
@@ -62,9 +65,17 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
     Args:
         token_kinds: the :class:`~cehrgpt.grammar.TokenKind` of every token id, shape ``[vocab_size]``.
         context_window: total sequence length allowed, prompt included.
+        value_classes: per token id, a value token's :class:`~cehrgpt.grammar.ValueClass` and a clinical
+            concept's mask of the classes it takes (:func:`cehrgpt.models.tokenizer.token_value_classes`);
+            None: no concept takes a value, so no value token is ever allowed.
     """
 
-    def __init__(self, token_kinds: np.ndarray | torch.Tensor, context_window: int):
+    def __init__(
+        self,
+        token_kinds: np.ndarray | torch.Tensor,
+        context_window: int,
+        value_classes: np.ndarray | None = None,
+    ):
         kinds = np.asarray(token_kinds.cpu() if isinstance(token_kinds, torch.Tensor) else token_kinds)
         if kinds.ndim != 1 or kinds.size == 0 or not np.issubdtype(kinds.dtype, np.integer):
             raise ValueError(
@@ -92,6 +103,18 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
         )
         next_by_token = tables.next_state[:, kinds]  # [states, vocab]
         cost_by_token = np.where(next_by_token >= 0, costs[np.maximum(next_by_token, 0)], _FORBIDDEN)
+        classes = (
+            np.zeros(kinds.shape, dtype=np.int64) if value_classes is None else np.asarray(value_classes)
+        )
+        if classes.shape != kinds.shape:
+            raise ValueError(
+                f"value_classes has shape {classes.shape}, expected {kinds.shape} like token_kinds"
+            )
+        is_value = kinds == TokenKind.VALUE
+        # a concept's accepted classes where its id is the last token; a value token's own class per column
+        self._accepts = torch.from_numpy(np.where(kinds == TokenKind.CONCEPT, classes, 0).astype(np.int64))
+        self._value_class = torch.from_numpy(np.where(is_value, classes, 0).astype(np.int64))
+        self._is_value = torch.from_numpy(is_value)
         self._kinds = torch.from_numpy(kinds.astype(np.int64))
         self._next_by_token = torch.from_numpy(next_by_token)
         self._cost_by_token = torch.from_numpy(cost_by_token)
@@ -108,6 +131,9 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
     def _to(self, device: torch.device) -> None:
         if self._kinds.device != device:
             self._kinds = self._kinds.to(device)
+            self._accepts = self._accepts.to(device)
+            self._value_class = self._value_class.to(device)
+            self._is_value = self._is_value.to(device)
             self._next_by_token = self._next_by_token.to(device)
             self._cost_by_token = self._cost_by_token.to(device)
             self._next_state = self._next_state.to(device)
@@ -160,6 +186,9 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
         self._fresh = torch.zeros_like(self._fresh)
         room_after = (self.context_window - self.length - 1).unsqueeze(1)
         allowed = self._cost_by_token[self.state] <= room_after
+        # the grammar admits VALUE only right after a concept: keep the values that concept takes
+        takes = (self._accepts[input_ids[:, -1]].unsqueeze(1) & self._value_class.unsqueeze(0)) != 0
+        allowed &= ~self._is_value.unsqueeze(0) | takes
         if self.pad_token_id is not None:
             stuck = ~allowed.any(dim=1)
             allowed[:, self.pad_token_id] |= stuck

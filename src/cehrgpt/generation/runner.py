@@ -197,7 +197,7 @@ def generate(settings: GenerationSettings) -> dict:
     import transformers
 
     from cehrgpt.models.loading import ModelFolderError, load_for_generation
-    from cehrgpt.models.tokenizer import vocabulary_token_kinds
+    from cehrgpt.models.tokenizer import token_value_classes, vocabulary_token_kinds
 
     _check(settings)
     s = settings
@@ -217,6 +217,7 @@ def generate(settings: GenerationSettings) -> dict:
     for token, i in vocab.items():
         tokens_by_id[i] = token
     kinds = vocabulary_token_kinds(tokenizer)
+    value_classes = token_value_classes(tokenizer)
     model = model.to(device).eval()  # type: ignore[arg-type]
     n_positions = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
     context_window = s.context_window or n_positions
@@ -300,7 +301,9 @@ def generate(settings: GenerationSettings) -> dict:
             int(seed_seq.generate_state(1, np.uint64)[0] >> 1)
         )
         constraint = (
-            GrammarConstrainedLogitsProcessor(kinds, context_window) if s.constrained_decoding else None
+            GrammarConstrainedLogitsProcessor(kinds, context_window, value_classes)
+            if s.constrained_decoding
+            else None
         )
         decoder = ContinuousBatchDecoder(
             model,

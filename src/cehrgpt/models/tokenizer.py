@@ -4,14 +4,17 @@ The tokenizer is a plain Hugging Face ``tokenizers`` WordLevel model (whitespace
 split, unknown token ``[OOV]``) wrapped in a fast tokenizer, so
 ``transformers.AutoTokenizer.from_pretrained(folder)`` loads it with no custom
 code. Beside it, ``token_metadata.json`` records for every token its
-:class:`~cehrgpt.grammar.TokenKind` and OMOP concept id: the constrained decoder
-masks by kind and the OMOP restore maps concepts back. The same metadata also
+:class:`~cehrgpt.grammar.TokenKind` and OMOP concept id, and for a clinical concept the
+:class:`~cehrgpt.grammar.ValueClass` mask of the values it was seen with in training
+(``value_classes``): the constrained decoder masks by kind and lets a value token follow
+only a concept that takes its class; the OMOP restore maps concepts back. The same metadata also
 rides in the tokenizer's init kwargs, so a plain ``save_pretrained`` keeps it.
 
 Privacy by construction: a clinical concept seen in fewer than
 ``min_concept_patients`` distinct training patients (default
 :data:`DEFAULT_MIN_CONCEPT_PATIENTS`, the usual small-cell suppression threshold)
-is left out of the vocabulary, so the model can never emit it.
+is left out of the vocabulary, so the model can never emit it; so is a categorical
+value token (``vc:<concept id>``) seen in fewer patients.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from cehrgpt import grammar
-from cehrgpt.grammar import TokenKind
+from cehrgpt.grammar import TokenKind, ValueClass
 
 METADATA_FILE = "token_metadata.json"
 METADATA_FORMAT = "cehrgpt-token-metadata/1"
@@ -73,7 +76,7 @@ def build_tokenizer(
     num_patients = roles.num_patients
 
     kinds: dict[str, TokenKind] = {}
-    unrecognised = rare = concepts_seen = 0
+    unrecognised = rare = concepts_seen = rare_values = 0
     for token in occurrences:
         kind = roles.kind_of(token)
         if kind == TokenKind.OOV:
@@ -84,6 +87,9 @@ def build_tokenizer(
             if patients[token] < min_concept_patients:
                 rare += 1
                 continue
+        if grammar.value_class(token) == ValueClass.CATEGORY and patients[token] < min_concept_patients:
+            rare_values += 1
+            continue
         kinds[token] = kind
     for token, kind in _ALWAYS_KEPT.items():
         kinds.setdefault(token, kind)
@@ -102,26 +108,35 @@ def build_tokenizer(
         "concepts_seen": concepts_seen,
         "concepts_kept": concepts_seen - rare,
         "concepts_left_out_rare": rare,
+        "categorical_values_left_out_rare": rare_values,
+        "concepts_taking_values": sum(
+            1 for t, c in roles.value_classes.items() if c and kinds.get(t) == TokenKind.CONCEPT
+        ),
         "unrecognised_tokens_left_out": unrecognised,
         "tokens_by_kind": dict(sorted(Counter(k.name for k in kinds.values()).items())),
     }
-    return tokenizer_from_vocabulary(vocab, kinds, min_concept_patients), stats
+    return tokenizer_from_vocabulary(vocab, kinds, min_concept_patients, roles.value_classes), stats
 
 
 def tokenizer_from_vocabulary(
-    vocab: dict[str, int], kinds: dict[str, TokenKind], min_concept_patients: int | None
+    vocab: dict[str, int],
+    kinds: dict[str, TokenKind],
+    min_concept_patients: int | None,
+    value_classes: dict[str, ValueClass] | None = None,
 ) -> PreTrainedTokenizerBase:
-    """The word-level tokenizer over ``vocab`` (token -> id) carrying each token's kind and concept id.
+    """The word-level tokenizer over ``vocab`` (token -> id) carrying each token's kind and concept id, and
+    each clinical concept's value classes (those it takes no value; ``value_classes`` absent: none do).
 
     ``min_concept_patients`` is recorded as built with (None: the vocabulary came from elsewhere).
     """
-    metadata = {
-        "format": METADATA_FORMAT,
-        "min_concept_patients": min_concept_patients,
-        "tokens": {
-            token: {"kind": kinds[token].name, "concept_id": grammar.concept_id_of(token)} for token in vocab
-        },
-    }
+    value_classes = value_classes or {}
+    tokens: dict[str, dict] = {}
+    for token in vocab:
+        entry: dict = {"kind": kinds[token].name, "concept_id": grammar.concept_id_of(token)}
+        if kinds[token] == TokenKind.CONCEPT and value_classes.get(token):
+            entry["value_classes"] = int(value_classes[token])
+        tokens[token] = entry
+    metadata = {"format": METADATA_FORMAT, "min_concept_patients": min_concept_patients, "tokens": tokens}
     return _wrap(vocab, metadata)
 
 
@@ -137,6 +152,9 @@ class TokenRoles:
     occurrences: Counter[str] = field(default_factory=Counter)
     patients: Counter[str] = field(default_factory=Counter)
     kind_votes: dict[str, Counter[TokenKind]] = field(default_factory=dict)
+    value_classes: dict[str, ValueClass] = field(
+        default_factory=dict
+    )  # clinical concept -> values seen after it
     num_patients: int = 0
 
     def kind_of(self, token: str) -> TokenKind:
@@ -159,9 +177,15 @@ def count_token_roles(sequences: Iterable[Sequence[str]]) -> TokenRoles:
         tokens = list(tokens)
         roles.occurrences.update(tokens)
         roles.patients.update(set(tokens))
-        for token, kind in zip(tokens, grammar.assign_kinds(tokens), strict=True):
+        kinds = grammar.assign_kinds(tokens)
+        for i, (token, kind) in enumerate(zip(tokens, kinds, strict=True)):
             if grammar.syntactic_kind(token) is None:
                 roles.kind_votes.setdefault(token, Counter())[kind] += 1
+            elif kind == TokenKind.VALUE and i > 0 and kinds[i - 1] == TokenKind.CONCEPT:
+                concept = tokens[i - 1]
+                roles.value_classes[concept] = roles.value_classes.get(concept, ValueClass.NONE) | (
+                    grammar.value_class(token)
+                )
     return roles
 
 
@@ -265,6 +289,22 @@ def vocabulary_token_kinds(folder_or_tokenizer: str | os.PathLike | PreTrainedTo
         if token in entries:
             kinds[i] = TokenKind[entries[token]["kind"]]
     return kinds
+
+
+def token_value_classes(folder_or_tokenizer: str | os.PathLike | PreTrainedTokenizerBase) -> np.ndarray:
+    """Per token id (int64): for a value token its :class:`ValueClass`, for a clinical concept the mask of
+    the classes it takes (0 when none, or when the metadata predates values), 0 for every other token."""
+    tokenizer = _as_tokenizer(folder_or_tokenizer)
+    entries = token_metadata(tokenizer)["tokens"]
+    classes = np.zeros(len(tokenizer), dtype=np.int64)
+    for i, token in enumerate(_tokens_by_id(tokenizer)):
+        if token is None or token not in entries:
+            continue
+        if entries[token]["kind"] == TokenKind.VALUE.name:
+            classes[i] = int(grammar.value_class(token))
+        elif entries[token]["kind"] == TokenKind.CONCEPT.name:
+            classes[i] = int(entries[token].get("value_classes", 0))
+    return classes
 
 
 def token_concept_ids(folder_or_tokenizer: str | os.PathLike | PreTrainedTokenizerBase) -> np.ndarray:
