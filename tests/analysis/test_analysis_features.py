@@ -89,6 +89,23 @@ def test_the_whole_space_sees_the_timeline_and_the_year():
     assert space.encode(patients, concepts=np.array([11, 12])).binary.shape == (2, 2 + 2)
 
 
+def test_values_are_columns_of_their_own_and_stay_out_of_the_timeline():
+    lab = ["year:2000", "age:3", "8507", "8527", "[VS]", "9202", "11", "3004249", "v:2", "[VE]"]
+    other_bin = [*lab[:8], "v:5", "[VE]", "[END]"]
+    patients = parse_patients(frame(lab, other_bin), False)
+    # the timeline drops values: both patients have the same 3 shingles ([VS] 9202 11, 9202 11 3004249, ...)
+    assert patients.timeline_values[:3].tolist() == patients.timeline_values[3:].tolist()
+    assert np.diff(patients.value_indptr).tolist() == [1, 1]
+    assert patients.value_values[0] != patients.value_values[1]  # (3004249, v:2) vs (3004249, v:5)
+    space = FeatureSpace.fit([patients])
+    encoded = space.encode(patients).binary.toarray()
+    # gender, race | concepts 11, 3004249 | 3 shared shingles + 2 value pairs | no year span
+    assert encoded.shape == (2, 2 + 2 + 3 + 2)
+    assert np.abs(encoded[0] - encoded[1]).sum() == 2  # one lab result apart
+    taken = patients.take(np.array([1]))
+    assert taken.value_values.tolist() == [patients.value_values[1]]
+
+
 def test_a_vocabulary_adds_columns_but_never_drops_a_concept_the_data_has():
     a = parse_patients(frame(patient_tokens(30, [101, 102])), False)
     space = FeatureSpace.fit([a], concept_vocabulary=[102, 999])

@@ -218,3 +218,48 @@ def test_near_copies_of_held_out_patients_read_negative(make_folder, tmp_path):
     assert metrics["memorization_near_copy_share_holdout"] == pytest.approx(0.1)
     # two parts, each controlled by the whole held-out set: −2 per near copy
     assert metrics["memorization_near_copy_excess"] == pytest.approx(-0.2)
+
+
+def with_lab_values(tokens: list[str], bins: list[int]) -> list[str]:
+    """The patient with a lab (3004249) and its value bin appended to each visit, as the ETL writes values."""
+    out, visit = [], 0
+    for token in tokens:
+        if token == "[VE]":
+            out += ["3004249", f"v:{bins[visit % len(bins)]}"]
+            visit += 1
+        out.append(token)
+    return out
+
+
+VALUED_TRAIN = [
+    with_lab_values(long_patient(10000, i), [1 + (i + v) % 10 for v in range(6)]) for i in range(40)
+]
+VALUED_HELD_OUT = [
+    with_lab_values(long_patient(20000, i), [1 + (i * v) % 10 for v in range(6)]) for i in range(20)
+]
+VALUED_NOVEL = [as_generated(with_lab_values(long_patient(30000, i), [5])) for i in range(45)]
+
+
+def shift_values(tokens: list[str], visits: int) -> list[str]:
+    """The same patient with the value bins of its first ``visits`` labs moved up by one."""
+    out, changed = [], 0
+    for token in tokens:
+        if token.startswith("v:") and changed < visits:
+            token, changed = f"v:{int(token[2:]) % 10 + 1}", changed + 1
+        out.append(token)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("visits_changed", "copies", "near_copies"),
+    [(0, 5, 5), (1, 0, 5), (6, 0, 5)],
+)
+def test_values_are_part_of_what_a_copy_is(make_folder, tmp_path, visits_changed, copies, near_copies):
+    """Training patients copied with their lab values are copies (and near copies, as every copy is); with
+    values redrawn, one or all, the same timeline is a near copy: what the model must not copy includes
+    the values, and redrawing them does not hide a memorised patient."""
+    synthetic = [as_generated(shift_values(VALUED_TRAIN[i], visits_changed)) for i in range(5)] + VALUED_NOVEL
+    metrics = run(make_folder, tmp_path, synthetic, train=VALUED_TRAIN, held_out=VALUED_HELD_OUT)
+    assert metrics["memorization_num_copies_train"] == copies
+    assert metrics["memorization_num_near_copies_train"] == near_copies
+    assert metrics["memorization_num_synthetic_excluded"] == 0

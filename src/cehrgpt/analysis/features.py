@@ -15,6 +15,7 @@ through a sparse product; the age rides in the same product as an extra column.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +45,12 @@ def timeline_shingles(content: Sequence[str]) -> list[int]:
     their types, the gaps between them and the concepts in each: one edit (a concept dropped or
     replaced, a gap changed) changes at most three shingles; a prefix shares all of its own.
 
+    Value tokens are left out (:func:`value_shingles` counts them): a memorised patient whose lab
+    values the model redraws keeps its timeline, so the near-copy measure still sees it.
+
     The ints are Python hashes: equal across the sets parsed in one process, not across processes.
     """
+    content = [t for t in content if not grammar.value_class(t)]
     seen: dict[tuple[str, ...], int] = {}
     shingles = []
     n = TIMELINE_SHINGLE_TOKENS
@@ -54,6 +59,20 @@ def timeline_shingles(content: Sequence[str]) -> list[int]:
         occurrence = seen.get(gram, 0)
         seen[gram] = occurrence + 1
         shingles.append(hash((gram, occurrence)))
+    return shingles
+
+
+def value_shingles(content: Sequence[str]) -> list[int]:
+    """A patient's values as a multiset of (concept, value token) pairs, each an int in this process: what
+    the distance analyses see of values (a lab's bin, a categorical result, a drug's duration) beside the
+    timeline; numbered by occurrence like :func:`timeline_shingles`."""
+    seen: dict[tuple[str, str], int] = {}
+    shingles = []
+    for previous, token in itertools.pairwise(content):
+        if grammar.value_class(token):
+            occurrence = seen.get((previous, token), 0)
+            seen[(previous, token)] = occurrence + 1
+            shingles.append(hash(("value", previous, token, occurrence)))
     return shingles
 
 
@@ -80,6 +99,8 @@ class PatientSet:
     years: np.ndarray | None = None  # int64 prompt year (calendar year of the first visit)
     timeline_indptr: np.ndarray | None = None  # int64, n + 1
     timeline_values: np.ndarray | None = None  # int64
+    value_indptr: np.ndarray | None = None  # int64, n + 1: distinct value_shingles per patient
+    value_values: np.ndarray | None = None  # int64
 
     def __len__(self) -> int:
         return len(self.person_ids)
@@ -95,11 +116,13 @@ class PatientSet:
         """The patients at ``indices``, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
         concept_indptr, concept_values = _take_ragged(self.concept_indptr, self.concept_values, indices)
-        timeline_indptr = timeline_values = None
+        timeline_indptr = timeline_values = value_indptr = value_values = None
         if self.timeline_indptr is not None and self.timeline_values is not None:
             timeline_indptr, timeline_values = _take_ragged(
                 self.timeline_indptr, self.timeline_values, indices
             )
+        if self.value_indptr is not None and self.value_values is not None:
+            value_indptr, value_values = _take_ragged(self.value_indptr, self.value_values, indices)
         return PatientSet(
             person_ids=self.person_ids[indices],
             ages=self.ages[indices],
@@ -110,6 +133,8 @@ class PatientSet:
             years=None if self.years is None else self.years[indices],
             timeline_indptr=timeline_indptr,
             timeline_values=timeline_values,
+            value_indptr=value_indptr,
+            value_values=value_values,
         )
 
     def concept_universe(self) -> np.ndarray:
@@ -168,6 +193,8 @@ def parse_patients(frame: pd.DataFrame, check_grammar: bool) -> PatientSet:
     values: list[int] = []
     timeline_lengths: list[int] = []
     timeline: list[int] = []
+    value_lengths: list[int] = []
+    value_shingle_list: list[int] = []
     reasons: Counter[str] = Counter()
     kept_rows: list[int] = []
     valid_flags = frame["is_valid"].tolist() if "is_valid" in frame.columns else None
@@ -210,10 +237,15 @@ def parse_patients(frame: pd.DataFrame, check_grammar: bool) -> PatientSet:
         values.extend(sorted(c for c in concepts if c is not None))
         timeline_lengths.append(len(shingles))
         timeline.extend(shingles.tolist())
+        valued = np.unique(np.asarray(value_shingles(content[grammar.PROMPT_LENGTH :]), dtype=np.int64))
+        value_lengths.append(len(valued))
+        value_shingle_list.extend(valued.tolist())
     indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=indptr[1:])
     timeline_indptr = np.zeros(len(timeline_lengths) + 1, dtype=np.int64)
     np.cumsum(timeline_lengths, out=timeline_indptr[1:])
+    value_indptr = np.zeros(len(value_lengths) + 1, dtype=np.int64)
+    np.cumsum(value_lengths, out=value_indptr[1:])
     return PatientSet(
         person_ids=np.asarray(person_ids, dtype=np.int64),
         ages=np.asarray(ages, dtype=np.float64),
@@ -227,6 +259,8 @@ def parse_patients(frame: pd.DataFrame, check_grammar: bool) -> PatientSet:
         years=np.asarray(years, dtype=np.int64),
         timeline_indptr=timeline_indptr,
         timeline_values=np.asarray(timeline, dtype=np.int64),
+        value_indptr=value_indptr,
+        value_values=np.asarray(value_shingle_list, dtype=np.int64),
     )
 
 
@@ -285,6 +319,7 @@ class FeatureSpace:
             concepts = np.union1d(concepts, np.fromiter(concept_vocabulary, dtype=np.int64))
         ages = np.concatenate([s.ages for s in patient_sets])
         timelines = [s.timeline_values for s in patient_sets if s.timeline_values is not None]
+        timelines += [s.value_values for s in patient_sets if s.value_values is not None]
         years = [s.years for s in patient_sets if s.years is not None and len(s.years)]
         all_years = np.concatenate(years) if years else np.zeros(0, np.int64)
         return cls(
@@ -352,11 +387,17 @@ class FeatureSpace:
         )
 
     def _time_columns(self, patients: PatientSet, offset: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Rows and columns (from ``offset``) of the timeline shingles and the year thermometer; the new width."""
+        """Rows and columns (from ``offset``) of the timeline and value shingles and the year thermometer; the new
+        width."""
         assert patients.timeline_values is not None and patients.timeline_indptr is not None
         n = len(patients)
         values = patients.timeline_values
         row_of_value = np.repeat(np.arange(n, dtype=np.int64), np.diff(patients.timeline_indptr))
+        if patients.value_values is not None and patients.value_indptr is not None:  # values: more columns
+            values = np.concatenate([values, patients.value_values])
+            row_of_value = np.concatenate(
+                [row_of_value, np.repeat(np.arange(n, dtype=np.int64), np.diff(patients.value_indptr))]
+            )
         position = np.searchsorted(self.timeline_ids, values)
         known = position < len(self.timeline_ids)
         known[known] = self.timeline_ids[position[known]] == values[known]
