@@ -18,6 +18,7 @@ from cehrgpt.analysis.features import sample_indices
 from cehrgpt.analysis.fidelity.metrics import DEFAULT_MIN_PAIR_SUPPORT, fidelity_metrics
 from cehrgpt.analysis.fidelity.profile import SequenceProfile, profile_sequences
 from cehrgpt.analysis.fidelity.report import plot_images, render_report
+from cehrgpt.analysis.fidelity.values import ValueProfile, value_metrics, value_profile
 from cehrgpt.analysis.io import AnalysisError, format_table, read_sequence_folder, warn, write_outputs
 
 
@@ -69,9 +70,9 @@ def _profile_folder(
     rng: np.random.Generator,
     check_grammar: bool,
     vectorised: bool,
-) -> SequenceProfile:
+) -> tuple[SequenceProfile, ValueProfile]:
     tokens, excluded = _read_tokens(folder, role, max_patients, rng)
-    return profile_sequences(tokens, check_grammar, vectorised, excluded)
+    return profile_sequences(tokens, check_grammar, vectorised, excluded), value_profile(tokens)
 
 
 def _reasons(profile: SequenceProfile) -> str:
@@ -99,12 +100,14 @@ def run_fidelity(
         raise AnalysisError(f"--min_pair_support {min_pair_support}; expected a positive number of visits")
     rng = np.random.default_rng(seed)
     domains = read_domains(vocab_folder)
-    real = _profile_folder(real_data_folder, "real_data_folder", max_patients, rng, False, vectorised)
+    real, real_values = _profile_folder(
+        real_data_folder, "real_data_folder", max_patients, rng, False, vectorised
+    )
     if len(real) == 0:
         raise AnalysisError(
             f"--real_data_folder {real_data_folder!r} holds no patient with a readable prompt ({_reasons(real)})"
         )
-    synthetic = _profile_folder(
+    synthetic, synthetic_values = _profile_folder(
         synthetic_data_folder, "synthetic_data_folder", max_patients, rng, True, vectorised
     )
     if len(synthetic) == 0:
@@ -117,6 +120,10 @@ def run_fidelity(
     if synthetic.excluded:
         warn(f"--synthetic_data_folder: {_reasons(synthetic)} (not whole patients)")
     metrics, prevalence, pairs = fidelity_metrics(real, synthetic, domains, min_pair_support)
+    tables = {"prevalence": prevalence, "cooccurrence": pairs}
+    if real_values.number_bins.any() or real_values.duration_days.any():  # sequences prepared with values
+        value_results, tables["values"] = value_metrics(real_values, synthetic_values)
+        metrics.update(value_results)
     report = render_report(
         metrics, plot_images(real, synthetic, prevalence, pairs), "Synthetic data fidelity"
     )
@@ -132,7 +139,7 @@ def run_fidelity(
     }
     write_outputs(
         output_folder,
-        {"prevalence": prevalence, "cooccurrence": pairs},
+        tables,
         metrics,
         summary,
         extra_files={"report.html": report.encode("utf-8")},

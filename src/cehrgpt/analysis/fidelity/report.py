@@ -89,6 +89,11 @@ METRIC_NOTES = {
         "a concept the synthetic set lacks counts at probability 1e-10"
     ),
     "fidelity_cooccurrence_kl": "the same KL on within-visit pair probabilities, over every pair",
+    "fidelity_value_ks_median": (
+        "median KS of the value bins of the 20 real concepts with most numeric values (values.parquet per concept)"
+    ),
+    "fidelity_value_share_synthetic": "share of occurrences of value-taking concepts that carry a value (real: _real)",
+    "fidelity_drug_duration_ks": "KS of the duration bins of the drugs that have durations (no token: 0 days)",
 }
 
 
