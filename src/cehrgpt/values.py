@@ -169,3 +169,42 @@ def read_value_bins(folder: str | Path) -> ValueBins | None:
         return ValueBins.from_json(data)
     except ValueBinsError as err:
         raise ValueBinsError(f"{path}: {err}") from None
+
+
+# --- the restore's seeded draw -----------------------------------------------------------------------------
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + _GOLDEN) & _MASK64
+    x = ((x ^ (x >> 30)) * _MIX1) & _MASK64
+    x = ((x ^ (x >> 27)) * _MIX2) & _MASK64
+    return x ^ (x >> 31)
+
+
+def value_uniform(person_id: int, position: int) -> float:
+    """The uniform number in [0, 1) the restore draws a value at: a pure function of the person id and
+    the value token's position (splitmix64 of splitmix64(person id) + position, its top 53 bits), so a
+    rerun gives the same tables. :func:`value_uniforms` is the same over arrays, bit for bit."""
+    z = _splitmix64((_splitmix64(int(person_id) & _MASK64) + int(position)) & _MASK64)
+    return (z >> 11) * 2.0**-53
+
+
+def _splitmix64_array(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(_GOLDEN)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(_MIX1)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(_MIX2)
+    return x ^ (x >> np.uint64(31))
+
+
+def value_uniforms(person_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """:func:`value_uniform` of each (person id, position) pair, vectorised (uint64 arithmetic wraps)."""
+    people = np.asarray(person_ids, np.int64).view(np.uint64)
+    at = np.asarray(positions, np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        z = _splitmix64_array(_splitmix64_array(people) + at)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53

@@ -109,6 +109,43 @@ def test_inpatient_day_gaps_move_events_and_the_visit_ends_on_the_cursor():
     assert (out.placed, out.structural) == (11, 7)
 
 
+def test_a_value_token_is_placed_on_the_concept_before_it():
+    out = decode(
+        f"{PROMPT} [VS] 9202 401 v:2 201 dur:30 101 [VE] D1 [VS] 9201 501 vc:8 i-D2 201 dur:7 0 [VE]"
+    )
+    assert out.events == [
+        EventRecord(6, 401, day("2001-01-01"), 4, 7, "v:2"),
+        EventRecord(8, 201, day("2001-01-01"), 4, 9, "dur:30"),
+        EventRecord(10, 101, day("2001-01-01"), 4),
+        EventRecord(15, 501, day("2001-01-02"), 13, 16, "vc:8"),
+        EventRecord(18, 201, day("2001-01-04"), 13, 19, "dur:7"),
+    ]
+    # prompt 4 + 2 visit types + 1 discharge + 5 events + 4 values; [VS] [VE] x2, D1, i-D2
+    assert (out.placed, out.structural, out.rejections) == (16, 6, [])
+
+
+@pytest.mark.parametrize(
+    "visit,bad,valued",
+    [
+        ("[VS] 9202 v:1 401 [VE]", [(6, "v:1")], {}),  # before any concept
+        ("[VS] 9202 401 v:1 v:2 [VE]", [(8, "v:2")], {6: "v:1"}),  # a second value
+        ("[VS] 9202 401 [OOV] v:2 [VE]", [(7, "[OOV]")], {6: "v:2"}),  # the last concept kept takes it
+        ("[VS] 9201 401 i-D1 v:2 402 8536 [VE]", [(8, "v:2")], {}),  # after an inpatient gap
+    ],
+)
+def test_a_value_token_the_grammar_does_not_allow_is_rejected_alone(visit, bad, valued):
+    out = decode(f"{PROMPT} {visit}")
+    assert reasons(out) == [(p, t, "unexpected_token_in_visit") for p, t in bad]
+    assert {e.position: e.value_token for e in out.events if e.value_token} == valued
+    assert len(out.visits) == 1
+
+
+def test_a_value_outside_a_visit_or_before_discharge_in_the_wrong_place_is_rejected():
+    out = decode(f"{PROMPT} [VS] 9202 401 [VE] v:1 D1 [VS] 9201 401 8536 v:1 [VE]")
+    assert reasons(out)[0] == (8, "v:1", "token_outside_visit")
+    assert [r.reason.value for r in out.rejections[1:]] == ["malformed_visit"] * 6
+
+
 @pytest.mark.parametrize("discharge", ["Discharge/0", "0"])
 def test_unknown_discharge_becomes_zero(discharge):
     out = decode(f"{PROMPT} [VS] 262 10 {discharge} [VE]")
@@ -318,6 +355,7 @@ def test_tokens_after_end_are_rejected_but_padding_is_not():
 TOKEN_SOUP = [
     *"[VS] [VE] [END] [PAD] [DEATH] [OOV] [START] D0 D7 LT W1 M2 i-D1 i-D3".split(),
     *"9201 9202 262 8536 0 Visit/0 Discharge/0 123 456 year:2000 age:3".split(),
+    *"v:2 vc:5 dur:7".split(),
 ]
 
 
@@ -352,6 +390,9 @@ def test_rejection_records_the_token():
     assert out.rejections == [Rejection(8, "77", Reason.TOKEN_OUTSIDE_VISIT)]
 
 
+VALUE_TOKENS = ["v:1", "v:3", "vc:8536", "dur:7", "dur:30"]
+
+
 def _random_valid_sequence(rng: random.Random) -> list[str]:
     """A grammar-valid patient drawn at random: every visit kind, gaps of every spelling, maybe a death."""
     tokens = [f"year:{rng.randint(1950, 2020)}", f"age:{rng.randint(-2, 90)}"]
@@ -365,6 +406,8 @@ def _random_valid_sequence(rng: random.Random) -> list[str]:
             if event and kind in ("9201", "262") and rng.random() < 0.5:
                 tokens.append(f"i-D{rng.randint(1, 9)}")
             tokens.append(rng.choice(["101", "202", "303", "0"]))
+            if rng.random() < 0.3:
+                tokens.append(rng.choice(VALUE_TOKENS))
         if kind in ("9201", "262"):
             tokens.append(rng.choice(["8536", "0", "Discharge/0"]))
         tokens.append("[VE]")
@@ -399,7 +442,12 @@ def _fast_as_records(fast, row: int):
     ]
     events = [
         EventRecord(
-            int(e["position"][j]), int(e["concept_id"][j]), int(e["day"][j]), int(e["visit_position"][j])
+            int(e["position"][j]),
+            int(e["concept_id"][j]),
+            int(e["day"][j]),
+            int(e["visit_position"][j]),
+            none_if_negative(e["value_position"][j]),
+            e["value_token"][j],
         )
         for j in np.flatnonzero(e["row"] == row)
     ]
@@ -437,6 +485,7 @@ def test_vectorised_decoder_equals_the_reference_on_valid_patients_and_leaves_th
             )
             assert _fast_as_records(fast, row) == expected, tokens
     assert fast.decoded.sum() == 399
+    assert sum(e.value_token is not None for t in sequences for e in decode_patient(1, t).events) > 100
     tokens = fast.event["token"]
     assert {t for t, c in zip(tokens, fast.event["concept_id"], strict=True) if c == 0} == {"0"}
     assert all(t == str(c) for t, c in zip(tokens, fast.event["concept_id"], strict=True) if c)

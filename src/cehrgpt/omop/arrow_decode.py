@@ -55,9 +55,9 @@ class ArrowDecoded:
     visit: dict[
         str, np.ndarray
     ]  # row, position, visit_concept_id, start_day, end_day, discharged_to, preceding
-    event: dict[
-        str, np.ndarray
-    ]  # row, position, concept_id, day, visit_position, token (None unless spelled)
+    # row, position, concept_id, day, visit_position, token (None unless spelled),
+    # value_position (-1: none), value_token (None: none): the value token right after the concept
+    event: dict[str, np.ndarray]
     death: dict[str, np.ndarray]  # row, position, day
 
 
@@ -124,8 +124,11 @@ def _nothing_decoded(rows: int) -> ArrowDecoded:
             )
         },
         event={
-            **{k: empty for k in ("row", "position", "concept_id", "day", "visit_position")},
+            **{
+                k: empty for k in ("row", "position", "concept_id", "day", "visit_position", "value_position")
+            },
             "token": np.zeros(0, object),
+            "value_token": np.zeros(0, object),
         },
         death={k: empty for k in ("row", "position", "day")},
     )
@@ -182,12 +185,16 @@ def _grammar_arrays() -> tuple[np.ndarray, np.ndarray]:
 def _state_after(kinds: np.ndarray, in_inpatient: np.ndarray, previous_kind: np.ndarray) -> np.ndarray:
     """The grammar state after each token, assuming every token so far was allowed.
 
-    Every kind leads to one state wherever it is allowed, except a concept (inside an
+    Every kind leads to one state wherever it is allowed, except a concept and a value (inside an
     inpatient visit or not) and ``[VE]`` (closing a death or a visit).
     """
     state = _grammar_arrays()[1][kinds]
     concept = kinds == _K.CONCEPT
     state[concept] = np.where(in_inpatient[concept], GrammarState.INPATIENT, GrammarState.OUTPATIENT)
+    value = kinds == _K.VALUE
+    state[value] = np.where(
+        in_inpatient[value], GrammarState.INPATIENT_VALUED, GrammarState.OUTPATIENT_VALUED
+    )
     end = kinds == _K.VISIT_END
     state[end] = np.where(previous_kind[end] == _K.DEATH, GrammarState.DEAD, GrammarState.BETWEEN_VISITS)
     return state
@@ -295,13 +302,19 @@ def decode_arrow(sequences: pa.ListArray, usable: np.ndarray, end_day: int = MAX
     }
     events = np.flatnonzero(token_ok & (kinds == _K.CONCEPT))
     event_concepts = table["concept"][codes[events]]
+    spelled = np.array(dictionary, object)
+    # a valid row never ends on a concept, so the token after one is in its row: its value, if a VALUE
+    after = np.minimum(events + 1, n - 1)
+    valued = kinds[after] == _K.VALUE
     event = {
         "row": row_of[events],
         "position": position[events],
         "concept_id": event_concepts,
         "day": day[events],
         "visit_position": position[vs_index[events]],
-        "token": np.array(dictionary, object)[codes[events]],
+        "token": spelled[codes[events]],
+        "value_position": np.where(valued, position[after], -1),
+        "value_token": np.where(valued, spelled[codes[after]], None),
     }
     deaths = np.flatnonzero(token_ok & (kinds == _K.DEATH))
     death = {"row": row_of[deaths], "position": position[deaths], "day": day[deaths]}

@@ -8,7 +8,8 @@ place. Every token ends up in exactly one of three bins:
 
 - *placed*: its information is in an output row (the 4 prompt tokens → person,
   a visit type → visit_occurrence, a discharge → ``discharged_to_concept_id``,
-  ``[DEATH]`` → death, a clinical concept → an event);
+  ``[DEATH]`` → death, a clinical concept → an event, a value token → its event's
+  value: :attr:`EventRecord.value_token`);
 - *structural*: it only shapes rows (``[VS]``, ``[VE]``, gaps, inpatient day
   gaps, ``[START]``, ``[END]``, ``[PAD]``);
 - *rejected*: with a :class:`Reason`.
@@ -37,9 +38,13 @@ A number the output cannot hold (a concept id beyond int64, digits beyond
 Python's integer-string limit) or a null token is read as ``[OOV]``, so it is
 rejected like any other token the grammar does not allow there.
 
-Which table an event goes to depends on its concept's domain, so events are
-checked against the vocabulary later (``concept_not_in_vocabulary``,
-``unsupported_domain``), by the job.
+A value token (``v:<bin>``, ``vc:<concept>``, ``dur:<days>``; :func:`cehrgpt.grammar.value_class`)
+belongs to the clinical concept before it: the grammar allows it only right after one, and
+it is kept on that concept's event (``value_position``, ``value_token``). Which table an
+event goes to depends on its concept's domain, so events and their values are checked
+against the vocabulary and the value bins later (``concept_not_in_vocabulary``,
+``unsupported_domain``, ``value_does_not_fit``, ``value_without_concept``), by the job
+(:mod:`cehrgpt.omop.event_values`).
 
 This is the reference decoder, one patient at a time; the job reads the
 grammar-valid patients of a batch with its vectorised twin,
@@ -49,7 +54,7 @@ grammar-valid patients of a batch with its vectorised twin,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from enum import StrEnum
 from functools import lru_cache
@@ -95,6 +100,10 @@ class Reason(StrEnum):
     SEQUENCE_TOO_LONG = "sequence_too_long"  # beyond the job's id layout (2^18 tokens, records.POSITION_BITS)
     CONCEPT_NOT_IN_VOCABULARY = "concept_not_in_vocabulary"
     UNSUPPORTED_DOMAIN = "unsupported_domain"
+    # a value token its concept's row cannot hold: a class the concept's table has no column for, a number
+    # bin the concept has no bins for (or beyond them), any value when the restore has no value bins
+    VALUE_DOES_NOT_FIT = "value_does_not_fit"
+    VALUE_WITHOUT_CONCEPT = "value_without_concept"  # the value's concept was rejected (vocabulary, domain)
 
 
 # Reasons that reject a whole patient: no person row is written.
@@ -126,12 +135,15 @@ class VisitRecord:
 
 @dataclass(frozen=True)
 class EventRecord:
-    """A clinical concept on a day, inside the visit whose ``[VS]`` is at ``visit_position``."""
+    """A clinical concept on a day, inside the visit whose ``[VS]`` is at ``visit_position``,
+    with the value token that follows it (if any; the job turns it into the row's value columns)."""
 
     position: int
     concept_id: int
     day: int
     visit_position: int
+    value_position: int | None = None
+    value_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +176,15 @@ class DecodedPatient:
         if self.person is None:
             return 0
         discharges = sum(v.discharged_to_concept_id is not None for v in self.visits)
-        return PROMPT_LENGTH + len(self.visits) + discharges + len(self.events) + (self.death is not None)
+        values = sum(e.value_token is not None for e in self.events)
+        return (
+            PROMPT_LENGTH
+            + len(self.visits)
+            + discharges
+            + len(self.events)
+            + values
+            + (self.death is not None)
+        )
 
 
 @lru_cache(maxsize=1 << 20)  # bounded: garbage spellings must not grow it forever
@@ -325,6 +345,8 @@ class _Decoder:
                 continue
             if kind == TokenKind.CONCEPT:
                 events.append(EventRecord(p, concept_id_of(tokens[p]) or 0, day, open_))
+            elif kind == TokenKind.VALUE:  # allowed only while the last token kept is a concept: its value
+                events[-1] = replace(events[-1], value_position=p, value_token=tokens[p])
             elif kind == TokenKind.INPATIENT_GAP:
                 moved = day + (inpatient_gap_days(tokens[p]) or 0)
                 if moved > MAX_DAY:

@@ -6,6 +6,9 @@ Every check here runs before anything is written; a bad input is a :class:`Resto
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -14,7 +17,8 @@ from pyspark.sql import types as T
 from cehrgpt.generation.sharding import PATIENT_INDEX_BITS
 from cehrgpt.omop.records import EVENT_TABLES, ROW_BITS, RUN_BITS, UNSUPPORTED, file_key
 from cehrgpt.omop.source import OmopSourceError, open_omop_source
-from cehrgpt.spark import parquet_file_problem, spark_error_line
+from cehrgpt.spark import HadoopFiles, parquet_file_problem, spark_error_line
+from cehrgpt.values import VALUE_BINS_FILE, ValueBins, ValueBinsError
 
 HADOOP_URI_SCHEMES = (
     "file:/",
@@ -122,6 +126,32 @@ def read_vocabulary(spark: SparkSession, vocabulary: str) -> tuple[np.ndarray, n
     table_of_domain = {domain: i for i, domain in enumerate(EVENT_TABLES)}
     tables = np.array([table_of_domain.get(d, UNSUPPORTED) for d in domains[first]], np.int8)
     return ids[first], tables
+
+
+def read_restore_value_bins(spark: SparkSession, vocabulary: str) -> tuple[ValueBins | None, str | None]:
+    """The ETL's value bins (``value_bins.json`` in the vocabulary folder or URI) and where they were read.
+
+    ``(None, None)`` when there is no such file (sequences prepared without values; a DuckDB file or a
+    URL vocabulary has none): every value token is then rejected. A malformed file is a RestoreError.
+    """
+    where = f"{vocabulary.rstrip('/')}/{VALUE_BINS_FILE}"
+    try:
+        if _is_hadoop_uri(vocabulary):
+            if not HadoopFiles(spark, vocabulary).exists(VALUE_BINS_FILE):
+                return None, None
+            text = spark.read.text(where, wholetext=True).first()
+            bins = ValueBins.from_json(json.loads(text[0] if text else ""))
+        elif Path(vocabulary).is_dir() and (Path(vocabulary) / VALUE_BINS_FILE).is_file():
+            bins = ValueBins.from_json(json.loads((Path(vocabulary) / VALUE_BINS_FILE).read_text()))
+        else:
+            return None, None
+    except (ValueBinsError, json.JSONDecodeError, OSError) as error:
+        raise RestoreError(f"source_omop_folder {vocabulary}: {VALUE_BINS_FILE}: {error}") from None
+    except Exception as error:  # a Spark read of an object store
+        raise RestoreError(
+            f"source_omop_folder {vocabulary}: cannot read {VALUE_BINS_FILE} ({spark_error_line(error)})"
+        ) from None
+    return bins, where
 
 
 def id_run(person_ids: tuple[int, int] | None, id_offset: int | None = None) -> int:

@@ -5,8 +5,9 @@ patients with the vectorised :func:`cehrgpt.omop.arrow_decode.decode_arrow`, the
 reference :func:`cehrgpt.omop.decode.decode_patient`) and turns what they return into
 batches of :data:`DECODED_SCHEMA`: one row per person, visit, event, death, rejected
 token, and a per-patient tally for the report. Events are sent to the table of their
-concept's vocabulary domain here (:func:`classify`); the CDM tables are cut from these
-records by :mod:`cehrgpt.omop.tables`.
+concept's vocabulary domain here (:func:`classify`), and their value tokens become that
+row's value columns or rejections (:func:`cehrgpt.omop.event_values.event_values`); the CDM
+tables are cut from these records by :mod:`cehrgpt.omop.tables`.
 
 Ids (every ``*_occurrence_id``, ``*_exposure_id``, ``measurement_id``, ``observation_id``)
 are ``run << (ROW_BITS + POSITION_BITS) | input row << POSITION_BITS | token position``;
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 from cehrgpt.dates import MAX_DAY
 from cehrgpt.omop.arrow_decode import ArrowDecoded, decode_arrow
 from cehrgpt.omop.decode import DecodedPatient, Reason, Rejection, decode_patient
+from cehrgpt.omop.event_values import ValueLookup, event_values
 
 EVENT_TABLES = {
     "condition": "condition_occurrence",
@@ -54,13 +56,17 @@ DECODED_SCHEMA = pa.schema(
         ("concept_id_2", pa.int64()),  # race or discharged_to
         ("year_of_birth", pa.int64()),
         ("start_date", pa.date32()),
-        ("end_date", pa.date32()),
+        ("end_date", pa.date32()),  # a visit's end; a drug exposure's end when it has a duration
         ("parent_id", pa.int64()),  # an event's visit, a visit's preceding visit
         ("token", pa.string()),  # a rejected token; an event's token when it is not its concept id
         ("reason", pa.string()),  # a rejection's reason; a tally's patient-level reason
         ("count", pa.int64()),  # a tally's structural tokens
         ("tokens", pa.int64()),  # a tally's input tokens
         ("table", pa.int8()),  # an event's table: an index into EVENT_TABLE_NAMES
+        ("value_as_number", pa.float64()),  # an event's value (event_values)
+        ("unit_concept_id", pa.int64()),
+        ("value_as_concept_id", pa.int64()),
+        ("days_supply", pa.int64()),  # a drug exposure's duration
     ]
 )
 
@@ -74,7 +80,9 @@ def _record_batch(record: int, columns: dict[str, Any]) -> pa.RecordBatch:
             arrays.append(pa.array(np.full(n, record, np.int8)))
         elif field.name in columns:
             values = columns[field.name]
-            if pa.types.is_date32(field.type):
+            if isinstance(values, pa.Array):
+                arrays.append(values.cast(field.type))
+            elif pa.types.is_date32(field.type):
                 arrays.append(pa.array(values, pa.int32()).cast(pa.date32()))
             else:
                 arrays.append(pa.array(values, field.type))
@@ -86,6 +94,11 @@ def _record_batch(record: int, columns: dict[str, Any]) -> pa.RecordBatch:
 def _or_null(values: np.ndarray) -> pa.Array:
     """int64 values with -1 meaning none."""
     return pa.array(values, pa.int64(), mask=values < 0)
+
+
+def _nan_null(values: np.ndarray) -> pa.Array:
+    """float64 values with NaN meaning none."""
+    return pa.array(values, pa.float64(), mask=np.isnan(values))
 
 
 NOT_IN_VOCABULARY, UNSUPPORTED = -2, -1
@@ -106,17 +119,50 @@ def classify(concept_ids: np.ndarray, vocabulary: tuple[np.ndarray, np.ndarray])
 
 
 def _split_events(
-    columns: dict[str, Any], tokens: np.ndarray, vocabulary: tuple[np.ndarray, np.ndarray]
+    columns: dict[str, Any],
+    tokens: np.ndarray,
+    vocabulary: tuple[np.ndarray, np.ndarray],
+    values: ValueLookup | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Events as EVENT records with their table, and those the vocabulary cannot place as rejections."""
+    """Events as EVENT records with their table and value columns; those the vocabulary cannot place,
+    and value tokens that do not fit their event (:func:`event_values`), as rejections.
+
+    ``columns`` holds ``value_position`` (-1: no value token) and ``value_token`` beside the event's own.
+    """
+    value_positions = np.asarray(columns.pop("value_position"), np.int64)
+    value_tokens = np.asarray(columns.pop("value_token"), object)
     concept_ids = np.asarray(columns["concept_id"], np.int64)
     tables = classify(concept_ids, vocabulary)
     placed = tables >= 0
+    person_ids = np.asarray(columns["person_id"], np.int64)
+    resolved = event_values(
+        person_ids, concept_ids, tables, EVENT_TABLE_NAMES, value_positions, value_tokens, values
+    )
     if placed.any():
         event = {k: np.asarray(v)[placed] for k, v in columns.items()}
         event["token"] = np.where(concept_ids[placed] == 0, tokens[placed], np.array(None, object))
         event["table"] = tables[placed]
+        event["value_as_number"] = _nan_null(resolved.value_as_number[placed])
+        event["unit_concept_id"] = _or_null(resolved.unit_concept_id[placed])
+        event["value_as_concept_id"] = _or_null(resolved.value_as_concept_id[placed])
+        days = resolved.days_supply[placed]
+        event["days_supply"] = _or_null(days)
+        start = np.asarray(event["start_date"], np.int64)
+        event["end_date"] = pa.array(
+            np.minimum(start + np.maximum(days, 0), MAX_DAY), pa.int32(), mask=days < 0
+        ).cast(pa.date32())
         yield _record_batch(EVENT, event)
+    bad_value = np.flatnonzero(resolved.rejected.astype(bool))  # a reason, or None
+    if len(bad_value):
+        yield _record_batch(
+            REJECTION,
+            {
+                "person_id": person_ids[bad_value],
+                "position": value_positions[bad_value],
+                "token": value_tokens[bad_value],
+                "reason": resolved.rejected[bad_value],
+            },
+        )
     if not placed.all():
         reasons = np.where(
             tables[~placed] == NOT_IN_VOCABULARY,
@@ -140,6 +186,7 @@ def _fast_records(
     bases: np.ndarray,
     lengths: np.ndarray,
     vocabulary: tuple[np.ndarray, np.ndarray],
+    values: ValueLookup | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The records of the patients the vectorised decoder handled."""
     p, v, e, d = fast.person, fast.visit, fast.event, fast.death
@@ -184,9 +231,12 @@ def _fast_records(
                 "concept_id": e["concept_id"],
                 "start_date": e["day"],
                 "parent_id": base + e["visit_position"],
+                "value_position": e["value_position"],
+                "value_token": e["value_token"],
             },
             e["token"],
             vocabulary,
+            values,
         )
     if len(d["row"]):
         yield _record_batch(
@@ -203,6 +253,7 @@ def _slow_records(
     patients: list[tuple[int | None, list[str] | None, int, bool]],
     vocabulary: tuple[np.ndarray, np.ndarray],
     end_day: int = MAX_DAY,
+    values: ValueLookup | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The records of patients decoded one by one: (person_id, tokens, id base, duplicate)."""
     columns: dict[int, dict[str, list[Any]]] = {
@@ -222,7 +273,17 @@ def _slow_records(
         },
         EVENT: {
             k: []
-            for k in ("person_id", "position", "record_id", "concept_id", "start_date", "parent_id", "token")
+            for k in (
+                "person_id",
+                "position",
+                "record_id",
+                "concept_id",
+                "start_date",
+                "parent_id",
+                "token",
+                "value_position",
+                "value_token",
+            )
         },
         DEATH: {k: [] for k in ("person_id", "position", "start_date")},
         REJECTION: {k: [] for k in ("person_id", "position", "token", "reason")},
@@ -266,6 +327,8 @@ def _slow_records(
                 start_date=event.day,
                 parent_id=base + event.visit_position,
                 token=tokens[event.position],
+                value_position=-1 if event.value_position is None else event.value_position,
+                value_token=event.value_token,
             )
         if out.death is not None:
             _append(
@@ -291,10 +354,10 @@ def _slow_records(
         )
     events = columns.pop(EVENT)
     if events["person_id"]:
-        yield from _split_events(events, np.array(events.pop("token"), object), vocabulary)
-    for record, values in columns.items():
-        if values["person_id"]:
-            yield _record_batch(record, values)
+        yield from _split_events(events, np.array(events.pop("token"), object), vocabulary, values)
+    for record, record_columns in columns.items():
+        if record_columns["person_id"]:
+            yield _record_batch(record, record_columns)
 
 
 def decode_batches(
@@ -304,6 +367,7 @@ def decode_batches(
     vocabulary: tuple[np.ndarray, np.ndarray],
     run: int = 0,
     end_day: int = MAX_DAY,
+    values: ValueLookup | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Decode Arrow batches of sequences into the long-format records the tables are cut from.
 
@@ -317,6 +381,8 @@ def decode_batches(
         vocabulary: see :func:`classify`.
         run: the ids' run component (:func:`cehrgpt.omop.inputs.id_run`).
         end_day: the last epoch day a record may carry (:func:`cehrgpt.omop.decode.decode_patient`).
+        values: the value bins (:func:`cehrgpt.omop.event_values.value_lookup`); None: every value
+            token is rejected (``value_does_not_fit``).
     """
     for batch in batches:
         n = batch.num_rows
@@ -345,7 +411,7 @@ def decode_batches(
         )
         usable = has_person & ~duplicate & (lengths < 1 << POSITION_BITS)
         fast = decode_arrow(sequences, usable, end_day)
-        yield from _fast_records(fast, person_ids, bases, lengths, vocabulary)
+        yield from _fast_records(fast, person_ids, bases, lengths, vocabulary, values)
         slow = np.flatnonzero(~fast.decoded)
         if len(slow):
             slow_sequences = sequences.take(pa.array(slow)).to_pylist()
@@ -356,6 +422,7 @@ def decode_batches(
                 ],
                 vocabulary,
                 end_day,
+                values,
             )
 
 

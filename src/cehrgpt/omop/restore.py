@@ -28,14 +28,21 @@ CDM 5.4 columns in CDM order:
   tables, files and shards, the same on every rerun, and two restores of
   different generation runs never share one (limits: 2^22 rows per restore,
   2^18 tokens per sequence). ``observation_period_id`` = ``person_id``;
+- values (:mod:`cehrgpt.omop.event_values`): with ``value_bins.json`` in the vocabulary
+  folder (the ETL's, :mod:`cehrgpt.values`), a value token after a concept fills that row's
+  ``value_as_number`` (drawn within its bin, seeded by person id and token position),
+  ``unit_concept_id`` and ``value_as_concept_id`` (measurement, observation), or a drug's
+  ``drug_exposure_end_date`` and ``days_supply``; a value that does not fit is rejected
+  (``value_does_not_fit``), its concept kept. Without the file every value token is rejected;
 - a repeated ``person_id``: the first row (by file, then row) is restored, the
   later ones are rejected (``duplicate_person``);
 - ``O/rejected/``: ``person_id, position, token, reason`` for every token that
   could not be placed (reasons: :class:`cehrgpt.omop.decode.Reason`);
 - ``O/restore_report.json``: input patients, patients restored and why the
-  others were not, rows per table, rejected tokens per reason, and the token
-  accounting ``input == placed + structural + rejected``, checked before the
-  output is published.
+  others were not, rows per table, rejected tokens per reason, values placed per
+  class (``values_placed``), and the token accounting
+  ``input == placed + structural + rejected`` (a value on a row is placed), checked
+  before the output is published.
 
 Output appears only when the job succeeded: tables (and the decoded records
 they are cut from) are written under ``O/_tmp_<run>/``, then moved into place with the Hadoop FileSystem API (so
@@ -62,11 +69,13 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from py4j.protocol import Py4JError
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
@@ -76,11 +85,13 @@ from tqdm import tqdm
 
 from cehrgpt.dates import date_to_day
 from cehrgpt.grammar import PROMPT_LENGTH
+from cehrgpt.omop.event_values import ValueLookup, value_lookup
 from cehrgpt.omop.inputs import (
     RestoreError,
     check_input_files,
     id_run,
     input_layout,
+    read_restore_value_bins,
     read_sequences,
     read_vocabulary,
 )
@@ -141,6 +152,7 @@ def _decode(
     folder: str,
     run: int,
     end_day: int,
+    values: ValueLookup | None = None,
 ) -> DataFrame:
     """Decode every input row in Python workers, once, into ``folder`` (by record kind); read it back.
 
@@ -150,11 +162,13 @@ def _decode(
     parallelism = spark.sparkContext.defaultParallelism
     if sequences.rdd.getNumPartitions() < parallelism:  # one big file is one partition: use every core
         sequences = sequences.repartition(parallelism * 2)
-    shared = spark.sparkContext.broadcast(vocabulary)
-    decoded = sequences.mapInArrow(
-        lambda batches: decode_batches(batches, first_row, duplicates, shared.value, run, end_day),
-        from_arrow_schema(DECODED_SCHEMA),
-    )
+    shared = spark.sparkContext.broadcast((vocabulary, values))
+
+    def decode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        concepts, bins = shared.value
+        return decode_batches(batches, first_row, duplicates, concepts, run, end_day, bins)
+
+    decoded = sequences.mapInArrow(decode, from_arrow_schema(DECODED_SCHEMA))
     decoded.write.partitionBy("record").mode("overwrite").parquet(folder)
     return spark.read.parquet(folder)
 
@@ -212,6 +226,7 @@ def restore(
         sequences = read_sequences(session, patient_sequence_folder)
         check_input_files(session, patient_sequence_folder, sequences)
         vocabulary = read_vocabulary(session, source_omop_folder)
+        value_bins, value_bins_file = read_restore_value_bins(session, source_omop_folder)
         for stale in files.children():
             if stale.startswith("_tmp_"):  # a crashed run's partial output
                 log.warning("removing %s/%s, left by a run that did not finish", files.root, stale)
@@ -229,6 +244,7 @@ def restore(
             f"{files.root}/{run}/_decoded",
             id_run_component,
             date_to_day(end),
+            value_lookup(value_bins) if value_bins is not None else None,
         )
         log.info("decoded in %.1fs", time.perf_counter() - started)
         outputs: dict[str, DataFrame] = {
@@ -248,6 +264,7 @@ def restore(
             patient_sequence_folder=patient_sequence_folder,
             omop_folder=omop_folder,
             source_omop_folder=source_omop_folder,
+            value_bins=value_bins_file,
             type_concept_id=type_concept_id,
             id_run=id_run_component,
             end_date=end.isoformat(),
@@ -302,6 +319,9 @@ def _report(spark: SparkSession, decoded: DataFrame, folder: str, derived: tuple
             F.sum("count").alias("structural"),
             F.count("concept_id_2").alias("discharges"),
             F.sum("tokens").alias("tokens"),
+            F.count("value_as_number").alias("numbers"),
+            F.count("value_as_concept_id").alias("categories"),
+            F.count("days_supply").alias("durations"),
         )
         .collect()
     }
@@ -333,12 +353,17 @@ def _report(spark: SparkSession, decoded: DataFrame, folder: str, derived: tuple
         "tokens": sum(int(r["tokens"] or 0) for (kind, _, _), r in records.items() if kind == TALLY),
     }
     discharges = sum(int(r["discharges"]) for (kind, _, _), r in records.items() if kind == VISIT)
+    values_placed = {
+        name: sum(int(r[column]) for (kind, _, _), r in records.items() if kind == EVENT)
+        for name, column in (("number", "numbers"), ("category", "categories"), ("duration", "durations"))
+    }
     placed = (
         PROMPT_LENGTH * rows["person"]
         + rows["visit_occurrence"]
         + discharges
         + rows["death"]
         + sum(rows[t] for t in EVENT_TABLES.values())
+        + sum(values_placed.values())
     )
     tokens = {
         "input": totals["tokens"],
@@ -358,6 +383,7 @@ def _report(spark: SparkSession, decoded: DataFrame, folder: str, derived: tuple
         "rows": rows,
         "rejected_tokens": dict(sorted(rejected.items())),
         "tokens": tokens,
+        "values_placed": values_placed,
     }
 
 
@@ -382,7 +408,7 @@ def _parser() -> argparse.ArgumentParser:
         "--source_omop_folder",
         "--source-omop-folder",
         required=True,
-        help="vocabulary: a folder with concept, a DuckDB file or a SQLAlchemy URL",
+        help="vocabulary: a folder with concept (and the ETL's value_bins.json), a DuckDB file or a SQLAlchemy URL",
     )
     parser.add_argument(
         "--spark_master",

@@ -144,9 +144,15 @@ def event_table(events: DataFrame, table: str, type_concept_id: int = EHR) -> Da
         type_column: F.lit(type_concept_id),
         "visit_occurrence_id": F.col("parent_id"),
     }
-    if table == "drug_exposure":  # required; a generated drug has no duration, so it ends the day it starts
-        values["drug_exposure_end_date"] = F.col("start_date")
-        values["drug_exposure_end_datetime"] = _midnight("start_date")
+    if table == "drug_exposure":  # required: start + its duration token's days, else the day it starts
+        end = F.coalesce(F.col("end_date"), F.col("start_date"))
+        values["drug_exposure_end_date"] = end
+        values["drug_exposure_end_datetime"] = end.cast(T.TimestampType())
+        values["days_supply"] = F.col("days_supply")
+    if table in ("measurement", "observation"):  # a value token after the concept (event_values)
+        values["value_as_number"] = F.col("value_as_number")
+        values["unit_concept_id"] = F.col("unit_concept_id")
+        values["value_as_concept_id"] = F.col("value_as_concept_id")
     rows = events.where((F.col("record") == EVENT) & (F.col("table") == EVENT_TABLE_NAMES.index(table)))
     return rows.select(*cdm_select(table, values))
 
