@@ -12,6 +12,8 @@ import traceback
 
 from pyspark.sql import SparkSession
 
+from cehrgpt.redaction import redact
+
 
 def get_spark(
     app_name: str, master: str | None = None, shuffle_partitions: int | None = None
@@ -181,10 +183,10 @@ def spark_failure(error: BaseException, stage: str) -> str:
     """:func:`spark_error_line`, with the full trace (Java's included) written to a log file it names."""
     fd, log_path = tempfile.mkstemp(prefix=f"cehrgpt-{stage}-", suffix=".log")
     with os.fdopen(fd, "w", encoding="utf-8") as log:
-        log.write("".join(traceback.format_exception(error)))
+        log.write(redact("".join(traceback.format_exception(error))))
         java_trace = getattr(error, "_stackTrace", None)  # pyspark's captured exceptions keep the JVM's apart
         if isinstance(java_trace, str) and java_trace:
-            log.write(f"\nJVM stacktrace:\n{java_trace}\n")
+            log.write(f"\nJVM stacktrace:\n{redact(java_trace)}\n")
     return f"{spark_error_line(error)} (full trace: {log_path})"
 
 

@@ -26,7 +26,7 @@ def test_the_source_comes_from_the_secret_when_the_parameter_is_empty():
     )
 
 
-@pytest.mark.parametrize("password_from", ["secret", "command_line"])
+@pytest.mark.parametrize("password_from", ["secret", "command_line", "query_string"])
 def test_prepare_report_and_log_mask_the_password(
     spark, tmp_path, monkeypatch, caplog, capsys, postgres_url, password_from
 ):
@@ -42,20 +42,31 @@ def test_prepare_report_and_log_mask_the_password(
             monkeypatch.setenv("CEHRGPT_OMOP_URL", url)
             monkeypatch.setenv("CEHRGPT_OMOP_PASSWORD", PASSWORD)
             run_prepare_step("local", "", (str(out), str(out)), test_fraction=0.0, seed=1)
-        else:  # a user running the stage with the password in the URL
+        else:  # a user running the stage with the password in the URL's user info or its query string
             from cehrgpt.data.prepare import main
 
-            with_password = url.replace("postgres@", f"postgres:{PASSWORD}@")
+            with_password = (
+                url.replace("postgres@", f"postgres:{PASSWORD}@")
+                if password_from == "command_line"
+                else f"{url}&password={PASSWORD}"
+            )
             run_stage("prepare", main, ["--omop_source", with_password, "--output_folder", str(out)])
     finally:
         drop_postgres_schema(postgres_url, schema)
     report_text = (out / "prepare_report.json").read_text()
     # with the local server: postgresql+psycopg://postgres:***@127.0.0.1:5432/test?options=-csearch_path%3D<schema>
-    assert json.loads(report_text)["omop_source"] == url.replace("postgres@", "postgres:***@")
+    expected = (
+        f"{url}&password=***"
+        if password_from == "query_string"
+        else url.replace("postgres@", "postgres:***@")
+    )
+    assert json.loads(report_text)["omop_source"] == expected
     captured = capsys.readouterr()
     logged = caplog.text + captured.out + captured.err
     assert "prepare " in caplog.text  # run_stage's line is there, masked
     assert PASSWORD not in report_text and PASSWORD not in logged
+    written = [f for f in out.rglob("*") if f.is_file() and PASSWORD.encode() in f.read_bytes()]
+    assert written == []
 
 
 def test_prepare_without_a_source_fails_in_one_line(tmp_path, monkeypatch, capsys):

@@ -48,6 +48,14 @@ def test_params_are_typed_by_the_compiled_pipeline():
         ("max_step=1", "unknown parameter 'max_step': expected one of batch_size, context_window, epochs,"),
         ("max_steps=ten", "parameter max_steps='ten' is not a valid NUMBER_INTEGER"),
         ("gpu_tolerations={}", "parameter gpu_tolerations='{}' is not a valid LIST"),
+        (
+            "omop_source=postgresql://r:hunter2@db/cdm",
+            (
+                "parameter omop_source holds a password (postgresql://r:***@db/cdm), which Kubeflow stores "
+                "and shows; give the URL without it and the password in the pipeline's Secret (key password)"
+            ),
+        ),
+        ("omop_source=postgresql://r@db/cdm?password=hunter2", "parameter omop_source holds a password ("),
     ],
 )
 def test_bad_params_are_named(pair, message):

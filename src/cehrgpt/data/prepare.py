@@ -54,7 +54,7 @@ from cehrgpt.omop.source import (
     open_omop_source,
     resolve_omop_source,
 )
-from cehrgpt.redaction import redact_url, scrub_urls
+from cehrgpt.redaction import redact, redact_url
 from cehrgpt.spark import HadoopFiles, get_spark, parent_and_name, quiet_spark_console, spark_failure
 
 log = logging.getLogger(__name__)
@@ -510,12 +510,12 @@ def main(argv: list[str] | None = None) -> int:
             prompts_folder=args.prompts_folder,
         )
     except (PrepareError, OmopSourceError) as error:
-        print(f"error: {scrub_urls(str(error))}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
     except (Py4JError, PySparkException) as error:  # a Spark job failed: one line, the trace in a log file
-        source = scrub_urls(args.omop_source or "the OMOP source")
+        source = redact(args.omop_source or "the OMOP source")
         print(
-            f"error: prepare of {source} failed: {scrub_urls(spark_failure(error, 'prepare'))}",
+            f"error: prepare of {source} failed: {redact(spark_failure(error, 'prepare'))}",
             file=sys.stderr,
         )
         return 2

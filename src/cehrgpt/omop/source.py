@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cehrgpt.omop.cdm import cdm_fields
-from cehrgpt.redaction import redact_url
+from cehrgpt.redaction import redact, redact_url, url_passwords
 from cehrgpt.spark import spark_error_line
 
 log = logging.getLogger(__name__)
@@ -421,13 +421,16 @@ class SqlAlchemySource(OmopSource):
         super().__init__(spec)
         import sqlalchemy as sa
 
+        url = _database_url(spec)
         try:
-            self._engine = sa.create_engine(spec)
+            self._engine = sa.create_engine(url)
             self._inspector = sa.inspect(self._engine)
             names = self._inspector.get_table_names()
         except Exception as error:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise OmopSourceError(f"omop source: cannot connect to {redact_url(spec)}: {message}") from None
+            raise OmopSourceError(
+                f"omop source: cannot connect to {redact_url(spec)}: {redact(message, url_passwords(url))}"
+            ) from None
         self._tables: dict[str, str] = {}
         for table in sorted(names):
             self._tables.setdefault(table.lower(), table)
@@ -447,6 +450,28 @@ class SqlAlchemySource(OmopSource):
             rows = connection.execute(statement).fetchall()
         arrays = {c: _arrow_column([row[i] for row in rows]) for i, c in enumerate(names)}
         return _arrow_to_spark(spark, pa.table(arrays) if arrays else pa.table({}))
+
+
+def _database_url(spec: str) -> Any:
+    """The SQLAlchemy URL of ``spec``, refused when its host holds an ``@``: an unencoded ``@`` in the
+    password, which SQLAlchemy would take as part of the host (and a driver would echo).
+
+    Raises:
+        OmopSourceError: not a SQLAlchemy URL, or an ``@`` in its host.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(spec)
+    except (ArgumentError, ValueError):
+        raise OmopSourceError(f"omop source: {redact_url(spec)} is not a SQLAlchemy URL") from None
+    if url.host and "@" in url.host:
+        raise OmopSourceError(
+            f"omop source: the host part of {redact_url(spec)} holds an '@'; "
+            "an '@' in a user name or password must be written %40"
+        )
+    return url
 
 
 def _arrow_column(values: list[Any]) -> pa.Array:
@@ -480,13 +505,7 @@ def resolve_omop_source(spec: str, environ: Mapping[str, str] | None = None) -> 
         )
     password = environ.get(OMOP_PASSWORD_ENV_VAR)
     if "://" in text and password:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            url = make_url(text)
-        except ArgumentError:
-            raise OmopSourceError(f"omop source: {redact_url(text)} is not a SQLAlchemy URL") from None
+        url = _database_url(text)
         if url.password is None:
             text = url.set(password=password).render_as_string(hide_password=False)
     return text

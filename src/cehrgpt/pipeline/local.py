@@ -23,7 +23,9 @@ from typing import Any
 from cehrgpt.data import DEFAULT_TEST_FRACTION
 from cehrgpt.pipeline.compare import RunMetrics, collect_metrics, format_comparison
 from cehrgpt.pipeline.compile import load_pipeline
+from cehrgpt.pipeline.steps import OMOP_SOURCE_SECRET_KEYS
 from cehrgpt.pipeline.stores import LocalStore
+from cehrgpt.redaction import has_password, redact
 
 SUMMARY_FILE = "local_run_summary.json"
 PIPELINE_ROOT = "kfp_runs"
@@ -81,6 +83,21 @@ def _reachable(path: Path, link_folder: Path) -> Path:
     return link
 
 
+def check_source_without_password(source: str) -> None:
+    """Refuse an OMOP source URL that holds a password before anything is written: kfp.local would
+    store it, as a pipeline parameter, in the run folder, the task logs and the summary.
+
+    Raises:
+        LocalRunError: the URL holds a password (the message names where the password goes instead).
+    """
+    if has_password(source):
+        variable = OMOP_SOURCE_SECRET_KEYS["password"]
+        raise LocalRunError(
+            f"--omop_source {redact(source)} holds a password, which the run would store; give the URL "
+            f"without it and the password in ${variable}"
+        )
+
+
 def _newest_run(pipeline_root: Path, pipeline_name: str, started: float) -> Path | None:
     runs = [
         p for p in pipeline_root.glob(f"{pipeline_name}-*") if p.is_dir() and p.stat().st_mtime >= started - 1
@@ -110,13 +127,14 @@ def run_end_to_end_locally(
         written to ``<output_root>/local_run_summary.json``.
 
     Raises:
-        LocalRunError: a missing OMOP source or repository root.
+        LocalRunError: a missing OMOP source, one whose URL holds a password, or a missing repository root.
     """
+    source = str(omop_source)
+    check_source_without_password(source)
     from kfp import local
 
     root = Path(repo_root).resolve()
     out = Path(output_root).resolve()
-    source = str(omop_source)
     if "://" not in source and not Path(source).exists():
         raise LocalRunError(
             f"OMOP source {source!r} does not exist (expected a folder, a DuckDB file or a URL)"

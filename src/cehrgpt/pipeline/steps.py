@@ -21,7 +21,7 @@ from typing import Any
 from cehrgpt.pipeline.sparkapp import SparkOperatorSettings, application_name
 from cehrgpt.pipeline.sparkapp_jobs import PREPARE_MAIN_FILE, restore_omop, submit_spark_job
 from cehrgpt.pipeline.stores import open_store
-from cehrgpt.redaction import scrub_urls
+from cehrgpt.redaction import has_password, redact
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def run_stage(name: str, entry_point: Callable[[list[str]], int], argv: Sequence
     Raises:
         StageFailed: the exit code was not 0.
     """
-    logger.info("%s %s", name, scrub_urls(" ".join(argv)))
+    logger.info("%s %s", name, redact(" ".join(argv)))
     code = entry_point(list(argv))
     if code != 0:
         raise StageFailed(f"stage {name} exited with code {code}")
@@ -307,7 +307,7 @@ def check_no_password(omop_source: str) -> None:
     Raises:
         StageFailed: the URL has a password.
     """
-    if scrub_urls(omop_source) != omop_source:
+    if has_password(omop_source):
         raise StageFailed(
             "omop_source holds a password; pass the URL without it and put the password in the Secret "
             "named by omop_source_secret (key password)"
@@ -382,7 +382,7 @@ def run_prepare_step(
         prompts_folder=spark_uri(prompts[1]) if prompts else None,
         **options,
     )
-    logger.info("prepare as a SparkApplication: %s", scrub_urls(" ".join(arguments)))
+    logger.info("prepare as a SparkApplication: %s", redact(" ".join(arguments)))
     submit_spark_job(
         PREPARE_MAIN_FILE,
         arguments,

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from cehrgpt.redaction import has_password, redact
+
 
 class SubmitError(RuntimeError):
     """A compiled pipeline, a parameter or the Kubeflow host is not what was expected."""
@@ -50,13 +52,19 @@ def parse_params(pairs: Sequence[str], inputs: Mapping[str, str]) -> dict[str, A
     """``["k=v", …]`` → ``{k: v}`` typed by the pipeline's input types.
 
     Raises:
-        SubmitError: a pair without ``=``, an unknown parameter, or a value of the wrong type.
+        SubmitError: a pair without ``=``, an unknown parameter, a value of the wrong type, or a value
+            holding a password (Kubeflow stores and shows parameters; passwords go in a Secret).
     """
     params: dict[str, Any] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep or not name:
-            raise SubmitError(f"--param {pair!r} is not of the form name=value")
+            raise SubmitError(f"--param {redact(pair)!r} is not of the form name=value")
+        if has_password(raw):
+            raise SubmitError(
+                f"parameter {name} holds a password ({redact(raw)}), which Kubeflow stores and shows; give "
+                "the URL without it and the password in the pipeline's Secret (key password)"
+            )
         if name not in inputs:
             raise SubmitError(f"unknown parameter {name!r}: expected one of {', '.join(sorted(inputs))}")
         kind = inputs[name]
@@ -74,7 +82,7 @@ def parse_params(pairs: Sequence[str], inputs: Mapping[str, str]) -> dict[str, A
                     raise ValueError(raw)
                 params[name] = value
         except ValueError:
-            raise SubmitError(f"parameter {name}={raw!r} is not a valid {kind}") from None
+            raise SubmitError(f"parameter {name}={redact(raw)!r} is not a valid {kind}") from None
     return params
 
 

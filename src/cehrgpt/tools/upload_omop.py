@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from cehrgpt.redaction import redact
 from cehrgpt.upload import UploadError, upload_omop
 from cehrgpt.upload.upload import DEFAULT_CHUNK_SIZE, DEFAULT_LOCK_TIMEOUT_S, MODES, SUMMARY_FILE
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             create_indexes=args.create_indexes,
         )
     except UploadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     print(
         f"uploaded {summary['total_rows']} rows in {len(summary['tables'])} tables to schema "

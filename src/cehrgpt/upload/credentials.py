@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import configparser
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import SplitResult, parse_qsl, quote, quote_plus, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from cehrgpt.redaction import REDACTED
-from cehrgpt.redaction import scrub_urls as scrub_urls  # re-exported for the upload
 from cehrgpt.upload.errors import UploadError
 
 PASSWORD_ENV_VAR = "CEHRGPT_DB_PASSWORD"
@@ -109,6 +107,10 @@ def parse_database_url(text: str, *, what: str) -> URL:
             f"{what} is not a SQLAlchemy database URL; expected e.g. "
             "postgresql+psycopg://user@host:5432/db or duckdb:///path/to/omop.duckdb"
         ) from None
+    if url.host and "@" in url.host:
+        raise UploadError(
+            f"{what}: the host part holds an '@'; an '@' in a user name or password must be written %40"
+        )
     if url.drivername in _DEFAULT_DRIVERS:
         url = url.set(drivername=_DEFAULT_DRIVERS[url.drivername])
     if url.get_backend_name() == "mssql" and url.get_driver_name() == "pyodbc" and "driver" not in url.query:
@@ -149,7 +151,7 @@ def jdbc_to_sqlalchemy_url(
     elif lower.startswith(("jdbc:mysql://", "jdbc:mariadb://")):
         url = _mysql_url(text[len("jdbc:") :])
     else:
-        scheme = text.split("//", 1)[0] if "//" in text else text.split(";", 1)[0]
+        scheme = jdbc_scheme(text)
         raise UploadError(
             f"base_url scheme '{scheme}' is not supported; expected jdbc:sqlserver://, jdbc:jtds:sqlserver://, "
             "jdbc:postgresql://, jdbc:mysql:// or jdbc:mariadb:// (or give sqlalchemy_url)"
@@ -161,19 +163,10 @@ def jdbc_to_sqlalchemy_url(
     return url
 
 
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every secret (and its URL-encoded spellings) replaced by ``***``."""
-    for secret in secrets:
-        if not secret:
-            continue
-        for spelling in {secret, quote_plus(secret), quote(secret, safe="")}:
-            text = text.replace(spelling, REDACTED)
-    return text
-
-
-def display_url(url: URL) -> str:
-    """The URL as it may be printed or logged: the password hidden."""
-    return url.render_as_string(hide_password=True)
+def jdbc_scheme(jdbc_url: str) -> str:
+    """The part of a JDBC URL that names the database, safe to echo: ``jdbc:oracle:`` of
+    ``jdbc:oracle:thin:user/password@host``, ``jdbc:db2:`` of ``jdbc:db2://host``."""
+    return ":".join(jdbc_url.split(":", 2)[:2]) + ":"
 
 
 # --- private helpers -----------------------------------------------------------------------------------------

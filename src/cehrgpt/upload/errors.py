@@ -7,6 +7,6 @@ class UploadError(Exception):
     """A bad input, a bad credential or a database refusal, worded for the person running the upload.
 
     The message names the bad value and what was expected, and never contains a
-    password (callers scrub driver messages with
-    :func:`cehrgpt.upload.credentials.redact` before raising).
+    password (callers pass driver messages through :func:`cehrgpt.redaction.redact` before
+    raising, and the command line redacts once more).
     """

@@ -52,7 +52,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cehrgpt.omop.cdm import cdm_tables, primary_key
-from cehrgpt.upload.credentials import display_url, read_credential_file, redact, scrub_urls, target_url
+from cehrgpt.redaction import redact, redact_url, url_passwords
+from cehrgpt.upload.credentials import read_credential_file, target_url
 from cehrgpt.upload.ddl import (
     RETIRED_SUFFIX,
     STAGING_SUFFIX,
@@ -134,7 +135,7 @@ def upload_omop(
     if lock_timeout_s <= 0:
         raise UploadError(f"lock timeout {lock_timeout_s} must be a positive number of seconds")
     url = _resolve_target(target)
-    secrets = [url.password if isinstance(url.password, str) else None]
+    secrets = url_passwords(url)
     inputs = find_tables(input_folder, tables)
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -151,7 +152,7 @@ def upload_omop(
     seconds = time.perf_counter() - started
     total_rows = sum(ti.rows for ti in inputs)
     summary = {
-        "target": display_url(url),
+        "target": redact_url(url),
         "dialect": engine.dialect.name,
         "schema": schema,
         "mode": mode,
@@ -225,7 +226,7 @@ class _Upload:
         mode: str,
         chunk_size: int,
         lock_timeout_s: float,
-        secrets: list[str | None],
+        secrets: list[str],
         create_indexes: bool = False,
     ) -> None:
         self.engine = engine
@@ -244,7 +245,7 @@ class _Upload:
         self.pause_at, self.pause_s = where, float(seconds or 0)
 
     def run(self) -> dict[str, dict[str, Any]]:
-        with self._database_errors(f"connecting to {display_url(self.engine.url)}", unchanged=True):
+        with self._database_errors(f"connecting to {redact_url(self.engine.url)}", unchanged=True):
             self._check_schema()
         with self._exclusive_upload():
             with self._database_errors("listing the target tables", unchanged=True):
@@ -345,7 +346,7 @@ class _Upload:
         try:
             if not taken:
                 raise UploadError(
-                    f"another upload into schema '{self.schema or '(default)'}' of {display_url(self.engine.url)} "
+                    f"another upload into schema '{self.schema or '(default)'}' of {redact_url(self.engine.url)} "
                     "is running; nothing was changed"
                 )
             yield
@@ -362,7 +363,7 @@ class _Upload:
         inspector = sa.inspect(self.engine)
         if self.schema is not None and self.schema not in _schema_names(inspector):
             raise UploadError(
-                f"schema '{self.schema}' does not exist in {display_url(self.engine.url)}; create it first"
+                f"schema '{self.schema}' does not exist in {redact_url(self.engine.url)}; create it first"
             )
 
     def _drop_stale(self, existing: set[str]) -> None:
@@ -515,7 +516,7 @@ class _Upload:
             if len(lines) > 1 and lines[0].lower().startswith("connection"):
                 reason = " ".join(lines[:2])
             outcome = "; the target was left unchanged" if unchanged else ""
-            message = redact(scrub_urls(f"{step} failed: {reason}{outcome}"), self.secrets)
+            message = redact(f"{step} failed: {reason}{outcome}", self.secrets)
             raise UploadError(message) from None
         except (OSError, pa.ArrowException) as exc:  # an input file that vanished or broke while loading
             outcome = "; the target was left unchanged" if unchanged else ""
