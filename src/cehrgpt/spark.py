@@ -12,6 +12,7 @@ import traceback
 
 from pyspark.sql import SparkSession
 
+from cehrgpt.parquet_files import MAGIC, parquet_bytes_problem
 from cehrgpt.redaction import redact
 
 
@@ -94,28 +95,25 @@ def parquet_file_problem(spark: SparkSession, uri: str) -> str | None:
     """Why ``uri`` (a file Spark listed) is not a parquet file, or None when it looks like one.
 
     Spark reads a zero-byte file as no rows and fails on a foreign one deep inside a task;
-    checking the magic bytes at both ends first lets a stage name the file instead.
+    checking the magic bytes at both ends first lets a stage name the file instead
+    (:func:`cehrgpt.parquet_files.parquet_bytes_problem` judges them).
     """
     jvm = spark.sparkContext._jvm
     assert jvm is not None
     path = jvm.org.apache.hadoop.fs.Path(uri)
     fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     length = int(fs.getFileStatus(path).getLen())
-    if length == 0:
-        return "is empty (0 bytes), not a parquet file"
-    if length < 12:
-        return f"is {length} bytes, too short for a parquet file"
+    if length < 2 * len(MAGIC):
+        return parquet_bytes_problem(length, b"", b"")
     ends = []
     stream = fs.open(path)
     try:  # byte by byte: py4j hands a Java byte[] over as a copy, so readFully cannot fill one
-        for position in (0, length - 4):
+        for position in (0, length - len(MAGIC)):
             stream.seek(position)
-            ends.append(bytes(int(stream.read()) for _ in range(4)))
+            ends.append(bytes(int(stream.read()) for _ in range(len(MAGIC))))
     finally:
         stream.close()
-    if ends != [b"PAR1", b"PAR1"]:
-        return "is not a parquet file (no PAR1 magic bytes)"
-    return None
+    return parquet_bytes_problem(length, *ends)
 
 
 def parent_and_name(folder: str) -> tuple[str, str]:

@@ -155,3 +155,31 @@ def test_a_non_empty_output_folder_needs_overwrite(capsys, tmp_path):
     )
     assert code == 0
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("content", [b"", b"not parquet at all"], ids=["zero_byte", "garbage"])
+def test_demographic_data_that_is_not_parquet_is_one_line(capsys, tmp_path, content):
+    model, tokenizer = copy_model(tmp_path)
+    sequences = tmp_path / "patient_sequence"
+    sequences.mkdir()
+    (sequences / "part-0.parquet").write_bytes(content)
+    out = tmp_path / "out"
+    code = convert.main(
+        [
+            "--model_folder", str(model),
+            "--tokenizer_folder", str(tokenizer),
+            "--output_folder", str(out),
+            "--demographic_data_path", str(sequences),
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"error: --demographic_data_path {str(sequences)!r}: part-0.parquet "
+        + (
+            "is empty (0 bytes), not a parquet file"
+            if not content
+            else "is not a parquet file (no PAR1 magic bytes)"
+        )
+    ]
+    assert not out.exists()

@@ -12,8 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
 import yaml
+
+from cehrgpt.parquet_files import local_parquet_problem
 
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.json"
@@ -39,7 +42,8 @@ def read_sequence_folder(folder: str | os.PathLike, role: str) -> pd.DataFrame:
         role: The flag it came from, for error messages (e.g. ``training_data_folder``).
 
     Raises:
-        AnalysisError: the folder is missing, holds no parquet, lacks the columns or holds no rows.
+        AnalysisError: the folder is missing, holds no parquet, a file that is not parquet (named),
+            lacks the columns or holds no rows.
     """
     path = Path(folder)
     if not path.exists():
@@ -47,18 +51,49 @@ def read_sequence_folder(folder: str | os.PathLike, role: str) -> pd.DataFrame:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*.parquet") if _is_data_file(p, path))
     if not files:
         raise AnalysisError(f"--{role} {str(path)!r} holds no .parquet files; expected patient sequences")
-    dataset = ds.dataset([str(f) for f in files], format="parquet")
-    names = set(dataset.schema.names)
+    check_parquet_files(files, path, role)
+    try:
+        dataset = ds.dataset([str(f) for f in files], format="parquet")
+        names = set(dataset.schema.names)
+    except (pa.ArrowException, OSError) as exc:  # magic bytes right, footer broken
+        raise AnalysisError(
+            f"--{role} {str(path)!r}: cannot be read as parquet ({_first_line(exc)})"
+        ) from None
     missing = {"person_id", "concept_ids"} - names
     if missing:
         raise AnalysisError(
             f"--{role} {str(path)!r} lacks column(s) {sorted(missing)}; expected person_id and concept_ids"
         )
     columns = ["person_id", "concept_ids"] + (["is_valid"] if "is_valid" in names else [])
-    frame = dataset.to_table(columns=columns).to_pandas()
+    try:
+        frame = dataset.to_table(columns=columns).to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        raise AnalysisError(
+            f"--{role} {str(path)!r}: cannot be read as parquet ({_first_line(exc)})"
+        ) from None
     if frame.empty:
         raise AnalysisError(f"--{role} {str(path)!r} holds no patients (0 rows)")
     return frame
+
+
+def check_parquet_files(files: list[Path], root: Path, role: str) -> None:
+    """Every file is parquet by its magic bytes; else one line naming the first that is not (and how
+    many), before Arrow fails on it with a traceback.
+
+    Raises:
+        AnalysisError: a file is empty, too short or foreign.
+    """
+    problems = [(f, why) for f in files if (why := local_parquet_problem(f))]
+    if problems:
+        file, why = problems[0]
+        name = file.name if file == root else file.relative_to(root).as_posix()
+        more = f" (and {len(problems) - 1} other file(s))" if len(problems) > 1 else ""
+        raise AnalysisError(f"--{role} {str(root)!r}: {name} {why}{more}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def read_concept_vocabulary(tokenizer_folder: str | os.PathLike | None, role: str) -> frozenset[int] | None:
