@@ -183,3 +183,46 @@ def test_demographic_data_that_is_not_parquet_is_one_line(capsys, tmp_path, cont
         )
     ]
     assert not out.exists()
+
+
+def _tree(folder):
+    return sorted(
+        (p.relative_to(folder).as_posix(), p.read_bytes()) for p in folder.rglob("*") if p.is_file()
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "names"),
+    [
+        ("model", "--model_folder"),
+        ("tokenizer", "--tokenizer_folder"),
+        ("inside_model", "--model_folder"),
+        ("above_both", "--model_folder"),
+        ("model_via_dots", "--model_folder"),
+    ],
+)
+def test_an_output_folder_overlapping_the_original_is_refused_even_with_overwrite(
+    capsys, tmp_path, where, names
+):
+    model, tokenizer = copy_model(tmp_path)
+    before = _tree(tmp_path)
+    out = {
+        "model": model,
+        "tokenizer": tokenizer,
+        "inside_model": model / "converted",
+        "above_both": tmp_path,
+        "model_via_dots": tokenizer / ".." / model.name,
+    }[where]
+    code = convert.main(
+        [
+            "--model_folder", str(model),
+            "--tokenizer_folder", str(tokenizer),
+            "--output_folder", str(out),
+            "--overwrite",
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: --output_folder {str(out)!r} ") and names in line
+    assert _tree(tmp_path) == before

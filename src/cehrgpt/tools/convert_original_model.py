@@ -501,6 +501,34 @@ def check_output_folder(output: Path, overwrite: bool) -> None:
         raise ConversionError([f"output folder {str(output)!r} exists and is not empty; pass --overwrite"])
 
 
+def overlapping_folder(output: Path, sources: dict[str, Path]) -> str | None:
+    """The flag of a source folder that ``output`` is, lies inside or contains (resolved paths, so
+    ``..`` and links count), or None: replacing the output would delete that source.
+    """
+    target = output.resolve()
+    for flag, source in sources.items():
+        folder = source.resolve()
+        if target == folder or target.is_relative_to(folder) or folder.is_relative_to(target):
+            return flag
+    return None
+
+
+def check_output_apart(output: Path, model_folder: Path, tokenizer_folder: Path | None) -> None:
+    """Refuse an output folder that overlaps the original model or tokenizer, ``--overwrite`` or not.
+
+    Raises:
+        ConversionError: it is, lies inside or contains ``--model_folder`` or ``--tokenizer_folder``.
+    """
+    sources = {"--model_folder": model_folder, "--tokenizer_folder": tokenizer_folder or model_folder}
+    flag = overlapping_folder(output, sources)
+    if flag is not None:
+        line = (
+            f"--output_folder {str(output)!r} overlaps {flag} {str(sources[flag])!r}: writing it would "
+            "delete the original; give a folder outside both"
+        )
+        raise ConversionError([line])
+
+
 def write_converted(
     conversion: Conversion, output_folder: str | os.PathLike, overwrite: bool = False
 ) -> Path:
@@ -509,11 +537,14 @@ def write_converted(
     Written to a hidden sibling first and renamed, so a failure leaves nothing half-written.
 
     Raises:
-        ConversionError: the output folder exists, is not empty and ``overwrite`` is off.
+        ConversionError: the output folder overlaps the original's folders, or exists, is not empty
+            and ``overwrite`` is off.
     """
     from cehrgpt.models.tokenizer import save_tokenizer
 
     output = Path(output_folder)
+    report = conversion.report
+    check_output_apart(output, Path(report["source_model_folder"]), Path(report["source_tokenizer_folder"]))
     check_output_folder(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.tmp-{os.getpid()}"
@@ -556,6 +587,8 @@ def main(argv: list[str] | None = None, print_line: Callable[[str], None] = prin
     args = build_parser().parse_args(argv)
     output = Path(args.output_folder)
     try:
+        tokenizer_folder = Path(args.tokenizer_folder) if args.tokenizer_folder else None
+        check_output_apart(output, Path(args.model_folder), tokenizer_folder)
         check_output_folder(output, args.overwrite)
         conversion = convert_folder(args.model_folder, args.tokenizer_folder, args.demographic_data_path)
         for warning in conversion.warnings:
