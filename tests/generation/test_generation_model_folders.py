@@ -73,3 +73,16 @@ def test_a_corrupt_weights_file_is_one_line(model_folder, demographic_folder, tm
     out = tmp_path / "out"
     line = _refused(capsys, _argv(folder, demographic_folder, out), out)
     assert str(weights) in line and "not a readable safetensors file" in line
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not_a_tokenizer"])
+def test_a_broken_tokenizer_file_is_one_line(model_folder, demographic_folder, tmp_path, capsys, damage):
+    folder = shutil.copytree(model_folder, tmp_path / "model")
+    tokenizer_file = folder / "tokenizer.json"
+    text = tokenizer_file.read_text()
+    tokenizer_file.write_text(
+        {"truncated": text[: len(text) // 2], "empty": "", "not_a_tokenizer": '{"model": 1}'}[damage]
+    )
+    out = tmp_path / "out"
+    line = _refused(capsys, _argv(folder, demographic_folder, out), out)
+    assert line.startswith(f"error: {str(tokenizer_file)!r} is not a readable tokenizer file (")

@@ -248,12 +248,24 @@ def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerBase:
     """Load a tokenizer folder with ``AutoTokenizer``; ``token_metadata.json`` wins over the config copy.
 
     Raises:
-        TokenizerError: the folder holds no tokenizer or no token metadata.
+        TokenizerError: the folder holds no tokenizer, a tokenizer file that cannot be read (truncated,
+            not JSON, not a tokenizer), or no token metadata.
     """
     folder = Path(folder)
-    if not (folder / "tokenizer.json").is_file():
+    tokenizer_file = folder / "tokenizer.json"
+    if not tokenizer_file.is_file():
         raise TokenizerError(f"no tokenizer in {str(folder)!r}: expected tokenizer.json there")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    for path in (tokenizer_file, folder / "tokenizer_config.json"):
+        json_problem = _json_file_problem(path)
+        if json_problem:
+            raise TokenizerError(f"{str(path)!r} is not a readable tokenizer file ({json_problem})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # transformers and tokenizers raise KeyError, ValueError or a bare Exception
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise TokenizerError(
+            f"{str(tokenizer_file)!r} is not a readable tokenizer file ({type(exc).__name__}: {first})"
+        ) from exc
     metadata_path = folder / METADATA_FILE
     if metadata_path.is_file():
         try:
@@ -262,6 +274,19 @@ def load_tokenizer(folder: str | os.PathLike) -> PreTrainedTokenizerBase:
             raise TokenizerError(f"{str(metadata_path)!r} is not valid JSON: {exc}") from exc
     token_metadata(tokenizer)
     return tokenizer
+
+
+def _json_file_problem(path: Path) -> str | None:
+    """Why a JSON file that is present cannot be parsed (a truncated copy, say), or None."""
+    if not path.is_file():
+        return None
+    try:
+        json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"not valid JSON: {exc}"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    return None
 
 
 def _as_tokenizer(
