@@ -164,3 +164,15 @@ def test_the_local_pipeline_refuses_a_source_url_with_a_password_before_writing_
     )
     assert not output_root.exists()
     assert leaks(tmp_path, result) == []
+
+
+def test_prepare_of_a_source_without_tables_names_it_without_its_password(tmp_path, postgres_schema):
+    """Past the connection: prepare starts Spark and finds no CDM table in the (empty) schema."""
+    url, schema = postgres_schema
+    source = f"{url}?options=-csearch_path%3D{schema}&password={PLANTED}"
+    result = run(
+        "cehrgpt.data.prepare", ["--omop_source", source, "--output_folder", str(tmp_path / "out")], tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    assert "error: " in result.stderr
+    assert leaks(tmp_path, result) == []

@@ -180,7 +180,7 @@ class OmopSource(ABC):
     ) -> tuple[DataFrame, DataFrame | None]:
         """The typed table and a one-job check of its casts (rows: table, column, bad, example)."""
         if not self.has_table(table):
-            raise OmopSourceError(f"{table}: table not found in {self.spec}")
+            raise OmopSourceError(f"{table}: table not found in {redact_url(self.spec)}")
         actual = {c.lower(): c for c in self._raw_columns(spark, table)}
         optional = [c.lower() for c in request.optional_columns]
         picked: dict[str, str | None] = {}
