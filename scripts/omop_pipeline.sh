@@ -2,17 +2,18 @@
 # Restore OMOP CDM 5.4 tables from CEHR-GPT patient sequences with local Spark (the seed's Step 2).
 #
 #   sh scripts/omop_pipeline.sh --patient-sequence-folder=P --omop-folder=O \
-#       --source-omop-folder=V [--cpu-cores=N] [--type-concept-id=C] [--id-offset=R]
+#       --source-omop-folder=V [--cpu-cores=N] [--type-concept-id=C] [--id-offset=R] [--min-persons=M]
 #
 # Flags take "--flag=value" or "--flag value". Runs `$PYTHON -m cehrgpt.omop.restore`
 # on local[N]; N defaults to every core. PYTHON defaults to `python` on PATH when it can
 # import cehrgpt, else to this repository's .venv/bin/python (no need to activate it). --type-concept-id
-# (default 32817, EHR) and --id-offset (default: the generation seed) go to the restore as they are.
+# (default 32817, EHR), --id-offset (default: the generation seed) and --min-persons (default 1: fewer
+# restored persons publish nothing, exit 2) go to the restore as they are.
 # Output: O/<table>/, O/rejected/, O/restore_report.json and, last, O/_SUCCESS.
 set -eu
 
 usage() {
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -26,6 +27,7 @@ source_omop_folder=
 cpu_cores=
 type_concept_id=
 id_offset=
+min_persons=
 
 while [ $# -gt 0 ]; do
     flag=$1
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
             shift
             ;;
         *)
-            die "unexpected argument '$flag' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores, --type-concept-id, --id-offset)"
+            die "unexpected argument '$flag' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores, --type-concept-id, --id-offset, --min-persons)"
             ;;
     esac
     case $name in
@@ -55,7 +57,8 @@ while [ $# -gt 0 ]; do
         --cpu-cores) cpu_cores=$value ;;
         --type-concept-id) type_concept_id=$value ;;
         --id-offset) id_offset=$value ;;
-        *) die "unknown flag '$name' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores, --type-concept-id, --id-offset)" ;;
+        --min-persons) min_persons=$value ;;
+        *) die "unknown flag '$name' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores, --type-concept-id, --id-offset, --min-persons)" ;;
     esac
     shift
 done
@@ -80,7 +83,7 @@ else
     [ -x "$python" ] || die "no python that can import cehrgpt: activate a venv that has it, run 'make venv' in the repository, or set \$PYTHON"
 fi
 
-for pair in "--type-concept-id:$type_concept_id" "--id-offset:$id_offset"; do
+for pair in "--type-concept-id:$type_concept_id" "--id-offset:$id_offset" "--min-persons:$min_persons"; do
     case ${pair#*:} in
         '' | 0) ;;
         *[!0-9]* | 0*) die "${pair%%:*} must be a whole number, got '${pair#*:}'" ;;
@@ -93,4 +96,5 @@ set -- --patient_sequence_folder "$patient_sequence_folder" \
     --spark_master "local[$cpu_cores]"
 [ -z "$type_concept_id" ] || set -- "$@" --type_concept_id "$type_concept_id"
 [ -z "$id_offset" ] || set -- "$@" --id_offset "$id_offset"
+[ -z "$min_persons" ] || set -- "$@" --min_persons "$min_persons"
 exec "$python" -m cehrgpt.omop.restore "$@"

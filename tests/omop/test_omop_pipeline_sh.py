@@ -114,12 +114,21 @@ def test_bad_arguments_fail_with_one_line(echo_python, args, message):
     assert result.stdout == ""
 
 
-def test_type_concept_and_id_offset_pass_through(echo_python):
+def test_type_concept_id_offset_and_min_persons_pass_through(echo_python):
     args = ["--patient-sequence-folder=/in/gen sequences/", "--omop-folder=gs://bucket/omop",
-            "--source-omop-folder=/vocab", "--cpu-cores=10", "--id-offset", "0", "--type-concept-id=32879"]  # fmt: skip
+            "--source-omop-folder=/vocab", "--cpu-cores=10", "--id-offset", "0", "--type-concept-id=32879",
+            "--min-persons=0"]  # fmt: skip
     result = run_script(args, echo_python, shell="dash")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [*EXPECTED, "--type_concept_id", "32879", "--id_offset", "0"]
+    assert result.stdout.splitlines() == [
+        *EXPECTED,
+        "--type_concept_id",
+        "32879",
+        "--id_offset",
+        "0",
+        "--min_persons",
+        "0",
+    ]
 
 
 def test_help_exits_zero(echo_python):

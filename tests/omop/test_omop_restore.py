@@ -653,3 +653,40 @@ def test_the_end_date_is_today_by_default_and_a_bad_one_is_one_line(spark, tmp_p
     assert exit_info.value.code == 2
     assert "'2001-13-01' is not a date YYYY-MM-DD" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_a_release_without_persons_is_refused_and_the_previous_output_stays_published(
+    spark, tmp_path, capsys
+):
+    vocab = write_vocabulary(tmp_path / "vocab")
+    out = tmp_path / "omop"
+    assert main(_restore_argv(write_sequences(tmp_path / "seq", SEQUENCES[:1]), out, vocab)) == 0
+    published = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    report = (out / "restore_report.json").read_text()
+    before = rows(spark, out, "person")
+    bad = write_sequences(tmp_path / "bad", [("a", 7, "not a prompt")])  # its only patient is rejected
+    code, err = _run_main(_restore_argv(bad, out, vocab), capsys)
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        "error: restored 0 of 1 patients (not restored: bad_prompt 1), fewer than --min_persons 1; "
+        f"nothing was published to {out}"
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == published  # no _tmp_ left either
+    assert (out / "restore_report.json").read_text() == report and rows(spark, out, "person") == before
+
+
+def test_min_persons_sets_the_smallest_release_and_zero_allows_an_empty_one(spark, tmp_path, capsys):
+    vocab = write_vocabulary(tmp_path / "vocab")
+    seq = write_sequences(tmp_path / "seq", SEQUENCES[:1])
+    code, err = _run_main(_restore_argv(seq, tmp_path / "two", vocab, "--min_persons", "2"), capsys)
+    assert (code, err.splitlines()[-1]) == (
+        2,
+        f"error: restored 1 of 1 patients, fewer than --min_persons 2; nothing was published to {tmp_path / 'two'}",
+    )
+    assert not (tmp_path / "two").exists() or list((tmp_path / "two").iterdir()) == []
+    bad = write_sequences(tmp_path / "bad", [("a", 7, "not a prompt")])
+    assert main(_restore_argv(bad, tmp_path / "empty", vocab, "--min_persons", "0")) == 0
+    assert json.loads((tmp_path / "empty" / "restore_report.json").read_text())["patients_restored"] == 0
+    assert (tmp_path / "empty" / "_SUCCESS").exists()
+    with pytest.raises(SystemExit):
+        main(_restore_argv(seq, tmp_path / "negative", vocab, "--min_persons", "-1"))

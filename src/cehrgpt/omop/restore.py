@@ -128,6 +128,7 @@ log = logging.getLogger(__name__)
 REJECTED = "rejected"
 REPORT = "restore_report.json"
 SUCCESS = "_SUCCESS"
+DEFAULT_MIN_PERSONS = 1
 
 #: Everything a restore writes into its output folder (besides its ``_tmp_<run>`` staging).
 RESTORE_OUTPUTS = frozenset({*TABLES, CONDITION_ERA, REJECTED, REPORT, SUCCESS})
@@ -141,6 +142,20 @@ def check_output_folder(files: HadoopFiles) -> None:
             f"omop_folder {files.root}: holds {sorted(present)[0]} and no {REPORT}: not the output of a "
             "restore; give an empty or new folder"
         )
+
+
+def check_release_size(report: dict[str, Any], min_persons: int, omop_folder: str) -> None:
+    """Refuse to publish a release of fewer than ``min_persons`` persons: an empty or near-empty restore
+    (every patient rejected) would otherwise replace good tables downstream with nothing."""
+    restored = report["patients_restored"]
+    if restored >= min_persons:
+        return
+    reasons = ", ".join(f"{reason} {count}" for reason, count in report["patients_not_restored"].items())
+    raise RestoreError(
+        f"restored {restored} of {report['input_patients']} patients"
+        + (f" (not restored: {reasons})" if reasons else "")
+        + f", fewer than --min_persons {min_persons}; nothing was published to {omop_folder}"
+    )
 
 
 def _decode(
@@ -185,6 +200,7 @@ def restore(
     type_concept_id: int = EHR,
     id_offset: int | None = None,
     end_date: date | None = None,
+    min_persons: int = DEFAULT_MIN_PERSONS,
 ) -> dict[str, Any]:
     """Restore CDM 5.4 tables from patient sequences; see the module docstring for the layout.
 
@@ -200,13 +216,15 @@ def restore(
         id_offset: the ids' run component; by default the input's generation seed (module docstring).
         end_date: the last date a record may carry (default: today): a generated timeline that runs past
             it is cut there, every later token rejected as ``after_end_date`` (a CDM holds no future).
+        min_persons: publish nothing when fewer persons are restored (default 1: an empty release never
+            replaces a previous one; 0 allows it).
 
     Returns:
         The report also written to ``omop_folder/restore_report.json``.
 
     Raises:
-        RestoreError: unreadable sequences or vocabulary, a non-parquet input file, or an output
-            folder that no restore wrote.
+        RestoreError: unreadable sequences or vocabulary, a non-parquet input file, an output
+            folder that no restore wrote, or fewer than ``min_persons`` persons restored.
     """
     started = time.perf_counter()
     end = end_date or date.today()
@@ -271,6 +289,7 @@ def restore(
             seconds=round(time.perf_counter() - started, 3),
             spark_startup_seconds=round(session_started - started, 3),
         )
+        check_release_size(report, min_persons, omop_folder)
         files.delete(SUCCESS)
         for name in outputs:
             files.move(f"{run}/{name}", name)
@@ -444,6 +463,14 @@ def _parser() -> argparse.ArgumentParser:
         help="YYYY-MM-DD, the last date a record may carry; later tokens are rejected (default: today)",
     )
     parser.add_argument(
+        "--min_persons",
+        "--min-persons",
+        type=_non_negative,
+        default=DEFAULT_MIN_PERSONS,
+        help=f"publish nothing (exit 2) when fewer persons are restored (default {DEFAULT_MIN_PERSONS}; "
+        "0 allows an empty release)",
+    )
+    parser.add_argument(
         "--id_offset",
         "--id-offset",
         type=int,
@@ -452,6 +479,16 @@ def _parser() -> argparse.ArgumentParser:
         "person_id >> 40)",
     )
     return parser
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
 
 
 def _iso_date(text: str) -> date:
@@ -475,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             type_concept_id=args.type_concept_id,
             id_offset=args.id_offset,
             end_date=args.end_date,
+            min_persons=args.min_persons,
         )
     except RestoreError as error:
         print(f"error: {error}", file=sys.stderr)
