@@ -25,6 +25,7 @@ def restore_omop_tables(
     restored: Output[Dataset],
     metrics: Output[Metrics],
     type_concept_id: int = 32817,
+    min_persons: int = 1,
 ):
     """Restore CDM 5.4 tables from the generated sequences (the seed's Step 2).
 
@@ -45,6 +46,7 @@ def restore_omop_tables(
         minio_credentials_secret: Secret with the store's ``accesskey`` and ``secretkey``.
         restored: One parquet folder per CDM table, rejected/ and restore_report.json.
         type_concept_id: The visit, event and death type concept (32817: EHR).
+        min_persons: Fewer restored persons fail the task and publish nothing.
         metrics: Rows per table and rejections per reason.
     """
     from cehrgpt.pipeline.sparkapp import SparkOperatorSettings
@@ -70,6 +72,7 @@ def restore_omop_tables(
         (restored.path, restored.uri),
         operator,
         type_concept_id=type_concept_id,
+        min_persons=min_persons,
     )
     if report_path is not None:
         log_metrics_json(report_path, metrics)
@@ -94,7 +97,12 @@ def check_omop_quality(
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def upload_omop_tables(
-    restored: Input[Dataset], target: str, schema: str, mode: str, metrics: Output[Metrics]
+    restored: Input[Dataset],
+    target: str,
+    schema: str,
+    mode: str,
+    metrics: Output[Metrics],
+    min_persons: int = 1,
 ):
     """Load the restored tables into a database, all or nothing (the seed's Step 3).
 
@@ -106,6 +114,7 @@ def upload_omop_tables(
         target: SQLAlchemy URL without the password, or empty to take it from the Secret.
         schema: Target schema (empty: the database's default).
         mode: replace, append or fail.
+        min_persons: A person table of fewer rows is refused before the target is touched.
         metrics: Rows uploaded per table (the upload summary's numbers).
     """
     from cehrgpt.pipeline.steps import database_target, flags, log_metrics_json, run_stage
@@ -118,6 +127,7 @@ def upload_omop_tables(
         schema=schema or None,
         mode=mode,
         summary_path=summary,
+        min_persons=min_persons,
     )
     run_stage("upload", main, argv)
     log_metrics_json(summary, metrics)

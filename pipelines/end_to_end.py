@@ -87,6 +87,7 @@ def end_to_end(
     upload_mode: str = "replace",
     database_secret: str = "cehrgpt-database",
     type_concept_id: int = 32817,
+    min_persons: int = 1,
 ):
     """Train CEHR-GPT on an OMOP CDM database, generate synthetic patients, restore OMOP, gate on privacy, publish.
 
@@ -158,6 +159,8 @@ def end_to_end(
         upload_mode: replace, append or fail.
         database_secret: Kubernetes Secret with the database url and password.
         type_concept_id: Type concept of the restored visits, events and deaths (32817: EHR).
+        min_persons: Fewer restored persons stop the restore and the upload (an empty release never
+            replaces a database).
     """
     # one set of Spark-operator settings for prepare and restore
     spark_settings = spark_application_settings(
@@ -236,4 +239,5 @@ def end_to_end(
         upload_mode=upload_mode,
         database_secret=database_secret,
         type_concept_id=type_concept_id,
+        min_persons=min_persons,
     )

@@ -107,6 +107,7 @@ def add_synthesis_steps(
     upload_mode,
     database_secret,
     type_concept_id=32817,
+    min_persons=1,
 ) -> None:
     """Add steps 2-6 to the pipeline being defined, from a model and prepared-data artifact.
 
@@ -170,6 +171,7 @@ def add_synthesis_steps(
         spark_mode=spark_mode,
         **spark_settings,
         type_concept_id=type_concept_id,
+        min_persons=min_persons,
     )
     restore.set_display_name("4. restore OMOP (Spark)").set_caching_options(True)
     _resources(restore, "2", "8Gi", "4", "16Gi")
@@ -230,7 +232,11 @@ def add_synthesis_steps(
     # 6. publish only what passed the gate
     with dsl.If(upload == True, name="6. upload when enabled"):  # noqa: E712 (a pipeline condition, not a Python test)
         load = upload_omop_tables(
-            restored=restore.outputs["restored"], target=upload_target, schema=upload_schema, mode=upload_mode
+            restored=restore.outputs["restored"],
+            target=upload_target,
+            schema=upload_schema,
+            mode=upload_mode,
+            min_persons=min_persons,
         )
         load.set_display_name("6. upload OMOP tables").set_caching_options(False).after(gate, quality)
         _resources(load, "1", "4Gi", "2", "8Gi")
@@ -297,6 +303,7 @@ def synthetic_data(
     upload_mode: str = "replace",
     database_secret: str = "cehrgpt-database",
     type_concept_id: int = 32817,
+    min_persons: int = 1,
 ):
     """Generate synthetic patients with a trained CEHR-GPT model, restore OMOP, check privacy, publish.
 
@@ -359,6 +366,8 @@ def synthetic_data(
         upload_mode: replace, append or fail.
         database_secret: Kubernetes Secret with the database url and password.
         type_concept_id: Type concept of the restored visits, events and deaths (32817: EHR).
+        min_persons: Fewer restored persons stop the restore and the upload (an empty release never
+            replaces a database).
     """
     model = dsl.importer(artifact_uri=model_uri, artifact_class=Model, reimport=False)
     model.set_display_name("1. import model")
@@ -434,4 +443,5 @@ def synthetic_data(
         upload_mode=upload_mode,
         database_secret=database_secret,
         type_concept_id=type_concept_id,
+        min_persons=min_persons,
     )

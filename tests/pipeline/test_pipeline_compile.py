@@ -374,3 +374,17 @@ def test_quality_checks_follow_the_restore_and_gate_the_upload(fresh, name):
     restore = tasks["restore-omop-tables"]["inputs"]["parameters"]
     assert restore["type_concept_id"] == {"componentInputParameter": "type_concept_id"}
     assert spec["root"]["inputDefinitions"]["parameters"]["type_concept_id"]["defaultValue"] == 32817
+
+
+@pytest.mark.parametrize("name", ["synthetic_data", "end_to_end"])
+def test_min_persons_reaches_the_restore_and_the_upload(fresh, name):
+    spec, _ = _load(fresh, name)
+    tasks = spec["root"]["dag"]["tasks"]
+    assert spec["root"]["inputDefinitions"]["parameters"]["min_persons"]["defaultValue"] == 1
+    restore = tasks["restore-omop-tables"]["inputs"]["parameters"]
+    assert restore["min_persons"] == {"componentInputParameter": "min_persons"}
+    condition = next(t for t in tasks.values() if t["taskInfo"]["name"] == "6. upload when enabled")
+    upload = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]["upload-omop-tables"]
+    assert upload["inputs"]["parameters"]["min_persons"] == {
+        "componentInputParameter": "pipelinechannel--min_persons"
+    }

@@ -540,7 +540,7 @@ def test_an_application_in_another_namespace_than_the_launcher_gets_no_owner(tmp
     assert stub.created["metadata"]["ownerReferences"] == [OWNER_NEW]
 
 
-def test_restore_step_passes_the_type_concept_to_the_job(tmp_path):
+def test_restore_step_passes_the_type_concept_and_min_persons_to_the_job(tmp_path):
     from cehrgpt.pipeline.steps import run_restore_step
 
     (tmp_path / "restored").mkdir()
@@ -554,5 +554,6 @@ def test_restore_step_passes_the_type_concept_to_the_job(tmp_path):
             SparkOperatorSettings(namespace="team-a", poll_s=0),
             api_client=_client(url),
             type_concept_id=32879,
+            min_persons=5,
         )
-    assert stub.created["spec"]["arguments"][-2:] == ["--type_concept_id", "32879"]
+    assert stub.created["spec"]["arguments"][-4:] == ["--type_concept_id", "32879", "--min_persons", "5"]

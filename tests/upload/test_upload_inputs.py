@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -163,3 +164,15 @@ def test_conform_refuses_integer_overflow():
     )
     with pytest.raises(UploadError, match=r"person.year_of_birth: cannot store int64 values as CDM integer"):
         conform_batch("person", batch, where="x")
+
+
+def test_release_size_counts_the_person_table_only():
+    from cehrgpt.upload.inputs import TableInput, check_release_size
+
+    folder = Path("omop")
+    person = TableInput("person", (), 0)
+    with pytest.raises(UploadError, match=r"^omop/person holds 0 persons, fewer than --min_persons 1: "):
+        check_release_size([person], folder, min_persons=1, allow_empty=False)
+    check_release_size([person], folder, min_persons=1, allow_empty=True)
+    check_release_size([TableInput("person", (), 5)], folder, min_persons=5, allow_empty=False)
+    check_release_size([TableInput("death", (), 0)], folder, min_persons=1, allow_empty=False)

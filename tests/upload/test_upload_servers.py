@@ -605,3 +605,38 @@ def test_restores_of_two_generation_runs_append_to_one_cdm(spark, tmp_path, serv
     with pytest.raises(UploadError, match=r"^appending to the target tables failed: .*left unchanged$"):
         upload_omop(second, url, schema=schema, mode="append")  # the same run twice: its ids are taken
     assert state(url, schema) == before
+
+
+def test_an_empty_release_never_replaces_a_database(restored_omop, tmp_path, server):
+    url, schema = server
+    upload_omop(restored_omop, url, schema=schema)
+    before = state(url, schema)
+    empty = tmp_path / "empty"
+    copy_tables(restored_omop, empty, ["death", "measurement"])
+    write_table(empty, "person", PERSON.slice(0, 0))
+    result = run_cli(["--target", url, "--input_folder", str(empty), "--schema", schema])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        (
+            f"error: {empty / 'person'} holds 0 persons, fewer than --min_persons 1: an empty release never "
+            "replaces a database (--allow_empty uploads it anyway); the target was left unchanged"
+        )
+    ]
+    assert state(url, schema) == before
+    assert not (empty / "upload_summary.json").exists()
+    two = tmp_path / "two"
+    write_table(two, "person", PERSON.slice(0, 2))
+    with pytest.raises(UploadError, match=r"holds 2 persons, fewer than --min_persons 3: "):
+        upload_omop(two, url, schema=schema, min_persons=3)
+    assert state(url, schema) == before
+
+
+def test_allow_empty_uploads_an_empty_release(restored_omop, tmp_path, server):
+    url, schema = server
+    upload_omop(restored_omop, url, schema=schema)
+    empty = tmp_path / "empty"
+    write_table(empty, "person", PERSON.slice(0, 0))
+    result = run_cli(["--target", url, "--input_folder", str(empty), "--schema", schema, "--allow_empty"])
+    assert result.returncode == 0, result.stderr
+    assert read(url, schema, "person", "person_id") == []
+    assert len(read(url, schema, "death", "person_id")) == 1  # tables not in the release are not touched

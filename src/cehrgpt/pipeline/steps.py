@@ -245,6 +245,7 @@ def run_restore_step(
     operator: SparkOperatorSettings,
     api_client: Any = None,
     type_concept_id: int | None = None,
+    min_persons: int | None = None,
 ) -> Path | None:
     """Restore OMOP from the gathered sequences with local Spark or a SparkApplication.
 
@@ -256,11 +257,12 @@ def run_restore_step(
         operator: The SparkApplication's namespace and sizes (used in operator mode).
         api_client: A Kubernetes ``ApiClient``; by default the in-cluster configuration.
         type_concept_id: the restore's ``--type_concept_id`` (None: its default, 32817 EHR).
+        min_persons: the restore's ``--min_persons`` (None: its default, 1).
 
     Returns:
         A local copy of ``restore_report.json`` to log, or None when it cannot be read back.
     """
-    restore_arguments = flags(type_concept_id=type_concept_id)
+    restore_arguments = flags(type_concept_id=type_concept_id, min_persons=min_persons)
     if spark_mode == "local":
         restore_omop(
             "local",

@@ -14,11 +14,22 @@ from pathlib import Path
 
 from cehrgpt.redaction import redact
 from cehrgpt.upload import UploadError, upload_omop
+from cehrgpt.upload.inputs import DEFAULT_MIN_PERSONS
 from cehrgpt.upload.upload import DEFAULT_CHUNK_SIZE, DEFAULT_LOCK_TIMEOUT_S, MODES, SUMMARY_FILE
 
 
 def _table_list(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of persons") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -77,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after the load, create the CDM 5.4 primary keys and indexes the tables lack",
     )
+    parser.add_argument(
+        "--min_persons",
+        type=_non_negative,
+        default=DEFAULT_MIN_PERSONS,
+        help="refuse (exit 2, target untouched) a person table of fewer rows: an empty release never "
+        f"replaces a database (default {DEFAULT_MIN_PERSONS})",
+    )
+    parser.add_argument(
+        "--allow_empty",
+        action="store_true",
+        help="upload a person table of fewer than --min_persons rows anyway",
+    )
     return parser
 
 
@@ -94,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             lock_timeout_s=args.lock_timeout_s,
             summary_path=args.summary_path,
             create_indexes=args.create_indexes,
+            min_persons=args.min_persons,
+            allow_empty=args.allow_empty,
         )
     except UploadError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)

@@ -17,6 +17,8 @@ from cehrgpt.omop.cdm import cdm_fields, cdm_tables
 from cehrgpt.upload.conform import check_columns
 from cehrgpt.upload.errors import UploadError
 
+#: Fewer persons than this in a release's ``person`` table refuse the upload (``--min_persons``).
+DEFAULT_MIN_PERSONS = 1
 # What the restore job writes next to the tables and is not a table.
 NOT_TABLES = frozenset({"rejected"})
 
@@ -82,6 +84,22 @@ def find_tables(input_folder: str | os.PathLike[str], tables: list[str] | None =
             f"input folder {folder} holds no table folder; expected e.g. {folder / 'person'}/*.parquet"
         )
     return [_table_input(name, present[name]) for name in wanted]
+
+
+def check_release_size(
+    inputs: list[TableInput], input_folder: str | os.PathLike[str], *, min_persons: int, allow_empty: bool
+) -> None:
+    """Refuse a ``person`` table of fewer than ``min_persons`` rows (from the parquet footers, before the
+    target is touched): a restore that rejected every patient must not empty a database. Tables other
+    than ``person`` may be empty; a release without ``person`` does not replace it."""
+    person = next((ti for ti in inputs if ti.table == "person"), None)
+    if person is None or allow_empty or person.rows >= min_persons:
+        return
+    raise UploadError(
+        f"{Path(input_folder) / 'person'} holds {person.rows} persons, fewer than --min_persons {min_persons}: "
+        "an empty release never replaces a database (--allow_empty uploads it anyway); "
+        "the target was left unchanged"
+    )
 
 
 def _table_input(table: str, folder: Path) -> TableInput:

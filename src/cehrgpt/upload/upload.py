@@ -66,7 +66,7 @@ from cehrgpt.upload.ddl import (
 )
 from cehrgpt.upload.errors import UploadError
 from cehrgpt.upload.indexes import index_statements
-from cehrgpt.upload.inputs import TableInput, find_tables
+from cehrgpt.upload.inputs import DEFAULT_MIN_PERSONS, TableInput, check_release_size, find_tables
 from cehrgpt.upload.loaders import load_staging
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ def upload_omop(
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     summary_path: str | os.PathLike[str] | None = None,
     create_indexes: bool = False,
+    min_persons: int = DEFAULT_MIN_PERSONS,
+    allow_empty: bool = False,
 ) -> dict[str, Any]:
     """Upload every restored CDM table in ``input_folder`` to a database, all or nothing.
 
@@ -120,6 +122,8 @@ def upload_omop(
         summary_path: Where the JSON summary goes; default ``<input_folder>/upload_summary.json``.
         create_indexes: After the load, give every uploaded table the CDM 5.4 primary key and
             indexes it lacks (:mod:`cehrgpt.upload.indexes`).
+        min_persons: Refuse, before touching the target, a ``person`` table of fewer rows (default 1).
+        allow_empty: Upload a ``person`` table of fewer than ``min_persons`` rows anyway.
 
     Returns:
         The summary: target (password hidden), mode, per-table rows loaded and rows in the target
@@ -134,9 +138,12 @@ def upload_omop(
         raise UploadError(f"chunk size {chunk_size} must be a positive number of rows")
     if lock_timeout_s <= 0:
         raise UploadError(f"lock timeout {lock_timeout_s} must be a positive number of seconds")
+    if min_persons < 0:
+        raise UploadError(f"--min_persons {min_persons} must be 0 or more")
     url = _resolve_target(target)
     secrets = url_passwords(url)
     inputs = find_tables(input_folder, tables)
+    check_release_size(inputs, input_folder, min_persons=min_persons, allow_empty=allow_empty)
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     engine = create_target_engine(url)
