@@ -102,14 +102,14 @@ def failed(results) -> set[tuple]:
     return {(r.name, r.table, r.field, r.violations, r.denominator) for r in results if r.status == "fail"}
 
 
-def test_clean_cdm_passes_every_check_and_covers_at_least_15_kinds(tmp_path):
+def test_clean_cdm_passes_every_check_and_covers_16_kinds(tmp_path):
     results = run_checks(
         write_cdm(tmp_path / "omop", clean_tables()), write_vocabulary(tmp_path / "v"), today=TODAY
     )
     assert failed(results) == set()
     assert {r.status for r in results} == {"pass"}
     kinds = {(r.name, r.category) for r in results}
-    assert len({name for name, _ in kinds}) == 15 and {c for _, c in kinds} == {
+    assert len({name for name, _ in kinds}) == 16 and {c for _, c in kinds} == {
         "conformance", "completeness", "plausibility"
     }  # fmt: skip
     assert len({(r.name, r.table, r.field) for r in results}) == len(results)
@@ -222,10 +222,51 @@ def test_threshold_is_a_percentage_of_the_denominator():
     assert evaluate(check, 6, 100, False).status == "not_applicable"
 
 
-def test_checks_are_defined_only_for_what_is_present():
+def test_checks_are_defined_only_for_what_is_present_and_missing_required_tables_are_checks():
     checks = define_checks({"person": {"person_id": "BIGINT"}}, vocabulary=False, today=TODAY)
-    assert [(c.name, c.field) for c in checks] == [("cdmField", None), ("cdmDatatype", None),
-                                                   ("isRequired", "person_id"), ("isPrimaryKey", "person_id")]  # fmt: skip
+    assert [(c.name, c.table, c.field) for c in checks] == [
+        ("cdmTable", "observation_period", None), ("cdmTable", "person", None),
+        ("cdmTable", "visit_occurrence", None),
+        ("cdmField", "person", None), ("cdmDatatype", "person", None),
+        ("isRequired", "person", "person_id"), ("isPrimaryKey", "person", "person_id"),
+        ("measurePersonCompleteness", "observation_period", None),
+        ("measurePersonCompleteness", "visit_occurrence", None),
+    ]  # fmt: skip
+
+
+def test_a_cdm_without_person_or_visits_fails_and_their_foreign_keys_are_checked_not_skipped(
+    tmp_path, capsys
+):
+    tables = clean_tables()
+    del tables["person"], tables["visit_occurrence"]
+    folder = write_cdm(tmp_path / "omop", tables)
+    assert failed(run_checks(folder, today=TODAY)) == {
+        ("cdmTable", "person", None, 1, 1),
+        ("cdmTable", "visit_occurrence", None, 1, 1),
+        ("isForeignKey", "observation_period", "person_id", 2, 2),
+        ("isForeignKey", "condition_occurrence", "person_id", 2, 2),
+        ("isForeignKey", "drug_exposure", "person_id", 1, 1),
+        ("isForeignKey", "measurement", "person_id", 1, 1),
+        ("isForeignKey", "death", "person_id", 1, 1),
+        ("isForeignKey", "condition_occurrence", "visit_occurrence_id", 2, 2),
+        ("isForeignKey", "drug_exposure", "visit_occurrence_id", 1, 1),
+        ("isForeignKey", "measurement", "visit_occurrence_id", 1, 1),
+    }
+    assert main(["--omop_folder", str(folder), "--output_folder", str(tmp_path / "q")]) == 1
+    report = json.loads((tmp_path / "q" / "quality_report.json").read_text())
+    missing = [c for c in report["checks"] if c["name"] == "cdmTable" and c["status"] == "fail"]
+    assert [(c["table"], c["description"]) for c in missing] == [
+        ("person", "required CDM table is missing"), ("visit_occurrence", "required CDM table is missing")
+    ]  # fmt: skip
+
+
+def test_persons_without_an_observation_period_table_are_all_incomplete(tmp_path):
+    tables = clean_tables()
+    del tables["observation_period"]
+    assert failed(run_checks(write_cdm(tmp_path / "omop", tables), today=TODAY)) == {
+        ("cdmTable", "observation_period", None, 1, 1),
+        ("measurePersonCompleteness", "observation_period", None, 2, 2),
+    }
 
 
 def test_cli_writes_the_report_prints_a_table_and_exits_1_on_a_failure(tmp_path, capsys):

@@ -169,7 +169,7 @@ def test_every_headline_the_analyses_report_is_in_the_allowlist():
 
 
 def _cdm(folder, year_of_birth: int):
-    """A one-person CDM: person and death tables in the restore's layout."""
+    """A one-person CDM: person, observation period, a visit and death, in the restore's layout."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -184,6 +184,12 @@ def _cdm(folder, year_of_birth: int):
     values = {
         "person": {"person_id": 1, "gender_concept_id": 8532, "year_of_birth": year_of_birth,
                    "race_concept_id": 0, "ethnicity_concept_id": 0},
+        "observation_period": {"observation_period_id": 1, "person_id": 1,
+                               "observation_period_start_date": dt.date(1990, 1, 1),
+                               "observation_period_end_date": dt.date(2000, 1, 1), "period_type_concept_id": 32817},
+        "visit_occurrence": {"visit_occurrence_id": 1, "person_id": 1, "visit_concept_id": 9202,
+                             "visit_start_date": dt.date(1999, 1, 1), "visit_end_date": dt.date(1999, 1, 1),
+                             "visit_type_concept_id": 32817},
         "death": {"person_id": 1, "death_date": dt.date(2000, 1, 1), "death_type_concept_id": 32817},
     }  # fmt: skip
     for table, row in values.items():

@@ -8,14 +8,15 @@ threshold. Nothing here touches a database: :mod:`cehrgpt.omop.quality` runs the
 The checks (DQD names where DQD has one):
 
 conformance
-    ``cdmField`` a CDM column is missing; ``cdmDatatype`` a column's type is not the
+    ``cdmTable`` a required table (:data:`REQUIRED_TABLES`) is missing; ``cdmField`` a CDM column is missing; ``cdmDatatype`` a column's type is not the
     CDM type's; ``isRequired`` a required field is null; ``isPrimaryKey`` a key value
     repeats; ``isForeignKey`` a ``person_id`` or ``visit_occurrence_id`` not in its
-    table, or (with ``--vocab_folder``) a concept id not in ``concept``; ``fkDomain``
+    table (every non-null one when that table is missing), or (with ``--vocab_folder``) a concept id not in ``concept``; ``fkDomain``
     (with the vocabulary) a table's concept outside its domain (a condition concept
     in ``drug_exposure``...).
 completeness
-    ``measurePersonCompleteness`` persons without an observation period or a visit;
+    ``measurePersonCompleteness`` persons without an observation period or a visit (all of
+    them when that table is missing);
     ``standardConceptRecordCompleteness`` records whose concept is 0.
 plausibility
     ``plausibleAfterBirth`` a record before the person's birth; ``plausibleStartBeforeEnd``
@@ -38,6 +39,12 @@ from datetime import date
 
 from cehrgpt.omop.cdm import CdmField, cdm_fields, primary_key
 
+#: Tables every CDM of patients holds: a release without them fails ``cdmTable``. The restore writes
+#: every table it knows, an empty domain as an empty parquet file, but other CDMs (a site's, Eunomia)
+#: may leave an empty domain table out, so only these three are required.
+REQUIRED_TABLES = ("observation_period", "person", "visit_occurrence")
+#: Foreign keys the checks follow: (field, the table it points into).
+FOREIGN_KEYS = (("person_id", "person"), ("visit_occurrence_id", "visit_occurrence"))
 # table → (start date, end date or None): the dates a record happens on
 RECORD_DATES: dict[str, tuple[str, str | None]] = {
     "visit_occurrence": ("visit_start_date", "visit_end_date"),
@@ -179,6 +186,21 @@ def _birth(alias: str = "p") -> str:
     )
 
 
+def _required_tables(present: Mapping[str, Mapping[str, str]]) -> list[Check]:
+    """One ``cdmTable`` check per required table: a missing one fails (1 violation of 1)."""
+    return [
+        _check(
+            "cdmTable",
+            "conformance",
+            table,
+            None,
+            "required CDM table is missing",
+            f"SELECT {0 if table in present else 1}, 1, TRUE",
+        )
+        for table in REQUIRED_TABLES
+    ]
+
+
 def _conformance(table: str, fields: tuple[CdmField, ...], columns: Mapping[str, str]) -> list[Check]:
     checks = []
     expected = ", ".join(f"('{f.name}', '{f.datatype.split('(')[0]}')" for f in fields)
@@ -241,19 +263,18 @@ def _conformance(table: str, fields: tuple[CdmField, ...], columns: Mapping[str,
 def _foreign_keys(
     table: str, columns: Mapping[str, str], present: Mapping[str, Mapping[str, str]]
 ) -> list[Check]:
+    """A reference into a missing table (or one without its key column) points nowhere: every non-null one
+    violates, rather than the check being skipped."""
     checks = []
-    for field, parent in (("person_id", "person"), ("visit_occurrence_id", "visit_occurrence")):
-        if field in columns and table != parent and field in present.get(parent, {}):
-            checks.append(
-                _check(
-                    "isForeignKey",
-                    "conformance",
-                    table,
-                    field,
-                    f"{field} not in {parent}",
-                    _unmatched(table, parent, f"x.{field} = t.{field}", f"t.{field} IS NOT NULL"),
-                )
-            )
+    for field, parent in FOREIGN_KEYS:
+        if field not in columns or table == parent:
+            continue
+        sql = (
+            _unmatched(table, parent, f"x.{field} = t.{field}", f"t.{field} IS NOT NULL")
+            if field in present.get(parent, {})
+            else _counted(f"{field} IS NOT NULL", table)
+        )
+        checks.append(_check("isForeignKey", "conformance", table, field, f"{field} not in {parent}", sql))
     return checks
 
 
@@ -300,17 +321,18 @@ def _completeness(present: Mapping[str, Mapping[str, str]]) -> list[Check]:
     checks = []
     if "person" in present:
         for table in ("observation_period", "visit_occurrence"):
-            if table in present:
-                checks.append(
-                    _check(
-                        "measurePersonCompleteness",
-                        "completeness",
-                        table,
-                        None,
-                        f"persons without {table}",
-                        _unmatched("person", table, "x.person_id = t.person_id"),
-                    )
+            checks.append(
+                _check(
+                    "measurePersonCompleteness",
+                    "completeness",
+                    table,
+                    None,
+                    f"persons without {table}",
+                    _unmatched("person", table, "x.person_id = t.person_id")
+                    if "person_id" in present.get(table, {})
+                    else _counted("TRUE", "person"),  # no such table: no person has one
                 )
+            )
     for table, field in MAIN_CONCEPTS.items():
         if field in present.get(table, {}):
             checks.append(
@@ -440,7 +462,7 @@ def define_checks(present: Mapping[str, Mapping[str, str]], *, vocabulary: bool,
         vocabulary: whether a ``concept`` view exists (adds the concept checks).
         today: dates after it are implausible.
     """
-    checks: list[Check] = []
+    checks = _required_tables(present)
     for table in sorted(present):
         checks += _conformance(table, cdm_fields(table), present[table])
         checks += _foreign_keys(table, present[table], present)
