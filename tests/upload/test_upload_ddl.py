@@ -6,7 +6,7 @@ import duckdb_engine
 import pytest
 from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
 
-from cehrgpt.omop.cdm import cdm_fields
+from cehrgpt.omop.cdm import cdm_fields, cdm_tables, dependency_order, foreign_keys
 from cehrgpt.upload.ddl import SwapItem, append_statements, create_table_sql, replace_statements
 from cehrgpt.upload.upload import lock_timeout_statements, transaction_statements
 
@@ -101,13 +101,60 @@ def test_mariadb_replace_is_dml_only_on_targets_that_exist():
     existing = [SwapItem("person", True, True), SwapItem("death", True, False)]
     death = ", ".join(f.name for f in cdm_fields("death"))
     assert replace_statements(mysql.dialect(), "omop", existing) == [
+        "DELETE FROM omop.death",  # children emptied first, parents filled first: death.person_id → person
         "DELETE FROM omop.person",
-        "DELETE FROM omop.death",
         f"INSERT INTO omop.person ({PERSON_COLUMNS}) SELECT {PERSON_COLUMNS} FROM omop.person__cehrgpt_staging",
         f"INSERT INTO omop.death ({death}) SELECT {death} FROM omop.death__cehrgpt_staging",
     ]
     with pytest.raises(ValueError, match="on MariaDB the target death must exist"):
         replace_statements(mysql.dialect(), "omop", ITEMS)
+
+
+def test_dependency_order_puts_every_parent_before_its_children():
+    restored = ["visit_occurrence", "person", "measurement", "death", "condition_occurrence", "condition_era",
+                "observation_period", "drug_exposure", "procedure_occurrence", "device_exposure", "observation"]  # fmt: skip
+    assert dependency_order(restored) == [
+        "person", "condition_era", "death", "observation_period", "visit_occurrence", "condition_occurrence",
+        "device_exposure", "drug_exposure", "measurement", "observation", "procedure_occurrence",
+    ]  # fmt: skip
+    everything = dependency_order(cdm_tables())
+    late = {
+        (table, f.foreign_table)
+        for table in everything
+        for f in foreign_keys(table)
+        if everything.index(f.foreign_table) > everything.index(table)
+    }
+    # self-references, and the three edges that break the vocabulary's cycles through concept
+    assert {edge for edge in late if edge[0] != edge[1]} == {
+        ("concept_class", "concept"), ("domain", "concept"), ("concept", "vocabulary")
+    }  # fmt: skip
+
+
+def test_mariadb_fills_a_visit_s_preceding_visit_after_the_rows_and_empties_it_before_the_delete():
+    visits = [SwapItem("visit_occurrence", True, True)]
+    names = [f.name for f in cdm_fields("visit_occurrence")]
+    columns = ", ".join(names)
+    selected = ", ".join("NULL" if n == "preceding_visit_occurrence_id" else n for n in names)
+    unlink = (
+        "UPDATE omop.visit_occurrence SET preceding_visit_occurrence_id = NULL "
+        "WHERE preceding_visit_occurrence_id IS NOT NULL"
+    )
+    link = (
+        "UPDATE omop.visit_occurrence AS t JOIN omop.visit_occurrence__cehrgpt_staging AS s "
+        "ON t.visit_occurrence_id = s.visit_occurrence_id "
+        "SET t.preceding_visit_occurrence_id = s.preceding_visit_occurrence_id "
+        "WHERE s.preceding_visit_occurrence_id IS NOT NULL"
+    )
+    assert replace_statements(mysql.dialect(), "omop", visits) == [
+        unlink,
+        "DELETE FROM omop.visit_occurrence",
+        f"INSERT INTO omop.visit_occurrence ({columns}) SELECT {selected} FROM omop.visit_occurrence__cehrgpt_staging",
+        link,
+    ]
+    # PostgreSQL and SQL Server check a key at the end of each statement: one DELETE, one INSERT
+    assert [s.split(" (")[0] for s in replace_statements(postgresql.dialect(), "cdm", visits)] == [
+        "DELETE FROM cdm.visit_occurrence", "INSERT INTO cdm.visit_occurrence"
+    ]  # fmt: skip
 
 
 def test_append_inserts_into_existing_targets_and_renames_missing_ones():

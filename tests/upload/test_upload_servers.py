@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from upload_fixtures import (
+    DEATH,
     EXPECTED_DEATH,
     EXPECTED_MEASUREMENT,
     EXPECTED_PERSON,
@@ -640,3 +641,99 @@ def test_allow_empty_uploads_an_empty_release(restored_omop, tmp_path, server):
     assert result.returncode == 0, result.stderr
     assert read(url, schema, "person", "person_id") == []
     assert len(read(url, schema, "death", "person_id")) == 1  # tables not in the release are not touched
+
+
+def _visits(rows: list[tuple[int, int, int | None]]) -> pa.Table:
+    """visit_occurrence rows (id, person, preceding visit)."""
+    return pa.table(
+        {
+            "visit_occurrence_id": pa.array([r[0] for r in rows], pa.int64()),
+            "person_id": pa.array([r[1] for r in rows], pa.int64()),
+            "visit_concept_id": pa.array([9202] * len(rows), pa.int64()),
+            "visit_start_date": pa.array([dt.date(2010, 6, 2)] * len(rows), pa.date32()),
+            "visit_end_date": pa.array([dt.date(2010, 6, 2)] * len(rows), pa.date32()),
+            "visit_type_concept_id": pa.array([32817] * len(rows), pa.int64()),
+            "preceding_visit_occurrence_id": pa.array([r[2] for r in rows], pa.int64()),
+        }
+    )
+
+
+def _conditions(rows: list[tuple[int, int, int]]) -> pa.Table:
+    """condition_occurrence rows (id, person, visit)."""
+    return pa.table(
+        {
+            "condition_occurrence_id": pa.array([r[0] for r in rows], pa.int64()),
+            "person_id": pa.array([r[1] for r in rows], pa.int64()),
+            "condition_concept_id": pa.array([201826] * len(rows), pa.int64()),
+            "condition_start_date": pa.array([dt.date(2010, 6, 2)] * len(rows), pa.date32()),
+            "condition_type_concept_id": pa.array([32817] * len(rows), pa.int64()),
+            "visit_occurrence_id": pa.array([r[2] for r in rows], pa.int64()),
+        }
+    )
+
+
+def _release(folder: Path, persons: list[int], visits, conditions, deaths: list[int]) -> Path:
+    """A release of the tables the OHDSI foreign keys tie together."""
+    keep = pa.array([p in persons for p in PERSON["person_id"].to_pylist()])
+    write_table(folder, "person", PERSON.filter(keep))
+    write_table(folder, "visit_occurrence", _visits(visits))
+    write_table(folder, "condition_occurrence", _conditions(conditions))
+    write_table(
+        folder, "death", DEATH.filter(pa.array([p in deaths for p in DEATH["person_id"].to_pylist()]))
+    )
+    return folder
+
+
+def _foreign_keys(url: str, schema: str) -> set[tuple[str, str]]:
+    engine = sa.create_engine(url)
+    try:
+        inspector = sa.inspect(engine)
+        return {
+            (table, str(key["name"]).lower())
+            for table in inspector.get_table_names(schema=schema)
+            for key in inspector.get_foreign_keys(table, schema=schema)
+        }
+    finally:
+        engine.dispose()
+
+
+def test_replace_keeps_and_satisfies_the_ohdsi_foreign_keys(tmp_path, server):
+    from cehrgpt.upload.indexes import foreign_key_statements
+
+    url, schema = server
+    first = _release(tmp_path / "first", [1, 2, 3_000_000_000], [(10, 1, None), (11, 1, 10), (12, 2, None)],
+                     [(20, 1, 11), (21, 2, 12)], [2])  # fmt: skip
+    upload_omop(first, url, schema=schema)
+    engine = sa.create_engine(url)
+    tables = {"person", "visit_occurrence", "condition_occurrence", "death"}
+    with engine.begin() as conn:
+        for table in sorted(tables):
+            for statement in foreign_key_statements(
+                engine.dialect, schema, table, parents=tables, existing=set()
+            ):
+                conn.exec_driver_sql(statement)
+    engine.dispose()
+    keys = _foreign_keys(url, schema)
+    assert keys == {
+        ("condition_occurrence", "fpk_condition_occurrence_person_id"),
+        ("condition_occurrence", "fpk_condition_occurrence_visit_occurrence_id"),
+        ("death", "fpk_death_person_id"),
+        ("visit_occurrence", "fpk_visit_occurrence_person_id"),
+        ("visit_occurrence", "fpk_visit_occurrence_preceding_visit_occurrence_id"),
+    }
+    # person 1, its visits and conditions go; person 2's visit is replaced by two, the second after the first
+    second = _release(tmp_path / "second", [2, 3_000_000_000], [(13, 2, None), (14, 2, 13), (15, 3_000_000_000, None)],
+                      [(22, 2, 14), (23, 3_000_000_000, 15)], [2])  # fmt: skip
+    summary = upload_omop(second, url, schema=schema, mode="replace")
+    assert {t: s["rows_in_target"] for t, s in summary["tables"].items()} == {
+        "condition_occurrence": 2, "death": 1, "person": 2, "visit_occurrence": 3
+    }  # fmt: skip
+    assert read(url, schema, "person", "person_id") == [(2,), (3_000_000_000,)]
+    assert read(url, schema, "visit_occurrence", "visit_occurrence_id, person_id, preceding_visit_occurrence_id") == [
+        (13, 2, None), (14, 2, 13), (15, 3_000_000_000, None)
+    ]  # fmt: skip
+    assert read(url, schema, "condition_occurrence", "condition_occurrence_id, visit_occurrence_id") == [
+        (22, 14), (23, 15)
+    ]  # fmt: skip
+    assert _foreign_keys(url, schema) == keys
+    assert sorted(state(url, schema)) == sorted(tables)  # no staging table left

@@ -69,3 +69,45 @@ def cdm_columns(table: str) -> list[str]:
 def primary_key(table: str) -> str | None:
     keys = [f.name for f in cdm_fields(table) if f.primary_key]
     return keys[0] if keys else None
+
+
+def foreign_keys(table: str) -> list[CdmField]:
+    """The fields of ``table`` the CDM gives a foreign key (into the vocabulary tables too), in CDM order."""
+    return [f for f in cdm_fields(table) if f.foreign_table and f.foreign_field]
+
+
+def dependency_order(tables: list[str]) -> list[str]:
+    """``tables`` with every table after the tables its foreign keys point into (parents first), so a
+    database that checks foreign keys accepts inserts in this order and deletes in the reverse.
+
+    Only keys among ``tables`` count; a self-reference (``preceding_visit_occurrence_id``) cannot be
+    ordered and is left out; ties go by name, and a cycle (the vocabulary tables' ``concept`` ↔ ``domain``)
+    is broken at its table with the fewest parents still to come.
+    """
+    wanted = sorted(set(tables))
+    parents = {
+        table: {f.foreign_table for f in foreign_keys(table) if f.foreign_table in wanted} - {table}
+        for table in wanted
+    }
+    ordered: list[str] = []
+    while len(ordered) < len(wanted):
+        left = [t for t in wanted if t not in ordered]
+        pending = {t: parents[t] - set(ordered) for t in left}
+        ready = [t for t in left if not pending[t]]
+        candidates = ready or [t for t in left if _in_cycle(t, pending)]
+        ordered.append(min(candidates, key=lambda t: (len(pending[t]), t)))
+    return ordered
+
+
+def _in_cycle(table: str, parents: dict[str, set[str]]) -> bool:
+    """Whether ``table`` is among its own ancestors under ``parents``."""
+    seen: set[str] = set()
+    stack = list(parents[table])
+    while stack:
+        current = stack.pop()
+        if current == table:
+            return True
+        if current not in seen:
+            seen.add(current)
+            stack.extend(parents.get(current, ()))
+    return False

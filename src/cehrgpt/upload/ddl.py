@@ -19,7 +19,8 @@ Integer fields whose name contains ``_id`` (keys, concept ids, ``fact_id_1``)
 are BIGINT: synthetic ids are int64 and may pass 2^31; counts, years and
 quantities stay INTEGER. Required fields are NOT NULL; the CDM's primary keys
 are declared; foreign keys are not, since the vocabulary tables the synthetic
-rows point to usually live elsewhere.
+rows point to usually live elsewhere (a site's own foreign keys are kept: the
+final transaction empties and fills the targets in dependency order).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.schema import CreateTable
 from sqlalchemy.types import TypeEngine
 
-from cehrgpt.omop.cdm import CdmField, cdm_fields, primary_key
+from cehrgpt.omop.cdm import CdmField, cdm_fields, dependency_order, foreign_keys, primary_key
 
 STAGING_SUFFIX = "__cehrgpt_staging"
 RETIRED_SUFFIX = "__cehrgpt_old"  # left by earlier versions' MariaDB swap (RENAME); dropped as stale
@@ -137,40 +138,87 @@ def qualified(dialect: Dialect, schema: str | None, name: str) -> str:
     return f"{quote(schema)}.{quote(name)}" if schema else quote(name)
 
 
+def in_dependency_order(items: list[SwapItem]) -> list[SwapItem]:
+    """``items`` parents first (:func:`cehrgpt.omop.cdm.dependency_order`), so the CDM's foreign keys
+    (``visit_occurrence.person_id`` → ``person``), where a site declared them, hold after every statement."""
+    by_table = {item.table: item for item in items}
+    return [by_table[table] for table in dependency_order(list(by_table))]
+
+
 def replace_statements(dialect: Dialect, schema: str | None, items: list[SwapItem]) -> list[str]:
     """The statements that replace every target's rows with its staging table's, in one transaction.
 
     An existing target is kept and emptied (``DELETE``, which every database runs inside a
     transaction and which leaves grants, indexes, constraints, triggers and dependent views
     alone), then filled with ``INSERT INTO ... SELECT`` from staging; a missing one gets the
-    staging table renamed in. On MariaDB (whose DDL commits at once) every target must exist
-    beforehand (the caller creates the missing ones empty), so its transaction is DML only.
+    staging table renamed in. Targets are emptied children first and filled parents first, so
+    the CDM's foreign keys never see a dangling row (databases check them per statement, not
+    per transaction, unless a key was declared deferrable). On MariaDB (whose DDL commits at
+    once) every target must exist beforehand (the caller creates the missing ones empty), so
+    its transaction is DML only.
     """
+    ordered = in_dependency_order(items)
     statements = []
-    for item in items:
+    for item in reversed(ordered):
         if item.target_exists:
-            statements.append(f"DELETE FROM {qualified(dialect, schema, item.table)}")
-    return statements + append_statements(dialect, schema, items)
+            statements.extend(_delete_statements(dialect, schema, item.table))
+    return statements + append_statements(dialect, schema, ordered)
+
+
+def self_references(dialect: Dialect, table: str) -> list[str]:
+    """The fields of ``table`` whose foreign key points into the table itself
+    (``visit_occurrence.preceding_visit_occurrence_id``) on a database that checks such a key row by row:
+    MariaDB/InnoDB. Emptied before the rows are deleted and filled after they are inserted, so no row
+    ever points at a row that is gone or not yet there; other databases check at the end of a statement."""
+    if dialect.name not in ("mysql", "mariadb"):
+        return []
+    return [f.name for f in foreign_keys(table) if f.foreign_table == table]
+
+
+def _delete_statements(dialect: Dialect, schema: str | None, table: str) -> list[str]:
+    target = qualified(dialect, schema, table)
+    quote = dialect.identifier_preparer.quote
+    fields = self_references(dialect, table)
+    if not fields:
+        return [f"DELETE FROM {target}"]
+    unset = ", ".join(f"{quote(f)} = NULL" for f in fields)
+    linked = " OR ".join(f"{quote(f)} IS NOT NULL" for f in fields)
+    return [f"UPDATE {target} SET {unset} WHERE {linked}", f"DELETE FROM {target}"]
+
+
+def _insert_statements(dialect: Dialect, schema: str | None, table: str) -> list[str]:
+    target = qualified(dialect, schema, table)
+    staging = qualified(dialect, schema, staging_name(table))
+    quote = dialect.identifier_preparer.quote
+    names = [f.name for f in cdm_fields(table)]
+    fields = self_references(dialect, table)
+    columns = ", ".join(quote(name) for name in names)
+    selected = ", ".join("NULL" if name in fields else quote(name) for name in names)
+    insert = f"INSERT INTO {target} ({columns}) SELECT {selected} FROM {staging}"
+    if not fields:
+        return [insert]
+    key = quote(str(primary_key(table)))
+    link = ", ".join(f"t.{quote(f)} = s.{quote(f)}" for f in fields)
+    linked = " OR ".join(f"s.{quote(f)} IS NOT NULL" for f in fields)
+    return [
+        insert,
+        f"UPDATE {target} AS t JOIN {staging} AS s ON t.{key} = s.{key} SET {link} WHERE {linked}",
+    ]
 
 
 def append_statements(dialect: Dialect, schema: str | None, items: list[SwapItem]) -> list[str]:
     """The statements that append every staging table to its target, in one transaction.
 
     Existing targets get ``INSERT INTO ... SELECT`` (a key conflict aborts the
-    whole transaction); missing ones get the staging table renamed in. On
+    whole transaction), parents first; missing ones get the staging table renamed in. On
     MariaDB every target must exist beforehand (the caller creates the missing
-    ones empty), since a rename there would commit the transaction.
+    ones empty), since a rename there would commit the transaction; there a table's
+    references to itself are filled after its rows (:func:`self_references`).
     """
     statements = []
-    for item in items:
+    for item in in_dependency_order(items):
         if item.target_exists:
-            columns = ", ".join(
-                dialect.identifier_preparer.quote(c) for c in [f.name for f in cdm_fields(item.table)]
-            )
-            statements.append(
-                f"INSERT INTO {qualified(dialect, schema, item.table)} ({columns}) "
-                f"SELECT {columns} FROM {qualified(dialect, schema, staging_name(item.table))}"
-            )
+            statements.extend(_insert_statements(dialect, schema, item.table))
         elif dialect.name in ("mysql", "mariadb"):
             raise ValueError(f"on MariaDB the target {item.table} must exist before the append transaction")
         else:

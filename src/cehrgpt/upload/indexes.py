@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Dialect
 
-from cehrgpt.omop.cdm import primary_key
+from cehrgpt.omop.cdm import foreign_keys, primary_key
 from cehrgpt.upload.ddl import pk_constraint_name, qualified
 
 # table → [(index name, column)], in the CDM release's order
@@ -123,3 +123,27 @@ def index_statements(
                 f"CREATE {kind} {quote(name)} ON {qualified(dialect, schema, table)} ({quote(column)})"
             )
     return statements
+
+
+def foreign_key_name(table: str, field: str) -> str:
+    """OHDSI's name for a CDM 5.4 foreign key (``OMOPCDM_<dbms>_5.4_constraints.sql``), lower case."""
+    return f"fpk_{table}_{field}"
+
+
+def foreign_key_statements(
+    dialect: Dialect, schema: str | None, table: str, *, parents: set[str], existing: set[str]
+) -> list[str]:
+    """The statements that give ``table`` the CDM 5.4 foreign keys into ``parents`` it lacks (OHDSI's DDL).
+
+    Args:
+        parents: the tables a key may point into (those the schema holds with their primary key).
+        existing: names of the foreign keys ``table`` already has (lower case).
+    """
+    quote = dialect.identifier_preparer.quote
+    return [
+        f"ALTER TABLE {qualified(dialect, schema, table)} ADD CONSTRAINT {quote(foreign_key_name(table, f.name))} "
+        f"FOREIGN KEY ({quote(f.name)}) REFERENCES {qualified(dialect, schema, str(f.foreign_table))} "
+        f"({quote(str(f.foreign_field))})"
+        for f in foreign_keys(table)
+        if f.foreign_table in parents and foreign_key_name(table, f.name) not in existing
+    ]

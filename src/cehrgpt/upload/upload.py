@@ -1,6 +1,8 @@
 """Upload restored OMOP tables into a database, all or nothing.
 
-1. Check the input folder against the CDM 5.4 specification (parquet footers only).
+1. Check the input folder against the CDM 5.4 specification (parquet footers only), and refuse
+   a ``person`` table of fewer than ``min_persons`` rows unless ``allow_empty``: an empty
+   release never replaces a database.
 2. Drop staging tables a killed earlier run left behind (``<table>__cehrgpt_staging``, ``__cehrgpt_old``).
 3. Create one staging table per CDM table with the CDM's types and keys, bulk-load it,
    and verify its row count against the parquet.
@@ -8,7 +10,9 @@
    its staging table (``INSERT ... SELECT``); ``append`` only inserts. Targets are kept, so the
    grants, indexes, constraints, triggers and views a site added to its CDM tables survive,
    and readers see the old rows until the commit. A missing target gets its staging table
-   renamed in. Staging tables are dropped after the commit.
+   renamed in. Staging tables are dropped after the commit. Targets are emptied children first
+   and filled parents first (the CDM's foreign-key order), so a site's OHDSI foreign keys hold
+   after every statement (:func:`cehrgpt.upload.ddl.replace_statements`).
 5. With ``create_indexes``, the CDM 5.4 primary keys and indexes the targets lack are created
    (:mod:`cehrgpt.upload.indexes`).
 
