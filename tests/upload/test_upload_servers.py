@@ -737,3 +737,41 @@ def test_replace_keeps_and_satisfies_the_ohdsi_foreign_keys(tmp_path, server):
     ]  # fmt: skip
     assert _foreign_keys(url, schema) == keys
     assert sorted(state(url, schema)) == sorted(tables)  # no staging table left
+
+
+def test_create_indexes_adds_the_ohdsi_foreign_keys_among_the_uploaded_tables_once(tmp_path, server):
+    url, schema = server
+
+    def key(table: str, field: str, parent: str, parent_field: str) -> str:
+        return (
+            f"ALTER TABLE {schema}.{table} ADD CONSTRAINT fpk_{table}_{field} "
+            f"FOREIGN KEY ({field}) REFERENCES {schema}.{parent} ({parent_field})"
+        )
+
+    first = _release(tmp_path / "first", [1, 2], [(10, 1, None), (11, 1, 10)], [(20, 1, 11)], [2])
+    summary = upload_omop(first, url, schema=schema, create_indexes=True)
+    assert {t: s["foreign_keys_created"] for t, s in summary["tables"].items()} == {
+        "condition_occurrence": [
+            key("condition_occurrence", "person_id", "person", "person_id"),
+            key("condition_occurrence", "visit_occurrence_id", "visit_occurrence", "visit_occurrence_id"),
+        ],
+        "death": [key("death", "person_id", "person", "person_id")],
+        "person": [],
+        "visit_occurrence": [
+            key("visit_occurrence", "person_id", "person", "person_id"),
+            key(
+                "visit_occurrence", "preceding_visit_occurrence_id", "visit_occurrence", "visit_occurrence_id"
+            ),
+        ],
+    }
+    keys = _foreign_keys(url, schema)
+    assert len(keys) == 5
+    second = _release(tmp_path / "second", [2], [(12, 2, None), (13, 2, 12)], [(21, 2, 13)], [2])
+    again = upload_omop(second, url, schema=schema, create_indexes=True)  # replace keeps them: none to add
+    assert {t: s["foreign_keys_created"] for t, s in again["tables"].items()} == {
+        "condition_occurrence": [], "death": [], "person": [], "visit_occurrence": []
+    }  # fmt: skip
+    assert _foreign_keys(url, schema) == keys
+    assert read(url, schema, "visit_occurrence", "visit_occurrence_id, preceding_visit_occurrence_id") == [
+        (12, None), (13, 12)
+    ]  # fmt: skip

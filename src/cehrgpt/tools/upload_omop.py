@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--create_indexes",
         action="store_true",
-        help="after the load, create the CDM 5.4 primary keys and indexes the tables lack",
+        help="after the load, create the CDM 5.4 primary keys and indexes the tables lack, and the CDM 5.4 "
+        "foreign keys among the uploaded tables (not on DuckDB and SQLite)",
     )
     parser.add_argument(
         "--min_persons",

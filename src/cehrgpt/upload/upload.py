@@ -13,8 +13,9 @@
    renamed in. Staging tables are dropped after the commit. Targets are emptied children first
    and filled parents first (the CDM's foreign-key order), so a site's OHDSI foreign keys hold
    after every statement (:func:`cehrgpt.upload.ddl.replace_statements`).
-5. With ``create_indexes``, the CDM 5.4 primary keys and indexes the targets lack are created
-   (:mod:`cehrgpt.upload.indexes`).
+5. With ``create_indexes``, the CDM 5.4 primary keys and indexes the targets lack are created,
+   then the CDM 5.4 foreign keys among the uploaded tables (OHDSI's ``fpk_<table>_<field>``;
+   not on DuckDB and SQLite) (:mod:`cehrgpt.upload.indexes`).
 
 What "all or nothing" means per database:
 
@@ -55,7 +56,7 @@ from sqlalchemy.exc import NoSuchModuleError
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from cehrgpt.omop.cdm import cdm_tables, primary_key
+from cehrgpt.omop.cdm import cdm_tables, dependency_order, primary_key
 from cehrgpt.redaction import redact, redact_url, url_passwords
 from cehrgpt.upload.credentials import read_credential_file, target_url
 from cehrgpt.upload.ddl import (
@@ -69,7 +70,7 @@ from cehrgpt.upload.ddl import (
     staging_name,
 )
 from cehrgpt.upload.errors import UploadError
-from cehrgpt.upload.indexes import index_statements
+from cehrgpt.upload.indexes import foreign_key_statements, index_statements
 from cehrgpt.upload.inputs import DEFAULT_MIN_PERSONS, TableInput, check_release_size, find_tables
 from cehrgpt.upload.loaders import load_staging
 
@@ -125,7 +126,8 @@ def upload_omop(
             queueing every reader of the schema behind it.
         summary_path: Where the JSON summary goes; default ``<input_folder>/upload_summary.json``.
         create_indexes: After the load, give every uploaded table the CDM 5.4 primary key and
-            indexes it lacks (:mod:`cehrgpt.upload.indexes`).
+            indexes it lacks, then the CDM 5.4 foreign keys among the uploaded tables
+            (:mod:`cehrgpt.upload.indexes`).
         min_persons: Refuse, before touching the target, a ``person`` table of fewer rows (default 1).
         allow_empty: Upload a ``person`` table of fewer than ``min_persons`` rows anyway.
 
@@ -290,6 +292,7 @@ class _Upload:
             raise
         self._after_swap(items)
         indexes = self._create_indexes(wanted) if self.create_indexes else {}
+        foreign = self._create_foreign_keys(wanted) if self.create_indexes else {}
         with self._database_errors("counting the rows of the target tables", unchanged=False):
             after = self._counts(wanted)
         return {
@@ -298,7 +301,11 @@ class _Upload:
                 "rows_in_target": after[ti.table],
                 "files": len(ti.files),
                 "seconds": round(timings[ti.table], 3),
-                **({"indexes_created": indexes[ti.table]} if self.create_indexes else {}),
+                **(
+                    {"indexes_created": indexes[ti.table], "foreign_keys_created": foreign[ti.table]}
+                    if self.create_indexes
+                    else {}
+                ),
             }
             for ti in self.inputs
         }
@@ -312,15 +319,42 @@ class _Upload:
             statements = index_statements(
                 self.dialect, self.schema, table, existing_indexes=existing, has_primary_key=has_key
             )
-            for statement in statements:
-                log.info("%s", statement)
-                with (
-                    self._database_errors(f"{statement} (the rows are loaded)", unchanged=False),
-                    self.engine.begin() as conn,
-                ):
-                    conn.exec_driver_sql(statement)
+            self._run_each(statements)
             created[table] = statements
         return created
+
+    def _create_foreign_keys(self, tables: list[str]) -> dict[str, list[str]]:
+        """The CDM 5.4 foreign keys among the uploaded tables that they lack (OHDSI's names), parents first.
+
+        Only keys into tables of this upload, which were just checked to hold their rows: a key into the
+        site's vocabulary is the DBA's call. DuckDB and SQLite cannot add a key to an existing table.
+        """
+        if self.dialect.name in ("duckdb", "sqlite"):
+            return {table: [] for table in tables}
+        created: dict[str, list[str]] = {}
+        for table in dependency_order(tables):
+            with self._database_errors(f"inspecting {table}'s foreign keys", unchanged=False):
+                keys = sa.inspect(self.engine).get_foreign_keys(table, schema=self.schema)
+            statements = foreign_key_statements(
+                self.dialect,
+                self.schema,
+                table,
+                parents=set(tables),
+                existing={str(key["name"]).lower() for key in keys},
+            )
+            self._run_each(statements)
+            created[table] = statements
+        return created
+
+    def _run_each(self, statements: list[str]) -> None:
+        """DDL after the load, one statement per transaction (a failure names it; the rows stay loaded)."""
+        for statement in statements:
+            log.info("%s", statement)
+            with (
+                self._database_errors(f"{statement} (the rows are loaded)", unchanged=False),
+                self.engine.begin() as conn,
+            ):
+                conn.exec_driver_sql(statement)
 
     @contextlib.contextmanager
     def _exclusive_upload(self) -> Iterator[None]:
