@@ -28,6 +28,9 @@ VALUE_BINS_FILE = "value_bins.json"
 VALUE_BINS_FORMAT = "cehrgpt-value-bins/1"
 DEFAULT_NUM_BINS = 10
 ROBUST_QUANTILES = (0.01, 0.99)
+#: Values of a concept seen in fewer training patients than this get no bins (the ETL's default; the
+#: tokenizer's ``DEFAULT_MIN_CONCEPT_PATIENTS`` is the same small-cell threshold for concepts).
+DEFAULT_MIN_CONCEPT_PATIENTS = 10
 
 
 class ValueBinsError(ValueError):
@@ -150,9 +153,14 @@ class ValueBins:
         return bins
 
 
+def value_bins_text(bins: ValueBins) -> str:
+    """The text of ``value_bins.json`` (what :func:`write_value_bins` writes; the ETL writes it through Hadoop)."""
+    return json.dumps(bins.to_json(), indent=1) + "\n"
+
+
 def write_value_bins(bins: ValueBins, folder: str | Path) -> Path:
     path = Path(folder) / VALUE_BINS_FILE
-    path.write_text(json.dumps(bins.to_json(), indent=1) + "\n")
+    path.write_text(value_bins_text(bins))
     return path
 
 

@@ -234,3 +234,94 @@ PERSON_2_TOKENS = [
     "D0",
     "[VS]", "[DEATH]", "[VE]",
 ]  # fmt: skip
+
+
+def valued_omop() -> Tables:
+    """Six persons (1-5 train, 6 test by ``patient_splits``), one outpatient visit each on 2020-01-01, with
+    values: lab 3004249 (1..20 over the training persons, mostly in unit 8876; a NaN; person 6's 1000),
+    lab 3013682 from two patients only, a categorical observation 4275495, drugs with durations."""
+    start = date(2020, 1, 1)
+    lab, rare_lab, obs = 3004249, 3013682, 4275495
+    tables: Tables = {
+        "person": [
+            {"person_id": pid, "gender_concept_id": 8507, "year_of_birth": 1980, "race_concept_id": 8527}
+            for pid in range(1, 7)
+        ],
+        "patient_splits": [
+            {"person_id": pid, "split": "test" if pid == 6 else "train"} for pid in range(1, 7)
+        ],
+        "visit_occurrence": [_visit(100 + pid, pid, 9202, start, None) for pid in range(1, 7)],
+        "concept": concept_rows(8507, 8527, 9202, lab, rare_lab, obs),
+    }
+
+    def measurement(
+        pid: int, concept: int, number: float | None, unit: int | None, category: int | None = None
+    ):
+        return {
+            "person_id": pid,
+            "measurement_concept_id": concept,
+            "measurement_date": start,
+            "visit_occurrence_id": 100 + pid,
+            "value_as_number": number,
+            "value_as_concept_id": category,
+            "unit_concept_id": unit,
+        }
+
+    rows = []
+    for pid in range(1, 6):  # the training values 1..20, four per person
+        for k, number in enumerate((pid, pid + 5, pid + 10, pid + 15)):
+            unit = 8840 if (pid, k) == (1, 3) else None if (pid, k) == (2, 1) else 8876
+            category = 4181412 if (pid, k) == (5, 0) else None  # a number and a category: the number wins
+            rows.append(measurement(pid, lab, float(number), unit, category))
+    rows.append(measurement(3, lab, float("nan"), 8876))
+    rows.append(measurement(6, lab, 1000.0, 8876))  # a test person's extreme value: moves no edge
+    rows += [measurement(1, rare_lab, 7.5, 8876), measurement(2, rare_lab, 8.5, 8876)]
+    tables["measurement"] = rows
+    tables["observation"] = [
+        {
+            "person_id": pid,
+            "observation_concept_id": obs,
+            "observation_date": start,
+            "visit_occurrence_id": 100 + pid,
+            "value_as_number": None,
+            "value_as_concept_id": category,
+            "unit_concept_id": None,
+        }
+        for pid, category in ((1, 4181412), (2, 4181412), (3, 4181412), (4, 4328749))
+    ]
+
+    def drug(pid: int, concept: int, days: int | None, supply: int | None = None):
+        end = None if days is None else date.fromordinal(start.toordinal() + days)
+        return {
+            "person_id": pid,
+            "drug_concept_id": concept,
+            "drug_exposure_start_date": start,
+            "drug_exposure_end_date": end,
+            "days_supply": supply,
+            "visit_occurrence_id": 100 + pid,
+        }
+
+    tables["drug_exposure"] = [
+        drug(1, 1127433, 1),
+        drug(1, 1127078, 7),
+        drug(2, 1127433, 30),
+        drug(2, 1127078, 8),
+        drug(3, 1127433, None, 14),  # no end date: the days supply
+        drug(3, 1127078, 10),
+        drug(4, 1127433, 0),  # ends the day it starts: no token
+        drug(5, 1127433, -3),  # ends before it starts: counted, no token
+        drug(6, 1127433, 400),
+    ]
+    return tables
+
+
+_VALUED_PROMPT = ["year:2020", "age:40", "8507", "8527", "[VS]", "9202"]
+_LAB_BINS = ["3004249", "v:1", "3004249", "v:2", "3004249", "v:3", "3004249", "v:4"]
+VALUED_TOKENS = {
+    1: [*_VALUED_PROMPT, "1127078", "dur:7", "1127433", "dur:1", *_LAB_BINS, "3013682", "4275495", "vc:4181412", "[VE]"],
+    2: [*_VALUED_PROMPT, "1127078", "dur:7", "1127433", "dur:30", *_LAB_BINS, "3013682", "4275495", "vc:4181412", "[VE]"],
+    3: [*_VALUED_PROMPT, "1127078", "dur:7", "1127433", "dur:14", "3004249", *_LAB_BINS, "4275495", "vc:4181412", "[VE]"],
+    4: [*_VALUED_PROMPT, "1127433", *_LAB_BINS, "4275495", "[VE]"],
+    5: [*_VALUED_PROMPT, "1127433", "3004249", "v:2", "3004249", "v:3", "3004249", "v:4", "3004249", "v:4", "[VE]"],
+    6: [*_VALUED_PROMPT, "1127433", "dur:365", "3004249", "v:4", "[VE]"],
+}  # fmt: skip

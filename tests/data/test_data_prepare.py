@@ -31,6 +31,12 @@ SEQUENCE_SCHEMA = [
     ("visit_concept_orders", "list<element: int32>"),
     ("num_of_visits", "int32"),
     ("num_of_concepts", "int32"),
+    # the original CEHR-GPT's value columns (values are on by default)
+    ("concept_value_masks", "list<element: int32>"),
+    ("number_as_values", "list<element: float>"),
+    ("concept_as_values", "list<element: string>"),
+    ("is_numeric_types", "list<element: int32>"),
+    ("units", "list<element: string>"),
 ]
 
 
@@ -119,6 +125,8 @@ def test_report_counts_every_dropped_row(tiny_csv_output):
     }
     assert report["vocabulary_rows"] == {"concept": 8}
     assert report["tokens_written"] == 29 + 26
+    # no end dates, no values in the tiny set: no value tokens
+    assert report["values"]["tokens_written"] == {"number": 0, "category": 0, "duration": 0}
     concept = pq.read_table(tiny_csv_output / "omop_vocab" / "concept")
     assert sorted(concept.column("concept_id").to_pylist()) == [
         8527,
@@ -259,7 +267,7 @@ def test_prompts_and_vocabulary_as_artifacts_of_their_own(spark, tmp_path):
         "patient_sequence",
         "prepare_report.json",
     ]
-    assert [p.name for p in (tmp_path / "vocabulary").iterdir()] == ["concept"]
+    assert sorted(p.name for p in (tmp_path / "vocabulary").iterdir()) == ["concept", "value_bins.json"]
     prompts = pq.read_table(tmp_path / "prompts")
     assert prompts.column_names == ["concept_ids"]
     heads = sorted(row["concept_ids"] for row in prompts.to_pylist())

@@ -6,6 +6,7 @@ Pure ``DataFrame -> DataFrame`` functions; reading and writing live in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,6 +16,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cehrgpt.data.sequences import birth_date, patient_sequence, visits_from_events
+from cehrgpt.data.value_tokens import (
+    DROP_REASONS,
+    VALUE_CLASSES,
+    VALUE_COLUMNS,
+    ValueCoder,
+    drug_duration_days,
+)
 
 
 @dataclass(frozen=True)
@@ -25,16 +33,26 @@ class EventDomain:
     table: str
     concept_column: str
     date_column: str
+    value_kind: str | None = None  # "number" (value_as_number, value_as_concept_id, unit) or "duration"
+
+    @property
+    def value_source_columns(self) -> tuple[str, ...]:
+        """The optional source columns its values come from (read as typed nulls when absent)."""
+        if self.value_kind == "number":
+            return ("value_as_number", "value_as_concept_id", "unit_concept_id")
+        if self.value_kind == "duration":
+            return ("drug_exposure_end_date", "days_supply")
+        return ()
 
 
 EVENT_DOMAINS = {
     d.name: d
     for d in (
         EventDomain("condition", "condition_occurrence", "condition_concept_id", "condition_start_date"),
-        EventDomain("drug", "drug_exposure", "drug_concept_id", "drug_exposure_start_date"),
+        EventDomain("drug", "drug_exposure", "drug_concept_id", "drug_exposure_start_date", "duration"),
         EventDomain("procedure", "procedure_occurrence", "procedure_concept_id", "procedure_date"),
-        EventDomain("measurement", "measurement", "measurement_concept_id", "measurement_date"),
-        EventDomain("observation", "observation", "observation_concept_id", "observation_date"),
+        EventDomain("measurement", "measurement", "measurement_concept_id", "measurement_date", "number"),
+        EventDomain("observation", "observation", "observation_concept_id", "observation_date", "number"),
         EventDomain("device", "device_exposure", "device_concept_id", "device_exposure_start_date"),
     )
 }
@@ -92,15 +110,39 @@ def tag_visits(visit_occurrence: DataFrame, persons: DataFrame) -> DataFrame:
     )
 
 
-def domain_events(table: DataFrame, domain: EventDomain) -> DataFrame:
-    """One event table in the common event shape."""
-    return table.select(
+def domain_events(table: DataFrame, domain: EventDomain, with_values: bool = False) -> DataFrame:
+    """One event table in the common event shape; ``with_values`` adds :data:`VALUE_COLUMNS` (null where
+    the domain has none)."""
+    columns = [
         F.lit(domain.table).alias("table"),
         F.col("person_id"),
         F.col(domain.concept_column).alias("concept_id"),
         F.col(domain.date_column).alias("event_date"),
         F.col("visit_occurrence_id"),
-    )
+    ]
+    if with_values:
+        present = {
+            "value_as_number": T.DoubleType(),
+            "value_as_concept_id": T.LongType(),
+            "unit_concept_id": T.LongType(),
+            "duration_days": T.IntegerType(),
+        }
+        if domain.value_kind == "number":
+            columns += [F.col(c).cast(present[c]).alias(c) for c in VALUE_COLUMNS[:3]]
+        else:
+            columns += [F.lit(None).cast(present[c]).alias(c) for c in VALUE_COLUMNS[:3]]
+        if domain.value_kind == "duration":
+            duration = drug_duration_days(
+                F.col("drug_exposure_end_date"), F.col(domain.date_column), F.col("days_supply")
+            )
+        else:
+            duration = F.lit(None).cast(T.IntegerType())
+        columns.append(duration.alias("duration_days"))
+    return table.select(*columns)
+
+
+def _value_columns(df: DataFrame) -> list[str]:
+    return [c for c in VALUE_COLUMNS if c in df.columns]
 
 
 def tag_events(events: DataFrame, persons: DataFrame, min_event_date: str | None) -> DataFrame:
@@ -120,6 +162,7 @@ def tag_events(events: DataFrame, persons: DataFrame, min_event_date: str | None
         "concept_id",
         epoch_day(F.col("event_date")).alias("event_day"),
         "visit_occurrence_id",
+        *_value_columns(events),
         reason.alias("reason"),
     )
 
@@ -147,6 +190,7 @@ def attach_visits(events: DataFrame, visits: DataFrame) -> DataFrame:
         "discharge_concept_id",
         "event_day",
         "concept_id",
+        *_value_columns(events),
     )
 
 
@@ -181,7 +225,13 @@ def death_days(death: DataFrame) -> DataFrame:
 def events_per_person(visit_events: DataFrame) -> DataFrame:
     """One row per person holding the list of that person's events with their visits."""
     event = F.struct(
-        "visit_id", "visit_concept_id", "visit_start_day", "discharge_concept_id", "event_day", "concept_id"
+        "visit_id",
+        "visit_concept_id",
+        "visit_start_day",
+        "discharge_concept_id",
+        "event_day",
+        "concept_id",
+        *_value_columns(visit_events),
     )
     return visit_events.groupBy("person_id").agg(F.collect_list(event).alias("events"))
 
@@ -205,6 +255,23 @@ SEQUENCE_SCHEMA = T.StructType(
     ]
 )
 SEQUENCE_COLUMNS = [f.name for f in SEQUENCE_SCHEMA.fields[:8]]
+#: The original CEHR-GPT's value columns, one entry per token (written when values are on).
+VALUE_SEQUENCE_FIELDS = [
+    T.StructField("concept_value_masks", T.ArrayType(T.IntegerType())),
+    T.StructField("number_as_values", T.ArrayType(T.FloatType())),
+    T.StructField("concept_as_values", T.ArrayType(T.StringType())),
+    T.StructField("is_numeric_types", T.ArrayType(T.IntegerType())),
+    T.StructField("units", T.ArrayType(T.StringType())),
+]
+VALUE_SEQUENCE_COLUMNS = [f.name for f in VALUE_SEQUENCE_FIELDS]
+#: Per person: value tokens written per class and values dropped per reason (summed into the report).
+VALUE_STAT_COLUMNS = [f"value_tokens_{c}" for c in VALUE_CLASSES] + [f"values_{r}" for r in DROP_REASONS]
+VALUED_SEQUENCE_SCHEMA = T.StructType(
+    SEQUENCE_SCHEMA.fields[:8]
+    + VALUE_SEQUENCE_FIELDS
+    + SEQUENCE_SCHEMA.fields[8:]
+    + [T.StructField(c, T.IntegerType()) for c in VALUE_STAT_COLUMNS]
+)
 _ARROW_SCHEMA = pa.schema(
     [
         ("person_id", pa.int64()),
@@ -223,18 +290,50 @@ _ARROW_SCHEMA = pa.schema(
         ("orphan_events", pa.int32()),
     ]
 )
+_VALUED_ARROW_SCHEMA = pa.schema(
+    list(_ARROW_SCHEMA)[:8]
+    + [
+        ("concept_value_masks", pa.list_(pa.int32())),
+        ("number_as_values", pa.list_(pa.float32())),
+        ("concept_as_values", pa.list_(pa.string())),
+        ("is_numeric_types", pa.list_(pa.int32())),
+        ("units", pa.list_(pa.string())),
+    ]
+    + list(_ARROW_SCHEMA)[8:]
+    + [(c, pa.int32()) for c in VALUE_STAT_COLUMNS]
+)
 
 
-def _sequences_of_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: person rows with their events → sequence rows, tokens from the grammar."""
+def _sequences_of_batches(
+    batches: Iterator[pa.RecordBatch], coder: ValueCoder | None = None
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: person rows with their events → sequence rows, tokens from the grammar.
+
+    With a ``coder``, each event gets its value token (:meth:`ValueCoder.choose`) and the row its value
+    columns and value counts.
+    """
+    schema = _ARROW_SCHEMA if coder is None else _VALUED_ARROW_SCHEMA
     for batch in batches:
-        columns: dict[str, list] = {name: [] for name in _ARROW_SCHEMA.names}
+        columns: dict[str, list] = {name: [] for name in schema.names}
         for person in batch.to_pylist():
             birth = birth_date(
                 person["year_of_birth"], person["month_of_birth"], person["day_of_birth"], person["birth_day"]
             )
             assert birth is not None  # persons without a birth year were dropped before
-            visits = visits_from_events(person["events"])
+            events = person["events"]
+            dropped = dict.fromkeys(DROP_REASONS, 0)
+            if coder is not None:
+                for event in events:
+                    event["value"], reasons = coder.choose(
+                        event["concept_id"],
+                        event["value_as_number"],
+                        event["value_as_concept_id"],
+                        event["unit_concept_id"],
+                        event["duration_days"],
+                    )
+                    for reason in reasons:
+                        dropped[reason] += 1
+            visits = visits_from_events(events)
             artificial = [v for v in visits if v.visit_id is None]
             seq = patient_sequence(
                 birth, person["gender_concept_id"], person["race_concept_id"], visits, person["death_day"]
@@ -253,16 +352,31 @@ def _sequences_of_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Reco
             columns["death_before_last_visit"].append(seq.death_before_last_visit)
             columns["artificial_visits"].append(len(artificial))
             columns["orphan_events"].append(sum(len(v.events) for v in artificial))
-        yield pa.RecordBatch.from_pydict(columns, schema=_ARROW_SCHEMA)
+            if coder is not None:
+                for name in VALUE_SEQUENCE_COLUMNS:
+                    columns[name].append(getattr(seq, name))
+                for value_class in VALUE_CLASSES:
+                    columns[f"value_tokens_{value_class}"].append(seq.value_tokens[value_class])
+                for reason in DROP_REASONS:
+                    columns[f"values_{reason}"].append(dropped[reason])
+        yield pa.RecordBatch.from_pydict(columns, schema=schema)
 
 
-def build_sequences(person_events: DataFrame, persons: DataFrame, deaths: DataFrame | None) -> DataFrame:
+def build_sequences(
+    person_events: DataFrame,
+    persons: DataFrame,
+    deaths: DataFrame | None,
+    coder: ValueCoder | None = None,
+) -> DataFrame:
     """Join each person's events with demographics, death and split, and build the token sequences.
 
     Args:
         person_events: from :func:`events_per_person`.
         persons: kept persons with ``split`` (see :func:`tag_persons`).
         deaths: ``person_id``, ``death_day`` (one row per person), or None.
+        coder: the value bins, when events carry :data:`VALUE_COLUMNS`: the rows then follow
+            :data:`VALUED_SEQUENCE_SCHEMA` (value tokens, value columns and counts); else
+            :data:`SEQUENCE_SCHEMA`.
     """
     rows = person_events.join(persons, on="person_id", how="inner")
     if deaths is not None:
@@ -281,4 +395,6 @@ def build_sequences(person_events: DataFrame, persons: DataFrame, deaths: DataFr
         "split",
         "events",
     )
-    return rows.mapInArrow(_sequences_of_batches, SEQUENCE_SCHEMA)
+    if coder is None:
+        return rows.mapInArrow(_sequences_of_batches, SEQUENCE_SCHEMA)
+    return rows.mapInArrow(functools.partial(_sequences_of_batches, coder=coder), VALUED_SEQUENCE_SCHEMA)

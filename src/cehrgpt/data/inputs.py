@@ -45,12 +45,15 @@ class OmopInputs:
     unusable_rows: dict[str, int | None] = field(default_factory=dict)
 
 
-def read_inputs(spark: SparkSession, source: OmopSource, domains: Sequence[str]) -> OmopInputs:
+def read_inputs(
+    spark: SparkSession, source: OmopSource, domains: Sequence[str], with_values: bool = False
+) -> OmopInputs:
     """Read and check every table before any work, so bad input fails fast and leaves nothing.
 
     Required: ``person``, ``visit_occurrence``, ``concept`` and the default event tables among
     ``domains``. Optional (absent or unusable → skipped with a warning and a report line): the other
-    event tables, ``death``, ``patient_splits``.
+    event tables, ``death``, ``patient_splits``. ``with_values`` also reads each event table's value
+    columns (:attr:`~cehrgpt.data.events.EventDomain.value_source_columns`; typed nulls when absent).
 
     Raises:
         OmopSourceError: a required table or column is missing, a file unreadable, a value mistyped.
@@ -68,8 +71,9 @@ def read_inputs(spark: SparkSession, source: OmopSource, domains: Sequence[str])
     optional: dict[str, TableRequest] = {}
     for name in domains:
         domain = EVENT_DOMAINS[name]
+        extra = domain.value_source_columns if with_values else ()
         request = TableRequest(
-            ("person_id", domain.concept_column, domain.date_column), ("visit_occurrence_id",)
+            ("person_id", domain.concept_column, domain.date_column), ("visit_occurrence_id", *extra)
         )
         (required if name in REQUIRED_DOMAINS else optional)[domain.table] = request
     required["concept"] = TableRequest(*_cdm_columns("concept"))

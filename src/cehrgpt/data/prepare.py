@@ -6,6 +6,7 @@ OUT may be a local path or a Hadoop URI such as ``gs://`` or ``s3a://``)::
 
     OUT/patient_sequence/train/*.parquet   OUT/patient_sequence/test/*.parquet
     OUT/omop_vocab/concept/                 (or --vocabulary_folder V: V/concept/)
+    OUT/omop_vocab/value_bins.json          (or V/value_bins.json; not with --no_values)
     OUT/prompts/*.parquet                   (or --prompts_folder P)
     OUT/prepare_report.json
 
@@ -16,6 +17,13 @@ prompts from a few megabytes instead of every sequence. The vocabulary is the
 ``concept_ancestor``, so they are neither read nor copied. With
 ``--vocabulary_folder``/``--prompts_folder`` those parts go to folders of their
 own (one Kubeflow artifact each), each published by its own rename.
+
+Values (on unless ``--no_values``): measurement and observation rows keep their number (a bin token
+``v:<k>`` after the concept, per-concept quantile bins learned on the training split only), or their
+categorical value (``vc:<concept id>``); drug exposures their duration (``dur:<days>``). What is kept
+and dropped is :mod:`cehrgpt.data.value_tokens`'; the bins are ``value_bins.json`` beside the
+vocabulary (:mod:`cehrgpt.values`), the counts the report's ``values`` section. ``--no_values`` writes
+the sequences exactly as without values.
 
 Runs on ``local[*]`` by default and unchanged under spark-submit.
 
@@ -43,11 +51,19 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm
 
+from cehrgpt import values
 from cehrgpt.data import DEFAULT_TEST_FRACTION
 from cehrgpt.data import events as ev
-from cehrgpt.data.events import DEFAULT_DOMAINS, EVENT_DOMAINS, SEQUENCE_COLUMNS
+from cehrgpt.data import value_tokens as vt
+from cehrgpt.data.events import (
+    DEFAULT_DOMAINS,
+    EVENT_DOMAINS,
+    SEQUENCE_COLUMNS,
+    VALUE_SEQUENCE_COLUMNS,
+    VALUE_STAT_COLUMNS,
+)
 from cehrgpt.data.inputs import OmopInputs, read_inputs
-from cehrgpt.grammar import PROMPT_LENGTH
+from cehrgpt.grammar import MAX_VALUE_BINS, PROMPT_LENGTH
 from cehrgpt.omop.source import (
     OmopSource,
     OmopSourceError,
@@ -86,7 +102,13 @@ def _parse_domains(domains: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _check_options(test_fraction: float, min_event_date: str | None) -> None:
+def _check_options(
+    test_fraction: float, min_event_date: str | None, value_bins: int, min_concept_patients: int
+) -> None:
+    if not 1 <= value_bins <= MAX_VALUE_BINS:
+        raise PrepareError(f"--value_bins: {value_bins} is not a number of bins in 1..{MAX_VALUE_BINS}")
+    if min_concept_patients < 1:
+        raise PrepareError(f"--min_concept_patients: {min_concept_patients} is not a count of 1 or more")
     if not 0.0 <= test_fraction < 1.0:
         raise PrepareError(f"--test_fraction: {test_fraction} is not a fraction in [0, 1)")
     if min_event_date is not None:
@@ -110,6 +132,9 @@ def prepare(
     overwrite: bool = False,
     vocabulary_folder: str | None = None,
     prompts_folder: str | None = None,
+    with_values: bool = True,
+    value_bins: int = values.DEFAULT_NUM_BINS,
+    min_concept_patients: int = values.DEFAULT_MIN_CONCEPT_PATIENTS,
 ) -> dict[str, Any]:
     """Turn an OMOP database into patient sequences, the vocabulary and a report, under ``output_folder``.
 
@@ -128,6 +153,11 @@ def prepare(
         overwrite: replace ``output_folder`` even when it holds files prepare did not write.
         vocabulary_folder: where the vocabulary goes instead of ``output_folder/omop_vocab``.
         prompts_folder: where the prompts go instead of ``output_folder/prompts``.
+        with_values: value tokens after measurement/observation/drug concepts, the value columns and
+            ``value_bins.json`` (False: the sequences exactly as without values).
+        value_bins: bins per concept's numbers.
+        min_concept_patients: the fewest training patients a concept's numbers (or a categorical value)
+            need to get bins (a token).
 
     Returns:
         The report, as written to ``prepare_report.json``.
@@ -138,7 +168,7 @@ def prepare(
     """
     started = time.perf_counter()
     chosen = _parse_domains(domains)
-    _check_options(test_fraction, min_event_date)
+    _check_options(test_fraction, min_event_date, value_bins, min_concept_patients)
     targets = {"output_folder": output_folder}
     for flag, folder in (("vocabulary_folder", vocabulary_folder), ("prompts_folder", prompts_folder)):
         if folder is not None:
@@ -182,6 +212,7 @@ def prepare(
             test_fraction,
             seed,
             min_event_date,
+            (value_bins, min_concept_patients) if with_values else None,
         )
         report.update(
             omop_source=_describe(omop_source),
@@ -193,6 +224,9 @@ def prepare(
                 "seed": seed,
                 "min_event_date": min_event_date,
                 "domains": list(chosen),
+                "values": with_values,
+                "value_bins": value_bins,
+                "min_concept_patients": min_concept_patients,
             },
             seconds=round(time.perf_counter() - started, 2),
         )
@@ -267,8 +301,9 @@ def _run(
     test_fraction: float,
     seed: int,
     min_event_date: str | None,
+    value_options: tuple[int, int] | None,
 ) -> dict[str, Any]:
-    inputs = read_inputs(spark, source, domains)
+    inputs = read_inputs(spark, source, domains, with_values=value_options is not None)
     with tqdm(total=5, desc="prepare", unit="step", file=sys.stderr) as steps:
         persons = ev.tag_persons(inputs.person).persist()
         person_reasons = _counts(persons, "reason")
@@ -282,16 +317,25 @@ def _run(
         kept_visits = visits.where(F.col("reason") == ev.KEPT).drop("reason")
         union = None
         for name, table in inputs.domain_tables.items():
-            part = ev.domain_events(table, EVENT_DOMAINS[name])
+            part = ev.domain_events(table, EVENT_DOMAINS[name], with_values=value_options is not None)
             union = part if union is None else union.unionByName(part)
         assert union is not None
         tagged = ev.tag_events(union, kept_persons, min_event_date).persist()
         event_reasons = _counts(tagged, "table", "reason")
+        bins: values.ValueBins | None = None
+        left_out: dict[str, int] = {}
+        if value_options is not None:
+            bins, left_out = _learn_value_bins(tagged, kept_persons, *value_options)
         steps.update()
 
         visit_events = ev.attach_visits(tagged.where(F.col("reason") == ev.KEPT), kept_visits)
         deaths = ev.death_days(inputs.death) if inputs.death is not None else None
-        sequences = ev.build_sequences(ev.events_per_person(visit_events), kept_persons, deaths).persist()
+        person_events = ev.events_per_person(visit_events)
+        if bins is None:
+            sequences = ev.build_sequences(person_events, kept_persons, deaths).persist()
+        else:
+            coder = vt.ValueCoder(bins)
+            sequences = ev.build_sequences(person_events, kept_persons, deaths, coder=coder).persist()
         stats = _sequence_stats(sequences)
         deaths_read = inputs.death.count() if inputs.death is not None else None
         steps.update()
@@ -304,11 +348,58 @@ def _run(
             name: _write_vocab(table, f"{vocabulary_folder}/{name}")
             for name, table in inputs.vocabulary.items()
         }
+        if bins is not None:  # beside the vocabulary, staged and published with it
+            HadoopFiles(spark, vocabulary_folder).write_text(
+                values.VALUE_BINS_FILE, values.value_bins_text(bins)
+            )
         steps.update()
 
     for df in (persons, visits, tagged, sequences):
         df.unpersist()
-    return _report(inputs, person_reasons, visit_reasons, event_reasons, stats, deaths_read, vocab_rows)
+    report = _report(inputs, person_reasons, visit_reasons, event_reasons, stats, deaths_read, vocab_rows)
+    report["values"] = _values_report(bins, left_out, stats)
+    return report
+
+
+def _learn_value_bins(
+    tagged: DataFrame, kept_persons: DataFrame, num_bins: int, min_concept_patients: int
+) -> tuple[values.ValueBins, dict[str, int]]:
+    """The bins learned from the kept events with a value of the persons in the training split only."""
+    train = kept_persons.where(F.col("split") == "train").select("person_id")
+    has_value = F.lit(False)
+    for column in vt.VALUE_COLUMNS:
+        has_value = has_value | F.col(column).isNotNull()
+    training = (
+        tagged.where((F.col("reason") == ev.KEPT) & has_value)
+        .select("person_id", "concept_id", *vt.VALUE_COLUMNS)
+        .join(train, on="person_id", how="left_semi")
+        .persist()
+    )
+    try:
+        return vt.learn_value_bins(training, num_bins, min_concept_patients)
+    finally:
+        training.unpersist()
+
+
+def _values_report(
+    bins: values.ValueBins | None, left_out: dict[str, int], stats: dict[str, Any]
+) -> dict[str, Any]:
+    """The report's ``values`` section: tokens written, bins learned, values dropped and why."""
+    if bins is None:
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "num_bins": bins.num_bins,
+        "min_concept_patients": bins.min_concept_patients,
+        "tokens_written": {c: stats[f"value_tokens_{c}"] for c in vt.VALUE_CLASSES},
+        "concepts_with_bins": len(bins.numbers),
+        "concepts_without_bins": left_out["concepts_without_bins"],
+        "categories_with_token": sum(len(v) for v in bins.categories.values()),
+        "categories_without_token": left_out["categories_without_token"],
+        "duration_bins_with_median": len(bins.duration_days),
+        "dropped": {r: stats[f"values_{r}"] for r in vt.DROP_REASONS},
+        "training_values_with_another_unit": sum(b.other_unit_values for b in bins.numbers.values()),
+    }
 
 
 def _report(
@@ -395,18 +486,20 @@ _STAT_COLUMNS = (
 
 
 def _sequence_stats(sequences: DataFrame) -> dict[str, Any]:
-    """Persons, visits, tokens, clipped gaps, artificial visits and deaths written, in one Spark job."""
+    """Persons, visits, tokens, clipped gaps, artificial visits, deaths and values written, in one Spark job."""
+    value_stats = [c for c in VALUE_STAT_COLUMNS if c in sequences.columns]
     rows = (
         sequences.groupBy("split")
         .agg(
             F.count(F.lit(1)).alias("persons"),
-            *[F.sum(c).alias(c) for c in _STAT_COLUMNS],
+            *[F.sum(c).alias(c) for c in (*_STAT_COLUMNS, *value_stats)],
             F.sum(F.col("has_death").cast("long")).alias("deaths"),
             F.sum(F.col("death_before_last_visit").cast("long")).alias("deaths_before_last_visit"),
         )
         .collect()
     )
-    total = {"persons": 0, "deaths": 0, "deaths_before_last_visit": 0} | {c: 0 for c in _STAT_COLUMNS}
+    total = {"persons": 0, "deaths": 0, "deaths_before_last_visit": 0}
+    total |= {c: 0 for c in (*_STAT_COLUMNS, *value_stats)}
     for row in rows:
         for key in total:
             total[key] += row[key] or 0
@@ -419,7 +512,7 @@ def _sequence_stats(sequences: DataFrame) -> dict[str, Any]:
         "orphan_events": total["orphan_events"],
         "deaths": total["deaths"],
         "deaths_before_last_visit": total["deaths_before_last_visit"],
-    }
+    } | {c: total[c] for c in value_stats}
     per_split = {row["split"]: row["persons"] for row in rows}
     stats["per_split"] = {"train": per_split.get("train", 0), "test": per_split.get("test", 0)}
     return stats
@@ -427,8 +520,9 @@ def _sequence_stats(sequences: DataFrame) -> dict[str, Any]:
 
 def _write_sequences(sequences: DataFrame, folder: str) -> None:
     """``folder/train`` and ``folder/test`` in one Spark job; an empty split still gets a schema-only file."""
-    columns = sequences.select(*SEQUENCE_COLUMNS)
-    sequences.select(*SEQUENCE_COLUMNS, "split").write.partitionBy("split").parquet(f"{folder}/_by_split")
+    names = SEQUENCE_COLUMNS + [c for c in VALUE_SEQUENCE_COLUMNS if c in sequences.columns]
+    columns = sequences.select(*names)
+    sequences.select(*names, "split").write.partitionBy("split").parquet(f"{folder}/_by_split")
     files = HadoopFiles(sequences.sparkSession, folder)
     for split in ("train", "test"):
         if files.exists(f"_by_split/split={split}"):
@@ -485,6 +579,24 @@ def _parser() -> argparse.ArgumentParser:
         help="spark.sql.shuffle.partitions (default: two per core in local mode, Spark's setting otherwise)",
     )
     parser.add_argument(
+        "--no_values",
+        action="store_true",
+        help="no value tokens (numbers, categorical values, drug durations), value columns or value_bins.json",
+    )
+    parser.add_argument(
+        "--value_bins",
+        type=int,
+        default=values.DEFAULT_NUM_BINS,
+        help="quantile bins per concept's numbers, learned on the training split (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min_concept_patients",
+        type=int,
+        default=values.DEFAULT_MIN_CONCEPT_PATIENTS,
+        help="a concept's numbers (a categorical value) seen in fewer training patients get no bins "
+        "(no token) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace --output_folder even when it holds files prepare did not write",
@@ -508,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             vocabulary_folder=args.vocabulary_folder,
             prompts_folder=args.prompts_folder,
+            with_values=not args.no_values,
+            value_bins=args.value_bins,
+            min_concept_patients=args.min_concept_patients,
         )
     except (PrepareError, OmopSourceError) as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)

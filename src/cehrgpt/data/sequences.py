@@ -11,7 +11,13 @@ Rules (also in docs/architecture.md):
   one day (events whose visit is null or does not exist); its type is
   ``Visit/0`` because the source does not say what kind of visit it was, and
   ``9202`` (outpatient) would invent a fact.
-* Non-inpatient visit: ``[VS] type concepts [VE]``, concepts by (day, concept id).
+* Non-inpatient visit: ``[VS] type concepts [VE]``, concepts by (day, concept id, value token, source
+  value), so ties are ordered the same in every run.
+* An event with a value (:class:`~cehrgpt.data.value_tokens.EventValue`, decided by
+  :mod:`cehrgpt.data.value_tokens`) is its concept token followed by its value token, both with the
+  concept's age, date and visit; the concept's entry of the value columns (``concept_value_masks``,
+  ``number_as_values``, ``concept_as_values``, ``is_numeric_types``, ``units``) records a number's or a
+  category's source value (a duration only its token); every other entry is 0 or null.
 * Inpatient visit: a day cursor starts at the visit start; events by (day,
   concept id), days clipped to the start; the first event sits on the start day
   with the other events of its day (the grammar allows no day token before it),
@@ -27,8 +33,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 from cehrgpt import grammar
+from cehrgpt.data.value_tokens import DURATION, NUMBER, VALUE_CLASSES, EventValue
 from cehrgpt.dates import age_in_years, day_to_date
 
 OUTSIDE_VISIT = "0"
@@ -64,7 +72,8 @@ class Visit:
     visit_concept_id: int | None
     visit_id: int | None = None
     discharge_concept_id: int | None = None
-    events: list[tuple[int, int]] = field(default_factory=list)  # (event day, concept id)
+    # (event day, concept id) or (event day, concept id, its value or None)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
 
     @property
     def is_inpatient(self) -> bool:
@@ -81,7 +90,8 @@ def visits_from_events(events: Iterable[dict]) -> list[Visit]:
 
     Each event is a mapping with ``visit_id`` (None for an orphan event),
     ``visit_concept_id``, ``visit_start_day``, ``discharge_concept_id``,
-    ``event_day`` and ``concept_id``. Orphan events form one artificial visit per day.
+    ``event_day``, ``concept_id`` and optionally ``value`` (an :class:`EventValue` or None).
+    Orphan events form one artificial visit per day.
     """
     visits: dict[tuple[bool, int], Visit] = {}
     for event in events:
@@ -99,7 +109,7 @@ def visits_from_events(events: Iterable[dict]) -> list[Visit]:
                     discharge_concept_id=event["discharge_concept_id"],
                 )
             visits[key] = visit
-        visit.events.append((event["event_day"], event["concept_id"]))
+        visit.events.append((event["event_day"], event["concept_id"], event.get("value")))
     return sorted(visits.values(), key=Visit.sort_key)
 
 
@@ -112,9 +122,16 @@ class PatientSequence:
     dates: list[int] = field(default_factory=list)
     visit_concept_ids: list[str] = field(default_factory=list)
     visit_concept_orders: list[int] = field(default_factory=list)
+    # the original CEHR-GPT's value columns, one entry per token (see :func:`patient_sequence`)
+    concept_value_masks: list[int] = field(default_factory=list)
+    number_as_values: list[float | None] = field(default_factory=list)
+    concept_as_values: list[str | None] = field(default_factory=list)
+    is_numeric_types: list[int] = field(default_factory=list)
+    units: list[str | None] = field(default_factory=list)
     num_of_visits: int = 0
     negative_gaps: int = 0
     death_before_last_visit: bool = False
+    value_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VALUE_CLASSES, 0))
 
     def add(self, token: str, age: int, week: int, visit_token: str, order: int) -> None:
         self.concept_ids.append(token)
@@ -122,6 +139,35 @@ class PatientSequence:
         self.dates.append(week)
         self.visit_concept_ids.append(visit_token)
         self.visit_concept_orders.append(order)
+        self.concept_value_masks.append(0)
+        self.number_as_values.append(None)
+        self.concept_as_values.append(None)
+        self.is_numeric_types.append(0)
+        self.units.append(None)
+
+    def add_event(
+        self, concept_id: int, value: EventValue | None, age: int, week: int, visit_token: str, order: int
+    ) -> None:
+        """A clinical concept and, when it has one, its value token (same age, date and visit)."""
+        self.add(grammar.concept_token(concept_id, "0"), age, week, visit_token, order)
+        if value is None:
+            return
+        self.value_tokens[value.value_class] += 1
+        if value.value_class != DURATION:
+            self.concept_value_masks[-1] = 1
+            self.is_numeric_types[-1] = int(value.value_class == NUMBER)
+            self.number_as_values[-1] = value.number
+            self.concept_as_values[-1] = (
+                None if value.value_concept_id is None else str(value.value_concept_id)
+            )
+            self.units[-1] = None if value.unit_concept_id is None else str(value.unit_concept_id)
+        self.add(value.token, age, week, visit_token, order)
+
+
+def _event_key(event: tuple[Any, ...]) -> tuple[Any, ...]:
+    """(day, concept id, then the value's order): events that tie are ordered the same in every run."""
+    value = event[2] if len(event) > 2 else None
+    return (event[0], event[1], *(value.sort_key() if value is not None else ("",)))
 
 
 def patient_sequence(
@@ -190,23 +236,23 @@ def _add_visit(seq: PatientSequence, birth: date, visit: Visit, order: int) -> i
     start_age, start_week = age_in_years(birth, start), week_of(start)
     seq.add(grammar.VISIT_START, start_age, start_week, visit_token, order)
     seq.add(visit_token, start_age, start_week, visit_token, order)
-    events = sorted(visit.events)
     cursor = start
     if not visit.is_inpatient:
-        for _day, concept_id in events:
-            seq.add(grammar.concept_token(concept_id, "0"), start_age, start_week, visit_token, order)
+        for event in sorted(visit.events, key=_event_key):
+            value = event[2] if len(event) > 2 else None
+            seq.add_event(event[1], value, start_age, start_week, visit_token, order)
     else:
         age, week = start_age, start_week
         previous_day = None
-        for day, concept_id in sorted(
-            (max(event_day, start), concept_id) for event_day, concept_id in events
-        ):
+        clipped = [(max(event[0], start), *event[1:]) for event in visit.events]
+        for event in sorted(clipped, key=_event_key):
+            day = event[0]
             if previous_day is not None and day != previous_day:
                 age, week = age_in_years(birth, day), week_of(day)
                 seq.add(grammar.inpatient_gap_token(day - cursor), age, week, visit_token, order)
                 cursor = day
             previous_day = day
-            seq.add(grammar.concept_token(concept_id, "0"), age, week, visit_token, order)
+            seq.add_event(event[1], event[2] if len(event) > 2 else None, age, week, visit_token, order)
         discharge = grammar.concept_token(visit.discharge_concept_id, grammar.UNKNOWN_DISCHARGE)
         seq.add(discharge, age, week, visit_token, order)
     seq.add(grammar.VISIT_END, start_age, start_week, visit_token, order)
