@@ -11,9 +11,11 @@ assembly done by ``groupBy(person).applyInPandas`` (one pandas frame per
 person) instead of the chosen ``collect_list`` of event structs +
 ``mapInArrow`` over whole Arrow batches. Both call the same pure core
 (:mod:`cehrgpt.data.sequences`), so tokens are identical; only the Spark
-plumbing differs.
+plumbing differs. The baseline writes no value tokens; the chosen design is timed
+both ways (``no_values``, and ``chosen`` = values on, the default: Eunomia's drug
+durations), so the cost of values reads off the same run.
 
-    python bench/bench_prepare.py                    # 1x: both designs; 20x: chosen one (~8 min, 2 busy cores)
+    python bench/bench_prepare.py                    # 1x: baseline, no_values, chosen; 20x: chosen (~8 min, 2 busy cores)
     python bench/bench_prepare.py --baseline_20x     # also the baseline at 20x (slow)
 
 Writes ``bench/out/bench_prepare.json``.
@@ -147,6 +149,7 @@ def baseline_design() -> Iterator[None]:
 
 
 def run(spark, source: Path, repeats: int, design: str) -> dict:
+    """``design``: baseline (applyInPandas, no values), chosen (values on, the default), no_values."""
     seconds, report = [], {}
     for i in range(repeats):
         out = OUT / "prepare" / f"out_{design}_{source.name}"
@@ -154,7 +157,9 @@ def run(spark, source: Path, repeats: int, design: str) -> dict:
         with context:
             started = time.perf_counter()
             # test_fraction 0.1: the split the README figures were measured with
-            report = prepare(str(source), str(out), spark=spark, seed=42, test_fraction=0.1)
+            report = prepare(
+                str(source), str(out), spark=spark, seed=42, test_fraction=0.1, with_values=design == "chosen"
+            )
             seconds.append(time.perf_counter() - started)
         print(f"  {design:9s} {source.name:12s} run {i + 1}: {seconds[-1]:.1f} s", flush=True)
     median = statistics.median(seconds)
@@ -195,7 +200,7 @@ def main() -> int:
     print(f"machine: {machine}", flush=True)
     prepare(str(one), str(OUT / "prepare" / "warmup"), spark=spark)  # JVM and Python workers warm
 
-    results = [run(spark, one, args.repeats, "baseline"), run(spark, one, args.repeats, "chosen")]
+    results = [run(spark, one, args.repeats, d) for d in ("baseline", "no_values", "chosen")]
     if args.baseline_20x:
         results.append(run(spark, many, args.repeats_20x, "baseline"))
     results.append(run(spark, many, args.repeats_20x, "chosen"))
