@@ -14,6 +14,8 @@ import pytest
 from cehrgpt.omop.cdm import cdm_fields
 from cehrgpt.omop.quality import check_quality, main, run_checks
 from cehrgpt.omop.quality_checks import Check, define_checks, evaluate
+from cehrgpt.values import NumberBins, ValueBins
+from cehrgpt.values import write_value_bins as write_value_bins_file
 
 TODAY = date(2026, 1, 1)
 ARROW_TYPES = {
@@ -102,14 +104,14 @@ def failed(results) -> set[tuple]:
     return {(r.name, r.table, r.field, r.violations, r.denominator) for r in results if r.status == "fail"}
 
 
-def test_clean_cdm_passes_every_check_and_covers_16_kinds(tmp_path):
+def test_clean_cdm_passes_every_check_and_covers_17_kinds(tmp_path):
     results = run_checks(
         write_cdm(tmp_path / "omop", clean_tables()), write_vocabulary(tmp_path / "v"), today=TODAY
     )
     assert failed(results) == set()
     assert {r.status for r in results} == {"pass"}
     kinds = {(r.name, r.category) for r in results}
-    assert len({name for name, _ in kinds}) == 16 and {c for _, c in kinds} == {
+    assert len({name for name, _ in kinds}) == 17 and {c for _, c in kinds} == {
         "conformance", "completeness", "plausibility"
     }  # fmt: skip
     assert len({(r.name, r.table, r.field) for r in results}) == len(results)
@@ -351,3 +353,75 @@ def test_a_record_before_birth_in_one_percent_of_rows_passes_and_is_reported(tmp
     assert failed(results) == {
         ("plausibleAfterBirth", "observation_period", "observation_period_start_date", 1, 2)
     }
+
+
+def valued_tables(**measurement) -> dict[str, list[dict]]:
+    """The clean CDM with its measurement given a value and a unit (then ``measurement`` overrides)."""
+    tables = clean_tables()
+    tables["measurement"][0].update({"value_as_number": 12.5, "unit_concept_id": 8876, **measurement})
+    return tables
+
+
+def write_value_bins(folder: Path) -> Path:
+    """Training bins for measurement 401: robust range 10..20 (the restore draws inside it)."""
+    bins = ValueBins(
+        numbers={401: NumberBins([10.0, 15.0, 20.0], 8876, patients=12, values=30, other_unit_values=0)}
+    )
+    write_value_bins_file(bins, folder)
+    return folder
+
+
+VALUE_CHECKS = {
+    "measureUnitCompleteness",
+    "measureValueCompleteness",
+    "plausibleValueLow",
+    "plausibleValueHigh",
+}
+
+
+@pytest.mark.parametrize(
+    ("measurement", "expected"),
+    [
+        ({}, set()),
+        ({"value_as_number": 20.0}, set()),  # the top edge is inside the range
+        ({"value_as_number": None, "unit_concept_id": None},
+         {("measureValueCompleteness", "measurement", "value_as_number", 1, 1)}),
+        ({"value_as_number": 9.5}, {("plausibleValueLow", "measurement", "value_as_number", 1, 1)}),
+        ({"value_as_number": 20.5}, {("plausibleValueHigh", "measurement", "value_as_number", 1, 1)}),
+        ({"unit_concept_id": 0}, {("measureUnitCompleteness", "measurement", "unit_concept_id", 1, 1)}),
+    ],
+)  # fmt: skip
+def test_values_are_checked_against_the_training_ranges(tmp_path, measurement, expected):
+    vocabulary = write_value_bins(write_vocabulary(tmp_path / "v", {**VOCABULARY, 8876: "Unit"}))
+    results = run_checks(write_cdm(tmp_path / "omop", valued_tables(**measurement)), vocabulary, today=TODAY)
+    assert failed(results) == expected
+    ran = {(r.name, r.table) for r in results if r.name in VALUE_CHECKS}
+    assert ran == {(name, "measurement") for name in VALUE_CHECKS}  # the CDM has no observation table
+
+
+def test_without_value_bins_only_the_unit_is_checked(tmp_path):
+    results = run_checks(
+        write_cdm(tmp_path / "omop", valued_tables(unit_concept_id=None, value_as_number=99.0)),
+        write_vocabulary(tmp_path / "v", {**VOCABULARY, 8876: "Unit"}),
+        today=TODAY,
+    )
+    assert {r.name for r in results if r.name in VALUE_CHECKS} == {"measureUnitCompleteness"}
+    assert failed(results) == {("measureUnitCompleteness", "measurement", "unit_concept_id", 1, 1)}
+
+
+def test_a_broken_value_bins_file_is_one_line_and_exit_2(tmp_path, capsys):
+    vocabulary = write_vocabulary(tmp_path / "v")
+    (vocabulary / "value_bins.json").write_text("{")
+    omop = write_cdm(tmp_path / "omop", valued_tables())
+    argv = [
+        "--omop_folder",
+        str(omop),
+        "--output_folder",
+        str(tmp_path / "out"),
+        "--vocab_folder",
+        str(vocabulary),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "value_bins.json: unreadable" in err[0]
+    assert not (tmp_path / "out" / "quality_report.json").exists()

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from cehrgpt.omop.cdm import cdm_tables
-from cehrgpt.omop.quality_checks import CheckResult, define_checks, evaluate
+from cehrgpt.omop.quality_checks import VALUE_RANGES, CheckResult, define_checks, evaluate
+from cehrgpt.values import ValueBinsError, read_value_bins
 
 REPORT = "quality_report.json"
 
@@ -83,6 +84,31 @@ def open_tables(connection: Any, omop_folder: Path, vocab_folder: Path | None) -
     return present
 
 
+def _register_value_ranges(connection: Any, vocab_folder: Path) -> bool:
+    """Register the training value ranges of ``vocab_folder/value_bins.json`` as a view; False when it has none.
+
+    Raises:
+        QualityInputError: the file is unreadable or malformed.
+    """
+    import pandas as pd
+
+    try:
+        bins = read_value_bins(vocab_folder)
+    except ValueBinsError as error:
+        raise QualityInputError(str(error)) from None
+    if bins is None or not bins.numbers:
+        return False
+    ranges = pd.DataFrame(
+        {
+            "concept_id": list(bins.numbers),
+            "low": [b.edges[0] for b in bins.numbers.values()],
+            "high": [b.edges[-1] for b in bins.numbers.values()],
+        }
+    )
+    connection.register(VALUE_RANGES, ranges)
+    return True
+
+
 def _view(connection: Any, name: str, files: str, where: str) -> dict[str, str]:
     import duckdb
 
@@ -112,7 +138,10 @@ def run_checks(
         if threads:
             connection.execute(f"SET threads = {int(threads)}")
         present = open_tables(connection, Path(omop_folder), Path(vocab_folder) if vocab_folder else None)
-        checks = define_checks(present, vocabulary=vocab_folder is not None, today=today or date.today())
+        ranged = vocab_folder is not None and _register_value_ranges(connection, Path(vocab_folder))
+        checks = define_checks(
+            present, vocabulary=vocab_folder is not None, today=today or date.today(), value_ranges=ranged
+        )
         results = []
         for check in tqdm(checks, desc="quality checks", unit="check"):
             try:

@@ -17,14 +17,18 @@ conformance
 completeness
     ``measurePersonCompleteness`` persons without an observation period or a visit (all of
     them when that table is missing);
-    ``standardConceptRecordCompleteness`` records whose concept is 0.
+    ``standardConceptRecordCompleteness`` records whose concept is 0;
+    ``measureValueCompleteness`` (with the vocabulary's ``value_bins.json``) measurements and
+    observations of a concept that has values in training but no ``value_as_number``;
+    ``measureUnitCompleteness`` a ``value_as_number`` without a unit.
 plausibility
     ``plausibleAfterBirth`` a record before the person's birth; ``plausibleStartBeforeEnd``
     an end before its start; ``plausibleDuringObservation`` a record outside every
     observation period of its person; ``plausibleBeforeDeath`` a record after the
     person's death; ``plausibleAge`` a person older than 120 at their last record;
     ``plausibleNoFutureDate`` a date after today; ``plausibleUniqueDeath`` more than one
-    death row per person.
+    death row per person; ``plausibleValueLow``/``plausibleValueHigh`` (with ``value_bins.json``) a
+    ``value_as_number`` outside its concept's robust training range (the outer bin edges).
 
 A concept check on a field with a domain (gender, race, visit, event and type
 concepts) is ``not_applicable`` when the concept table holds no concept of that domain (Eunomia's vocabulary,
@@ -107,7 +111,16 @@ THRESHOLDS: dict[str, float] = {
     "plausibleBeforeDeath": 1.0,
     "plausibleAge": 1.0,
     "plausibleNoFutureDate": 1.0,
+    "measureValueCompleteness": 5.0,  # issue 22's target: >= 95% of a value-taking concept's rows carry one
+    "measureUnitCompleteness": 5.0,
+    "plausibleValueLow": 1.0,
+    "plausibleValueHigh": 1.0,
 }
+#: Tables whose records carry a number with a unit: (table, its concept field).
+VALUED_TABLES = (("measurement", "measurement_concept_id"), ("observation", "observation_concept_id"))
+#: The view of the training value ranges (concept_id, low, high) registered from ``value_bins.json``.
+VALUE_RANGES = "value_ranges"
+_RANGE_SLACK = 1e-9  # relative: a value drawn at a bin's edge may differ from it in the last bit
 #: Per (check, field) exceptions. ``visit_concept_id`` 0 is the restore's pseudo-visit (``Visit/0``) that
 #: groups a day's events the source gave no visit (99% of Eunomia's): reported, never failed.
 FIELD_THRESHOLDS: dict[tuple[str, str], float] = {
@@ -454,13 +467,67 @@ def _plausibility(present: Mapping[str, Mapping[str, str]], today: date) -> list
     return checks
 
 
-def define_checks(present: Mapping[str, Mapping[str, str]], *, vocabulary: bool, today: date) -> list[Check]:
+def _value_checks(present: Mapping[str, Mapping[str, str]], value_ranges: bool) -> list[Check]:
+    """Values: a unit wherever a number is; with the training ranges, a number where the concept takes one
+    and within its robust range."""
+    checks = []
+    for table, concept in VALUED_TABLES:
+        columns = present.get(table, {})
+        if "value_as_number" not in columns:
+            continue
+        valued = f"{table} AS t WHERE t.value_as_number IS NOT NULL"
+        if "unit_concept_id" in columns:
+            checks.append(
+                _check(
+                    "measureUnitCompleteness",
+                    "completeness",
+                    table,
+                    "unit_concept_id",
+                    "value_as_number without a unit",
+                    _counted("coalesce(t.unit_concept_id, 0) = 0", valued),
+                )
+            )
+        if not value_ranges or concept not in columns:
+            continue
+        ranged = f"{table} AS t JOIN {VALUE_RANGES} AS r ON r.concept_id = t.{concept}"
+        checks.append(
+            _check(
+                "measureValueCompleteness",
+                "completeness",
+                table,
+                "value_as_number",
+                "no value_as_number for a concept that has values in training",
+                _counted("t.value_as_number IS NULL", ranged),
+            )
+        )
+        slack = f"{_RANGE_SLACK} * greatest(abs(r.low), abs(r.high), 1)"
+        for name, outside, side in (
+            ("plausibleValueLow", f"t.value_as_number < r.low - {slack}", "below"),
+            ("plausibleValueHigh", f"t.value_as_number > r.high + {slack}", "above"),
+        ):
+            checks.append(
+                _check(
+                    name,
+                    "plausibility",
+                    table,
+                    "value_as_number",
+                    f"value_as_number {side} its concept's robust training range",
+                    _counted(outside, f"{ranged} WHERE t.value_as_number IS NOT NULL"),
+                )
+            )
+    return checks
+
+
+def define_checks(
+    present: Mapping[str, Mapping[str, str]], *, vocabulary: bool, today: date, value_ranges: bool = False
+) -> list[Check]:
     """Every check that applies to the tables and columns present.
 
     Args:
         present: table → {column: DuckDB type} of the CDM tables found.
         vocabulary: whether a ``concept`` view exists (adds the concept checks).
         today: dates after it are implausible.
+        value_ranges: whether a :data:`VALUE_RANGES` view exists (adds the value checks that need it).
     """
     checks = _required_tables(present)
     for table in sorted(present):
@@ -468,7 +535,9 @@ def define_checks(present: Mapping[str, Mapping[str, str]], *, vocabulary: bool,
         checks += _foreign_keys(table, present[table], present)
         if vocabulary:
             checks += _vocabulary_checks(table, present[table])
-    return checks + _completeness(present) + _plausibility(present, today)
+    return (
+        checks + _completeness(present) + _plausibility(present, today) + _value_checks(present, value_ranges)
+    )
 
 
 def evaluate(check: Check, violations: int, denominator: int, applicable: bool) -> CheckResult:
