@@ -98,17 +98,24 @@ def near_copy(tokens: Sequence[str], edit: str, rng: np.random.Generator) -> lis
         return positions[int(rng.integers(len(positions)))] if positions else None
 
     if edit in ("concept_removed", "concept_replaced"):
-        # a concept whose visit keeps another one
+        # a concept whose visit keeps another one; a value after it goes with it
+        def span(i: int) -> int:
+            return 2 if i + 1 < len(t) and kinds[i + 1] == K.VALUE else 1
+
         i = pick(
             [
                 i
                 for i, k in enumerate(kinds)
-                if k == K.CONCEPT and K.CONCEPT in (kinds[i - 1], kinds[i + 1] if i + 1 < len(t) else None)
+                if k == K.CONCEPT
+                and (
+                    kinds[i - 1] in (K.CONCEPT, K.VALUE)
+                    or (i + span(i) < len(t) and kinds[i + span(i)] == K.CONCEPT)
+                )
             ]
         )
         if i is None:
             return None
-        t = t[:i] + t[i + 1 :] if edit == "concept_removed" else [*t[:i], "99999999", *t[i + 1 :]]
+        t = t[:i] + t[i + span(i) :] if edit == "concept_removed" else [*t[:i], "99999999", *t[i + 1 :]]
     elif edit == "last_visit_dropped":
         starts = [i for i, k in enumerate(kinds) if k == K.VISIT_START]
         if len(starts) < 2:

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 
 
 def noisy_copy(tokens: list[str], rng: np.random.Generator, vocabulary: list[str]) -> list[str]:
-    """Drop one clinical concept from a visit that keeps another, add one random concept to a visit."""
+    """Drop one clinical concept (with its value) from a visit that keeps another, add one random concept to a visit."""
     tokens = list(tokens)
     kinds = grammar.assign_kinds(tokens)
     visit_of, visit = [], -1
@@ -48,7 +48,9 @@ def noisy_copy(tokens: list[str], rng: np.random.Generator, vocabulary: list[str
     per_visit = pd.Series([visit_of[i] for i in concepts]).value_counts()
     droppable = [i for i in concepts if per_visit[visit_of[i]] > 1]
     if droppable:
-        del tokens[int(rng.choice(droppable))]
+        drop = int(rng.choice(droppable))
+        valued = drop + 1 < len(tokens) and kinds[drop + 1] == TokenKind.VALUE  # its value goes with it
+        del tokens[drop : drop + 1 + valued]
         kinds = grammar.assign_kinds(tokens)
     visit_types = [
         i for i, k in enumerate(kinds) if k in (TokenKind.VISIT_TYPE, TokenKind.INPATIENT_VISIT_TYPE)
