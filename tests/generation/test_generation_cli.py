@@ -22,6 +22,7 @@ def _argv(model: Path, data: Path, out: Path, **flags) -> list[str]:
         "batch_size": 6,
         "buffer_size": 8,
         "context_window": 32,
+        "max_patient_tokens": 64,  # a patient may slide past the window once or twice
         "sampling_strategy": "TopPStrategy",
         "top_p": 1.0,
         "seed": 0,
@@ -82,7 +83,7 @@ def test_writes_exactly_the_patients_asked_for_in_buffer_sized_files(
     assert table.column("person_id").to_pylist() == list(range(1, 21))
     rows = table.to_pylist()
     assert all(r["is_valid"] and grammar.is_valid(r["concept_ids"]) for r in rows)
-    assert all(r["num_of_concepts"] == len(r["concept_ids"]) <= 32 for r in rows)
+    assert all(r["num_of_concepts"] == len(r["concept_ids"]) <= 64 for r in rows)
     summary = json.loads((tmp_path / "top_p10000" / "generation_summary.json").read_text())
     assert (summary["patients"], summary["valid_fraction"]) == (20, 1.0)
     shard = summary["shards"][0]
@@ -275,7 +276,32 @@ def _empty_demographic_folder(tmp_path: Path) -> Path:
             {"context_window": 7},
             "--context_window 7 is too small for a 4-token prompt plus one visit; expected at least 8",
         ),
-        ({"context_window": 65}, "--context_window 65 exceeds the model's 64 positions"),
+        (
+            {"context_window": 65, "no_sliding": True, "max_patient_tokens": None},
+            (
+                "--context_window 65 exceeds the model's 64 positions "
+                "(drop --no_sliding to slide its window up to that length)"
+            ),
+        ),
+        (
+            {"no_sliding": True},
+            "--max_patient_tokens needs sliding; drop --no_sliding or the cap",
+        ),
+        (
+            {"max_patient_tokens": 16},
+            "--max_patient_tokens 16 is below the 32-token context window; use --context_window 16 instead",
+        ),
+        (
+            {"max_patient_tokens": 2**18 + 1},
+            (
+                "--max_patient_tokens must be in [1, 262144] (the restore numbers a patient's tokens in 18 bits), "
+                "got 262145"
+            ),
+        ),
+        (
+            {"context_window": 2**18 + 1, "max_patient_tokens": None},
+            "--context_window 262145 exceeds the 262144 tokens the restore numbers per patient",
+        ),
         ({"num_of_patients": 0}, "--num_of_patients must be at least 1, got 0"),
         ({"shard_index": 2, "num_shards": 2}, "--shard_index must be in [0, 2), got 2"),
         ({"seed": -1}, "--seed must be in [0, 8388607] (person_id layout), got -1"),

@@ -10,7 +10,15 @@ hands its slot to the next prompt at once:
   length, so new prompts are prefilled together) and its keys/values are
   spliced into the right end of the freed row;
 * columns no live row uses any more are cut off the left (compaction), and once
-  no prompt is left, finished rows leave the batch.
+  no prompt is left, finished rows leave the batch;
+* a row whose context fills the window while the patient is still open *slides*
+  (when ``max_length`` exceeds the window): its context becomes the 4-token prompt
+  plus the most recent history cut at a ``[VS]`` (at most ``slide_keep`` tokens in
+  all, half the window by default), as the training windows are cut
+  (:func:`cehrgpt.train.data.cut_window`); that context is prefilled alone (position
+  ids restart at 0, as in a training window) and spliced into the row, and decoding
+  goes on. The tokens that left the context are kept, so the sequence handed out is
+  the whole patient, up to ``max_length`` tokens.
 
 Sampling goes through a ``LogitsProcessorList`` (transformers' own warpers plus
 the grammar constraint) and one seeded ``torch.Generator``, so the same seed
@@ -28,10 +36,12 @@ import torch
 from transformers import DynamicCache, LogitsProcessorList, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
+from cehrgpt import grammar
 from cehrgpt.generation.constraints import GrammarConstrainedLogitsProcessor
 from cehrgpt.generation.sampling import sample_next_tokens
 
 COMPACT_EVERY = 32  # cut unused cache columns once this many have piled up
+PROMPT = grammar.PROMPT_LENGTH  # the demographic prompt a slid context keeps
 
 
 class GenerationError(RuntimeError):
@@ -43,7 +53,9 @@ class DecodeResult:
     """What one decoding run produced, in the order rows finished."""
 
     sequences: list[list[int]] = field(default_factory=list)  # empty when ``on_sequence`` took them
-    hit_context_window: list[bool] = field(default_factory=list)
+    hit_context_window: list[bool] = field(default_factory=list)  # closed by ``max_length`` (no ``[END]``)
+    slide_counts: list[int] = field(default_factory=list)  # slides of each sequence (with ``sequences``)
+    slides: int = 0  # every slide, rejected rows included
     accepted: int = 0
     sampled_tokens: int = 0  # every sampled token, rejected rows included
     rejected: int = 0
@@ -125,12 +137,18 @@ class ContinuousBatchDecoder:
     Args:
         model: a causal LM whose forward takes ``attention_mask``, ``position_ids`` and a ``DynamicCache``.
         processors: applied to the scores of every step (see :func:`~cehrgpt.generation.sampling.build_logits_processors`).
-        context_window: total length of a sequence, prompt included.
+        context_window: the most tokens the model sees at once, prompt included (at most its positions).
         end_token_id: the token that ends a patient.
         batch_size: rows decoded together.
         generator: the seeded generator every token is drawn with.
         pad_token_id: the ``[PAD]`` id the history is left-padded with (default: the model config's,
             else 0, where this project's tokenizers put ``[PAD]``).
+        max_length: total length of a sequence, prompt included (default ``context_window``: no sliding);
+            longer than ``context_window``, rows slide (see the module docstring). A grammar constraint
+            among ``processors`` must be built with this length.
+        visit_start_token_id: the ``[VS]`` id a slid context starts at (None: the most recent tokens, cut anywhere).
+        slide_keep: the most tokens a slid context holds, prompt included (default half the window,
+            at least the prompt and one token).
     """
 
     def __init__(
@@ -142,9 +160,21 @@ class ContinuousBatchDecoder:
         batch_size: int,
         generator: torch.Generator,
         pad_token_id: int | None = None,
+        max_length: int | None = None,
+        visit_start_token_id: int | None = None,
+        slide_keep: int | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        max_length = context_window if max_length is None else max_length
+        if max_length < context_window:
+            raise ValueError(f"max_length {max_length} is below the context window {context_window}")
+        keep = max(context_window // 2, PROMPT + 1) if slide_keep is None else slide_keep
+        if max_length > context_window and not PROMPT < keep < context_window:
+            raise ValueError(
+                f"slide_keep {keep} must exceed the {PROMPT}-token prompt and stay below "
+                f"the context window {context_window}"
+            )
         n_positions = getattr(model.config, "n_positions", None) or getattr(
             model.config, "max_position_embeddings", None
         )
@@ -156,6 +186,9 @@ class ContinuousBatchDecoder:
             (p for p in processors if isinstance(p, GrammarConstrainedLogitsProcessor)), None
         )
         self.context_window = context_window
+        self.max_length = max_length
+        self.visit_start_token_id = visit_start_token_id
+        self.slide_keep = keep
         self.end_token_id = end_token_id
         self.batch_size = batch_size
         self.generator = generator
@@ -191,7 +224,7 @@ class ContinuousBatchDecoder:
         accept: Callable[[list[int], bool], bool] | None = None,
         on_step: Callable[[int, int], None] | None = None,
         max_rejections: int | None = None,
-        on_sequence: Callable[[list[int], bool], None] | None = None,
+        on_sequence: Callable[[list[int], bool, int], None] | None = None,
     ) -> DecodeResult:
         """Decode until exactly ``num_sequences`` sequences are accepted.
 
@@ -199,10 +232,11 @@ class ContinuousBatchDecoder:
             num_sequences: accepted sequences to return.
             draw_prompts: ``k -> LongTensor[k, prompt_length]``, called in a deterministic order.
             accept: ``(token_ids, hit_context_window) -> bool``; a rejected row is replaced by a new prompt.
+                ``hit_context_window``: the sequence reached ``max_length`` without ``[END]``.
             on_step: ``(new_tokens, newly_accepted)`` after every step (progress bars).
             max_rejections: give up after this many rejections (default ``10 * num_sequences + 100``).
-            on_sequence: ``(token_ids, hit_context_window)`` for each accepted sequence as it finishes;
-                given, the sequences are handed over instead of collected (a whole shard streams
+            on_sequence: ``(token_ids, hit_context_window, slides)`` for each accepted sequence as it
+                finishes; given, the sequences are handed over instead of collected (a whole shard streams
                 through one decoder, so the batch stays full across output files).
 
         Raises:
@@ -223,6 +257,10 @@ class ContinuousBatchDecoder:
         mask = torch.ones(rows, prompt_len, dtype=torch.long, device=self.device)
         history = prompts.clone()
         lengths = torch.full((rows,), prompt_len, dtype=torch.long, device=self.device)
+        # tokens a row's slides took out of its context (between the prompt and the context's history)
+        dropped: list[list[int]] = [[] for _ in range(rows)]
+        row_slides = [0] * rows
+        dropped_count = torch.zeros(rows, dtype=torch.long, device=self.device)
         # Finished rows with no prompt left stay as dead slots (cheaper than copying the cache each time)
         # until half the batch is dead; then the batch is cut down to its live rows.
         self.alive = torch.ones(rows, dtype=torch.bool, device=self.device)
@@ -239,18 +277,21 @@ class ContinuousBatchDecoder:
             live_rows = int(self.alive.sum())
             result.sampled_tokens += live_rows
             result.steps += 1
-            done = ((tokens == self.end_token_id) | (lengths >= self.context_window)) & self.alive
+            done = ((tokens == self.end_token_id) | (lengths + dropped_count >= self.max_length)) & self.alive
             done_rows = torch.nonzero(done).flatten().tolist()
             accepted_now = 0
             for r in done_rows:
                 seq = history[r, history.shape[1] - int(lengths[r]) :].tolist()
+                if dropped[r]:
+                    seq = seq[:PROMPT] + dropped[r] + seq[PROMPT:]
                 hit = seq[-1] != self.end_token_id
                 if accept is None or accept(seq, hit):
                     if on_sequence is None:
                         result.sequences.append(seq)
                         result.hit_context_window.append(hit)
+                        result.slide_counts.append(row_slides[r])
                     else:
-                        on_sequence(seq, hit)
+                        on_sequence(seq, hit, row_slides[r])
                     result.accepted += 1
                     accepted_now += 1
                 else:
@@ -265,12 +306,34 @@ class ContinuousBatchDecoder:
                 on_step(live_rows, accepted_now)
             if result.accepted >= num_sequences:
                 return result
+            # open rows whose context fills the window (only when max_length exceeds it)
+            slide_rows = (
+                torch.nonzero(self.alive & ~done & (lengths >= self.context_window)).flatten().tolist()
+            )
 
             # one step for every row, then replace or drop the finished ones
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             logits = self._forward(
                 tokens[:, None], cache, attention_mask=mask, position_ids=(lengths - 1)[:, None]
             )
+            for r in slide_rows:
+                context = history[r, history.shape[1] - int(lengths[r]) :]
+                cut = self._slide_cut(context)
+                kept = torch.cat([context[:PROMPT], context[cut:]])
+                dropped[r].extend(context[PROMPT:cut].tolist())
+                dropped_count[r] += cut - PROMPT
+                row_slides[r] += 1
+                result.slides += 1
+                row_cache, row_logits = self._prefill(kept[None])
+                idx = torch.tensor([r], device=self.device)
+                for layer, new_layer in zip(_layers(cache), _layers(row_cache), strict=True):
+                    layer.splice(idx, new_layer.keys, new_layer.values)
+                mask[r] = 0
+                mask[r, mask.shape[1] - len(kept) :] = 1
+                history[r] = self._pad_id
+                history[r, history.shape[1] - len(kept) :] = kept
+                logits[r] = row_logits[0]
+                lengths[r] = len(kept)
             if not done_rows:
                 cache, mask, history = self._compact(cache, mask, history, lengths)
                 continue
@@ -290,6 +353,9 @@ class ContinuousBatchDecoder:
                 history[idx, history.shape[1] - prompt_len :] = new_prompts
                 logits[idx] = new_logits
                 lengths[idx] = prompt_len
+                dropped_count[idx] = 0
+                for r in refill:
+                    dropped[r], row_slides[r] = [], 0
                 if self.constraint is not None:
                     self.constraint.restart_rows(idx, new_prompts)
                 in_flight += len(refill)
@@ -297,14 +363,30 @@ class ContinuousBatchDecoder:
                 dead = torch.tensor(drop, device=self.device)
                 self.alive[dead] = False
                 lengths[dead] = 1  # a dead slot attends to its newest column only
+                dropped_count[dead] = 0
             if 2 * int((~self.alive).sum()) >= len(self.alive):
                 keep = torch.nonzero(self.alive).flatten()
                 cache.batch_select_indices(keep)
                 mask, history, lengths, logits = mask[keep], history[keep], lengths[keep], logits[keep]
+                dropped_count = dropped_count[keep]
+                kept_rows = keep.tolist()
+                dropped = [dropped[r] for r in kept_rows]
+                row_slides = [row_slides[r] for r in kept_rows]
                 self.alive = self.alive[keep]
                 if self.constraint is not None:
                     self.constraint.select_rows(keep)
             cache, mask, history = self._compact(cache, mask, history, lengths)
+
+    def _slide_cut(self, context: torch.Tensor) -> int:
+        """Where a full context's kept history starts: the earliest ``[VS]`` that leaves at most
+        ``slide_keep`` tokens with the prompt, else (one visit longer than that) the most recent tokens."""
+        body = self.slide_keep - PROMPT
+        first = len(context) - body
+        if self.visit_start_token_id is not None:
+            starts = torch.nonzero(context[first:] == self.visit_start_token_id).flatten()
+            if len(starts):
+                return first + int(starts[0])
+        return first
 
     def _compact(self, cache: Cache, mask: torch.Tensor, history: torch.Tensor, lengths: torch.Tensor):
         """Cut the cache columns that no live row uses (each row's tokens are a suffix)."""

@@ -2,7 +2,10 @@
 
 Takes every flag of the original command with the same meaning, plus sharding
 (``--shard_index/--num_shards``, one pod per GPU), ``--seed``, ``--device``,
-``--dtype``, ``--prompt_source`` and ``--no_constrained_decoding``.
+``--dtype``, ``--prompt_source``, ``--no_constrained_decoding`` and sliding past the
+model's window (``--max_patient_tokens``, ``--no_sliding``). ``--context_window``
+keeps the seed's meaning, the longest sequence, where it exceeds the model's
+positions (the seed's 4096): the model decodes with its own window and slides.
 """
 
 from __future__ import annotations
@@ -43,7 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
         "files); one decoder serves all of a shard's files, so the batch stays full",
     )
     p.add_argument(
-        "--context_window", type=int, help="total sequence length, prompt included (default: the model's)"
+        "--context_window",
+        type=int,
+        help="tokens the model sees at once, prompt included (default: the model's positions); beyond them "
+        "(the seed's 4096) the model's own window slides and this is the longest patient",
+    )
+    p.add_argument(
+        "--max_patient_tokens",
+        type=int,
+        help="longest patient, prompt included, when the window slides (default: 8 context windows, or "
+        "--context_window where it exceeds the model's positions); the grammar closes a patient by then",
+    )
+    p.add_argument(
+        "--no_sliding",
+        action="store_true",
+        help="close every patient within one context window (no sliding, as before)",
     )
     p.add_argument("--sampling_strategy", default="TopPStrategy", help=f"one of {', '.join(STRATEGIES)}")
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus mass, in (0, 1]")
@@ -68,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--min_num_of_concepts", type=int, default=1, help="clinical concepts a patient needs; fewer: retried"
     )
     p.add_argument(
-        "--drop_long_sequences", action="store_true", help="retry patients that reach the context window"
+        "--drop_long_sequences",
+        action="store_true",
+        help="retry patients that reach the length cap unended (the context window with --no_sliding)",
     )
     p.add_argument(
         "--no_constrained_decoding", action="store_true", help="sample without the grammar constraint"
@@ -118,6 +137,8 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
         batch_size=args.batch_size,
         buffer_size=args.buffer_size,
         context_window=args.context_window,
+        max_patient_tokens=args.max_patient_tokens,
+        sliding=not args.no_sliding,
         sampling=sampling,
         min_num_of_concepts=args.min_num_of_concepts,
         drop_long_sequences=args.drop_long_sequences,

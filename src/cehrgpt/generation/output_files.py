@@ -68,15 +68,19 @@ class ShardFileWriter:
         self.written = 0
         self.sequences: list[list[str]] = []
         self.hits: list[bool] = []
+        self.slides: list[int] = []
         self.sampled_tokens = 0  # this attempt
         self.rejected = 0  # this attempt
         self.valid = 0
         self.hit_context_window = 0
+        self.slid_patients = 0
         self._counted = {"sampled_tokens": 0, "rejected_and_retried": 0}
 
-    def add(self, ids: list[int], hit: bool) -> None:
+    def add(self, ids: list[int], hit: bool, slides: int = 0) -> None:
+        """Take one accepted sequence: its ids, whether the length cap closed it, and its slides."""
         self.sequences.append([self.tokens_by_id[i] for i in ids])
         self.hits.append(hit)
+        self.slides.append(slides)
 
     def count_step(self, new_tokens: int) -> None:
         """Count one decode step's tokens, then write the parts its sequences completed."""
@@ -87,11 +91,15 @@ class ShardFileWriter:
     def _write_next(self) -> None:
         path, file_patients = self.targets[self.written]
         n = len(file_patients)
-        sequences, hits = self.sequences[:n], self.hits[:n]
-        del self.sequences[:n], self.hits[:n]
+        sequences, hits, slides = self.sequences[:n], self.hits[:n], self.slides[:n]
+        del self.sequences[:n], self.hits[:n], self.slides[:n]
         valid = [grammar.is_valid(seq) for seq in sequences]
         now = {"sampled_tokens": self.sampled_tokens, "rejected_and_retried": self.rejected}
-        counts = {k: now[k] - self._counted[k] for k in now} | {"closed_by_context_window": sum(hits)}
+        counts = {k: now[k] - self._counted[k] for k in now} | {
+            "closed_by_context_window": sum(hits),
+            "slid_patients": sum(1 for k in slides if k),
+            "slides": sum(slides),
+        }
         self._counted = now
         table = pa.table(
             {
@@ -107,13 +115,23 @@ class ShardFileWriter:
             self.on_written(path)
         self.valid += sum(valid)
         self.hit_context_window += sum(hits)
+        self.slid_patients += counts["slid_patients"]
         self.written += 1
 
 
 def count_shard_files(out_dir: Path, shard_prefix: str) -> dict[str, int]:
     """Patients, valid patients and the per-part counts of a shard's finished parts (any attempt's)."""
     totals = dict.fromkeys(
-        ("patients", "valid", "sampled_tokens", "rejected_and_retried", "closed_by_context_window"), 0
+        (
+            "patients",
+            "valid",
+            "sampled_tokens",
+            "rejected_and_retried",
+            "closed_by_context_window",
+            "slid_patients",
+            "slides",
+        ),
+        0,
     )
     for path in sorted(out_dir.glob(f"{shard_prefix}-part*.parquet")):
         table = pq.read_table(path, columns=["is_valid"])
@@ -137,6 +155,10 @@ def merge_shard_summaries(strategy_folder: Path) -> dict:
         "valid_fraction": valid / patients if patients else None,
         "sampled_tokens": sum(s["sampled_tokens"] for s in shards),
         "rejected_and_retried": sum(s["rejected_and_retried"] for s in shards),
+        "closed_by_context_window": sum(s.get("closed_by_context_window", 0) for s in shards),
+        # patients that outgrew the model's window and went on sliding, and their slides (README, generation)
+        "slid_patients": sum(s.get("slid_patients", 0) for s in shards),
+        "slides": sum(s.get("slides", 0) for s in shards),
         "shards": shards,
     }
     atomic_write_text(strategy_folder / SUMMARY_FILE, json.dumps(merged, indent=1))

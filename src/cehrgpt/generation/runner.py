@@ -13,7 +13,14 @@ rename) as soon as it holds ``--buffer_size`` patients, so the batch stays full
 until the shard's last patients. A restarted shard skips the files it already
 wrote and decodes the rest from a seed derived from --seed, shard and the first
 file still missing: the same run and restart point give byte-identical files,
-though not the files an uninterrupted run would have written. The files themselves (parts, counts in
+though not the files an uninterrupted run would have written.
+
+Sliding (on unless ``--no_sliding``): a patient still open when its context fills
+the model's window goes on with the prompt plus its most recent history as
+context (:mod:`cehrgpt.generation.engine`), up to ``--max_patient_tokens`` tokens
+in all (default :data:`SLIDE_FACTOR` times the window). A ``--context_window``
+beyond the model's positions (the seed's 4096) decodes with the model's own
+window and caps patients at the requested length. The files themselves (parts, counts in
 their metadata, summaries) are :mod:`cehrgpt.generation.output_files`.
 """
 
@@ -50,6 +57,7 @@ from cehrgpt.generation.sampling import SamplingConfig, build_logits_processors
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+SLIDE_FACTOR = 8  # default --max_patient_tokens: this many context windows (4096 for the tiny preset's 512)
 
 
 class GenerationInputError(ValueError):
@@ -62,9 +70,10 @@ class GenerationSettings:
 
     ``min_num_of_concepts`` counts clinical events (tokens of kind CONCEPT; visit
     types, discharges and gaps do not count). A patient with fewer, or with
-    ``drop_long_sequences`` one that reached the context window without ``[END]``,
-    is rejected and its slot decodes a fresh prompt (reject-and-retry), so the
-    output still holds exactly ``num_of_patients``; rejections are counted in the summary.
+    ``drop_long_sequences`` one that reached the length cap without ``[END]`` (the
+    context window with ``sliding`` off, the patient cap with it on), is rejected and
+    its slot decodes a fresh prompt (reject-and-retry), so the output still holds
+    exactly ``num_of_patients``; rejections are counted in the summary.
     """
 
     model_folder: str
@@ -75,6 +84,8 @@ class GenerationSettings:
     batch_size: int = 16
     buffer_size: int = 128
     context_window: int | None = None
+    max_patient_tokens: int | None = None
+    sliding: bool = True
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     min_num_of_concepts: int = 1
     drop_long_sequences: bool = False
@@ -110,6 +121,14 @@ def _check(settings: GenerationSettings) -> None:
     for name in ("num_of_patients", "batch_size", "buffer_size", "num_shards"):
         if getattr(s, name) < 1:
             raise GenerationInputError(f"--{name} must be at least 1, got {getattr(s, name)}")
+    if s.max_patient_tokens is not None:
+        if not s.sliding:
+            raise GenerationInputError("--max_patient_tokens needs sliding; drop --no_sliding or the cap")
+        if not 1 <= s.max_patient_tokens <= sharding.MAX_PATIENT_TOKENS:
+            raise GenerationInputError(
+                f"--max_patient_tokens must be in [1, {sharding.MAX_PATIENT_TOKENS}] (the restore numbers "
+                f"a patient's tokens in 18 bits), got {s.max_patient_tokens}"
+            )
     if s.min_num_of_concepts < 0:
         raise GenerationInputError(f"--min_num_of_concepts must be >= 0, got {s.min_num_of_concepts}")
     if not 0 <= s.shard_index < s.num_shards:
@@ -181,6 +200,41 @@ def _register_run(runs: Path, settings: GenerationSettings) -> None:
     atomic_write_text(record, json.dumps(wanted, indent=1, sort_keys=True))
 
 
+def _lengths(s: GenerationSettings, requested: int, n_positions: int) -> tuple[int, int]:
+    """The window the model decodes with and the most tokens a patient may have (see the module docstring).
+
+    Raises:
+        GenerationInputError: a window beyond the model's positions without sliding, or a cap below the window.
+    """
+    window = min(requested, n_positions)
+    if not s.sliding:
+        if requested > n_positions:
+            raise GenerationInputError(
+                f"--context_window {requested} exceeds the model's {n_positions} positions "
+                "(drop --no_sliding to slide its window up to that length)"
+            )
+        return window, window
+    if requested > n_positions:
+        cap = s.max_patient_tokens or requested
+        if cap > sharding.MAX_PATIENT_TOKENS:
+            raise GenerationInputError(
+                f"--context_window {requested} exceeds the {sharding.MAX_PATIENT_TOKENS} tokens the restore "
+                "numbers per patient"
+            )
+        _say(
+            f"--context_window {requested} exceeds the model's {n_positions} positions: decoding with its "
+            f"{n_positions}-token window, sliding past it, patients capped at {cap} tokens"
+        )
+    else:
+        cap = s.max_patient_tokens or min(SLIDE_FACTOR * window, sharding.MAX_PATIENT_TOKENS)
+    if cap < window:
+        raise GenerationInputError(
+            f"--max_patient_tokens {cap} is below the {window}-token context window; "
+            f"use --context_window {cap} instead"
+        )
+    return window, cap
+
+
 def generate(settings: GenerationSettings) -> dict:
     """Generate this shard's patients and write them, skipping files a previous attempt finished.
 
@@ -227,10 +281,7 @@ def generate(settings: GenerationSettings) -> dict:
             f"--context_window {context_window} is too small for a {grammar.PROMPT_LENGTH}-token prompt "
             f"plus one visit; expected at least {needed}"
         )
-    if context_window > n_positions:
-        raise GenerationInputError(
-            f"--context_window {context_window} exceeds the model's {n_positions} positions"
-        )
+    context_window, max_patient_tokens = _lengths(s, context_window, n_positions)
     try:
         prompt_tokens, too_short = read_prompt_tokens(s.demographic_data_path)
         pool = build_prompt_pool(prompt_tokens, vocab, s.prompt_source, too_short)
@@ -301,7 +352,7 @@ def generate(settings: GenerationSettings) -> dict:
             int(seed_seq.generate_state(1, np.uint64)[0] >> 1)
         )
         constraint = (
-            GrammarConstrainedLogitsProcessor(kinds, context_window, value_classes)
+            GrammarConstrainedLogitsProcessor(kinds, max_patient_tokens, value_classes)
             if s.constrained_decoding
             else None
         )
@@ -313,6 +364,8 @@ def generate(settings: GenerationSettings) -> dict:
             s.batch_size,
             generator,
             pad_token_id=vocab[grammar.PAD],
+            max_length=max_patient_tokens,
+            visit_start_token_id=vocab[grammar.VISIT_START],
         )
         writer = ShardFileWriter(
             [(file_path(i), files[i]) for i in pending],
@@ -349,6 +402,7 @@ def generate(settings: GenerationSettings) -> dict:
         "patients": result.accepted if result else 0,
         "valid": writer.valid if result else 0,
         "hit_context_window": writer.hit_context_window if result else 0,
+        "slides": result.slides if result else 0,
     }
     skipped_files = len(files) - len(pending)
 
@@ -377,6 +431,9 @@ def generate(settings: GenerationSettings) -> dict:
         # over every file of the shard, whichever attempt wrote it
         "rejected_and_retried": in_files["rejected_and_retried"],
         "closed_by_context_window": in_files["closed_by_context_window"],
+        "slid_patients": in_files["slid_patients"],
+        "slides": in_files["slides"],
+        "slides_this_attempt": totals["slides"],
         "sampled_tokens": in_files["sampled_tokens"],
         "sampled_tokens_this_attempt": totals["sampled_tokens"],
         "batch_occupancy": round(result.occupancy, 4) if result and result.occupancy else None,
@@ -391,6 +448,8 @@ def generate(settings: GenerationSettings) -> dict:
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
         "settings": json.loads(json.dumps(s.run_defining())),
         "context_window_used": context_window,
+        "sliding": max_patient_tokens > context_window,
+        "max_patient_tokens_used": max_patient_tokens,
     }
     shard_file = runs / f"{shard_prefix}.json"
     atomic_write_text(shard_file, json.dumps(summary, indent=1))

@@ -17,6 +17,8 @@ from __future__ import annotations
 PATIENT_INDEX_BITS = 40
 MAX_SEED = 2**23 - 1
 MAX_PATIENTS_PER_RUN = 2**PATIENT_INDEX_BITS - 1
+# the restore numbers a row's tokens in 18 bits (cehrgpt.omop.records.POSITION_BITS): no patient may be longer
+MAX_PATIENT_TOKENS = 2**18
 
 
 def plan_shards(num_of_patients: int, num_shards: int) -> list[dict]:
