@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -254,3 +255,42 @@ def test_the_seeds_4096_on_a_model_with_fewer_positions(window16_model, demograp
     assert "patients capped at 4096 tokens" in capsys.readouterr().err
     assert _summary(tmp_path)["shards"][0]["max_patient_tokens_used"] == 4096
     assert all(r["is_valid"] for r in _rows(tmp_path))
+
+
+# --- what reads long patients ----------------------------------------------------------------------------------
+
+
+def _long_patient(visits: int) -> list[str]:
+    """A grammar-valid patient of about ``6 * visits`` tokens (weekly visits, 7-day gaps)."""
+    body = ["[VS]", "9202", "380378", "4029498", "[VE]", "D7"] * visits
+    return ["year:2001", "age:12", "8532", "8527", *body, "[VS]", "9202", "380378", "[VE]", "[END]"]
+
+
+def test_the_restore_decoders_and_the_fidelity_profile_take_patients_far_longer_than_a_window(
+    window16_model, demographic_folder, tmp_path
+):
+    """Slid patients reach the restore and the analyses: nothing there assumes a window's length."""
+    from cehrgpt.analysis.fidelity import profile_sequences
+    from cehrgpt.omop.arrow_decode import decode_arrow
+    from cehrgpt.omop.decode import decode_patient
+
+    assert main(_argv(window16_model, demographic_folder, tmp_path, "--max_patient_tokens", "200")) == 0
+    generated = [r["concept_ids"] for r in _rows(tmp_path)]
+    long = _long_patient(1000)  # 6009 tokens: eleven of the tiny preset's 512-token windows
+    assert len(long) == 6009 and grammar.first_violation(long) is None
+    sequences = [long, *generated]
+    fast = decode_arrow(pa.array(sequences, pa.list_(pa.string())), np.ones(len(sequences), bool))
+    assert fast.decoded.all()
+    for row, tokens in enumerate(sequences):
+        patient = decode_patient(row + 1, tokens)
+        assert not patient.rejections and patient.placed + patient.structural == len(tokens)
+        assert len(patient.visits) == int((fast.visit["row"] == row).sum())
+        assert len(patient.events) == int((fast.event["row"] == row).sum())
+    assert fast.event["position"].max() == 6006  # the last concept, before [VE] [END]
+    assert len(decode_patient(1, long).visits) == 1001
+    vectorised = profile_sequences(sequences, True)
+    reference = profile_sequences(sequences, True, vectorised=False)
+    assert sorted(vectorised.lengths.tolist()) == sorted(reference.lengths.tolist())
+    assert max(vectorised.lengths.tolist()) == 6009 and vectorised.excluded == 0
+    assert sorted(vectorised.visits_per_patient.tolist()) == sorted(reference.visits_per_patient.tolist())
+    assert max(vectorised.visits_per_patient.tolist()) == 1001
