@@ -135,7 +135,7 @@ def run_continuous(model, prompts, kinds, window, end_id, batch_size, constraine
         processors = build_logits_processors(SamplingConfig(top_p=1.0), constraint)
         decoder = ContinuousBatchDecoder(model, processors, window, end_id, batch_size, generator)
         result = decoder.run(
-            min(chunk, len(prompts) - start), draw, on_sequence=lambda seq, _: sequences.append(seq)
+            min(chunk, len(prompts) - start), draw, on_sequence=lambda seq, *_: sequences.append(seq)
         )
         row_steps += batch_size * result.steps
     return sequences, row_steps
