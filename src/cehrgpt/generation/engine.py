@@ -309,6 +309,8 @@ class ContinuousBatchDecoder:
             # open rows whose context fills the window (only when max_length exceeds it)
             slide_rows = (
                 torch.nonzero(self.alive & ~done & (lengths >= self.context_window)).flatten().tolist()
+                if self.max_length > self.context_window
+                else []  # no sliding: no extra device sync per step
             )
 
             # one step for every row, then replace or drop the finished ones
