@@ -340,7 +340,9 @@ def test_the_overfit_models_release_is_refused_on_copies(folders, overfit_model,
     ]  # fmt: skip
     assert generate_batch_hf_gpt_sequence.main(argv) == 0
     release = out / "top_p10000" / "generated_sequences"
-    assert all(list(t)[-1] == grammar.END for t in pd.read_parquet(release)["concept_ids"])
+    # as the generator writes patients: closed by [END], or (past the window, slid) at a visit's end by the cap
+    last = pd.Series([list(t)[-1] for t in pd.read_parquet(release)["concept_ids"]])
+    assert set(last) <= {grammar.END, grammar.VISIT_END} and (last == grammar.END).mean() > 0.9
     analysis = folders["root"] / "overfit_release_memorization"
     argv = [
         "--training_data_folder", str(folders["overfit"] / "train"),

@@ -170,7 +170,7 @@ def test_held_out_patients_pass(data, tmp_path, capsys):
     assert metrics["memorization_copy_share_train"] == 0.0
     # membership inference scores every member and non-member; its tail is below chance's 99th percentile
     assert (metrics["mia_num_members"], metrics["mia_num_non_members"]) == (1000, 300)
-    assert metrics["mia_tpr_at_fpr_0_01_lift"] == pytest.approx(0.008 - 0.036)  # 0.8% of members at FPR 0
+    assert metrics["mia_tpr_at_fpr_0_01_lift"] == pytest.approx(0.011 - 0.036)  # 1.1% of members at FPR 0
 
 
 def test_ten_percent_verbatim_training_patients_are_refused(data, tmp_path, capsys):
@@ -186,7 +186,7 @@ def test_ten_percent_verbatim_training_patients_are_refused(data, tmp_path, caps
     assert metrics["memorization_num_copies_train"] == 50
     # the 50 copied members (5%) are at distance 0: exposed at FPR ≤ 1% beyond chance's 99th percentile
     assert "mia_tpr_at_fpr_0_01_lift" in breaches
-    assert metrics["mia_tpr_at_fpr_0_01_lift"] == pytest.approx(0.056 - 0.036)
+    assert metrics["mia_tpr_at_fpr_0_01_lift"] == pytest.approx(0.059 - 0.036)
 
 
 @pytest.mark.parametrize("edit", NEAR_COPY_EDITS)
