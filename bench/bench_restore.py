@@ -15,6 +15,11 @@ its ``main``).
 
     python bench/bench_restore.py                       # 10,000 patients, 1 and 2 cores
     python bench/bench_restore.py --sizes 10000 100000  # the issue's figures
+    python bench/bench_restore.py --values_cost         # ours only: the same patients with and without values
+
+``--values_cost`` restores each resampled input twice with this project's restore only: as prepared
+(drug durations, and numbers where the source has them) and with every value token removed, so the
+cost of values reads off one run.
 """
 
 from __future__ import annotations
@@ -77,6 +82,55 @@ def resampled_input(train: Path, size: int, seed: int, folder: Path, files: int 
     return folder
 
 
+def without_values(input_folder: Path, folder: Path) -> Path:
+    """The same files with every value token (``grammar.value_class``) removed from ``concept_ids``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cehrgpt import grammar
+
+    if (folder / "_DONE").exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for path in sorted(input_folder.glob("*.parquet")):
+        table = pq.read_table(path)
+        tokens = [
+            [t for t in row if not grammar.value_class(t)] for row in table.column("concept_ids").to_pylist()
+        ]
+        table = table.set_column(
+            table.schema.get_field_index("concept_ids"),
+            "concept_ids",
+            pa.array(tokens, pa.list_(pa.string())),
+        )
+        pq.write_table(table, folder / path.name)
+    (folder / "_DONE").write_text("")
+    return folder
+
+
+def values_cost(sizes: list[int], cores: int, repeats: int, seed: int, prepared: Path) -> list[dict]:
+    """Patients/s of the restore with and without value tokens on the same patients."""
+    results = []
+    for size in sizes:
+        valued = resampled_input(prepared / "patient_sequence" / "train", size, seed, OUT / f"input_{size}")
+        plain = without_values(valued, OUT / f"input_{size}_no_values")
+        row = {}
+        for name, folder in (("without values", plain), ("with values", valued)):
+            runs = [
+                measure_restore(folder, prepared / "omop_vocab", cores, OUT / "out_restore")
+                for _ in range(repeats)
+            ]
+            wall = statistics.median(r["wall"] for r in runs)
+            inside = statistics.median(r["inside"] for r in runs)
+            row[name] = {"wall_s": wall, "inside_s": inside, "patients_per_s_excl": size / inside}
+            print(f"{size:>9} {cores:>5} {name:>14} {wall:>8.1f} {inside:>8.1f} {size / wall:>10.0f} "
+                  f"{size / inside:>10.0f} {runs[0]['persons']:>9}", flush=True)  # fmt: skip
+        ratio = row["with values"]["patients_per_s_excl"] / row["without values"]["patients_per_s_excl"]
+        print(f"{'':>9} {'':>5} {'ratio':>14} with/without values: {ratio:.2f}x excl")
+        results.append({"patients": size, "cores": cores, **row, "ratio_excl": ratio})
+    return results
+
+
 # --- measuring -------------------------------------------------------------------------------------------------
 
 
@@ -99,6 +153,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     parser.add_argument("--train", type=Path, default=None, help="a prepare OUT folder (default: Eunomia)")
+    parser.add_argument("--values_cost", action="store_true", help="ours only, with and without value tokens")
     args = parser.parse_args()
 
     prepared = training_sequences(args.train or OUT / "eunomia")
@@ -107,6 +162,14 @@ def main() -> int:
           f"{platform.python_version()}; load average at start {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"{'patients':>9} {'cores':>5} {'implementation':>14} {'wall s':>8} {'inside s':>8} "
           f"{'pat/s incl':>10} {'pat/s excl':>10} {'restored':>9}")  # fmt: skip
+    if args.values_cost:
+        results = [
+            r
+            for cores in args.cores
+            for r in values_cost(args.sizes, cores, args.repeats, args.seed, prepared)
+        ]
+        (OUT / "bench_restore_values.json").write_text(json.dumps({"results": results}, indent=2))
+        return 0
     results = []
     for size in args.sizes:
         input_folder = resampled_input(
