@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from cehrgpt.exits import CommandParser, run_command
 from cehrgpt.pipeline.compare import FORMATS, CompareError, format_comparison, load_runs
 from cehrgpt.pipeline.compile import COMPILED_FOLDER, PIPELINES, CompileError, compile_pipelines
 from cehrgpt.pipeline.stores import StoreError
@@ -23,7 +24,7 @@ from cehrgpt.pipeline.submit import SubmitError, submit
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="cehrgpt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.action == "compile":
             for path in compile_pipelines(args.output_folder, args.repo_root, args.pipeline):
                 print(path)
@@ -115,10 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                 gcs_endpoint_url=args.gcs_endpoint_url,
             )
             sys.stdout.write(format_comparison(runs, args.format))
-    except (CompileError, SubmitError, CompareError, StoreError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command(body, CompileError, SubmitError, CompareError, StoreError)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_a_missing_metric_is_an_error(tmp_path, capsys):
     folder = metrics_folder(tmp_path, "reid", {"reid_risk": 0.01})
     assert gate.main(["--metrics", str(folder)]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: metric 'memorization_copy_excess' needed by a threshold is missing or not a number (None); "
+        "error: metric 'memorization_copy_excess' needed by a threshold is missing or not a finite number (None); "
         "expected it in one of the --metrics files"
     )
 

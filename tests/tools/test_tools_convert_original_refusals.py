@@ -23,7 +23,11 @@ def _run(capsys, model, tokenizer, out) -> tuple[int, list[str]]:
         ["--model_folder", str(model), "--tokenizer_folder", str(tokenizer), "--output_folder", str(out)]
     )
     err = capsys.readouterr().err
-    return code, [line for line in err.splitlines() if line.startswith("error:")]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) <= 1, err  # one line (exit-code convention): every problem on it, joined by " | "
+    return code, [
+        f"error: {problem}" for line in lines for problem in line.removeprefix("error: ").split(" | ")
+    ]
 
 
 def _refused(capsys, tmp_path, model, tokenizer) -> list[str]:

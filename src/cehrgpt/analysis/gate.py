@@ -64,6 +64,7 @@ from pathlib import Path
 import yaml
 
 from cehrgpt.analysis.io import METRICS_FILE, AnalysisError
+from cehrgpt.exits import CommandParser, run_command
 
 GATE_FILE = "gate.json"
 DEFAULT_THRESHOLDS: dict[str, float | None] = {
@@ -149,16 +150,24 @@ def check_thresholds(
     """One check per active threshold: the metric's value, its maximum and whether it passed.
 
     Raises:
-        AnalysisError: a metric an active threshold needs is absent or not a number.
+        AnalysisError: a threshold that is negative or not a finite number; a metric an active
+            threshold needs is absent or not a finite number (NaN or ±Infinity: the analysis measured
+            nothing, and a gate that cannot see a risk does not pass it).
     """
+    for name, maximum in thresholds.items():
+        if maximum is not None and not (math.isfinite(maximum) and maximum >= 0):
+            raise AnalysisError(
+                f"threshold max_{name} is {maximum}; expected a finite number >= 0 "
+                "(null in a yml switches it off)"
+            )
     checks: list[dict[str, object]] = []
     for name, maximum in thresholds.items():
         if maximum is None or (name in DEFAULT_THRESHOLDS and maximum >= NO_LIMIT):
             continue
         value = metrics.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise AnalysisError(
-                f"metric {name!r} needed by a threshold is missing or not a number ({value!r}); "
+                f"metric {name!r} needed by a threshold is missing or not a finite number ({value!r}); "
                 "expected it in one of the --metrics files"
             )
         checks.append(
@@ -190,7 +199,7 @@ def run_gate(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.analysis.gate",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -208,7 +217,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         thresholds: dict[str, float | None] = dict(DEFAULT_THRESHOLDS)
         if args.thresholds:
             thresholds.update(read_thresholds(args.thresholds))
@@ -216,16 +226,15 @@ def main(argv: list[str] | None = None) -> int:
             if (value := getattr(args, f"max_{name}")) is not None:
                 thresholds[name] = value
         checks = run_gate(args.metrics, thresholds, args.output_folder)
-    except AnalysisError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    breaches = [c for c in checks if not c["passed"]]
-    for c in breaches:
-        print(f"BREACH {c['metric']} = {c['value']:.4f} > threshold {c['threshold']}", file=sys.stderr)
-    if breaches:
-        return 1
-    print(f"OK: {len(checks)} privacy threshold(s) met ({', '.join(str(c['metric']) for c in checks)})")
-    return 0
+        breaches = [c for c in checks if not c["passed"]]
+        for c in breaches:
+            print(f"BREACH {c['metric']} = {c['value']:.4f} > threshold {c['threshold']}", file=sys.stderr)
+        if breaches:
+            return 1
+        print(f"OK: {len(checks)} privacy threshold(s) met ({', '.join(str(c['metric']) for c in checks)})")
+        return 0
+
+    return run_command(body, AnalysisError)
 
 
 if __name__ == "__main__":

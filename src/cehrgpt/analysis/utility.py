@@ -57,6 +57,7 @@ from tqdm import tqdm
 from cehrgpt import grammar
 from cehrgpt.analysis.features import FeatureSpace, PatientSet
 from cehrgpt.analysis.io import AnalysisError, format_table, read_sequence_folder, warn, write_outputs
+from cehrgpt.exits import CommandParser, run_command
 from cehrgpt.omop.arrow_decode import decode_arrow
 
 HISTORY_DAYS = 365
@@ -417,9 +418,7 @@ def render_report(metrics: Mapping[str, float], tasks: pd.DataFrame) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m cehrgpt.analysis.utility", description=__doc__.split("\n")[0]
-    )
+    parser = CommandParser(prog="python -m cehrgpt.analysis.utility", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--training_data_folder", required=True, help="the real patients the model trained on"
     )
@@ -443,7 +442,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         metrics = run_utility(
             args.training_data_folder,
             args.evaluation_data_folder,
@@ -453,11 +453,12 @@ def main(argv: list[str] | None = None) -> int:
             num_tasks=args.num_tasks,
             min_task_patients=args.min_task_patients,
         )
-    except AnalysisError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_table({k: v for k, v in metrics.items() if not k.startswith("utility_task_")}, "Utility"))
-    return 0
+        print(
+            format_table({k: v for k, v in metrics.items() if not k.startswith("utility_task_")}, "Utility")
+        )
+        return 0
+
+    return run_command(body, AnalysisError)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ from cehrgpt.data.events import (
     VALUE_STAT_COLUMNS,
 )
 from cehrgpt.data.inputs import OmopInputs, read_inputs
+from cehrgpt.exits import CommandParser, run_command
 from cehrgpt.grammar import MAX_VALUE_BINS, PROMPT_LENGTH
 from cehrgpt.omop.source import (
     OmopSource,
@@ -541,7 +542,7 @@ def _write_prompts(sequences: DataFrame, folder: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.data.prepare",
         description="OMOP CDM -> CEHR-GPT patient sequences (train/test parquet), vocabulary and a report.",
     )
@@ -607,7 +608,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> int:
         report = prepare(
             resolve_omop_source(args.omop_source),
             args.output_folder,
@@ -624,22 +626,22 @@ def main(argv: list[str] | None = None) -> int:
             value_bins=args.value_bins,
             min_concept_patients=args.min_concept_patients,
         )
-    except (PrepareError, OmopSourceError) as error:
-        print(f"error: {redact(str(error))}", file=sys.stderr)
-        return 2
-    except (Py4JError, PySparkException) as error:  # a Spark job failed: one line, the trace in a log file
-        source = redact(args.omop_source or "the OMOP source")
+        persons = report["persons"]["per_split"]
         print(
-            f"error: prepare of {source} failed: {redact(spark_failure(error, 'prepare'))}",
-            file=sys.stderr,
+            f"wrote {persons['train']} train and {persons['test']} test patients, "
+            f"{report['events']['kept']} events, to {args.output_folder}"
         )
-        return 2
-    persons = report["persons"]["per_split"]
-    print(
-        f"wrote {persons['train']} train and {persons['test']} test patients, "
-        f"{report['events']['kept']} events, to {args.output_folder}"
-    )
-    return 0
+        return 0
+
+    def describe(error: BaseException) -> str:
+        if isinstance(
+            error, (Py4JError, PySparkException)
+        ):  # a Spark job failed: one line, the trace in a log
+            source = redact(args.omop_source or "the OMOP source")
+            return f"prepare of {source} failed: {redact(spark_failure(error, 'prepare'))}"
+        return redact(str(error))
+
+    return run_command(body, PrepareError, OmopSourceError, Py4JError, PySparkException, describe=describe)
 
 
 if __name__ == "__main__":

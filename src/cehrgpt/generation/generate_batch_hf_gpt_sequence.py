@@ -11,8 +11,8 @@ positions (the seed's 4096): the model decodes with its own window and slides.
 from __future__ import annotations
 
 import argparse
-import sys
 
+from cehrgpt.exits import CommandParser, run_command
 from cehrgpt.generation.engine import GenerationError
 from cehrgpt.generation.naming import STRATEGIES
 from cehrgpt.generation.prompts import PROMPT_SOURCES
@@ -23,7 +23,7 @@ __all__ = ["build_parser", "generate", "main", "settings_from_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m cehrgpt.generation.generate_batch_hf_gpt_sequence",
         description="Generate synthetic patient sequences with a CEHR-GPT model (one shard of a run).",
     )
@@ -157,13 +157,12 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         generate(settings_from_args(args))
-    except (GenerationInputError, GenerationError) as exc:
-        for line in str(exc).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command(body, GenerationInputError, GenerationError)
 
 
 if __name__ == "__main__":

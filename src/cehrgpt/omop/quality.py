@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from cehrgpt.exits import CommandParser, run_command
 from cehrgpt.omop.cdm import cdm_tables
 from cehrgpt.omop.quality_checks import VALUE_RANGES, CheckResult, define_checks, evaluate
 from cehrgpt.values import ValueBinsError, read_value_bins
@@ -133,6 +133,10 @@ def run_checks(
     import duckdb
     from tqdm import tqdm
 
+    if threads is not None and threads < 1:
+        raise QualityInputError(
+            f"--threads {threads}: expected a positive number of DuckDB threads (leave it out for every core)"
+        )
     connection = duckdb.connect()
     try:
         if threads:
@@ -222,7 +226,7 @@ def check_quality(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.omop.quality",
         description="OHDSI-style data-quality checks on restored OMOP CDM 5.4 tables (parquet, with DuckDB).",
     )
@@ -249,19 +253,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         report = check_quality(args.omop_folder, args.output_folder, args.vocab_folder, threads=args.threads)
-    except QualityInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    results = [CheckResult(**c) for c in report["checks"]]
-    summary = report["summary"]
-    print(format_table(results))
-    print(
-        f"{summary['checks']} checks: {summary['passed']} passed, {summary['failed']} failed, "
-        f"{summary['not_applicable']} not applicable ({args.output_folder / REPORT})"
-    )
-    return 1 if summary["failed"] else 0
+        results = [CheckResult(**c) for c in report["checks"]]
+        summary = report["summary"]
+        print(format_table(results))
+        print(
+            f"{summary['checks']} checks: {summary['passed']} passed, {summary['failed']} failed, "
+            f"{summary['not_applicable']} not applicable ({args.output_folder / REPORT})"
+        )
+        return 1 if summary["failed"] else 0
+
+    return run_command(body, QualityInputError)
 
 
 if __name__ == "__main__":

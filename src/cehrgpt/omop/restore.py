@@ -66,7 +66,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -84,6 +83,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from tqdm import tqdm
 
 from cehrgpt.dates import date_to_day
+from cehrgpt.exits import CommandParser, run_command
 from cehrgpt.grammar import PROMPT_LENGTH
 from cehrgpt.omop.event_values import ValueLookup, value_lookup
 from cehrgpt.omop.inputs import (
@@ -407,7 +407,7 @@ def _report(spark: SparkSession, decoded: DataFrame, folder: str, derived: tuple
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.omop.restore",
         description="Restore OMOP CDM 5.4 tables (parquet) from CEHR-GPT patient sequences.",
     )
@@ -501,7 +501,8 @@ def _iso_date(text: str) -> date:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> int:
         report = restore(
             args.patient_sequence_folder,
             args.omop_folder,
@@ -514,18 +515,20 @@ def main(argv: list[str] | None = None) -> int:
             end_date=args.end_date,
             min_persons=args.min_persons,
         )
-    except RestoreError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except (Py4JError, PySparkException) as error:  # a Spark job failed: one line, the trace in a log file
-        print(f"error: restore of {args.patient_sequence_folder} failed: {spark_failure(error, 'restore')}",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    print(
-        f"restored {report['patients_restored']} of {report['input_patients']} patients "
-        f"({report['tokens']['rejected']} tokens rejected) into {args.omop_folder}"
-    )
-    return 0
+        print(
+            f"restored {report['patients_restored']} of {report['input_patients']} patients "
+            f"({report['tokens']['rejected']} tokens rejected) into {args.omop_folder}"
+        )
+        return 0
+
+    def describe(error: BaseException) -> str:
+        if isinstance(
+            error, (Py4JError, PySparkException)
+        ):  # a Spark job failed: one line, the trace in a log
+            return f"restore of {args.patient_sequence_folder} failed: {spark_failure(error, 'restore')}"
+        return str(error)
+
+    return run_command(body, RestoreError, Py4JError, PySparkException, describe=describe)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import builtins
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from cehrgpt.data import DEFAULT_TEST_FRACTION
+from cehrgpt.exits import CommandParser, run_command
 from cehrgpt.pipeline.compare import RunMetrics, collect_metrics, format_comparison
 from cehrgpt.pipeline.compile import load_pipeline
 from cehrgpt.pipeline.steps import OMOP_SOURCE_SECRET_KEYS
@@ -131,6 +131,12 @@ def run_end_to_end_locally(
     """
     source = str(omop_source)
     check_source_without_password(source)
+    for name in ("num_of_patients", "num_shards", "max_steps"):  # the pipeline reads 0 steps as the preset's
+        if name in params and params[name] < 1:
+            raise LocalRunError(
+                f"--{name} must be at least 1, got {params[name]}"
+                + (" (leave it out for the local default)" if name == "max_steps" else "")
+            )
     from kfp import local
 
     root = Path(repo_root).resolve()
@@ -219,9 +225,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--omop_source", required=True, help="OMOP CDM folder, DuckDB file or SQLAlchemy URL")
     parser.add_argument("--output_root", type=Path, default=Path("local_outputs/kfp"))
     parser.add_argument("--repo_root", type=Path, default=Path("."))
@@ -231,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no_cache", action="store_true", help="rerun every task, even unchanged ones")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         summary = run_end_to_end_locally(
             args.omop_source,
             args.output_root,
@@ -242,12 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             num_shards=args.num_shards,
             seed=args.seed,
         )
-    except LocalRunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print_summary(summary)
-    print(f"\nSummary: {args.output_root / SUMMARY_FILE}")
-    return 0 if summary["status"] == "succeeded" else 1
+        print_summary(summary)
+        print(f"\nSummary: {args.output_root / SUMMARY_FILE}")
+        return 0 if summary["status"] == "succeeded" else 1
+
+    return run_command(body, LocalRunError)
 
 
 if __name__ == "__main__":

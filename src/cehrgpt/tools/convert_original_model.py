@@ -34,6 +34,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cehrgpt import grammar
+from cehrgpt.exits import CommandParser, run_command
 from cehrgpt.grammar import TokenKind
 
 ORIGINAL_MODEL_TYPE = "cehrgpt"
@@ -566,7 +567,7 @@ def write_converted(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="python -m cehrgpt.tools.convert_original_model",
         description="Convert a model trained by the original CEHR-GPT package into a folder this project loads.",
     )
@@ -586,7 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, print_line: Callable[[str], None] = print) -> int:
     args = build_parser().parse_args(argv)
     output = Path(args.output_folder)
-    try:
+
+    def body() -> int:
         tokenizer_folder = Path(args.tokenizer_folder) if args.tokenizer_folder else None
         check_output_apart(output, Path(args.model_folder), tokenizer_folder)
         check_output_folder(output, args.overwrite)
@@ -594,16 +596,15 @@ def main(argv: list[str] | None = None, print_line: Callable[[str], None] = prin
         for warning in conversion.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         write_converted(conversion, output, overwrite=args.overwrite)
-    except ConversionError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 2
-    report = conversion.report
-    print_line(
-        f"converted {args.model_folder} to {output} (GPT2LMHeadModel, {report['vocab_size']} tokens; "
-        f"heads dropped: {', '.join(report['heads_dropped']) or 'none'}; report: {output / REPORT_FILE})"
-    )
-    return 0
+        report = conversion.report
+        print_line(
+            f"converted {args.model_folder} to {output} (GPT2LMHeadModel, {report['vocab_size']} tokens; "
+            f"heads dropped: {', '.join(report['heads_dropped']) or 'none'}; report: {output / REPORT_FILE})"
+        )
+        return 0
+
+    # every problem found, on the one line (joined by " | ": a problem may hold "; ")
+    return run_command(body, ConversionError, describe=lambda e: " | ".join(getattr(e, "problems", [str(e)])))
 
 
 if __name__ == "__main__":

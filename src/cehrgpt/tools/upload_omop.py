@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from cehrgpt.exits import CommandParser, run_command
 from cehrgpt.redaction import redact
 from cehrgpt.upload import UploadError, upload_omop
 from cehrgpt.upload.inputs import DEFAULT_MIN_PERSONS
@@ -43,7 +44,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.tools.upload_omop",
         description="Upload restored OMOP CDM 5.4 tables (one parquet folder per table) to a database: "
         "staged, verified, then emptied and refilled (replace) or appended to in one transaction.",
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
+
+    def body() -> int:
         summary = upload_omop(
             args.input_folder,
             args.target if args.target else args.credential_path,
@@ -121,15 +123,14 @@ def main(argv: list[str] | None = None) -> int:
             min_persons=args.min_persons,
             allow_empty=args.allow_empty,
         )
-    except UploadError as exc:
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
-        return 2
-    print(
-        f"uploaded {summary['total_rows']} rows in {len(summary['tables'])} tables to schema "
-        f"{summary['schema']} of {summary['target']} "
-        f"({summary['rows_per_second']} rows/s)"
-    )
-    return 0
+        print(
+            f"uploaded {summary['total_rows']} rows in {len(summary['tables'])} tables to schema "
+            f"{summary['schema']} of {summary['target']} "
+            f"({summary['rows_per_second']} rows/s)"
+        )
+        return 0
+
+    return run_command(body, UploadError, describe=lambda e: redact(str(e)))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from accelerate import PartialState
 
+from cehrgpt.exits import CommandParser, run_command
 from cehrgpt.models.gpt import PRESETS
 from cehrgpt.models.tokenizer import DEFAULT_MIN_CONCEPT_PATIENTS, TokenizerError
 from cehrgpt.train.data import DataFolderError
@@ -16,7 +16,7 @@ from cehrgpt.train.trainer import train
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.train",
         description="Build the CEHR-GPT tokenizer and train a GPT-2 model on patient sequences; the output "
         "folder loads with AutoModelForCausalLM/AutoTokenizer.from_pretrained.",
@@ -69,24 +69,24 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
-    try:
+
+    def body() -> int:
         metrics = train(args.pop("data_folder"), args.pop("output_folder"), **args)
-    except (TrainError, DataFolderError, TokenizerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not PartialState().is_main_process:  # under torchrun every process returns; one reports
+        if not PartialState().is_main_process:  # under torchrun every process returns; one reports
+            return 0
+        print(
+            f"validation perplexity {metrics['validation_perplexity']:.2f} "
+            f"(unigram baseline {metrics['unigram_baseline_perplexity']:.2f}), "
+            f"{metrics['steps']} steps, {metrics['tokens_per_second']} tokens/s, {metrics['wall_time_seconds']}s"
+        )
+        built = metrics["tokenizer"]
+        print(
+            f"tokenizer: {built['concepts_left_out_rare']} of {built['concepts_seen']} concepts left out "
+            f"(seen in fewer than {built['min_concept_patients']} training patients)"
+        )
         return 0
-    print(
-        f"validation perplexity {metrics['validation_perplexity']:.2f} "
-        f"(unigram baseline {metrics['unigram_baseline_perplexity']:.2f}), "
-        f"{metrics['steps']} steps, {metrics['tokens_per_second']} tokens/s, {metrics['wall_time_seconds']}s"
-    )
-    built = metrics["tokenizer"]
-    print(
-        f"tokenizer: {built['concepts_left_out_rare']} of {built['concepts_seen']} concepts left out "
-        f"(seen in fewer than {built['min_concept_patients']} training patients)"
-    )
-    return 0
+
+    return run_command(body, TrainError, DataFolderError, TokenizerError)
 
 
 if __name__ == "__main__":

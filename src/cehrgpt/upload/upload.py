@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -142,7 +143,7 @@ def upload_omop(
         raise UploadError(f"mode '{mode}' is not one of {', '.join(MODES)}")
     if chunk_size < 1:
         raise UploadError(f"chunk size {chunk_size} must be a positive number of rows")
-    if lock_timeout_s <= 0:
+    if not (math.isfinite(lock_timeout_s) and lock_timeout_s > 0):
         raise UploadError(f"lock timeout {lock_timeout_s} must be a positive number of seconds")
     if min_persons < 0:
         raise UploadError(f"--min_persons {min_persons} must be 0 or more")

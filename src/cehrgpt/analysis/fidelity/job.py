@@ -7,7 +7,6 @@ them, compute the metrics, and write ``metrics.json``, the tables and ``report.h
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from cehrgpt.analysis.fidelity.profile import SequenceProfile, profile_sequences
 from cehrgpt.analysis.fidelity.report import plot_images, render_report
 from cehrgpt.analysis.fidelity.values import ValueProfile, value_metrics, value_profile
 from cehrgpt.analysis.io import AnalysisError, format_table, read_sequence_folder, warn, write_outputs
+from cehrgpt.exits import CommandParser, run_command
 
 
 def read_domains(vocab_folder: str | None) -> dict[int, str]:
@@ -148,9 +148,7 @@ def run_fidelity(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m cehrgpt.analysis.fidelity", description=__doc__.split("\n")[0]
-    )
+    parser = CommandParser(prog="python -m cehrgpt.analysis.fidelity", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--real_data_folder", required=True, help="real sequences (e.g. patient_sequence/train)"
     )
@@ -165,7 +163,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         metrics = run_fidelity(
             args.real_data_folder,
             args.synthetic_data_folder,
@@ -175,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             args.max_patients,
             args.seed,
         )
-    except AnalysisError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(metrics, "Fidelity"))
-    return 0
+        print(format_table(metrics, "Fidelity"))
+        return 0
+
+    return run_command(body, AnalysisError)

@@ -60,6 +60,7 @@ from cehrgpt.analysis.privacy.common import (
     run_main,
     samples_used,
 )
+from cehrgpt.exits import CommandParser
 
 TABLE = "attribute_inference"
 COLUMNS = [
@@ -243,7 +244,7 @@ def run_attribute_inference(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.analysis.privacy.attribute_inference", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--training_data_folder", required=True)

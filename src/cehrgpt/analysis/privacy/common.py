@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from cehrgpt.analysis.io import (
     read_sequence_folder,
     warn,
 )
+from cehrgpt.exits import run_command
 
 DEFAULT_SEED = 0
 MIN_HELD_OUT_PATIENTS = 20  # below this a held-out control is noise, not a measurement
@@ -177,13 +177,12 @@ def add_sampling_flags(
 
 def run_main(run: Callable[[], Mapping[str, float]], title: str) -> int:
     """Run an analysis; print its metrics table, or one ``error:`` line and return 2 on bad input."""
-    try:
-        metrics = run()
-    except AnalysisError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(metrics, title))
-    return 0
+
+    def body() -> int:
+        print(format_table(run(), title))
+        return 0
+
+    return run_command(body, AnalysisError)
 
 
 def mean_of(values: list[float]) -> float:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import yaml
 
 from cehrgpt.analysis.features import PatientSet, parse_patients
 from cehrgpt.analysis.io import AnalysisError, read_sequence_folder
+from cehrgpt.exits import CommandParser, run_command
 
 DEFAULT_MAX_SENSITIVE_PREVALENCE = 0.5
 DEFAULT_MIN_SENSITIVE_PATIENTS = 5
@@ -99,7 +99,7 @@ def write_attribute_config(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.analysis.privacy.config", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--training_data_folder", required=True)
@@ -113,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         config = write_attribute_config(
             args.training_data_folder,
             args.output,
@@ -122,14 +123,13 @@ def main(argv: list[str] | None = None) -> int:
             args.max_sensitive_prevalence,
             args.min_sensitive_patients,
         )
-    except AnalysisError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote {args.output}: {len(config['common_attributes'])} common, "
-        f"{len(config['sensitive_attributes'])} sensitive attributes"
-    )
-    return 0
+        print(
+            f"wrote {args.output}: {len(config['common_attributes'])} common, "
+            f"{len(config['sensitive_attributes'])} sensitive attributes"
+        )
+        return 0
+
+    return run_command(body, AnalysisError)
 
 
 if __name__ == "__main__":

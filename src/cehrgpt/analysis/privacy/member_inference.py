@@ -93,6 +93,7 @@ from cehrgpt.analysis.privacy.common import (
     records_per_set,
     run_main,
 )
+from cehrgpt.exits import CommandParser
 
 TABLE = "membership_inference"
 FIXED_THRESHOLD = 5.0
@@ -351,7 +352,7 @@ def run_member_inference(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.analysis.privacy.member_inference", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--training_data_folder", required=True)

@@ -113,6 +113,7 @@ from cehrgpt.analysis.privacy.common import (
     load_inputs,
     run_main,
 )
+from cehrgpt.exits import CommandParser
 
 COPIES_TABLE = "memorized_patients"
 COPIES_CSV = "memorized_person_ids.csv"
@@ -441,7 +442,7 @@ def run_memorization(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.analysis.privacy.memorization", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--training_data_folder", required=True)

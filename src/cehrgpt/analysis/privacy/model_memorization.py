@@ -66,6 +66,7 @@ from cehrgpt import grammar
 from cehrgpt.analysis.io import AnalysisError, read_sequence_folder, warn, write_outputs
 from cehrgpt.analysis.privacy.common import DEFAULT_SEED, MIN_HELD_OUT_PATIENTS, check_positive, run_main
 from cehrgpt.analysis.privacy.member_inference import ROC_FILE, roc_metrics
+from cehrgpt.exits import CommandParser
 from cehrgpt.train.data import encode_all
 from cehrgpt.train.scoring import first_window, window_losses
 
@@ -216,7 +217,7 @@ def run_model_memorization(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.analysis.privacy.model_memorization", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--model_folder", required=True, help="the trained model folder (tokenizer included)")

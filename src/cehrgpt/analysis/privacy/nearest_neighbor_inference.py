@@ -61,6 +61,7 @@ from cehrgpt.analysis.privacy.common import (
     records_per_set,
     run_main,
 )
+from cehrgpt.exits import CommandParser
 
 TABLE = "nearest_neighbor_inference"
 SAMPLES_HELP = (
@@ -228,7 +229,7 @@ def run_nearest_neighbor_inference(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.analysis.privacy.nearest_neighbor_inference",
         description=__doc__.split("\n")[0],
     )

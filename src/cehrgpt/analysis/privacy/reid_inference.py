@@ -53,6 +53,7 @@ from cehrgpt.analysis.features import FeatureSpace, PatientSet
 from cehrgpt.analysis.io import AnalysisError, read_attribute_config, write_outputs
 from cehrgpt.analysis.privacy.attribute_inference import check_config_concepts
 from cehrgpt.analysis.privacy.common import DEFAULT_SEED, load_inputs, run_main
+from cehrgpt.exits import CommandParser
 
 TABLE = "reid_inference"
 LAMBDA = 0.23
@@ -239,7 +240,7 @@ def run_reid_inference(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m cehrgpt.analysis.privacy.reid_inference", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--training_data_folder", required=True)
