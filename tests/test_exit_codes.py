@@ -292,7 +292,22 @@ def case_local_zero_steps(tmp: Path):
     )
 
 
+def case_upload_unknown_url_option(tmp: Path):
+    target = "mysql+pymysql://root@127.0.0.1:3306/test?sslmode=x"
+    return (
+        "cehrgpt.tools.upload_omop",
+        ["--target", target, "--input_folder", person_only_cdm(tmp / "cdm")],
+        2,
+        (
+            f"error: connecting to {target} failed: the pymysql driver does not take an option of the "
+            "URL (Connection.__init__() got an unexpected keyword argument 'sslmode'); "
+            "the target was left unchanged"
+        ),
+    )
+
+
 CASES = {
+    "upload unknown URL option": case_upload_unknown_url_option,
     "quality --threads -1": case_quality_negative_threads,
     "gate negative threshold": case_gate_negative_threshold,
     "gate NaN threshold": case_gate_nan_threshold,

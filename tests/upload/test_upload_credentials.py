@@ -188,3 +188,15 @@ def test_an_unencoded_at_in_the_password_is_refused_without_echoing_it():
     assert str(error.value) == (
         "--target: the host part holds an '@'; an '@' in a user name or password must be written %40"
     )
+
+
+def test_keys_under_another_section_are_named(tmp_path):
+    """The seed's file keeps its keys in [DEFAULT]; keys under [database] get an error that says so."""
+    file = tmp_path / "credentials.ini"
+    file.write_text("[database]\nbase_url = jdbc:postgresql://db:5432/cdm\nuser = u\n")
+    with pytest.raises(UploadError) as refused:
+        read_credential_file(file)
+    assert str(refused.value) == (
+        f"credential file {file}: [DEFAULT] has neither base_url (a JDBC URL) nor sqlalchemy_url; "
+        "[database] holds base_url: move the keys to the [DEFAULT] section"
+    )

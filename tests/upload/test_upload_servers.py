@@ -517,6 +517,32 @@ def test_a_second_upload_into_the_same_schema_is_refused(request, restored_omop,
 
 
 @pytest.mark.parametrize(
+    ("fixture", "take"),
+    [
+        ("postgres_schema", "SELECT pg_advisory_lock(hashtext(:name))"),
+        ("mariadb_database", "SELECT GET_LOCK(:name, 0)"),
+    ],
+)
+def test_an_upload_without_schema_waits_for_one_naming_the_same_schema(request, restored_omop, fixture, take):
+    """``--schema S`` and no ``--schema`` on a URL whose default schema is S take the same lock."""
+    url, schema = request.getfixturevalue(fixture)
+    if fixture == "mariadb_database":
+        default_is_schema = sa.make_url(url).set(database=schema)
+    else:
+        default_is_schema = sa.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    engine = sa.create_engine(url)
+    with engine.connect() as holder:  # stands for an upload with --schema already running
+        holder.execute(sa.text(take), {"name": f"cehrgpt_upload:{schema}"})
+        with pytest.raises(
+            UploadError, match=rf"^another upload into schema '{schema}' of .* is running; nothing"
+        ):
+            upload_omop(restored_omop, default_is_schema)
+    engine.dispose()
+    upload_omop(restored_omop, default_is_schema)  # the lock went with the session
+    assert state(url, schema)["person"]
+
+
+@pytest.mark.parametrize(
     ("fixture", "hold"),
     [
         ("postgres_schema", "LOCK TABLE {schema}.person IN SHARE MODE"),

@@ -76,8 +76,17 @@ def read_credential_file(path: str | os.PathLike[str], environ: Mapping[str, str
             keys["base_url"], driver=keys.get("driver"), odbc_driver=keys.get("odbc_driver")
         )
     else:
+        elsewhere = next(
+            (
+                f"; [{section}] holds {key}: move the keys to the [DEFAULT] section"
+                for section in parser.sections()
+                for key in ("base_url", "sqlalchemy_url")
+                if parser.get(section, key, fallback=None)
+            ),
+            "",
+        )
         raise UploadError(
-            f"credential file {file}: [DEFAULT] has neither base_url (a JDBC URL) nor sqlalchemy_url"
+            f"credential file {file}: [DEFAULT] has neither base_url (a JDBC URL) nor sqlalchemy_url{elsewhere}"
         )
     if keys.get("user") and not url.username:
         url = url.set(username=keys["user"])

@@ -259,8 +259,18 @@ class _Upload:
         self.pause_at, self.pause_s = where, float(seconds or 0)
 
     def run(self) -> dict[str, dict[str, Any]]:
-        with self._database_errors(f"connecting to {redact_url(self.engine.url)}", unchanged=True):
-            self._check_schema()
+        connecting = f"connecting to {redact_url(self.engine.url)}"
+        with self._database_errors(connecting, unchanged=True):
+            try:
+                self._check_schema()
+            except TypeError as exc:  # the driver's connect() refused a keyword: a query key of the URL
+                raise UploadError(
+                    redact(
+                        f"{connecting} failed: the {self.engine.driver} driver does not take an option of "
+                        f"the URL ({str(exc).splitlines()[0]}); the target was left unchanged",
+                        self.secrets,
+                    )
+                ) from None
         with self._exclusive_upload():
             with self._database_errors("listing the target tables", unchanged=True):
                 existing = set(sa.inspect(self.engine).get_table_names(schema=self.schema))
@@ -384,15 +394,17 @@ class _Upload:
             yield
             return
         take, release = statements[family]
-        name = f"cehrgpt_upload:{self.schema or ''}"
         with self._database_errors("taking the upload lock", unchanged=True):
             conn = self.engine.connect()
+            # the schema written, not the option: no --schema and --schema S lock alike where S is the default
+            schema = self.schema or sa.inspect(conn).default_schema_name or ""
+            name = f"cehrgpt_upload:{schema}"
             taken = bool(conn.execute(sa.text(take), {"name": name}).scalar())
             conn.commit()
         try:
             if not taken:
                 raise UploadError(
-                    f"another upload into schema '{self.schema or '(default)'}' of {redact_url(self.engine.url)} "
+                    f"another upload into schema '{schema or '(default)'}' of {redact_url(self.engine.url)} "
                     "is running; nothing was changed"
                 )
             yield
