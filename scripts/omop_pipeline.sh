@@ -3,17 +3,19 @@
 #
 #   sh scripts/omop_pipeline.sh --patient-sequence-folder=P --omop-folder=O \
 #       --source-omop-folder=V [--cpu-cores=N] [--type-concept-id=C] [--id-offset=R] [--min-persons=M]
+#       [--end-date=YYYY-MM-DD]
 #
 # Flags take "--flag=value" or "--flag value". Runs `$PYTHON -m cehrgpt.omop.restore`
 # on local[N]; N defaults to every core. PYTHON defaults to `python` on PATH when it can
 # import cehrgpt, else to this repository's .venv/bin/python (no need to activate it). --type-concept-id
-# (default 32817, EHR), --id-offset (default: the generation seed) and --min-persons (default 1: fewer
-# restored persons publish nothing, exit 2) go to the restore as they are.
+# (default 32817, EHR), --id-offset (default: the generation seed), --min-persons (default 1: fewer
+# restored persons publish nothing, exit 2) and --end-date (default: today; later tokens are rejected as
+# after_end_date) go to the restore as they are.
 # Output: O/<table>/, O/rejected/, O/restore_report.json and, last, O/_SUCCESS.
 set -eu
 
 usage() {
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -28,6 +30,7 @@ cpu_cores=
 type_concept_id=
 id_offset=
 min_persons=
+end_date=
 
 while [ $# -gt 0 ]; do
     flag=$1
@@ -47,7 +50,7 @@ while [ $# -gt 0 ]; do
             shift
             ;;
         *)
-            die "unexpected argument '$flag' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores, --type-concept-id, --id-offset, --min-persons)"
+            die "unexpected argument '$flag' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores, --type-concept-id, --id-offset, --min-persons, --end-date)"
             ;;
     esac
     case $name in
@@ -58,7 +61,8 @@ while [ $# -gt 0 ]; do
         --type-concept-id) type_concept_id=$value ;;
         --id-offset) id_offset=$value ;;
         --min-persons) min_persons=$value ;;
-        *) die "unknown flag '$name' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores, --type-concept-id, --id-offset, --min-persons)" ;;
+        --end-date) end_date=$value ;;
+        *) die "unknown flag '$name' (expected --patient-sequence-folder, --omop-folder, --source-omop-folder, --cpu-cores, --type-concept-id, --id-offset, --min-persons, --end-date)" ;;
     esac
     shift
 done
@@ -90,6 +94,11 @@ for pair in "--type-concept-id:$type_concept_id" "--id-offset:$id_offset" "--min
     esac
 done
 
+case $end_date in
+    '' | [0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]) ;;
+    *) die "--end-date must be YYYY-MM-DD, got '$end_date'" ;;
+esac
+
 set -- --patient_sequence_folder "$patient_sequence_folder" \
     --omop_folder "$omop_folder" \
     --source_omop_folder "$source_omop_folder" \
@@ -97,4 +106,5 @@ set -- --patient_sequence_folder "$patient_sequence_folder" \
 [ -z "$type_concept_id" ] || set -- "$@" --type_concept_id "$type_concept_id"
 [ -z "$id_offset" ] || set -- "$@" --id_offset "$id_offset"
 [ -z "$min_persons" ] || set -- "$@" --min_persons "$min_persons"
+[ -z "$end_date" ] || set -- "$@" --end_date "$end_date"
 exec "$python" -m cehrgpt.omop.restore "$@"

@@ -131,6 +131,17 @@ def test_type_concept_id_offset_and_min_persons_pass_through(echo_python):
     ]
 
 
+def test_the_end_date_cut_off_passes_through(echo_python):
+    args = ["--patient-sequence-folder=/in/gen sequences/", "--omop-folder=gs://bucket/omop",
+            "--source-omop-folder=/vocab", "--cpu-cores=10", "--end-date", "2020-12-31"]  # fmt: skip
+    result = run_script(args, echo_python, shell="dash")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [*EXPECTED, "--end_date", "2020-12-31"]
+    result = run_script([*args[:4], "--end-date=31/12/2020"], echo_python)
+    assert (result.returncode, result.stderr) == (2, "error: --end-date must be YYYY-MM-DD, got '31/12/2020'\n")
+    assert "--end-date" in run_script(["--help"], echo_python).stdout
+
+
 def test_help_exits_zero(echo_python):
     result = run_script(["--help"], echo_python)
     assert result.returncode == 0 and "--patient-sequence-folder=P" in result.stdout
