@@ -545,3 +545,33 @@ def test_an_empty_source_table_is_warned_about_and_reported(spark, tmp_path, cap
         report = _run(spark, source, tmp_path / "out")
     assert report["empty_tables"] == ["procedure_occurrence"]
     assert "source table procedure_occurrence is empty" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_source_without_persons_fails_with_one_line_naming_it(spark, tmp_path, capsys):
+    source = write_parquet(tmp_path / "omop", tiny_omop())
+    part = source / "person" / "part-0.parquet"
+    pq.write_table(pq.read_table(part).slice(0, 0), part)  # the columns, no rows
+    out = tmp_path / "out"
+    code = main(["--omop_source", str(source), "--output_folder", str(out)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert (code, errors) == (
+        2,
+        [f"error: {source}: no patients to write (the person table has 0 rows, 0 kept); nothing was written"],
+    )
+    assert not out.exists()
+
+
+def test_an_empty_test_split_is_warned_about_and_reported(spark, tmp_path, caplog):
+    import logging
+
+    source = write_parquet(tmp_path / "omop", tiny_omop())
+    with caplog.at_level(logging.WARNING, logger="cehrgpt.data.prepare"):
+        report = _run(spark, source, tmp_path / "out", test_fraction=0.01)
+    train = report["persons"]["per_split"]["train"]
+    assert report["persons"]["per_split"]["test"] == 0
+    warning = (
+        f"the test split is empty: --test_fraction 0.01 of {train} persons put none in it; the analyses "
+        "that compare with held-out patients (fidelity, utility, privacy) need some"
+    )
+    assert report["warnings"] == [warning]
+    assert warning in [r.getMessage() for r in caplog.records]

@@ -138,7 +138,10 @@ def test_the_end_date_cut_off_passes_through(echo_python):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [*EXPECTED, "--end_date", "2020-12-31"]
     result = run_script([*args[:4], "--end-date=31/12/2020"], echo_python)
-    assert (result.returncode, result.stderr) == (2, "error: --end-date must be YYYY-MM-DD, got '31/12/2020'\n")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: --end-date must be YYYY-MM-DD, got '31/12/2020'\n",
+    )
     assert "--end-date" in run_script(["--help"], echo_python).stdout
 
 

@@ -337,6 +337,7 @@ def test_missing_or_corrupt_vocabulary_fails_with_one_line(spark, tmp_path, caps
     "breakage,message",
     [
         ("missing", "cannot read parquet sequences"),
+        ("empty", "holds no parquet file: no patients to restore (expected the generator's output)"),
         ("no_concept_ids", "column(s) concept_ids missing"),
         ("int_tokens", "concept_ids is array<bigint>, expected a list of token strings"),
         ("string_person", "person_id is string, expected an integer"),
@@ -347,6 +348,7 @@ def test_bad_sequences_fail_with_one_line(spark, tmp_path, capsys, breakage, mes
     seq = tmp_path / "seq"
     if breakage != "missing":
         seq.mkdir()
+    if breakage not in ("missing", "empty"):
         columns = {
             "no_concept_ids": {"person_id": [1]},
             "int_tokens": {"person_id": [1], "concept_ids": [[1, 2]]},
@@ -638,6 +640,18 @@ def test_the_end_date_cuts_a_timeline_and_its_rejections_are_counted(spark, tmp_
     assert max(
         r["observation_period_end_date"] for r in rows(spark, out, "observation_period")
     ).isoformat() == ("2001-01-31")
+
+
+def test_an_end_date_before_every_visit_keeps_the_persons_and_counts_them_without_events(spark, tmp_path):
+    text = "year:2001 age:12 8532 8527 [VS] 9202 101 [VE] D30 [VS] 9202 201 [VE] [END]"
+    seq = write_sequences(tmp_path / "seq", [("a", 1, text)])
+    out = tmp_path / "omop"
+    assert (
+        main(_restore_argv(seq, out, write_vocabulary(tmp_path / "vocab"), "--end_date", "1990-01-01")) == 0
+    )
+    report = json.loads((out / "restore_report.json").read_text())
+    assert report["rows"]["person"] == 1 and report["rows"]["visit_occurrence"] == 0
+    assert report["persons_without_events"] == 1
 
 
 def test_the_end_date_is_today_by_default_and_a_bad_one_is_one_line(spark, tmp_path, capsys):

@@ -231,6 +231,21 @@ def prepare(
             },
             seconds=round(time.perf_counter() - started, 2),
         )
+        persons = report["persons"]
+        if persons["written"] == 0:  # later stages would fail on an empty folder (Spark: no schema to infer)
+            raise PrepareError(
+                f"{_describe(omop_source)}: no patients to write (the person table has {persons['read']} "
+                f"rows, {persons['kept']} kept); nothing was written"
+            )
+        report["warnings"] = []
+        if test_fraction > 0 and persons["per_split"]["test"] == 0:
+            report["warnings"].append(
+                f"the test split is empty: --test_fraction {test_fraction} of {persons['written']} persons "
+                "put none in it; the analyses that compare with held-out patients (fidelity, utility, "
+                "privacy) need some"
+            )
+        for warning in report["warnings"]:
+            log.warning("%s", warning)
         for table in report["empty_tables"]:
             log.warning("source table %s is empty", table)
         events_kept = report["events"]["kept"]

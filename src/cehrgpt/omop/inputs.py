@@ -52,8 +52,14 @@ def read_sequences(spark: SparkSession, folder: str) -> DataFrame:
         raw = spark.read.parquet(folder)
         columns = {f.name.lower(): f for f in raw.schema.fields}
     except Exception as error:
+        line = spark_error_line(error)
+        if "UNABLE_TO_INFER_SCHEMA" in line:  # an existing folder without one parquet file: zero patients
+            raise RestoreError(
+                f"patient_sequence_folder {folder} holds no parquet file: no patients to restore "
+                "(expected the generator's output)"
+            ) from None
         raise RestoreError(
-            f"patient_sequence_folder {folder}: cannot read parquet sequences ({spark_error_line(error)})"
+            f"patient_sequence_folder {folder}: cannot read parquet sequences ({line})"
         ) from None
     missing = [c for c in ("person_id", "concept_ids") if c not in columns]
     if missing:

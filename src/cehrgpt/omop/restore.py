@@ -399,6 +399,10 @@ def _report(spark: SparkSession, decoded: DataFrame, folder: str, derived: tuple
         "patients_restored": rows["person"],
         "patients_not_restored": dict(sorted(not_restored.items())),
         "persons_without_observation_period": rows["person"] - rows["observation_period"],
+        # kept, not dropped (the person table matches the patients restored), but counted: e.g. every
+        # visit after --end_date
+        "persons_without_events": rows["person"]
+        - decoded.where(F.col("record") == VISIT).select("person_id").distinct().count(),
         "rows": rows,
         "rejected_tokens": dict(sorted(rejected.items())),
         "tokens": tokens,
