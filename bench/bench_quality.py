@@ -7,14 +7,15 @@ fraction 0.2 as in the demo; prepared once under ``bench/out/quality``), for eac
 2. generate as many patients as the training set (``--max_patients`` caps it for CPU time, and the
    output says so), prompts from the training sequences, grammar-constrained, top_p 1.0;
 3. run each analysis through its library ``main(argv)`` on training / held-out / synthetic:
-   ``cehrgpt.analysis.fidelity`` (prevalence R², co-occurrence R², sequence-length KS),
+   ``cehrgpt.analysis.fidelity`` (prevalence R², co-occurrence R², sequence-length and visits-per-patient KS),
    ``cehrgpt.analysis.utility`` (TRTR − TSTR AUROC gap), ``cehrgpt.analysis.privacy.member_inference``
    (``mia_auc``), ``cehrgpt.analysis.privacy.memorization`` (DCR closer-to-training share, copy
    excess, near-copy excess) and, on the model, ``cehrgpt.analysis.privacy.model_memorization``
    (``model_mia_auc``). An analysis that is missing or refuses its input shows ``n/a`` and says why.
 
 It prints one table, one row per step count below a reference row for releasing the training set
-itself (the privacy metrics at their worst), and writes ``bench/out/bench_quality.json``. Models,
+itself (the privacy metrics at their worst; its token and visit quantiles are the real ones, beside each
+model's synthetic ones), and writes ``bench/out/bench_quality.json``. Models,
 generated sets and analysis outputs are kept under ``bench/out/quality`` (delete it to start over;
 ``--fresh`` retrains and regenerates).
 
@@ -57,6 +58,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "prevalence R²": ("cehrgpt.analysis.fidelity", "fidelity_prevalence_r2"),
     "co-occurrence R²": ("cehrgpt.analysis.fidelity", "fidelity_cooccurrence_r2"),
     "length KS": ("cehrgpt.analysis.fidelity", "fidelity_sequence_length_ks"),
+    "visits KS": ("cehrgpt.analysis.fidelity", "fidelity_visits_per_patient_ks"),
     "utility gap": ("cehrgpt.analysis.utility", "utility_auroc_gap_mean"),
     "mia_auc": ("cehrgpt.analysis.privacy.member_inference", "mia_auc"),
     "DCR share": ("cehrgpt.analysis.privacy.memorization", "memorization_dcr_closer_to_train_share"),
@@ -175,8 +177,33 @@ def analyse(
     return values, notes
 
 
+#: Shape columns: tokens and visits per patient of the set (the training set's row is the real one).
+SHAPE_COLUMNS = ("tokens p50", "tokens p90", "visits p50", "visits p90")
+
+
+def length_quantiles(folder: Path) -> dict[str, float]:
+    """Median and 90th percentile of tokens (``[END]``/``[PAD]`` set aside) and visits per patient."""
+    import numpy as np
+
+    from cehrgpt import grammar
+
+    rows = pq.read_table(folder, columns=["concept_ids"]).column(0).to_pylist()
+    tokens = np.array([len(grammar.clinical_content(r)) for r in rows])
+    visits = np.array(
+        [sum(t == grammar.VISIT_START for t in r or []) - (grammar.DEATH in (r or [])) for r in rows]
+    )
+    return {
+        "tokens p50": float(np.median(tokens)),
+        "tokens p90": float(np.quantile(tokens, 0.9)),
+        "visits p50": float(np.median(visits)),
+        "visits p90": float(np.quantile(visits, 0.9)),
+    }
+
+
 def shown(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    if value is None:
+        return "n/a"
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     # the reference row: releasing the training set itself (fidelity perfect, privacy at its worst)
     values, notes = analyse(data, data / "train", OUT / "training_set_analyses", args.seed)
     rows.append({"steps": "training set itself", "validation_perplexity": None, "patients": training_patients,
-                 **values, "notes": notes})  # fmt: skip
+                 **values, **length_quantiles(data / "train"), "notes": notes})  # fmt: skip
     print("training set itself: " + "; ".join(notes), flush=True)
     for steps in args.steps:
         run = OUT / f"tiny_{steps}_steps"
@@ -228,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             "validation_perplexity": training.get("validation_perplexity"),
             "patients": patients,
             **values,
+            **length_quantiles(synthetic),
             "seconds": {
                 "train": trained - started,
                 "generate": generated - trained,
@@ -239,12 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{steps} steps: " + "; ".join(notes), flush=True)
         print(f"{steps} steps: " + ", ".join(f"{k} {shown(row[k])}" for k in COLUMNS), flush=True)
 
-    header = ["steps", "val. perplexity", "patients", *COLUMNS]
+    header = ["steps", "val. perplexity", "patients", *COLUMNS, *SHAPE_COLUMNS]
     print("\n| " + " | ".join(header) + " |")
     print("| " + " | ".join("---:" for _ in header) + " |")
     for row in rows:
         cells = [str(row["steps"]), shown(row["validation_perplexity"]), str(row["patients"])]
-        cells += [shown(row[column]) for column in COLUMNS]
+        cells += [shown(row[column]) for column in (*COLUMNS, *SHAPE_COLUMNS)]
         print("| " + " | ".join(cells) + " |")
     capped = f" (capped from {training_patients})" if patients < training_patients else ""
     print(
