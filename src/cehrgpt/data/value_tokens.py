@@ -135,6 +135,16 @@ def _duration_edge(days: Column) -> Column:
     return expression
 
 
+def _with_patients(frame: DataFrame, keys: list[str], *aggregates: Column) -> DataFrame:
+    """``aggregates`` per ``keys`` beside the distinct persons per ``keys`` (``patients``).
+
+    Two aggregations joined, not one: beside ``countDistinct`` Spark plans ``percentile_approx`` over an
+    expanded copy of the rows, which made learning Eunomia 20x's duration medians 35 s instead of 2 s.
+    """
+    patients = frame.groupBy(*keys).agg(F.countDistinct("person_id").alias("patients"))
+    return patients.join(frame.groupBy(*keys).agg(*aggregates), on=keys)
+
+
 def learn_value_bins(
     training_events: DataFrame, num_bins: int, min_concept_patients: int
 ) -> tuple[values.ValueBins, dict[str, int]]:
@@ -159,15 +169,12 @@ def learn_value_bins(
         number.alias("number"),
         F.when(F.col("unit_concept_id") != 0, F.col("unit_concept_id")).alias("unit"),
     )
-    per_concept = (
-        numbers.groupBy("concept_id")
-        .agg(
-            F.countDistinct("person_id").alias("patients"),
-            F.count(F.lit(1)).alias("values"),
-            F.percentile_approx("number", quantiles, 10_000).alias("quantiles"),
-        )
-        .collect()
-    )
+    per_concept = _with_patients(
+        numbers,
+        ["concept_id"],
+        F.count(F.lit(1)).alias("values"),
+        F.percentile_approx("number", quantiles, 10_000).alias("quantiles"),
+    ).collect()
     unit_counts: dict[int, list[tuple[int, int]]] = {}
     for row in numbers.where(F.col("unit").isNotNull()).groupBy("concept_id", "unit").count().collect():
         unit_counts.setdefault(row["concept_id"], []).append((row["unit"], row["count"]))
@@ -203,15 +210,13 @@ def learn_value_bins(
             categories.setdefault(row["concept_id"], []).append(row["value_as_concept_id"])
 
     days = F.col("duration_days")
-    durations = (
-        training_events.where(days >= grammar.DRUG_DURATION_EDGES_DAYS[0])
-        .groupBy(_duration_edge(days).alias("edge"))
-        .agg(
-            F.countDistinct("person_id").alias("patients"),
-            F.percentile_approx(days, 0.5, 10_000).alias("median"),
-        )
-        .collect()
-    )
+    durations = _with_patients(
+        training_events.where(days >= grammar.DRUG_DURATION_EDGES_DAYS[0]).withColumn(
+            "edge", _duration_edge(days)
+        ),
+        ["edge"],
+        F.percentile_approx(days, 0.5, 10_000).alias("median"),
+    ).collect()
     duration_days = {
         str(grammar.drug_duration_token(row["edge"])): int(row["median"])
         for row in durations
