@@ -15,7 +15,7 @@ plumbing differs. The baseline writes no value tokens; the chosen design is time
 both ways (``no_values``, and ``chosen`` = values on, the default: Eunomia's drug
 durations), so the cost of values reads off the same run.
 
-    python bench/bench_prepare.py                    # 1x: baseline, no_values, chosen; 20x: chosen (~8 min, 2 busy cores)
+    python bench/bench_prepare.py                    # 1x: baseline, no_values, chosen; 20x: no_values, chosen (~8 min, 2 busy cores)
     python bench/bench_prepare.py --baseline_20x     # also the baseline at 20x (slow)
 
 Writes ``bench/out/bench_prepare.json``.
@@ -203,6 +203,7 @@ def main() -> int:
     results = [run(spark, one, args.repeats, d) for d in ("baseline", "no_values", "chosen")]
     if args.baseline_20x:
         results.append(run(spark, many, args.repeats_20x, "baseline"))
+    results.append(run(spark, many, args.repeats_20x, "no_values"))
     results.append(run(spark, many, args.repeats_20x, "chosen"))
     spark.stop()
 
